@@ -1,0 +1,1 @@
+//! Filled in by the merged-tree work.
