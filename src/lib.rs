@@ -1,6 +1,22 @@
 //! lazyimg: container images usable in seconds on locked-down research sites.
 //!
 //! Data flows one way: registry → verified chunks → content store → tree → FUSE.
+//! - [`registry`] moves bytes and never trusts them;
+//! - [`store`] keeps only content that matched its sha256;
+//! - [`layer`] indexes layer tars, [`tree`] merges them into one read-only tree;
+//! - [`cli`] is the edge: it turns errors into one line plus a hint.
 
+pub mod cli;
+pub mod config;
+pub mod digest;
+pub mod error;
+pub mod image;
 pub mod layer;
+pub mod pull;
+pub mod reference;
+pub mod registry;
+pub mod secret;
+pub mod store;
 pub mod tree;
+
+pub use error::{Error, Result};

@@ -1,0 +1,104 @@
+//! `lazyimg cache ls | verify | prune`.
+
+use std::process::ExitCode;
+
+use bytesize::ByteSize;
+use clap::{Args, Subcommand};
+
+use super::Context;
+
+#[derive(Subcommand, Debug)]
+pub(super) enum CacheCommand {
+    /// List cached images and blobs, least recently used blobs first.
+    #[command(after_help = "Examples:\n  lazyimg cache ls\n  lazyimg cache ls --json")]
+    Ls(LsArgs),
+    /// Re-hash every cached blob; corrupt ones are removed. Exits 1 if any were.
+    #[command(after_help = "Example:\n  lazyimg cache verify")]
+    Verify,
+    /// Evict least recently used blobs until the cache fits the size cap.
+    #[command(
+        after_help = "Examples:\n  lazyimg cache prune\n  lazyimg cache prune --max-size 20GiB\n  \
+        lazyimg cache prune --max-size 0     # empty the cache"
+    )]
+    Prune(PruneArgs),
+}
+
+#[derive(Args, Debug)]
+pub(super) struct LsArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct PruneArgs {
+    /// Size to shrink to (default: the configured cache_max_size), e.g. 20GiB.
+    #[arg(long, value_name = "SIZE")]
+    max_size: Option<ByteSize>,
+}
+
+pub(super) fn run(ctx: &Context, command: CacheCommand) -> anyhow::Result<ExitCode> {
+    let store = ctx.open_store()?;
+    let human = |n: u64| ByteSize::b(n).display().iec().to_string();
+    match command {
+        CacheCommand::Ls(args) => {
+            let images = store.image_records()?;
+            let blobs = store.list()?;
+            let total: u64 = blobs.iter().map(|b| b.size).sum();
+            if args.json {
+                let listing = serde_json::json!({
+                    "cache_dir": store.root(),
+                    "images": images,
+                    "blobs": blobs,
+                    "total_size": total,
+                    "max_size": store.max_size(),
+                });
+                println!("{}", serde_json::to_string_pretty(&listing)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "cache {}: {} in {} blobs (cap {})",
+                store.root().display(),
+                human(total),
+                blobs.len(),
+                human(store.max_size())
+            );
+            for image in &images {
+                println!(
+                    "image  {}  {}  {}",
+                    image.name, image.platform, image.digest
+                );
+            }
+            for blob in &blobs {
+                println!("blob   {}  {:>10}", blob.digest, human(blob.size));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CacheCommand::Verify => {
+            let mut count = 0;
+            let corrupt = store.verify(|blob, ok| {
+                count += 1;
+                if !ok {
+                    eprintln!("corrupt: {} ({}), removed", blob.digest, human(blob.size));
+                }
+            })?;
+            eprintln!("{count} blobs verified, {} corrupt", corrupt.len());
+            Ok(if corrupt.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        CacheCommand::Prune(args) => {
+            let max = args.max_size.map_or(store.max_size(), |s| s.as_u64());
+            let report = store.prune(max, &[])?;
+            eprintln!(
+                "removed {} blobs ({}); {} remain",
+                report.removed,
+                human(report.freed),
+                human(report.remaining)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

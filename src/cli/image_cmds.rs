@@ -1,0 +1,193 @@
+//! `lazyimg pull` and `lazyimg inspect`.
+
+use bytesize::ByteSize;
+use clap::Args;
+use oci_client::RegistryOperation;
+use serde::Serialize;
+
+use super::progress::Reporter;
+use super::{Context, RegistryArgs};
+use crate::image::{ImageConfig, LayerFormat};
+use crate::pull;
+
+#[derive(Args, Debug)]
+pub(super) struct PullArgs {
+    /// Image reference: ghcr.io/NS/NAME:TAG, HOST:PORT/NAME@sha256:…, or a Docker Hub name.
+    reference: String,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct InspectArgs {
+    /// Image reference.
+    reference: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+pub(super) async fn pull(ctx: &Context, args: PullArgs) -> anyhow::Result<std::process::ExitCode> {
+    let image = ctx.image(&args.reference)?;
+    let store = ctx.open_store()?;
+    let registry = ctx.registry(&image, &args.registry)?;
+    let reporter = Reporter::new(ctx.quiet);
+    let report = pull::pull(
+        &store,
+        &registry,
+        &image,
+        &ctx.platform(&args.registry),
+        &reporter,
+    )
+    .await?;
+    if !ctx.quiet {
+        eprintln!(
+            "pulled {} ({}, {} layers): {} fetched, {} already cached",
+            report.name,
+            report.platform,
+            report.layers,
+            ByteSize::b(report.bytes_fetched).display().iec(),
+            ByteSize::b(report.bytes_cached).display().iec(),
+        );
+    }
+    // The digest alone on stdout, so scripts can capture it.
+    println!("{}", report.digest);
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+#[derive(Serialize)]
+struct Inspection {
+    name: String,
+    source: String,
+    digest: String,
+    manifest: String,
+    media_type: Option<String>,
+    platform: String,
+    layers: Vec<LayerInfo>,
+    total_size: u64,
+}
+
+#[derive(Serialize)]
+struct LayerInfo {
+    digest: String,
+    media_type: String,
+    compression: String,
+    size: u64,
+}
+
+pub(super) async fn inspect(
+    ctx: &Context,
+    args: InspectArgs,
+) -> anyhow::Result<std::process::ExitCode> {
+    let image = ctx.image(&args.reference)?;
+    let registry = ctx.registry(&image, &args.registry)?;
+    registry
+        .authenticate(&image.source, RegistryOperation::Pull)
+        .await?;
+    let resolved = pull::resolve(&registry, &image, &ctx.platform(&args.registry)).await?;
+    let manifest = &resolved.manifest;
+    let platform = match resolved.platform.clone() {
+        Some(platform) => platform,
+        // A single-platform manifest says its platform only in the (small) config.
+        None => {
+            let mut config = Vec::new();
+            let mut sink = ConfigSink(&mut config);
+            let what = format!("config of {image}");
+            registry
+                .fetch_blob(
+                    &image.source,
+                    &manifest.config.digest,
+                    manifest.config.size,
+                    &mut sink,
+                    &mut |_| {},
+                )
+                .await?;
+            let actual = crate::digest::Digest::of(&config);
+            anyhow::ensure!(
+                actual == manifest.config.digest,
+                crate::Error::DigestMismatch {
+                    what,
+                    expected: manifest.config.digest,
+                    actual
+                }
+            );
+            ImageConfig::parse(&config, &what)?.platform()
+        }
+    };
+    let inspection = Inspection {
+        name: image.to_string(),
+        source: image.source.whole(),
+        digest: resolved.digest.to_string(),
+        manifest: resolved.manifest_digest.to_string(),
+        media_type: manifest.media_type.clone(),
+        platform: platform.to_string(),
+        total_size: manifest.layers.iter().map(|l| l.size).sum(),
+        layers: manifest
+            .layers
+            .iter()
+            .map(|l| LayerInfo {
+                digest: l.digest.to_string(),
+                media_type: l.media_type.clone(),
+                compression: LayerFormat::of(l).to_string(),
+                size: l.size,
+            })
+            .collect(),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&inspection)?);
+    } else {
+        print_inspection(&inspection);
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn print_inspection(i: &Inspection) {
+    println!("Name:       {}", i.name);
+    if i.source != i.name {
+        println!("Fetched as: {}", i.source);
+    }
+    println!("Digest:     {}", i.digest);
+    if i.manifest != i.digest {
+        println!("Manifest:   {}", i.manifest);
+    }
+    println!(
+        "Media type: {}",
+        i.media_type.as_deref().unwrap_or("(not given)")
+    );
+    println!("Platform:   {}", i.platform);
+    println!(
+        "Layers:     {} ({})",
+        i.layers.len(),
+        ByteSize::b(i.total_size).display().iec()
+    );
+    for (n, layer) in i.layers.iter().enumerate() {
+        println!(
+            "  {:>3}  {}  {:<14} {:>10}",
+            n + 1,
+            layer.digest,
+            layer.compression,
+            ByteSize::b(layer.size).display().iec().to_string()
+        );
+    }
+}
+
+/// Collects a small blob in memory; used only for image configs.
+struct ConfigSink<'a>(&'a mut Vec<u8>);
+
+impl crate::registry::BlobSink for ConfigSink<'_> {
+    fn write(&mut self, bytes: &[u8]) -> crate::Result<()> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn restart(&mut self) -> crate::Result<()> {
+        self.0.clear();
+        Ok(())
+    }
+
+    fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+}

@@ -1,0 +1,227 @@
+//! The command line: argument parsing, wiring, and turning errors into one line
+//! plus a hint. Everything below this module returns typed errors.
+
+mod cache;
+mod image_cmds;
+mod progress;
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::image::Platform;
+use crate::reference::ImageRef;
+use crate::registry::{ClientOptions, RegistryClient, credentials};
+use crate::secret::{Credentials, Secret};
+use crate::store::Store;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lazyimg",
+    version,
+    about = "Container images usable in seconds: verified, cached, mounted lazily",
+    propagate_version = true,
+    after_help = "Configuration: --config FILE, else $LAZYIMG_CONFIG, else /etc/lazyimg/config.toml."
+)]
+pub struct Cli {
+    /// Configuration file (TOML).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Fetch an image's manifest, config and layers into the cache, verifying every digest.
+    #[command(after_help = "Examples:\n  \
+        lazyimg pull ghcr.io/example-lab/cuda-sample:nbody-cuda11.7.1\n  \
+        echo \"$TOKEN\" | lazyimg pull --username alice --password-stdin ghcr.io/alice/tool:1.0\n  \
+        lazyimg pull --platform linux/arm64 tre-ghcr-proxy.nsh.loc:5000/alice/tool@sha256:…")]
+    Pull(image_cmds::PullArgs),
+    /// Show an image's digest, platform and layers without downloading layers.
+    #[command(after_help = "Examples:\n  \
+        lazyimg inspect ghcr.io/example-lab/cuda-sample:nbody-cuda11.7.1\n  \
+        lazyimg inspect --json busybox")]
+    Inspect(image_cmds::InspectArgs),
+    /// List, verify or shrink the local content cache.
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
+}
+
+/// Options for reaching a registry, shared by every command that does.
+#[derive(Args, Debug)]
+struct RegistryArgs {
+    /// Platform to choose from a multi-platform image (default: this machine's).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    platform: Option<Platform>,
+    /// User name for the registry; the token is read from standard input.
+    #[arg(long, requires = "password_stdin")]
+    username: Option<String>,
+    /// Read the token (or password) for --username from standard input.
+    #[arg(long, requires = "username")]
+    password_stdin: bool,
+}
+
+/// What every command needs: the configuration and how chatty to be.
+struct Context {
+    config: Config,
+    quiet: bool,
+}
+
+impl Context {
+    fn open_store(&self) -> anyhow::Result<Store> {
+        Ok(Store::open(
+            &self.config.cache_dir(),
+            self.config.cache_max_size(),
+        )?)
+    }
+
+    fn image(&self, text: &str) -> anyhow::Result<ImageRef> {
+        Ok(ImageRef::parse(text, &self.config)?)
+    }
+
+    /// A client for the registry `image` is fetched from, with the first credentials
+    /// found: the command line, then the auth files.
+    fn registry(&self, image: &ImageRef, args: &RegistryArgs) -> anyhow::Result<RegistryClient> {
+        let creds = match &args.username {
+            Some(username) => Some(Credentials {
+                username: username.clone(),
+                secret: read_secret_from_stdin()?,
+            }),
+            None => credentials::lookup(
+                &credentials::auth_files(),
+                &image.endpoint.host,
+                image.source.repository(),
+            )?,
+        };
+        Ok(RegistryClient::new(
+            &image.endpoint,
+            creds.as_ref(),
+            &ClientOptions::default(),
+        )?)
+    }
+
+    fn platform(&self, args: &RegistryArgs) -> Platform {
+        args.platform.clone().unwrap_or_else(Platform::host)
+    }
+}
+
+fn read_secret_from_stdin() -> anyhow::Result<Secret> {
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .context("cannot read the token from standard input")?;
+    let token = text.trim_end_matches(['\n', '\r']);
+    anyhow::ensure!(
+        !token.is_empty(),
+        "--password-stdin: standard input was empty"
+    );
+    Ok(Secret::new(token))
+}
+
+/// Parses the command line and runs it; the process's whole life.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            report(&err);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = Config::load(cli.config.as_deref())?;
+    let ctx = Context {
+        config,
+        quiet: cli.quiet,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    match cli.command {
+        Command::Pull(args) => runtime.block_on(image_cmds::pull(&ctx, args)),
+        Command::Inspect(args) => runtime.block_on(image_cmds::inspect(&ctx, args)),
+        Command::Cache(command) => cache::run(&ctx, command),
+    }
+}
+
+/// One line for the error (with its causes), then the library's hint if it has one.
+fn report(err: &anyhow::Error) {
+    eprintln!("lazyimg: error: {err:#}");
+    if let Some(hint) = err
+        .chain()
+        .find_map(|e| e.downcast_ref::<crate::Error>())
+        .and_then(|e| e.hint())
+    {
+        eprintln!("hint: {hint}");
+    }
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "lazyimg=info,warn",
+        (false, 1) => "lazyimg=debug,info",
+        (false, _) => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LAZYIMG_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .without_time()
+        .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_options_work_after_the_subcommand() {
+        let cli = Cli::try_parse_from(["lazyimg", "pull", "busybox", "--config", "/x.toml", "-v"])
+            .unwrap();
+        assert_eq!(cli.config.as_deref(), Some(std::path::Path::new("/x.toml")));
+        assert_eq!(cli.verbose, 1);
+    }
+
+    #[test]
+    fn username_requires_password_stdin() {
+        assert!(Cli::try_parse_from(["lazyimg", "pull", "--username", "u", "busybox"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "lazyimg",
+                "pull",
+                "--username",
+                "u",
+                "--password-stdin",
+                "x"
+            ])
+            .is_ok()
+        );
+    }
+}

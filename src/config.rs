@@ -1,0 +1,201 @@
+//! The TOML configuration: where the cache lives and how registries are reached.
+//!
+//! Looked up as `--config FILE`, else `$LAZYIMG_CONFIG`, else `/etc/lazyimg/config.toml`,
+//! else built-in defaults. Unknown keys are errors, so a typo never silently
+//! changes where images come from.
+
+use std::path::{Path, PathBuf};
+
+use bytesize::ByteSize;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+pub const SYSTEM_CONFIG: &str = "/etc/lazyimg/config.toml";
+const DEFAULT_CACHE_MAX: ByteSize = ByteSize::gib(50);
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    cache_dir: Option<PathBuf>,
+    cache_max_size: Option<ByteSize>,
+    /// The approved-image list; enforced by the policy module.
+    pub approved_images: Option<PathBuf>,
+    #[serde(default, rename = "registry")]
+    pub registries: Vec<RegistryConfig>,
+    /// The file this came from, for error messages; `None` for defaults.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+/// One `[[registry]]` table, with keys as in containers-registries.conf(5).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// References under this prefix (`host[:port][/path]`) use this entry.
+    pub prefix: String,
+    /// Fetch from here instead (`host[:port][/path]`), e.g. the site proxy.
+    pub location: Option<String>,
+    /// Plain HTTP to the location.
+    #[serde(default)]
+    pub insecure: bool,
+    /// An extra CA certificate (PEM) to trust for the location.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads the configuration by the documented lookup order.
+    pub fn load(explicit: Option<&Path>) -> Result<Config> {
+        if let Some(path) = explicit {
+            return Self::from_file(path);
+        }
+        if let Some(path) = std::env::var_os("LAZYIMG_CONFIG").filter(|p| !p.is_empty()) {
+            return Self::from_file(Path::new(&path));
+        }
+        let system = Path::new(SYSTEM_CONFIG);
+        if system.exists() {
+            return Self::from_file(system);
+        }
+        Ok(Config::default())
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            message: format!("cannot read configuration: {e}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config> {
+        let config_error = |message: String| Error::Config {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| config_error(e.to_string().trim().to_string()))?;
+        for registry in &config.registries {
+            if registry.prefix.is_empty() || registry.prefix.contains("://") {
+                return Err(config_error(format!(
+                    "registry prefix {:?} must look like host[:port][/path]",
+                    registry.prefix
+                )));
+            }
+        }
+        config.source = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.cache_dir.clone().unwrap_or_else(default_cache_dir)
+    }
+
+    pub fn cache_max_size(&self) -> u64 {
+        self.cache_max_size.unwrap_or(DEFAULT_CACHE_MAX).as_u64()
+    }
+
+    /// The `[[registry]]` entry with the longest prefix matching `name`
+    /// (`host/repository`), matching only at a path boundary as registries.conf does.
+    pub fn registry_for(&self, name: &str) -> Option<&RegistryConfig> {
+        self.registries
+            .iter()
+            .filter(|r| prefix_matches(&r.prefix, name))
+            .max_by_key(|r| r.prefix.len())
+    }
+}
+
+fn prefix_matches(prefix: &str, name: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    name == prefix
+        || name
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// Root shares one cache per host (the mount daemon and site jobs); users keep theirs
+/// under the XDG cache directory.
+fn default_cache_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/cache/lazyimg");
+    }
+    let xdg = std::env::var_os("XDG_CACHE_HOME").filter(|p| !p.is_empty());
+    let base = xdg.map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+        Path::new(&home).join(".cache")
+    });
+    base.join("lazyimg")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(text, Path::new("/etc/lazyimg/test.toml"))
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let config = parse(
+            r#"
+            cache_dir = "/var/cache/lazyimg"
+            cache_max_size = "50GiB"
+            approved_images = "/etc/lazyimg/approved.toml"
+
+            [[registry]]
+            prefix = "ghcr.io"
+            location = "tre-ghcr-proxy.nsh.loc:5000"
+            insecure = true
+            ca_file = "/etc/pki/site-ca.pem"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.cache_dir(), Path::new("/var/cache/lazyimg"));
+        assert_eq!(config.cache_max_size(), 50 * 1024 * 1024 * 1024);
+        let reg = config.registry_for("ghcr.io/ns/name").unwrap();
+        assert_eq!(reg.location.as_deref(), Some("tre-ghcr-proxy.nsh.loc:5000"));
+        assert!(reg.insecure);
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_and_the_file() {
+        let err = parse("cache_dri = \"/x\"\n").unwrap_err().to_string();
+        assert!(err.contains("cache_dri"), "{err}");
+        assert!(err.contains("/etc/lazyimg/test.toml"), "{err}");
+
+        let err = parse("[[registry]]\nprefix = \"a\"\nlocaton = \"b\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("locaton"), "{err}");
+    }
+
+    #[test]
+    fn longest_prefix_wins_at_path_boundaries_only() {
+        let config = parse(
+            r#"
+            [[registry]]
+            prefix = "ghcr.io"
+            location = "proxy:5000"
+            [[registry]]
+            prefix = "ghcr.io/lab"
+            location = "lab-mirror:5000"
+            "#,
+        )
+        .unwrap();
+        let loc = |name| {
+            config
+                .registry_for(name)
+                .and_then(|r| r.location.as_deref())
+        };
+        assert_eq!(loc("ghcr.io/lab/x"), Some("lab-mirror:5000"));
+        assert_eq!(loc("ghcr.io/laboratory/x"), Some("proxy:5000"));
+        assert_eq!(loc("ghcr.io.evil.com/x"), None);
+    }
+
+    #[test]
+    fn bad_sizes_and_prefixes_are_rejected() {
+        assert!(parse("cache_max_size = \"lots\"\n").is_err());
+        assert!(parse("[[registry]]\nprefix = \"https://ghcr.io\"\n").is_err());
+    }
+}

@@ -1,0 +1,121 @@
+//! The library's error type. Each variant carries what a user needs to act on it;
+//! [`Error::hint`] adds the next step, shown by the CLI under the one-line message.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::digest::Digest;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+
+    #[error("invalid image reference {reference:?}: {reason}")]
+    Reference { reference: String, reason: String },
+
+    #[error("authentication to {registry} failed: {reason}")]
+    Auth { registry: String, reason: String },
+
+    #[error("access to {repository} on {registry} denied: {reason}")]
+    Denied {
+        registry: String,
+        repository: String,
+        reason: String,
+    },
+
+    #[error("{what} not found on {registry}")]
+    NotFound { registry: String, what: String },
+
+    #[error("cannot reach {registry}: {reason}")]
+    Network { registry: String, reason: String },
+
+    #[error("{registry} answered with an error: {reason}")]
+    Registry { registry: String, reason: String },
+
+    #[error("digest mismatch for {what}: expected {expected}, got {actual}")]
+    DigestMismatch {
+        what: String,
+        expected: Digest,
+        actual: Digest,
+    },
+
+    #[error("size mismatch for {what}: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        what: String,
+        expected: u64,
+        actual: u64,
+    },
+
+    #[error("malformed manifest {what}: {reason}")]
+    Manifest { what: String, reason: String },
+
+    #[error("no image for platform {wanted} in the index (available: {available})")]
+    Platform { wanted: String, available: String },
+
+    #[error("no space left on the device holding {path}")]
+    DiskFull { path: PathBuf },
+
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("{0} is not in the cache")]
+    NotCached(Digest),
+}
+
+impl Error {
+    /// Wraps an I/O error with the path it concerns, recognising a full disk so the
+    /// user is told that rather than a bare errno.
+    pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
+        let path = path.into();
+        if source.raw_os_error() == Some(28 /* ENOSPC */)
+            || source.kind() == io::ErrorKind::StorageFull
+        {
+            Error::DiskFull { path }
+        } else {
+            Error::Io { path, source }
+        }
+    }
+
+    pub fn hint(&self) -> Option<&'static str> {
+        Some(match self {
+            Error::Config { .. } => "fix the file, or point --config / LAZYIMG_CONFIG elsewhere",
+            Error::Reference { .. } => {
+                "references look like ghcr.io/NAMESPACE/NAME:TAG or HOST:PORT/NAME@sha256:HEX"
+            }
+            Error::Auth { .. } => {
+                "check the user name and token (a GitHub token needs the read:packages scope); \
+                 credentials come from --username/--password-stdin, REGISTRY_AUTH_FILE, \
+                 $XDG_RUNTIME_DIR/containers/auth.json or ~/.docker/config.json"
+            }
+            Error::Denied { .. } => {
+                "the credentials were accepted but grant no access to this repository: \
+                 check the token's scopes and the package's visibility"
+            }
+            Error::NotFound { .. } => "check the name and tag, e.g. with `lazyimg inspect`",
+            Error::Network { .. } => {
+                "check that the registry is up and reachable from here (proxy, firewall, DNS)"
+            }
+            Error::Registry { .. } => "the registry misbehaved; try again later",
+            Error::DigestMismatch { .. } | Error::SizeMismatch { .. } => {
+                "the registry served corrupted or tampered content; nothing was stored. \
+                 Report it to the registry's operators"
+            }
+            Error::Manifest { .. } => {
+                "the image's manifest is not a valid OCI or Docker v2 manifest"
+            }
+            Error::Platform { .. } => "choose one of the available platforms with --platform",
+            Error::DiskFull { .. } => {
+                "free space, or shrink the cache with `lazyimg cache prune --max-size SIZE`"
+            }
+            Error::Io { .. } => return None,
+            Error::NotCached(_) => "run `lazyimg pull` first",
+        })
+    }
+}

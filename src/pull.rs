@@ -1,0 +1,244 @@
+//! Resolving an image to its manifest and fetching its blobs into the store,
+//! verifying every digest on the way in.
+
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use oci_client::RegistryOperation;
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::image::{Descriptor, ImageConfig, ImageIndex, ImageManifest, Manifest, Platform};
+use crate::reference::ImageRef;
+use crate::registry::RegistryClient;
+use crate::store::{ImageRecord, Store};
+
+/// Layers fetched at once: enough to fill a link, few enough not to thrash a small disk.
+const PARALLEL_LAYERS: usize = 4;
+
+/// Reports progress of byte transfers; the CLI draws bars or prints log lines.
+pub trait Progress: Sync {
+    fn start(&self, label: &str, size: u64) -> Box<dyn ProgressTask>;
+}
+
+pub trait ProgressTask: Send + Sync {
+    fn advance(&self, bytes: u64);
+    fn finish(&self, outcome: &str);
+}
+
+/// For callers that want no reporting.
+pub struct Silent;
+
+impl Progress for Silent {
+    fn start(&self, _: &str, _: u64) -> Box<dyn ProgressTask> {
+        Box::new(Silent)
+    }
+}
+
+impl ProgressTask for Silent {
+    fn advance(&self, _: u64) {}
+    fn finish(&self, _: &str) {}
+}
+
+/// An image manifest, verified against what names it.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The digest the reference points at (an index for multi-platform images).
+    pub digest: Digest,
+    pub bytes: Bytes,
+    pub index: Option<ImageIndex>,
+    /// The image manifest for the chosen platform.
+    pub manifest_digest: Digest,
+    pub manifest_bytes: Bytes,
+    pub manifest: ImageManifest,
+    /// As the index says; `None` when the reference named a single-platform manifest.
+    pub platform: Option<Platform>,
+}
+
+/// Fetches the manifest `image` names and, for an index, the one for `wanted`.
+pub async fn resolve(
+    registry: &RegistryClient,
+    image: &ImageRef,
+    wanted: &Platform,
+) -> Result<Resolved> {
+    let bytes = registry.fetch_manifest(&image.source).await?;
+    let digest = Digest::of(&bytes);
+    if let Some(pinned) = image.pinned_digest()
+        && pinned != digest
+    {
+        return Err(Error::DigestMismatch {
+            what: format!("manifest of {image}"),
+            expected: pinned,
+            actual: digest,
+        });
+    }
+    match Manifest::parse(&bytes, &image.to_string())? {
+        Manifest::Image(manifest) => Ok(Resolved {
+            digest,
+            bytes: bytes.clone(),
+            index: None,
+            manifest_digest: digest,
+            manifest_bytes: bytes,
+            manifest,
+            platform: None,
+        }),
+        Manifest::Index(index) => {
+            let entry = index.select(wanted)?.clone();
+            let what = format!("{} manifest of {image}", wanted);
+            let manifest_bytes = registry
+                .fetch_manifest(&image.source.clone_with_digest(entry.digest.to_string()))
+                .await?;
+            check_descriptor(&entry, &manifest_bytes, &what)?;
+            let Manifest::Image(manifest) = Manifest::parse(&manifest_bytes, &what)? else {
+                return Err(Error::Manifest {
+                    what,
+                    reason: "an index entry points at another index".into(),
+                });
+            };
+            Ok(Resolved {
+                digest,
+                bytes,
+                index: Some(index),
+                manifest_digest: entry.digest,
+                manifest_bytes,
+                manifest,
+                platform: entry.platform,
+            })
+        }
+    }
+}
+
+fn check_descriptor(descriptor: &Descriptor, bytes: &[u8], what: &str) -> Result<()> {
+    let actual = Digest::of(bytes);
+    if actual != descriptor.digest {
+        return Err(Error::DigestMismatch {
+            what: what.to_string(),
+            expected: descriptor.digest,
+            actual,
+        });
+    }
+    if bytes.len() as u64 != descriptor.size {
+        return Err(Error::SizeMismatch {
+            what: what.to_string(),
+            expected: descriptor.size,
+            actual: bytes.len() as u64,
+        });
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PullReport {
+    pub name: String,
+    pub digest: Digest,
+    pub manifest: Digest,
+    pub platform: String,
+    pub layers: usize,
+    pub bytes_fetched: u64,
+    pub bytes_cached: u64,
+}
+
+/// Pulls `image` into `store`: manifests, config and every layer, verified.
+pub async fn pull(
+    store: &Store,
+    registry: &RegistryClient,
+    image: &ImageRef,
+    wanted: &Platform,
+    progress: &dyn Progress,
+) -> Result<PullReport> {
+    registry
+        .authenticate(&image.source, RegistryOperation::Pull)
+        .await?;
+    let resolved = resolve(registry, image, wanted).await?;
+    let name = image.to_string();
+    store.put(
+        resolved.digest,
+        &resolved.bytes,
+        &format!("manifest of {name}"),
+    )?;
+    store.put(
+        resolved.manifest_digest,
+        &resolved.manifest_bytes,
+        &format!("manifest of {name}"),
+    )?;
+
+    let manifest = &resolved.manifest;
+    let blobs: Vec<(&Descriptor, String)> =
+        std::iter::once((&manifest.config, format!("config of {name}")))
+            .chain(manifest.layers.iter().enumerate().map(|(i, layer)| {
+                (
+                    layer,
+                    format!(
+                        "layer {}/{} {} of {name}",
+                        i + 1,
+                        manifest.layers.len(),
+                        layer.digest
+                    ),
+                )
+            }))
+            .collect();
+    let bytes_cached: u64 = blobs
+        .iter()
+        .filter(|(d, _)| store.contains(&d.digest))
+        .map(|(d, _)| d.size)
+        .sum();
+    let fetched: Vec<u64> = futures_util::stream::iter(blobs.iter())
+        .map(|(descriptor, what)| fetch_blob(store, registry, image, descriptor, what, progress))
+        .buffer_unordered(PARALLEL_LAYERS)
+        .try_collect()
+        .await?;
+
+    let config_bytes = store.require(&manifest.config.digest)?;
+    let config = ImageConfig::parse(config_bytes.bytes(), &format!("config of {name}"))?;
+    let platform = resolved
+        .platform
+        .clone()
+        .unwrap_or_else(|| config.platform());
+    store.record_image(&ImageRecord::new(
+        name.clone(),
+        resolved.digest,
+        resolved.manifest_digest,
+        wanted.to_string(),
+    ))?;
+    Ok(PullReport {
+        name,
+        digest: resolved.digest,
+        manifest: resolved.manifest_digest,
+        platform: platform.to_string(),
+        layers: manifest.layers.len(),
+        bytes_fetched: fetched.iter().sum(),
+        bytes_cached,
+    })
+}
+
+/// Fetches one blob into the store unless it is there; returns the bytes fetched.
+async fn fetch_blob(
+    store: &Store,
+    registry: &RegistryClient,
+    image: &ImageRef,
+    descriptor: &Descriptor,
+    what: &str,
+    progress: &dyn Progress,
+) -> Result<u64> {
+    if store.contains(&descriptor.digest) {
+        return Ok(0);
+    }
+    let task = progress.start(what, descriptor.size);
+    let mut writer = store.writer(descriptor.digest, Some(descriptor.size), what)?;
+    let mut advance = |n: u64| task.advance(n);
+    let result = registry
+        .fetch_blob(
+            &image.source,
+            &descriptor.digest,
+            descriptor.size,
+            &mut writer,
+            &mut advance,
+        )
+        .await;
+    // fsync and rename block: keep them off the async workers' critical path.
+    let result = result.and_then(|()| tokio::task::block_in_place(|| writer.commit()));
+    match &result {
+        Ok(()) => task.finish("verified"),
+        Err(e) => task.finish(&format!("failed: {e}")),
+    }
+    result.map(|()| descriptor.size)
+}
