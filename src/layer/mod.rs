@@ -1,1 +1,123 @@
-//! Filled in by the layer-index work.
+//! Per-layer index: one streaming pass over a layer's uncompressed tar
+//! stream records every entry's metadata and where regular-file bytes sit in
+//! that stream, so the mount can serve reads without unpacking anything.
+//!
+//! Paths and link targets are kept as raw bytes (`OsString`): Linux file
+//! names need not be UTF-8 and an image with one odd name must still mount.
+
+mod compression;
+pub(crate) mod path;
+mod tar_index;
+#[cfg(test)]
+pub(crate) mod test_tar;
+
+use std::ffi::OsString;
+
+use serde::{Deserialize, Serialize};
+
+pub use compression::{Compression, decompress};
+pub use tar_index::index_layer;
+
+/// Everything the tree needs from one layer, in tar order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerIndex {
+    /// Non-whiteout entries in the order they appear in the tar.
+    pub entries: Vec<TarEntry>,
+    /// Whiteouts of this layer. They only affect lower layers, so their
+    /// position relative to `entries` is irrelevant and not recorded.
+    pub whiteouts: Vec<Whiteout>,
+}
+
+/// One tar entry. `path` is relative, `/`-separated, without `.` or empty
+/// components; the root directory is the empty path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TarEntry {
+    pub path: OsString,
+    pub kind: EntryKind,
+    /// Permission bits including setuid/setgid/sticky (`0o7777` mask).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: Timestamp,
+    /// From PAX `SCHILY.xattr.NAME` records; values are raw bytes.
+    pub xattrs: Vec<(String, Vec<u8>)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    /// `offset` is where the content starts in the uncompressed tar stream.
+    Regular {
+        offset: u64,
+        size: u64,
+    },
+    Directory,
+    /// Stored verbatim: resolved inside the container, never by us.
+    Symlink {
+        target: OsString,
+    },
+    /// Normalized like `path`; names an entry of this layer or a lower one.
+    Hardlink {
+        target: OsString,
+    },
+    CharDevice(Device),
+    BlockDevice(Device),
+    Fifo,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    pub major: u32,
+    pub minor: u32,
+}
+
+/// Seconds since the epoch plus nanoseconds (non-zero only when a PAX
+/// `mtime` record carried a fraction). `nanos` is always `< 1e9`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Timestamp {
+    pub secs: i64,
+    pub nanos: u32,
+}
+
+/// OCI whiteouts; paths are normalized like `TarEntry::path`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Whiteout {
+    /// `DIR/.wh.NAME`: remove `DIR/NAME` and its subtree from lower layers.
+    Remove(OsString),
+    /// `DIR/.wh..wh..opq`: hide every lower-layer child of `DIR`.
+    Opaque(OsString),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    /// The tar stream itself is broken (bad checksum, truncated, bad field).
+    /// `entry` names the offending entry, or the last good one for stream
+    /// level damage.
+    #[error("malformed tar at byte {offset} ({entry}): {reason}")]
+    MalformedTar {
+        offset: u64,
+        entry: String,
+        reason: String,
+    },
+    /// The underlying reader (network, decompressor) failed.
+    #[error("reading layer stream at byte {offset}: {source}")]
+    Read {
+        offset: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("tar entry {path:?} escapes the image root")]
+    PathEscapes { path: String },
+    #[error("tar entry {path:?}: hardlink target {target:?} escapes the image root")]
+    HardlinkEscapes { path: String, target: String },
+    #[error("tar entry {path:?} contains a NUL byte in its {what}")]
+    NulByte { path: String, what: &'static str },
+    #[error("tar entry {path:?}: invalid whiteout name")]
+    InvalidWhiteout { path: String },
+    #[error("unsupported sparse file {path:?}")]
+    UnsupportedSparse { path: String },
+    #[error("tar entry {path:?}: unsupported entry type {type_byte:#04x}")]
+    UnsupportedEntryType { path: String, type_byte: u8 },
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,119 @@
-//! Filled in by the merged-tree work.
+//! The merged, read-only view of an image: layer indexes applied bottom to
+//! top with the OCI changeset rules, frozen into an inode table that the
+//! FUSE adapter queries.
+//!
+//! Conventions the adapter can rely on:
+//! - Inode numbers are dense, `ROOT_INO` (1) up to `inode_count()`; names of
+//!   one hardlinked file share an inode.
+//! - `children` lists a directory's entries sorted by raw name bytes,
+//!   without `.` and `..`; the index in that slice is a stable readdir
+//!   cookie because the tree never changes. The adapter emits `.` and `..`
+//!   itself, using `parent` for `..` (the root is its own parent).
+//! - Directory size is `DIR_SIZE` (4096, like ext4 for small directories);
+//!   symlink size is the target length, as `readlink` callers expect;
+//!   device and fifo size is 0.
+//! - Directory nlink is 2 + number of subdirectories; a file's nlink is its
+//!   number of names in the merged tree.
+
+mod build;
+mod persist;
+mod query;
+#[cfg(test)]
+mod tests;
+
+use std::ffi::OsString;
+
+use serde::{Deserialize, Serialize};
+
+use crate::layer::{Device, Timestamp};
+
+pub use persist::FORMAT_VERSION;
+
+pub type Ino = u64;
+
+pub const ROOT_INO: Ino = 1;
+
+/// Reported size of every directory.
+pub const DIR_SIZE: u64 = 4096;
+
+/// Where a regular file's bytes live: `size` bytes at `offset` of layer
+/// `layer`'s uncompressed tar stream (`layer` indexes the slice given to
+/// `Tree::build`, bottom layer first). Nothing else in the tree knows how
+/// content is addressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentLocation {
+    pub layer: u32,
+    pub offset: u64,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inode {
+    pub kind: InodeKind,
+    /// Permission bits including setuid/setgid/sticky; see `st_mode` for
+    /// the full value with the file type.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: Timestamp,
+    pub nlink: u32,
+    pub xattrs: Vec<(String, Vec<u8>)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InodeKind {
+    Regular(ContentLocation),
+    Directory(Directory),
+    Symlink(OsString),
+    CharDevice(Device),
+    BlockDevice(Device),
+    Fifo,
+}
+
+/// A directory's entries; read them through `Tree::children`/`lookup`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Directory {
+    parent: Ino,
+    /// Sorted by name bytes, so lookups are binary searches.
+    entries: Vec<DirEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    pub name: OsString,
+    pub ino: Ino,
+}
+
+/// Inode `n` is `inodes[n - 1]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tree {
+    inodes: Vec<Inode>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    #[error("layer {layer}: hardlink {path:?} points to {target:?}, which does not exist")]
+    HardlinkTargetMissing {
+        layer: u32,
+        path: String,
+        target: String,
+    },
+    #[error("layer {layer}: hardlink {path:?} points to directory {target:?}")]
+    HardlinkToDirectory {
+        layer: u32,
+        path: String,
+        target: String,
+    },
+    #[error("layer {layer}: the entry for the root directory is not a directory")]
+    RootNotDirectory { layer: u32 },
+    #[error("{count} layers is more than a tree can address")]
+    TooManyLayers { count: usize },
+    #[error("not a lazyimg tree cache")]
+    NotATreeCache,
+    #[error("tree cache has format version {found}, this build reads version {expected}")]
+    FormatVersion { found: u32, expected: u32 },
+    #[error("encoding tree cache: {0}")]
+    Encode(#[source] postcard::Error),
+    #[error("decoding tree cache: {0}")]
+    Decode(#[source] postcard::Error),
+}

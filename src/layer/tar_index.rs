@@ -1,0 +1,354 @@
+//! Streaming tar indexer: reads each header once, skips file data, unpacks
+//! nothing.
+
+use std::cell::Cell;
+use std::ffi::OsString;
+use std::io::{self, Read};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+use tar::{Archive, Entry, EntryType};
+
+use super::path::{PathProblem, join, normalize, split_parent};
+use super::{Device, EntryKind, LayerError, LayerIndex, TarEntry, Timestamp, Whiteout};
+
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+/// Names starting with this are reserved by the OCI spec for future use.
+const RESERVED_PREFIX: &[u8] = b".wh..wh.";
+const XATTR_PREFIX: &[u8] = b"SCHILY.xattr.";
+/// PAX keys used by GNU tar's sparse formats 0.x and 1.0.
+const PAX_SPARSE_PREFIX: &[u8] = b"GNU.sparse.";
+
+/// Indexes a layer from its uncompressed tar stream in one pass.
+pub fn index_layer(reader: impl Read) -> Result<LayerIndex, LayerError> {
+    let state = StreamState::default();
+    let mut archive = Archive::new(TrackedReader {
+        inner: reader,
+        state: &state,
+    });
+    let mut index = LayerIndex::default();
+    // Names the last good entry so stream-level errors have context.
+    let mut last_path = String::from("start of archive");
+    let entries = archive.entries().map_err(|e| state.error(e, &last_path))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| state.error(e, &last_path))?;
+        last_path = format!("after {}", String::from_utf8_lossy(&entry.path_bytes()));
+        index_entry(&mut entry, &mut index)?;
+    }
+    Ok(index)
+}
+
+/// What the tar crate consumed so far and whether the source itself failed;
+/// shared with the reader the archive owns.
+#[derive(Default)]
+struct StreamState {
+    pos: Cell<u64>,
+    source_failed: Cell<bool>,
+}
+
+impl StreamState {
+    /// The tar crate reports both source and format problems as `io::Error`;
+    /// the reader wrapper tells them apart.
+    fn error(&self, err: io::Error, context: &str) -> LayerError {
+        let offset = self.pos.get();
+        if self.source_failed.get() {
+            LayerError::Read {
+                offset,
+                source: err,
+            }
+        } else {
+            LayerError::MalformedTar {
+                offset,
+                entry: context.to_owned(),
+                reason: err.to_string(),
+            }
+        }
+    }
+}
+
+struct TrackedReader<'s, R> {
+    inner: R,
+    state: &'s StreamState,
+}
+
+impl<R: Read> Read for TrackedReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.inner.read(buf) {
+            Ok(n) => {
+                self.state.pos.set(self.state.pos.get() + n as u64);
+                Ok(n)
+            }
+            Err(e) => {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    self.state.source_failed.set(true);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Metadata gathered from the entry's PAX records.
+#[derive(Default)]
+struct PaxInfo {
+    mtime: Option<Timestamp>,
+    xattrs: Vec<(String, Vec<u8>)>,
+    sparse: bool,
+}
+
+/// Identifies the entry being indexed in error messages.
+struct Context {
+    shown: String,
+    header_pos: u64,
+}
+
+impl Context {
+    fn malformed(&self, reason: impl std::fmt::Display) -> LayerError {
+        LayerError::MalformedTar {
+            offset: self.header_pos,
+            entry: self.shown.clone(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+fn index_entry<R: Read>(
+    entry: &mut Entry<'_, R>,
+    index: &mut LayerIndex,
+) -> Result<(), LayerError> {
+    let raw_path = entry.path_bytes().into_owned();
+    let cx = Context {
+        shown: String::from_utf8_lossy(&raw_path).into_owned(),
+        header_pos: entry.raw_header_position(),
+    };
+    let entry_type = entry.header().entry_type();
+    if entry_type == EntryType::XGlobalHeader {
+        // Global PAX defaults; image tools do not emit meaningful ones.
+        tracing::debug!(entry = %cx.shown, "ignoring global PAX header");
+        return Ok(());
+    }
+    let path = normalize(&raw_path).map_err(|problem| match problem {
+        PathProblem::Escapes => LayerError::PathEscapes {
+            path: cx.shown.clone(),
+        },
+        PathProblem::Nul => LayerError::NulByte {
+            path: cx.shown.clone(),
+            what: "path",
+        },
+    })?;
+    let pax =
+        read_pax(entry, &cx.shown).map_err(|e| cx.malformed(format!("bad PAX record: {e}")))?;
+    if pax.sparse || entry_type.is_gnu_sparse() {
+        return Err(LayerError::UnsupportedSparse { path: cx.shown });
+    }
+
+    match classify(&path, &cx.shown)? {
+        WhiteoutName::Ordinary => {}
+        WhiteoutName::Whiteout(whiteout) => {
+            index.whiteouts.push(whiteout);
+            return Ok(());
+        }
+        WhiteoutName::Reserved => {
+            tracing::debug!(entry = %cx.shown, "ignoring reserved whiteout name");
+            return Ok(());
+        }
+    }
+
+    let kind = entry_kind(entry, entry_type, &cx)?;
+    let header = entry.header();
+    let field = |what: &str, reason: String| cx.malformed(format!("{what}: {reason}"));
+    let mtime = match pax.mtime {
+        Some(mtime) => mtime,
+        None => Timestamp {
+            secs: number(header.mtime()).map_err(|r| field("mtime", r))?,
+            nanos: 0,
+        },
+    };
+    index.entries.push(TarEntry {
+        path,
+        kind,
+        mode: number::<u32>(header.mode().map(u64::from)).map_err(|r| field("mode", r))? & 0o7777,
+        uid: number(header.uid()).map_err(|r| field("uid", r))?,
+        gid: number(header.gid()).map_err(|r| field("gid", r))?,
+        mtime,
+        xattrs: pax.xattrs,
+    });
+    Ok(())
+}
+
+/// A numeric header field converted to its stored width.
+fn number<T: TryFrom<u64>>(value: io::Result<u64>) -> Result<T, String> {
+    let value = value.map_err(|e| e.to_string())?;
+    T::try_from(value).map_err(|_| format!("{value} out of range"))
+}
+
+fn entry_kind<R: Read>(
+    entry: &Entry<'_, R>,
+    entry_type: EntryType,
+    cx: &Context,
+) -> Result<EntryKind, LayerError> {
+    Ok(match entry_type {
+        EntryType::Regular | EntryType::Continuous => EntryKind::Regular {
+            offset: entry.raw_file_position(),
+            size: entry.size(),
+        },
+        EntryType::Directory => EntryKind::Directory,
+        EntryType::Symlink => EntryKind::Symlink {
+            target: link_target(entry, &cx.shown)?,
+        },
+        EntryType::Link => {
+            let target = link_target(entry, &cx.shown)?;
+            let target = normalize(target.as_bytes()).map_err(|_| LayerError::HardlinkEscapes {
+                path: cx.shown.clone(),
+                target: target.to_string_lossy().into_owned(),
+            })?;
+            EntryKind::Hardlink { target }
+        }
+        EntryType::Char => EntryKind::CharDevice(device(entry).map_err(|e| cx.malformed(e))?),
+        EntryType::Block => EntryKind::BlockDevice(device(entry).map_err(|e| cx.malformed(e))?),
+        EntryType::Fifo => EntryKind::Fifo,
+        other => {
+            return Err(LayerError::UnsupportedEntryType {
+                path: cx.shown.clone(),
+                type_byte: other.as_byte(),
+            });
+        }
+    })
+}
+
+/// How a base name relates to the OCI whiteout convention.
+enum WhiteoutName {
+    Ordinary,
+    Whiteout(Whiteout),
+    /// Other `.wh..wh.` names: reserved by the spec, skipped.
+    Reserved,
+}
+
+fn classify(path: &OsString, shown: &str) -> Result<WhiteoutName, LayerError> {
+    let Some((dir, name)) = split_parent(path.as_bytes()) else {
+        return Ok(WhiteoutName::Ordinary);
+    };
+    // Like Docker, also skip everything inside reserved directories (AUFS
+    // left `.wh..wh.plnk/` and `.wh..wh.aufs` in old layers).
+    let in_reserved = dir
+        .split(|&b| b == b'/')
+        .any(|c| c.starts_with(RESERVED_PREFIX));
+    if name == OPAQUE_MARKER && !in_reserved {
+        let dir = OsString::from_vec(dir.to_vec());
+        return Ok(WhiteoutName::Whiteout(Whiteout::Opaque(dir)));
+    }
+    if in_reserved || name.starts_with(RESERVED_PREFIX) {
+        return Ok(WhiteoutName::Reserved);
+    }
+    let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) else {
+        return Ok(WhiteoutName::Ordinary);
+    };
+    // `.wh.`, `.wh..` and `.wh...` would name nothing, the directory itself
+    // or its parent.
+    if matches!(target, b"" | b"." | b"..") {
+        return Err(LayerError::InvalidWhiteout {
+            path: shown.to_owned(),
+        });
+    }
+    Ok(WhiteoutName::Whiteout(Whiteout::Remove(join(dir, target))))
+}
+
+fn link_target<R: Read>(entry: &Entry<'_, R>, shown: &str) -> Result<OsString, LayerError> {
+    let target = entry.link_name_bytes().unwrap_or_default();
+    if target.contains(&0) {
+        return Err(LayerError::NulByte {
+            path: shown.to_owned(),
+            what: "link target",
+        });
+    }
+    Ok(OsString::from_vec(target.into_owned()))
+}
+
+fn device<R: Read>(entry: &Entry<'_, R>) -> io::Result<Device> {
+    let header = entry.header();
+    // Pre-POSIX headers have no device fields; treat them as 0:0.
+    Ok(Device {
+        major: header.device_major()?.unwrap_or(0),
+        minor: header.device_minor()?.unwrap_or(0),
+    })
+}
+
+fn read_pax<R: Read>(entry: &mut Entry<'_, R>, shown: &str) -> Result<PaxInfo, String> {
+    let mut info = PaxInfo::default();
+    let Some(records) = entry.pax_extensions().map_err(|e| e.to_string())? else {
+        return Ok(info);
+    };
+    for record in records {
+        let record = record.map_err(|e| e.to_string())?;
+        let key = record.key_bytes();
+        if key == b"mtime" {
+            let value = record.value().map_err(|e| e.to_string())?;
+            info.mtime = Some(parse_pax_time(value).ok_or_else(|| format!("mtime {value:?}"))?);
+        } else if let Some(name) = key.strip_prefix(XATTR_PREFIX) {
+            let Ok(name) = std::str::from_utf8(name) else {
+                // PAX keywords must be UTF-8; such a name cannot be a
+                // security.* attribute, so dropping it is harmless.
+                tracing::warn!(entry = %shown, "skipping xattr with non-UTF-8 name");
+                continue;
+            };
+            let value = record.value_bytes().to_vec();
+            // A repeated key overrides the earlier one, as in PAX.
+            match info.xattrs.iter_mut().find(|(n, _)| n == name) {
+                Some(slot) => slot.1 = value,
+                None => info.xattrs.push((name.to_owned(), value)),
+            }
+        } else if key.starts_with(PAX_SPARSE_PREFIX) {
+            info.sparse = true;
+        }
+    }
+    Ok(info)
+}
+
+/// Parses a PAX time: decimal seconds, optionally negative, optionally with
+/// a fraction (digits past nanoseconds are dropped).
+fn parse_pax_time(value: &str) -> Option<Timestamp> {
+    let (negative, unsigned) = match value.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, value),
+    };
+    let (whole, frac) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() || !all_digits(whole) || !all_digits(frac) {
+        return None;
+    }
+    let secs: i64 = whole.parse().ok()?;
+    let mut nanos: u32 = 0;
+    for (i, digit) in frac.bytes().take(9).enumerate() {
+        nanos += u32::from(digit - b'0') * 10u32.pow(8 - i as u32);
+    }
+    Some(match (negative, nanos) {
+        (false, _) => Timestamp { secs, nanos },
+        (true, 0) => Timestamp { secs: -secs, nanos },
+        // -1.25 s is 2 s before the epoch plus 0.75 s.
+        (true, _) => Timestamp {
+            secs: -secs - 1,
+            nanos: 1_000_000_000 - nanos,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax_time_parsing() {
+        let t = |secs, nanos| Some(Timestamp { secs, nanos });
+        assert_eq!(parse_pax_time("1700000000"), t(1_700_000_000, 0));
+        assert_eq!(
+            parse_pax_time("1700000000.5"),
+            t(1_700_000_000, 500_000_000)
+        );
+        assert_eq!(parse_pax_time("1.123456789999"), t(1, 123_456_789));
+        assert_eq!(parse_pax_time("-1.25"), t(-2, 750_000_000));
+        assert_eq!(parse_pax_time("-3"), t(-3, 0));
+        assert_eq!(parse_pax_time(""), None);
+        assert_eq!(parse_pax_time("1.2x"), None);
+        assert_eq!(parse_pax_time("+1"), None);
+    }
+}

@@ -1,0 +1,411 @@
+use std::ffi::OsString;
+use std::io::{self, Read};
+
+use tar::{EntryType, Header};
+
+use super::test_tar::{MTIME, TestTar, header};
+use super::*;
+
+fn entry<'a>(index: &'a LayerIndex, path: &str) -> &'a TarEntry {
+    index
+        .entries
+        .iter()
+        .find(|e| e.path == path)
+        .unwrap_or_else(|| panic!("no entry {path}"))
+}
+
+fn content<'a>(tar: &'a [u8], entry: &TarEntry) -> &'a [u8] {
+    match entry.kind {
+        EntryKind::Regular { offset, size } => &tar[offset as usize..(offset + size) as usize],
+        ref other => panic!("not a regular file: {other:?}"),
+    }
+}
+
+fn os(s: &str) -> OsString {
+    OsString::from(s)
+}
+
+#[test]
+fn indexes_every_kind_with_metadata() {
+    let mut setuid = header(EntryType::Regular, 0o4755);
+    setuid.set_uid(1000);
+    setuid.set_gid(50);
+    let mut tar = TestTar::new();
+    tar.dir("./")
+        .dir_with(header(EntryType::Directory, 0o1777), "./tmp/")
+        .dir_with(header(EntryType::Directory, 0o2775), "srv")
+        .file_with(setuid, "usr/bin/su", b"#!binary")
+        .symlink("bin", "usr/bin")
+        .hardlink("usr/bin/su2", "./usr/bin/su")
+        .device(EntryType::Char, "dev/null", 1, 3)
+        .device(EntryType::Block, "dev/sda", 8, 0)
+        .dir_with(header(EntryType::Fifo, 0o600), "run/fifo");
+    let raw = tar.bytes();
+    let index = index_layer(&raw[..]).unwrap();
+    assert!(index.whiteouts.is_empty());
+
+    let paths: Vec<_> = index.entries.iter().map(|e| e.path.clone()).collect();
+    let expected = [
+        "",
+        "tmp",
+        "srv",
+        "usr/bin/su",
+        "bin",
+        "usr/bin/su2",
+        "dev/null",
+        "dev/sda",
+        "run/fifo",
+    ];
+    assert_eq!(paths, expected.map(os));
+
+    assert_eq!(entry(&index, "").kind, EntryKind::Directory);
+    assert_eq!(entry(&index, "tmp").mode, 0o1777);
+    assert_eq!(entry(&index, "srv").mode, 0o2775);
+    let su = entry(&index, "usr/bin/su");
+    assert_eq!((su.mode, su.uid, su.gid), (0o4755, 1000, 50));
+    assert_eq!(
+        su.mtime,
+        Timestamp {
+            secs: MTIME as i64,
+            nanos: 0
+        }
+    );
+    assert_eq!(content(&raw, su), b"#!binary");
+    assert_eq!(
+        entry(&index, "bin").kind,
+        EntryKind::Symlink {
+            target: os("usr/bin")
+        }
+    );
+    assert_eq!(
+        entry(&index, "usr/bin/su2").kind,
+        EntryKind::Hardlink {
+            target: os("usr/bin/su")
+        }
+    );
+    assert_eq!(
+        entry(&index, "dev/null").kind,
+        EntryKind::CharDevice(Device { major: 1, minor: 3 })
+    );
+    assert_eq!(
+        entry(&index, "dev/sda").kind,
+        EntryKind::BlockDevice(Device { major: 8, minor: 0 })
+    );
+    assert_eq!(entry(&index, "run/fifo").kind, EntryKind::Fifo);
+}
+
+#[test]
+fn pax_xattrs_and_precise_mtime() {
+    let capability: &[u8] = &[0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00, 0xff, 0x00];
+    let mut tar = TestTar::new();
+    tar.pax(&[
+        ("SCHILY.xattr.security.capability", capability),
+        ("SCHILY.xattr.user.note", b"hello"),
+        ("mtime", b"1700000000.123456789"),
+        ("atime", b"1"),
+    ])
+    .file("bin/ping", b"ping");
+    let index = tar.index();
+    let ping = entry(&index, "bin/ping");
+    assert_eq!(
+        ping.xattrs,
+        vec![
+            ("security.capability".to_owned(), capability.to_vec()),
+            ("user.note".to_owned(), b"hello".to_vec()),
+        ]
+    );
+    assert_eq!(
+        ping.mtime,
+        Timestamp {
+            secs: 1_700_000_000,
+            nanos: 123_456_789
+        }
+    );
+}
+
+#[test]
+fn long_names_and_targets_gnu_and_pax() {
+    let long_dir = "d".repeat(120);
+    let gnu_path = format!("{long_dir}/gnu-file");
+    let gnu_target = format!("/{}/target", "t".repeat(110));
+    let pax_path = format!("{long_dir}/pax-file");
+    let pax_link_target = format!("{long_dir}/gnu-file");
+
+    let mut tar = TestTar::new();
+    tar.file(&gnu_path, b"gnu content")
+        .symlink("gnu-symlink", &gnu_target)
+        .hardlink("gnu-hardlink", &gnu_path)
+        .pax(&[("path", pax_path.as_bytes())]);
+    let mut ustar = Header::new_ustar();
+    ustar.set_entry_type(EntryType::Regular);
+    ustar.set_mode(0o644);
+    ustar.set_mtime(MTIME);
+    ustar.set_uid(0);
+    ustar.set_gid(0);
+    tar.file_with(ustar.clone(), "placeholder", b"pax content")
+        .pax(&[
+            ("path", b"pax-hardlink"),
+            ("linkpath", pax_link_target.as_bytes()),
+        ]);
+    ustar.set_entry_type(EntryType::Link);
+    tar.raw(ustar.clone(), b"short", b"short-target", b"");
+    tar.pax(&[("linkpath", gnu_target.as_bytes())]);
+    ustar.set_entry_type(EntryType::Symlink);
+    tar.raw(ustar, b"pax-symlink", b"truncated", b"");
+
+    let raw = tar.bytes();
+    let index = index_layer(&raw[..]).unwrap();
+    assert_eq!(content(&raw, entry(&index, &gnu_path)), b"gnu content");
+    assert_eq!(content(&raw, entry(&index, &pax_path)), b"pax content");
+    assert_eq!(
+        entry(&index, "gnu-symlink").kind,
+        EntryKind::Symlink {
+            target: os(&gnu_target)
+        }
+    );
+    assert_eq!(
+        entry(&index, "pax-symlink").kind,
+        EntryKind::Symlink {
+            target: os(&gnu_target)
+        }
+    );
+    assert_eq!(
+        entry(&index, "gnu-hardlink").kind,
+        EntryKind::Hardlink {
+            target: os(&gnu_path)
+        }
+    );
+    assert_eq!(
+        entry(&index, "pax-hardlink").kind,
+        EntryKind::Hardlink {
+            target: os(&pax_link_target)
+        }
+    );
+}
+
+#[test]
+fn content_offsets_address_file_bytes() {
+    let big: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    let mut tar = TestTar::new();
+    tar.file("empty", b"")
+        .file("one", b"x")
+        .file("big", &big)
+        .pax(&[("SCHILY.xattr.user.a", b"b")])
+        .file("after-pax", b"tail");
+    let raw = tar.bytes();
+    let index = index_layer(&raw[..]).unwrap();
+    assert_eq!(index.entries.len(), 4);
+    for (path, expected) in [
+        ("empty", &b""[..]),
+        ("one", b"x"),
+        ("big", &big),
+        ("after-pax", b"tail"),
+    ] {
+        assert_eq!(content(&raw, entry(&index, path)), expected, "{path}");
+    }
+}
+
+#[test]
+fn whiteouts_are_recorded_not_listed() {
+    let mut tar = TestTar::new();
+    tar.file("etc/.wh.passwd", b"")
+        .file(".wh.tmp", b"")
+        .file("var/cache/.wh..wh..opq", b"")
+        .file(".wh..wh..opq", b"")
+        .dir("etc/.wh..wh.plnk")
+        .file("etc/.wh..wh.plnk/1234.5678", b"aufs hardlink stash")
+        .file("etc/keep", b"");
+    let index = tar.index();
+    assert_eq!(
+        index.whiteouts,
+        vec![
+            Whiteout::Remove(os("etc/passwd")),
+            Whiteout::Remove(os("tmp")),
+            Whiteout::Opaque(os("var/cache")),
+            Whiteout::Opaque(os("")),
+        ]
+    );
+    let paths: Vec<_> = index.entries.iter().map(|e| e.path.clone()).collect();
+    assert_eq!(paths, vec![os("etc/keep")]);
+
+    let err = TestTar::new().file("a/.wh..", b"").bytes();
+    assert!(matches!(
+        index_layer(&err[..]),
+        Err(LayerError::InvalidWhiteout { .. })
+    ));
+}
+
+#[test]
+fn absolute_paths_are_made_relative() {
+    let mut tar = TestTar::new();
+    tar.raw(
+        header(EntryType::Regular, 0o644),
+        b"/etc/hostname",
+        b"",
+        b"box",
+    )
+    .raw(
+        header(EntryType::Link, 0o644),
+        b"/etc/alias",
+        b"/etc/hostname",
+        b"",
+    )
+    .raw(
+        header(EntryType::Symlink, 0o777),
+        b"/abs-link",
+        b"/etc/../etc/hostname",
+        b"",
+    );
+    let raw = tar.bytes();
+    let index = index_layer(&raw[..]).unwrap();
+    assert_eq!(content(&raw, entry(&index, "etc/hostname")), b"box");
+    assert_eq!(
+        entry(&index, "etc/alias").kind,
+        EntryKind::Hardlink {
+            target: os("etc/hostname")
+        }
+    );
+    // Symlink targets stay verbatim.
+    assert_eq!(
+        entry(&index, "abs-link").kind,
+        EntryKind::Symlink {
+            target: os("/etc/../etc/hostname")
+        }
+    );
+}
+
+#[test]
+fn escaping_paths_are_rejected() {
+    let file = || header(EntryType::Regular, 0o644);
+    let escape = TestTar::new()
+        .raw(file(), b"a/../../etc/passwd", b"", b"x")
+        .bytes();
+    match index_layer(&escape[..]) {
+        Err(e @ LayerError::PathEscapes { .. }) => {
+            assert!(e.to_string().contains("a/../../etc/passwd"))
+        }
+        other => panic!("expected PathEscapes, got {other:?}"),
+    }
+    let link = TestTar::new()
+        .raw(
+            header(EntryType::Link, 0o644),
+            b"ok",
+            b"../../etc/shadow",
+            b"",
+        )
+        .bytes();
+    match index_layer(&link[..]) {
+        Err(e @ LayerError::HardlinkEscapes { .. }) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("\"ok\"") && msg.contains("../../etc/shadow"),
+                "{msg}"
+            );
+        }
+        other => panic!("expected HardlinkEscapes, got {other:?}"),
+    }
+    // A `..` that stays inside is folded, and symlinks may point anywhere.
+    let fine = TestTar::new()
+        .raw(file(), b"a/../b", b"", b"")
+        .raw(header(EntryType::Symlink, 0o777), b"s", b"../../../x", b"")
+        .index();
+    assert_eq!(fine.entries[0].path, os("b"));
+    assert_eq!(
+        fine.entries[1].kind,
+        EntryKind::Symlink {
+            target: os("../../../x")
+        }
+    );
+}
+
+#[test]
+fn nul_in_pax_path_is_rejected() {
+    let raw = TestTar::new()
+        .pax(&[("path", b"a\0b")])
+        .file("x", b"")
+        .bytes();
+    assert!(matches!(
+        index_layer(&raw[..]),
+        Err(LayerError::NulByte { .. })
+    ));
+}
+
+#[test]
+fn truncated_and_garbage_tars_are_malformed() {
+    let raw = TestTar::new()
+        .file("first", b"ok")
+        .file("second", &[7u8; 2000])
+        .bytes();
+    for cut in [700, 1100, 1600] {
+        match index_layer(&raw[..cut]) {
+            Err(LayerError::MalformedTar { .. }) => {}
+            other => panic!("cut at {cut}: expected MalformedTar, got {other:?}"),
+        }
+    }
+    let garbage: Vec<u8> = (0..2048u32).map(|i| (i * 7 + 1) as u8).collect();
+    match index_layer(&garbage[..]) {
+        Err(e @ LayerError::MalformedTar { .. }) => assert!(e.to_string().contains("cksum")),
+        other => panic!("expected MalformedTar, got {other:?}"),
+    }
+}
+
+#[test]
+fn source_errors_are_not_called_malformed() {
+    struct Failing;
+    impl Read for Failing {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "network gone",
+            ))
+        }
+    }
+    assert!(matches!(
+        index_layer(Failing),
+        Err(LayerError::Read { offset: 0, .. })
+    ));
+}
+
+#[test]
+fn sparse_and_exotic_entries_are_rejected() {
+    let mut sparse_header = header(EntryType::GNUSparse, 0o644);
+    sparse_header
+        .as_gnu_mut()
+        .expect("gnu header")
+        .set_real_size(0);
+    let gnu_sparse = TestTar::new().dir_with(sparse_header, "holes").bytes();
+    match index_layer(&gnu_sparse[..]) {
+        Err(e @ LayerError::UnsupportedSparse { .. }) => assert!(e.to_string().contains("holes")),
+        other => panic!("expected UnsupportedSparse, got {other:?}"),
+    }
+    let pax_sparse = TestTar::new()
+        .pax(&[("GNU.sparse.major", b"1"), ("GNU.sparse.minor", b"0")])
+        .file("GNUSparseFile.0/holes", b"")
+        .bytes();
+    assert!(matches!(
+        index_layer(&pax_sparse[..]),
+        Err(LayerError::UnsupportedSparse { .. })
+    ));
+    let volume = TestTar::new()
+        .dir_with(header(EntryType::new(b'V'), 0o644), "label")
+        .bytes();
+    assert!(matches!(
+        index_layer(&volume[..]),
+        Err(LayerError::UnsupportedEntryType {
+            type_byte: b'V',
+            ..
+        })
+    ));
+}
+
+#[test]
+fn index_serializes_compactly() {
+    let index = TestTar::new()
+        .pax(&[("SCHILY.xattr.user.x", b"\xff\x00")])
+        .file("a/b", b"data")
+        .symlink("l", "a/b")
+        .file(".wh.gone", b"")
+        .index();
+    let bytes = postcard::to_allocvec(&index).unwrap();
+    assert_eq!(postcard::from_bytes::<LayerIndex>(&bytes).unwrap(), index);
+}

@@ -1,0 +1,16 @@
+//! Test support shared by integration tests (`mod support;`).
+//!
+//! * [`layer`]: layer entries and deterministic layer tarballs.
+//! * [`image`]: OCI image layout writer (re-exports `layer` and the ready-made specs).
+//! * [`torture`]: `torture_image(compression)`, `simple_image(n)`.
+//! * [`listing`]: canonical tree listing + diff, the comparison oracle format.
+//! * [`tools`]: skopeo push/inspect, umoci unpack.
+//! * [`registry`]: throwaway `docker-registry` on 127.0.0.1.
+#![allow(dead_code, unused_imports)]
+
+pub mod image;
+pub mod layer;
+pub mod listing;
+pub mod registry;
+pub mod tools;
+pub mod torture;
