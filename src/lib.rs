@@ -15,6 +15,7 @@ pub mod layer;
 pub mod pull;
 pub mod reference;
 pub mod registry;
+pub mod rootfs;
 pub mod secret;
 pub mod store;
 pub mod tree;

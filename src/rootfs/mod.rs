@@ -1,0 +1,26 @@
+//! An image's merged root filesystem: the tree, plus where its file bytes come from.
+//!
+//! The FUSE adapter sees only this: [`Tree`] answers every metadata question and a
+//! [`ContentReader`] returns verified file bytes. How those bytes are found (whole
+//! cached layers today, ranged chunk fetches later) stays behind the trait.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::error::Result;
+use crate::tree::{ContentLocation, Tree};
+
+/// Reads regular-file content. Implementations return only verified bytes and may
+/// block (a read can wait on the network), so callers run them off the FUSE loop.
+pub trait ContentReader: Send + Sync + 'static {
+    /// Up to `len` bytes of the file stored at `location`, starting `offset` bytes
+    /// into the file. Fewer bytes only at end of file.
+    fn read(&self, location: &ContentLocation, offset: u64, len: usize) -> Result<Bytes>;
+}
+
+/// A mounted image's whole view: immutable, shared by every FUSE worker.
+pub struct RootFs {
+    pub tree: Tree,
+    pub content: Arc<dyn ContentReader>,
+}
