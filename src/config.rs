@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use bytesize::ByteSize;
 use serde::Deserialize;
 
+use std::time::Duration;
+
 use crate::error::{Error, Result};
+use crate::registry::{ClientOptions, RetryPolicy};
 
 pub const SYSTEM_CONFIG: &str = "/etc/lazyimg/config.toml";
 const DEFAULT_CACHE_MAX: ByteSize = ByteSize::gib(50);
@@ -23,6 +26,8 @@ pub struct Config {
     pub approved_images: Option<PathBuf>,
     #[serde(default, rename = "registry")]
     pub registries: Vec<RegistryConfig>,
+    #[serde(default)]
+    pub network: NetworkConfig,
     /// The file this came from, for error messages; `None` for defaults.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -41,6 +46,43 @@ pub struct RegistryConfig {
     pub insecure: bool,
     /// An extra CA certificate (PEM) to trust for the location.
     pub ca_file: Option<PathBuf>,
+}
+
+/// `[network]`: how long to wait for registries, and how often to retry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Seconds to wait for a TCP + TLS connection.
+    pub connect_timeout: u64,
+    /// Seconds a registry may stay silent before the request fails.
+    pub read_timeout: u64,
+    /// Tries per request for transient failures (connection errors, 5xx, 429).
+    pub attempts: u32,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        let defaults = ClientOptions::default();
+        NetworkConfig {
+            connect_timeout: defaults.connect_timeout.as_secs(),
+            read_timeout: defaults.read_timeout.as_secs(),
+            attempts: defaults.retry.attempts,
+        }
+    }
+}
+
+impl NetworkConfig {
+    pub fn client_options(&self) -> ClientOptions {
+        let defaults = ClientOptions::default();
+        ClientOptions {
+            connect_timeout: Duration::from_secs(self.connect_timeout.max(1)),
+            read_timeout: Duration::from_secs(self.read_timeout.max(1)),
+            retry: RetryPolicy {
+                attempts: self.attempts.max(1),
+                ..defaults.retry
+            },
+        }
+    }
 }
 
 impl Config {
@@ -143,6 +185,9 @@ mod tests {
             cache_max_size = "50GiB"
             approved_images = "/etc/lazyimg/approved.toml"
 
+            [network]
+            read_timeout = 5
+
             [[registry]]
             prefix = "ghcr.io"
             location = "tre-ghcr-proxy.nsh.loc:5000"
@@ -151,6 +196,14 @@ mod tests {
             "#,
         )
         .unwrap();
+        assert_eq!(
+            config.network.client_options().read_timeout,
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            config.network.attempts,
+            ClientOptions::default().retry.attempts
+        );
         assert_eq!(config.cache_dir(), Path::new("/var/cache/lazyimg"));
         assert_eq!(config.cache_max_size(), 50 * 1024 * 1024 * 1024);
         let reg = config.registry_for("ghcr.io/ns/name").unwrap();

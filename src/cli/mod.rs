@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::Config;
 use crate::image::Platform;
 use crate::reference::ImageRef;
-use crate::registry::{ClientOptions, RegistryClient, credentials};
+use crate::registry::{RegistryClient, credentials};
 use crate::secret::{Credentials, Secret};
 use crate::store::Store;
 
@@ -108,7 +108,7 @@ impl Context {
         Ok(RegistryClient::new(
             &image.endpoint,
             creds.as_ref(),
-            &ClientOptions::default(),
+            &self.config.network.client_options(),
         )?)
     }
 

@@ -166,27 +166,8 @@ impl RegistryClient {
         let mut attempt = 1;
         let mut reauthed = false;
         loop {
-            let offset = sink.len();
-            let opened = if offset == 0 {
-                self.client
-                    .pull_blob_stream(reference, digest_text.as_str())
-                    .await
-            } else {
-                let response = self
-                    .client
-                    .pull_blob_stream_partial(reference, digest_text.as_str(), offset, None)
-                    .await;
-                match response {
-                    Ok(BlobResponse::Partial(stream)) => Ok(stream),
-                    Ok(BlobResponse::Full(stream)) => {
-                        // The registry ignored the Range header: start over.
-                        sink.restart()?;
-                        Ok(stream)
-                    }
-                    Err(e) => Err(e),
-                }
-            };
-            let failure = match opened {
+            let failure = match self.open_blob(reference, &digest_text, sink).await {
+                Err(failure) => failure,
                 Ok(stream) => match copy_stream(stream, sink, progress).await {
                     Ok(()) => return Ok(()),
                     Err(StreamError::Sink(e)) => return Err(e),
@@ -197,7 +178,6 @@ impl RegistryClient {
                         Failure::Retry(self.network_error(&e.to_string()))
                     }
                 },
-                Err(e) => self.classify(reference, e),
             };
             match failure {
                 Failure::Reauth(e) if reauthed => return Err(self.denied(reference, e)),
@@ -215,6 +195,34 @@ impl RegistryClient {
                 Failure::Fatal(e) => return Err(e),
             }
         }
+    }
+
+    /// Opens the blob where `sink` left off: the whole blob, or the rest by Range.
+    async fn open_blob(
+        &self,
+        reference: &Reference,
+        digest: &str,
+        sink: &mut dyn BlobSink,
+    ) -> Result<SizedStream, Failure> {
+        let offset = sink.len();
+        let response = if offset == 0 {
+            self.client.pull_blob_stream(reference, digest).await
+        } else {
+            match self
+                .client
+                .pull_blob_stream_partial(reference, digest, offset, None)
+                .await
+            {
+                Ok(BlobResponse::Partial(stream)) => Ok(stream),
+                Ok(BlobResponse::Full(stream)) => {
+                    // The registry ignored the Range header: start over.
+                    sink.restart().map_err(Failure::Fatal)?;
+                    Ok(stream)
+                }
+                Err(e) => Err(e),
+            }
+        };
+        response.map_err(|e| self.classify(reference, e))
     }
 
     /// Runs `op`, re-authenticating once on a 401 and retrying transient failures.
@@ -412,6 +420,7 @@ async fn copy_stream(
     sink: &mut dyn BlobSink,
     progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<(), StreamError> {
+    // reqwest's read timeout bounds each silence, so a stalled registry ends this loop.
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(StreamError::Transport)?;
         sink.write(&chunk).map_err(StreamError::Sink)?;

@@ -6,11 +6,13 @@
 //! * [`listing`]: canonical tree listing + diff, the comparison oracle format.
 //! * [`tools`]: skopeo push/inspect, umoci unpack.
 //! * [`registry`]: throwaway `docker-registry` on 127.0.0.1.
+//! * [`testenv`]: the shared topology from `scripts/testenv.sh` and a sandboxed `lazyimg`.
 #![allow(dead_code, unused_imports)]
 
 pub mod image;
 pub mod layer;
 pub mod listing;
 pub mod registry;
+pub mod testenv;
 pub mod tools;
 pub mod torture;

@@ -1,0 +1,286 @@
+//! The shared local registry topology (`scripts/testenv.sh`) and a sandboxed
+//! `lazyimg` command per test: its own cache, config and (empty) auth files.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use super::image::{ImageSpec, OciLayout};
+use super::layer::{LayerSpec, dir, file};
+use super::tools::{PushOpts, push_layout};
+
+/// Addresses and secrets of the running topology, from `$STATE/env`.
+pub struct TestEnv {
+    vars: HashMap<String, String>,
+}
+
+/// Starts the topology once per test binary (`testenv.sh up` is idempotent and
+/// safe to run from several test binaries at once).
+pub fn testenv() -> &'static TestEnv {
+    static ENV: OnceLock<TestEnv> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/testenv.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg("up")
+            .stdin(Stdio::null())
+            .output()
+            .expect("bash runs");
+        assert!(
+            out.status.success(),
+            "scripts/testenv.sh up failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg("env")
+            .output()
+            .expect("bash runs");
+        let vars = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("export ").unwrap_or(l).split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches(['"', '\'']).to_string()))
+            .collect();
+        TestEnv { vars }
+    })
+}
+
+impl TestEnv {
+    pub fn var(&self, name: &str) -> &str {
+        self.vars
+            .get(name)
+            .unwrap_or_else(|| panic!("testenv.sh env does not define {name}"))
+    }
+
+    /// `127.0.0.1:15443`: HTTPS with token auth, plays ghcr.io.
+    pub fn upstream(&self) -> &str {
+        self.var("LAZYIMG_TEST_UPSTREAM")
+    }
+
+    /// `127.0.0.1:15000`: plain HTTP, no auth (the site proxy in push mode).
+    pub fn plain(&self) -> &str {
+        self.var("LAZYIMG_TEST_PLAIN")
+    }
+
+    /// `127.0.0.1:15002`: pull-through cache of the upstream.
+    pub fn proxy(&self) -> &str {
+        self.var("LAZYIMG_TEST_PROXY")
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.var("LAZYIMG_TEST_CA").into()
+    }
+
+    pub fn auth_file(&self) -> PathBuf {
+        self.var("LAZYIMG_TEST_AUTH_FILE").into()
+    }
+
+    pub fn user(&self) -> &str {
+        self.var("LAZYIMG_TEST_USER")
+    }
+
+    pub fn token(&self) -> &str {
+        self.var("LAZYIMG_TEST_TOKEN")
+    }
+
+    /// Pushes `tag` of `layout` to `upstream/repo_tag` with the test user.
+    pub fn push_upstream(&self, layout: &Path, tag: &str, repo_tag: &str, format_v2s2: bool) {
+        let opts = PushOpts {
+            creds: Some((self.user().into(), self.token().into())),
+            cert_dir: Some(self.var("LAZYIMG_TEST_CERT_DIR").into()),
+            tls_verify: true,
+            format_v2s2,
+        };
+        let dest = format!("{}/{repo_tag}", self.upstream());
+        push_layout(layout, tag, &dest, opts).unwrap_or_else(|e| panic!("push to {dest}: {e}"));
+    }
+
+    /// Where the upstream registry keeps the bytes of blob `digest` on disk.
+    pub fn upstream_blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").expect("sha256 digest");
+        Path::new(self.var("LAZYIMG_TEST_UPSTREAM_DATA"))
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+}
+
+/// An image no other test, and no earlier run, shares a blob with: registries
+/// store blobs once per digest, so a test that corrupts one must not meet that
+/// content again (re-pushing an existing blob is skipped, corruption and all).
+pub fn unique_image(label: &str, layers: usize) -> ImageSpec {
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos();
+    let label = format!("{label} {nonce} {}", std::process::id());
+    let layers = (0..layers)
+        .map(|i| {
+            LayerSpec::new(vec![
+                dir(&format!("layer{i}")),
+                file(
+                    &format!("layer{i}/label.txt"),
+                    format!("{label} layer {i}\n"),
+                ),
+                file(
+                    &format!("layer{i}/data.bin"),
+                    super::torture::prng_bytes(i as u64 + 7, 64 << 10),
+                ),
+            ])
+        })
+        .collect();
+    ImageSpec::new(layers).cmd(&["/bin/sh"])
+}
+
+/// Builds `spec` into a fresh layout tagged `tag`; returns the layout and image.
+pub fn build_layout(
+    dir: &Path,
+    spec: &ImageSpec,
+    tag: &str,
+) -> (OciLayout, super::image::BuiltImage) {
+    let mut layout = OciLayout::create(dir);
+    let image = layout.add_image(spec);
+    layout.tag(tag, &image.manifest);
+    (layout, image)
+}
+
+/// One test's `lazyimg`: a private cache and config, and no credentials unless given.
+pub struct Lazyimg {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+pub struct Run {
+    pub output: Output,
+    pub elapsed: Duration,
+}
+
+impl Run {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    pub fn success(&self) -> bool {
+        self.output.status.success()
+    }
+
+    /// Panics with both streams unless the command succeeded.
+    pub fn ok(self) -> Run {
+        assert!(
+            self.success(),
+            "lazyimg failed ({}):\n{}",
+            self.output.status,
+            self.stderr()
+        );
+        self
+    }
+}
+
+impl Lazyimg {
+    /// Trusts the upstream's CA and talks plain HTTP to the proxy and push registries.
+    pub fn new(env: &TestEnv) -> Lazyimg {
+        Self::with_config(env, "")
+    }
+
+    /// Like [`Lazyimg::new`], with `extra` TOML (e.g. more `[[registry]]` tables).
+    pub fn with_config(env: &TestEnv, extra: &str) -> Lazyimg {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("config.toml");
+        let text = format!(
+            "cache_dir = {cache:?}\n{extra}\n\
+             [[registry]]\nprefix = {up:?}\nca_file = {ca:?}\n\
+             [[registry]]\nprefix = {plain:?}\ninsecure = true\n\
+             [[registry]]\nprefix = {proxy:?}\ninsecure = true\n",
+            cache = dir.path().join("cache"),
+            up = env.upstream(),
+            ca = env.ca(),
+            plain = env.plain(),
+            proxy = env.proxy(),
+        );
+        std::fs::write(&config, text).expect("write config");
+        Lazyimg { dir, config }
+    }
+
+    pub fn cache(&self) -> PathBuf {
+        self.dir.path().join("cache")
+    }
+
+    /// `lazyimg --config CONFIG`, isolated from the caller's auth files.
+    pub fn cmd(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lazyimg"));
+        cmd.arg("--config")
+            .arg(&self.config)
+            .env_remove("REGISTRY_AUTH_FILE")
+            .env_remove("LAZYIMG_CONFIG")
+            .env_remove("LAZYIMG_LOG")
+            .env("HOME", self.dir.path())
+            .env("XDG_RUNTIME_DIR", self.dir.path())
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        run(self.cmd().args(args))
+    }
+
+    /// Runs with the token on standard input (`--password-stdin`).
+    pub fn run_with_stdin(&self, args: &[&str], stdin: &str) -> Run {
+        use std::io::Write;
+        let start = Instant::now();
+        let mut child = self
+            .cmd()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("lazyimg starts");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("write stdin");
+        let output = child.wait_with_output().expect("lazyimg finishes");
+        Run {
+            output,
+            elapsed: start.elapsed(),
+        }
+    }
+
+    /// Digests (`sha256:…`) of every blob in this sandbox's cache.
+    pub fn cached_blobs(&self) -> Vec<String> {
+        let dir = self.cache().join("blobs/sha256");
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        let mut blobs: Vec<String> = entries
+            .flatten()
+            .map(|e| format!("sha256:{}", e.file_name().to_string_lossy()))
+            .collect();
+        blobs.sort();
+        blobs
+    }
+
+    /// Files left in the cache's download area (must be none after any command).
+    pub fn leftover_downloads(&self) -> usize {
+        std::fs::read_dir(self.cache().join("tmp")).map_or(0, |d| d.count())
+    }
+}
+
+pub fn run(cmd: &mut Command) -> Run {
+    let start = Instant::now();
+    let output = cmd.output().expect("command starts");
+    Run {
+        output,
+        elapsed: start.elapsed(),
+    }
+}
