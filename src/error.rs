@@ -67,6 +67,20 @@ pub enum Error {
 
     #[error("{0} is not in the cache")]
     NotCached(Digest),
+
+    #[error("layer {layer}: {source}")]
+    Layer {
+        layer: Digest,
+        #[source]
+        source: crate::layer::LayerError,
+    },
+
+    #[error("merging the layers of {image}: {source}")]
+    Tree {
+        image: String,
+        #[source]
+        source: crate::tree::TreeError,
+    },
 }
 
 impl Error {
@@ -116,6 +130,9 @@ impl Error {
             }
             Error::Io { .. } => return None,
             Error::NotCached(_) => "run `lazyimg pull` first",
+            Error::Layer { .. } | Error::Tree { .. } => {
+                "the image's layers are malformed or unsafe; rebuild the image or report it to its authors"
+            }
         })
     }
 }

@@ -104,6 +104,15 @@ pub struct ImageConfig {
     pub variant: Option<String>,
     #[serde(default)]
     pub config: Option<RuntimeConfig>,
+    #[serde(default)]
+    pub rootfs: Option<RootFsConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RootFsConfig {
+    /// sha256 of each layer's uncompressed tar, bottom first.
+    #[serde(default)]
+    pub diff_ids: Vec<Digest>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

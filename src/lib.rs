@@ -16,6 +16,7 @@ pub mod pull;
 pub mod reference;
 pub mod registry;
 pub mod rootfs;
+pub mod runtime;
 pub mod secret;
 pub mod store;
 pub mod tree;

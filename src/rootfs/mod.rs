@@ -4,11 +4,15 @@
 //! [`ContentReader`] returns verified file bytes. How those bytes are found (whole
 //! cached layers today, ranged chunk fetches later) stays behind the trait.
 
+mod open;
+
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::error::Result;
+pub use open::open_image;
+
 use crate::tree::{ContentLocation, Tree};
 
 /// Reads regular-file content. Implementations return only verified bytes and may

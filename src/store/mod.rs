@@ -4,6 +4,7 @@
 //! - `blobs/sha256/<hex>`: content whose sha256 is `<hex>`: whole blobs today, verified
 //!   chunks of blobs later (a chunk is content too, named by its own digest).
 //! - `refs/`: image names → manifest digests, so a cached image opens offline.
+//! - `derived/`: layer indexes and merged trees, named by the digest they came from.
 //! - `tmp/`: downloads in progress; renamed into `blobs/` only once verified.
 //! - `lock`: held exclusively while evicting.
 //!
@@ -11,6 +12,7 @@
 //! fsync'd and atomically renamed, and a reader that holds a mapping keeps its bytes
 //! even if another process evicts the file.
 
+mod derived;
 mod recency;
 mod refs;
 mod writer;
@@ -27,6 +29,7 @@ use memmap2::Mmap;
 use crate::digest::{Digest, Hasher};
 use crate::error::{Error, Result};
 use recency::OpenBlobs;
+pub use derived::Derived;
 pub use refs::ImageRecord;
 pub use writer::BlobWriter;
 
@@ -51,6 +54,29 @@ pub struct Blob {
 impl Blob {
     pub fn bytes(&self) -> &[u8] {
         self.map.as_deref().map_or(&[], |m| &m[..])
+    }
+
+    /// `range` of the content as shared `Bytes`, without copying.
+    pub fn slice(&self, range: std::ops::Range<usize>) -> bytes::Bytes {
+        match &self.map {
+            Some(map) => bytes::Bytes::from_owner(MappedRange {
+                map: Arc::clone(map),
+                range,
+            }),
+            None => bytes::Bytes::new(),
+        }
+    }
+}
+
+/// Keeps a mapping alive for as long as `Bytes` handed out from it live.
+struct MappedRange {
+    map: Arc<Mmap>,
+    range: std::ops::Range<usize>,
+}
+
+impl AsRef<[u8]> for MappedRange {
+    fn as_ref(&self) -> &[u8] {
+        &self.map[self.range.clone()]
     }
 }
 
@@ -286,6 +312,17 @@ impl Store {
             }
         }
     }
+}
+
+/// Replaces `target` with `bytes` atomically (temp file in the same directory, then
+/// rename), so concurrent readers see the old or the new file, never a mix.
+fn write_atomically(target: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = target.parent().expect("store paths have a parent");
+    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+    io::Write::write_all(&mut tmp, bytes).map_err(|e| Error::io(tmp.path(), e))?;
+    tmp.persist(target).map_err(|e| Error::io(target, e.error))?;
+    Ok(())
 }
 
 fn hash_file(path: &Path) -> io::Result<Digest> {

@@ -2,12 +2,11 @@
 //! the registry what its tag points to.
 
 use std::fs;
-use std::io::Write;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::Store;
+use super::{Store, write_atomically};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 
@@ -42,14 +41,9 @@ impl ImageRecord {
 impl Store {
     /// Records (atomically replacing) what `record.name` resolved to.
     pub fn record_image(&self, record: &ImageRecord) -> Result<()> {
-        let dir = self.root.join("refs");
-        let target = dir.join(file_name(&record.name, &record.platform));
-        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| Error::io(&dir, e))?;
+        let target = self.root.join("refs").join(file_name(&record.name, &record.platform));
         let json = serde_json::to_vec_pretty(record).expect("an ImageRecord always serialises");
-        tmp.write_all(&json).map_err(|e| Error::io(&target, e))?;
-        tmp.persist(&target)
-            .map_err(|e| Error::io(&target, e.error))?;
-        Ok(())
+        write_atomically(&target, &json)
     }
 
     pub fn image_record(&self, name: &str, platform: &str) -> Result<Option<ImageRecord>> {

@@ -1,0 +1,653 @@
+//! Running a command in a mounted image with Podman, Charliecloud (`ch-run`) or
+//! Apptainer.
+//!
+//! lazyimg mounts the image's root filesystem read-only and hands that directory
+//! to a container runtime. [`command`] builds the runtime's command line from a
+//! [`RunSpec`] without looking at the host (unit tests assert its argv);
+//! [`run`] checks that the runtime is installed ([`check_available`]) and that
+//! Charliecloud's bind targets exist ([`check_binds`]), runs the command and
+//! returns its exit status the way a shell reports it ([`exit_code`]: the
+//! command's status, or 128+N when a signal N killed it). `lazyimg run` exits
+//! with that status. Failures of the runtime itself come back as the runtime's
+//! own status (podman: 125 for its errors, 126/127 for a command that cannot
+//! run or is missing; ch-run: 1 on its errors).
+//!
+//! # Environment policy
+//!
+//! The container sees the same variables whichever runtime runs it:
+//!
+//! 1. the image config's `Env`, in order;
+//! 2. each `--env K=V` given to `lazyimg run`, replacing an image value of the
+//!    same name (a later `--env` replaces an earlier one);
+//! 3. `PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin` if
+//!    neither 1 nor 2 set `PATH`;
+//! 4. the host's `TERM`, if it is set and neither 1 nor 2 set `TERM`.
+//!
+//! Values are passed verbatim: no runtime expands `$VAR` in them. No other host
+//! variable reaches the container (no tokens, no `LD_LIBRARY_PATH`, no proxy
+//! settings), except what each runtime sets itself:
+//!
+//! | runtime      | `HOME`                                   | `USER`        | also set by the runtime |
+//! |--------------|------------------------------------------|---------------|-------------------------|
+//! | podman       | from the image's `/etc/passwd` (`/root`) | unset         | `HOSTNAME` |
+//! | charliecloud | the host's `$HOME` (not mounted)         | the host's    | `CH_RUNNING` |
+//! | apptainer    | the host's home, bound in                | the host's    | `APPTAINER_*`, `SINGULARITY_*`, `PS1`, `LD_LIBRARY_PATH=/.singularity.d/libs` |
+//!
+//! Steps 1–2 override `HOME` and `USER` too, except under Apptainer, which
+//! never lets `HOME` be overridden.
+//!
+//! How each runtime is made to follow it: podman starts from a clean environment
+//! (`--unsetenv-all` also drops podman's and containers.conf's defaults) and gets
+//! `--env K=V`; ch-run passes the host environment through, so it gets
+//! `--unset-env='*' --env-no-expand` then `--set-env=K='V'` per variable;
+//! Apptainer gets `--cleanenv --no-eval` and `APPTAINERENV_K=V` in its own
+//! environment (its `--env` flag splits values at commas), and the host's
+//! proxy variables and `APPTAINERENV_*`/`SINGULARITYENV_*` are removed from
+//! apptainer's environment (`--cleanenv` would pass them on).
+//!
+//! # Other choices
+//!
+//! * Network: podman runs with `--network host`. Charliecloud and Apptainer
+//!   always share the host's network; HPC jobs expect the host's name, its
+//!   interfaces (MPI, NCCL) and license servers reachable as on the host.
+//!   Podman still has its own PID and IPC namespaces: the command is PID 1
+//!   there, so a signal it has no handler for (e.g. SIGTERM to `sh`) is ignored.
+//! * Working directory: [`RunSpec::workdir`] (the image's `WorkingDir` or
+//!   `--workdir`), else `/`, for all three (not the host's current directory).
+//! * User: podman runs the command as root in the container (as the invoking
+//!   user under rootless podman); Charliecloud and Apptainer as the invoking user.
+//! * Writes: podman mounts the image with `--rootfs DIR:O`, a writable overlay
+//!   discarded at exit; Charliecloud and Apptainer see it read-only (writes fail
+//!   with EROFS outside `/tmp`, binds and, for Apptainer, the home directory).
+//! * Binds: podman and Apptainer create a missing target; Charliecloud cannot
+//!   create one inside a read-only image, and a target under `/tmp`, `/dev`,
+//!   `/proc` or `/sys` (which it binds from the host) fails, so [`check_binds`]
+//!   refuses those before starting it.
+//! * Podman output goes only to the terminal (`--log-driver none`), not also to
+//!   a container log file.
+//! * Apptainer is not packaged for Debian 12: its command line is built and unit
+//!   tested, but not run by the integration tests. `singularity` is accepted as a
+//!   runtime name and runs the `apptainer` program.
+
+mod binds;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io::IsTerminal;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus};
+use std::str::FromStr;
+
+pub use binds::{missing_bind_targets, resolve_in_root};
+
+/// `PATH` given to the container when neither the image nor `--env` sets one.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Host proxy variables Apptainer's `--cleanenv` would pass through.
+const APPTAINER_ALWAYS_PASSED: &[&str] = &[
+    "http_proxy",
+    "HTTP_PROXY",
+    "https_proxy",
+    "HTTPS_PROXY",
+    "no_proxy",
+    "NO_PROXY",
+    "all_proxy",
+    "ALL_PROXY",
+    "ftp_proxy",
+    "FTP_PROXY",
+];
+
+/// Container paths Charliecloud bind-mounts from the host: a bind target at or
+/// below one of them cannot be mounted.
+const CHARLIECLOUD_HOST_BOUND: &[&str] = &["/tmp", "/dev", "/proc", "/sys"];
+
+/// A container runtime lazyimg can start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Runtime {
+    Podman,
+    Charliecloud,
+    Apptainer,
+}
+
+impl Runtime {
+    pub const ALL: [Runtime; 3] = [Runtime::Podman, Runtime::Charliecloud, Runtime::Apptainer];
+
+    /// The name users type (`--runtime NAME`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::Podman => "podman",
+            Runtime::Charliecloud => "charliecloud",
+            Runtime::Apptainer => "apptainer",
+        }
+    }
+
+    /// The program run.
+    pub fn program(self) -> &'static str {
+        match self {
+            Runtime::Podman => "podman",
+            Runtime::Charliecloud => "ch-run",
+            Runtime::Apptainer => "apptainer",
+        }
+    }
+
+    /// Whether the runtime creates a bind target missing from the image.
+    pub fn creates_bind_targets(self) -> bool {
+        !matches!(self, Runtime::Charliecloud)
+    }
+
+    /// How to get the runtime when it is missing.
+    fn install_hint(self) -> &'static str {
+        match self {
+            Runtime::Podman => {
+                "install podman (Debian/Ubuntu: apt-get install podman runc), \
+                 or use --runtime charliecloud"
+            }
+            Runtime::Charliecloud => {
+                "install Charliecloud (Debian/Ubuntu: apt-get install charliecloud-runtime) \
+                 or load your site's charliecloud module, or use --runtime podman"
+            }
+            Runtime::Apptainer => {
+                "apptainer is not packaged for Debian 12: install it from apptainer.org \
+                 or load your site's module, or use --runtime charliecloud or podman"
+            }
+        }
+    }
+}
+
+impl fmt::Display for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Runtime {
+    type Err = RuntimeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "podman" => Ok(Runtime::Podman),
+            "charliecloud" | "ch-run" => Ok(Runtime::Charliecloud),
+            "apptainer" | "singularity" => Ok(Runtime::Apptainer),
+            _ => Err(RuntimeError::UnknownRuntime(s.to_owned())),
+        }
+    }
+}
+
+/// A host path mounted into the container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bind {
+    /// Absolute host path.
+    pub source: PathBuf,
+    /// Absolute path in the container.
+    pub target: PathBuf,
+}
+
+impl Bind {
+    pub fn new(source: impl Into<PathBuf>, target: impl Into<PathBuf>) -> Self {
+        Bind {
+            source: source.into(),
+            target: target.into(),
+        }
+    }
+}
+
+impl FromStr for Bind {
+    type Err = RuntimeError;
+
+    /// `SRC[:DST]`, as `--bind` takes it (`DST` defaults to `SRC`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (source, target) = s.split_once(':').unwrap_or((s, s));
+        let bind = Bind::new(source, target);
+        bind.validate()?;
+        Ok(bind)
+    }
+}
+
+impl Bind {
+    fn validate(&self) -> Result<(), RuntimeError> {
+        for (what, path) in [("source", &self.source), ("target", &self.target)] {
+            let text = path.to_string_lossy();
+            if !path.is_absolute() {
+                return Err(invalid(format!(
+                    "bind {what} {text:?} is not an absolute path"
+                )));
+            }
+            // All three runtimes take SRC:DST; Apptainer also splits lists at commas.
+            if text.contains([':', ',']) {
+                return Err(invalid(format!(
+                    "bind {what} {text:?} contains ':' or ',', which runtimes read as separators"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The host values the environment policy uses: `TERM` for the container,
+/// `HOME`/`USER` for Charliecloud (which keeps the host's), and the names of
+/// host variables Apptainer would otherwise pass through.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostEnv {
+    pub term: Option<String>,
+    pub home: Option<String>,
+    /// `$USER`, else the name of the current uid. ch-run refuses to start without `$USER`.
+    pub user: Option<String>,
+    /// Names of this process's `APPTAINERENV_*` and `SINGULARITYENV_*` variables.
+    pub apptainer_env_names: Vec<OsString>,
+}
+
+impl HostEnv {
+    /// Reads this process's environment.
+    pub fn from_process() -> Self {
+        let get = |k: &str| std::env::var(k).ok();
+        HostEnv {
+            term: get("TERM").filter(|t| !t.is_empty()),
+            home: get("HOME"),
+            user: get("USER")
+                .filter(|u| !u.is_empty())
+                .or_else(current_user_name),
+            apptainer_env_names: std::env::vars_os()
+                .map(|(k, _)| k)
+                .filter(|k| {
+                    let k = k.to_string_lossy();
+                    k.starts_with("APPTAINERENV_") || k.starts_with("SINGULARITYENV_")
+                })
+                .collect(),
+        }
+    }
+}
+
+fn current_user_name() -> Option<String> {
+    // SAFETY: getpwuid returns a pointer into static storage or NULL; we copy the
+    // name out before any other passwd call could overwrite it.
+    unsafe {
+        let pw = libc::getpwuid(libc::getuid());
+        if pw.is_null() || (*pw).pw_name.is_null() {
+            return Some(libc::getuid().to_string());
+        }
+        Some(
+            std::ffi::CStr::from_ptr((*pw).pw_name)
+                .to_string_lossy()
+                .into_owned(),
+        )
+    }
+}
+
+/// What to run, and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunSpec {
+    /// The mounted image root filesystem (absolute path).
+    pub rootfs: PathBuf,
+    /// The command and its arguments (the caller resolves the image's
+    /// Entrypoint/Cmd); must not be empty.
+    pub command: Vec<String>,
+    /// The image config's `Env`, `K=V` strings as in the config.
+    pub image_env: Vec<String>,
+    /// `--env K=V` overrides, in the order given.
+    pub env: Vec<(String, String)>,
+    pub binds: Vec<Bind>,
+    /// Absolute working directory in the container; `None` means `/`.
+    pub workdir: Option<String>,
+    /// Allocate a terminal (podman `-t`); [`RunSpec::new`] sets it when stdin
+    /// and stdout are terminals.
+    pub tty: bool,
+    pub host: HostEnv,
+}
+
+impl RunSpec {
+    /// A spec with no env, binds or workdir; `tty` and `host` from this process.
+    pub fn new(rootfs: impl Into<PathBuf>, command: Vec<String>) -> Self {
+        RunSpec {
+            rootfs: rootfs.into(),
+            command,
+            image_env: Vec::new(),
+            env: Vec::new(),
+            binds: Vec::new(),
+            workdir: None,
+            tty: std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
+            host: HostEnv::from_process(),
+        }
+    }
+
+    /// The container's variables under the environment policy (module doc),
+    /// before the runtime adds its own: image `Env`, then `--env`, then the
+    /// default `PATH` and the host's `TERM` when not set. Names are unique and
+    /// keep the position of their first appearance.
+    pub fn effective_env(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        let mut set = |k: &str, v: &str| match out.iter_mut().find(|(name, _)| name == k) {
+            Some(slot) => slot.1 = v.to_owned(),
+            None => out.push((k.to_owned(), v.to_owned())),
+        };
+        for entry in &self.image_env {
+            // The OCI spec has only K=V entries; a bare name carries no value.
+            if let Some((k, v)) = entry.split_once('=')
+                && !k.is_empty()
+            {
+                set(k, v);
+            }
+        }
+        for (k, v) in &self.env {
+            set(k, v);
+        }
+        if !out.iter().any(|(k, _)| k == "PATH") {
+            out.push(("PATH".into(), DEFAULT_PATH.into()));
+        }
+        if let Some(term) = &self.host.term
+            && !out.iter().any(|(k, _)| k == "TERM")
+        {
+            out.push(("TERM".into(), term.clone()));
+        }
+        out
+    }
+
+    fn workdir(&self) -> &str {
+        self.workdir.as_deref().unwrap_or("/")
+    }
+
+    /// Rejects what no runtime could express faithfully.
+    pub fn validate(&self) -> Result<(), RuntimeError> {
+        if !self.rootfs.is_absolute() {
+            return Err(invalid(format!(
+                "root filesystem {} is not an absolute path",
+                self.rootfs.display()
+            )));
+        }
+        if self.command.is_empty() {
+            return Err(invalid(
+                "no command to run: the image has no Entrypoint or Cmd; give one after --".into(),
+            ));
+        }
+        for (k, _) in &self.env {
+            if k.is_empty() || k.contains(['=', '\0']) {
+                return Err(invalid(format!("invalid environment variable name {k:?}")));
+            }
+        }
+        for b in &self.binds {
+            b.validate()?;
+        }
+        if !self.workdir().starts_with('/') {
+            return Err(invalid(format!(
+                "working directory {:?} is not an absolute path",
+                self.workdir()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Why a container could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("unknown runtime {0:?}")]
+    UnknownRuntime(String),
+
+    #[error("{program} ({runtime}) is not installed or not on PATH")]
+    NotInstalled {
+        runtime: Runtime,
+        program: &'static str,
+    },
+
+    #[error("{0}")]
+    InvalidSpec(String),
+
+    #[error(
+        "bind target{} {} {} not exist in the image; charliecloud cannot create {}",
+        if targets.len() == 1 { "" } else { "s" },
+        targets.iter().map(|t| t.display().to_string()).collect::<Vec<_>>().join(", "),
+        if targets.len() == 1 { "does" } else { "do" },
+        if targets.len() == 1 { "it" } else { "them" }
+    )]
+    MissingBindTargets { targets: Vec<PathBuf> },
+
+    #[error("bind target {target} is inside {shared}, which charliecloud mounts from the host")]
+    HostBoundTarget {
+        target: PathBuf,
+        shared: &'static str,
+    },
+
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        program: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl RuntimeError {
+    pub fn hint(&self) -> Option<&'static str> {
+        Some(match self {
+            RuntimeError::UnknownRuntime(_) => {
+                "runtimes are podman, charliecloud (ch-run) and apptainer"
+            }
+            RuntimeError::NotInstalled { runtime, .. } => runtime.install_hint(),
+            RuntimeError::InvalidSpec(_) => return None,
+            RuntimeError::MissingBindTargets { .. } => {
+                "pick an existing directory such as /mnt (see `ls /mnt` in the image), \
+                 or use --runtime podman, which creates it"
+            }
+            RuntimeError::HostBoundTarget { .. } => "pick another target, such as /mnt",
+            RuntimeError::Spawn { .. } => return None,
+        })
+    }
+}
+
+fn invalid(message: String) -> RuntimeError {
+    RuntimeError::InvalidSpec(message)
+}
+
+/// The runtime's command line for `spec` (see the module doc for what each flag
+/// is for). Pure: reads neither the host environment nor the file system.
+pub fn command(runtime: Runtime, spec: &RunSpec) -> Result<Command, RuntimeError> {
+    spec.validate()?;
+    let env = spec.effective_env();
+    let mut cmd = Command::new(runtime.program());
+    match runtime {
+        Runtime::Podman => {
+            let rootfs = spec.rootfs.to_string_lossy();
+            if rootfs.contains(':') {
+                return Err(invalid(format!(
+                    "podman cannot use root filesystem {rootfs:?}: the path contains ':'"
+                )));
+            }
+            cmd.args(["run", "--rm", "-i"]);
+            if spec.tty {
+                cmd.arg("-t");
+            }
+            cmd.args([
+                "--network",
+                "host",
+                "--log-driver",
+                "none",
+                "--unsetenv-all",
+            ]);
+            for (k, v) in &env {
+                cmd.arg("--env").arg(format!("{k}={v}"));
+            }
+            for b in &spec.binds {
+                cmd.arg("--volume").arg(bind_arg(b));
+            }
+            cmd.arg("--workdir").arg(spec.workdir());
+            // --rootfs is a switch: the first operand is the directory (":O":
+            // a writable overlay over it), and everything after it is the command.
+            cmd.arg("--rootfs").arg(format!("{rootfs}:O"));
+            cmd.args(&spec.command);
+        }
+        Runtime::Charliecloud => {
+            // ch-run will not start without $USER (even for --help).
+            if let Some(user) = &spec.host.user {
+                cmd.env("USER", user);
+            }
+            cmd.arg("--unset-env=*").arg("--env-no-expand");
+            // HOME and USER stay the host's, as ch-run leaves them, unless set.
+            for (k, v) in [("HOME", &spec.host.home), ("USER", &spec.host.user)] {
+                if let Some(v) = v
+                    && !env.iter().any(|(name, _)| name == k)
+                {
+                    cmd.arg(charliecloud_set_env(k, v));
+                }
+            }
+            for (k, v) in &env {
+                cmd.arg(charliecloud_set_env(k, v));
+            }
+            for b in &spec.binds {
+                cmd.arg("-b").arg(bind_arg(b));
+            }
+            cmd.arg("-c").arg(spec.workdir());
+            cmd.arg(&spec.rootfs).arg("--").args(&spec.command);
+        }
+        Runtime::Apptainer => {
+            for name in APPTAINER_ALWAYS_PASSED {
+                cmd.env_remove(name);
+            }
+            for name in &spec.host.apptainer_env_names {
+                cmd.env_remove(name);
+            }
+            for (k, v) in &env {
+                // Apptainer refuses to let APPTAINERENV_HOME override HOME.
+                if k != "HOME" {
+                    cmd.env(format!("APPTAINERENV_{k}"), v);
+                }
+            }
+            cmd.args(["exec", "--cleanenv", "--no-eval"]);
+            for b in &spec.binds {
+                cmd.arg("--bind").arg(bind_arg(b));
+            }
+            cmd.arg("--pwd").arg(spec.workdir());
+            cmd.arg(&spec.rootfs).args(&spec.command);
+        }
+    }
+    Ok(cmd)
+}
+
+fn bind_arg(b: &Bind) -> OsString {
+    let mut s = b.source.clone().into_os_string();
+    s.push(":");
+    s.push(&b.target);
+    s
+}
+
+/// `--set-env=K='V'`: ch-run strips one pair of single quotes around a value,
+/// so quoting every value keeps values that are themselves quoted intact.
+fn charliecloud_set_env(k: &str, v: &str) -> String {
+    format!("--set-env={k}='{v}'")
+}
+
+/// Whether `runtime`'s program is on `PATH` (and executable). The error's
+/// [`RuntimeError::hint`] says how to get it.
+pub fn check_available(runtime: Runtime) -> Result<(), RuntimeError> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    match find_program(runtime.program(), &path) {
+        Some(_) => Ok(()),
+        None => Err(RuntimeError::NotInstalled {
+            runtime,
+            program: runtime.program(),
+        }),
+    }
+}
+
+/// The first executable regular file `name` in the directories of `path`.
+pub fn find_program(name: &str, path: &std::ffi::OsStr) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(path)
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            std::fs::metadata(p)
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+/// Refuses binds `runtime` cannot mount into the image at `spec.rootfs`:
+/// Charliecloud needs every target to exist already, and not under a path it
+/// binds from the host itself. Podman and Apptainer create targets.
+pub fn check_binds(runtime: Runtime, spec: &RunSpec) -> Result<(), RuntimeError> {
+    if runtime.creates_bind_targets() {
+        return Ok(());
+    }
+    for b in &spec.binds {
+        for shared in CHARLIECLOUD_HOST_BOUND {
+            if b.target.starts_with(shared) {
+                return Err(RuntimeError::HostBoundTarget {
+                    target: b.target.clone(),
+                    shared,
+                });
+            }
+        }
+    }
+    let targets = missing_bind_targets(&spec.rootfs, &spec.binds);
+    if targets.is_empty() {
+        Ok(())
+    } else {
+        Err(RuntimeError::MissingBindTargets { targets })
+    }
+}
+
+/// The status a shell would report: the exit code, or 128+N for signal N.
+pub fn exit_code(status: ExitStatus) -> i32 {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(signal)) => 128 + signal,
+        (None, None) => 128, // stopped/continued: not reported by wait() here
+    }
+}
+
+/// Checks, then runs `spec` with `runtime` in the foreground and returns its
+/// [`exit_code`]. Like `system(3)`, this process ignores SIGINT and SIGQUIT
+/// while the container runs (the terminal sends them to the container too),
+/// so lazyimg outlives the command and can keep serving and then unmount the
+/// image.
+pub fn run(runtime: Runtime, spec: &RunSpec) -> Result<i32, RuntimeError> {
+    check_available(runtime)?;
+    check_binds(runtime, spec)?;
+    let mut cmd = command(runtime, spec)?;
+    let spawn_err = |source| RuntimeError::Spawn {
+        program: runtime.program(),
+        source,
+    };
+    let mut child = cmd.spawn().map_err(spawn_err)?;
+    let _ignore = IgnoreInterrupts::new();
+    let status = child.wait().map_err(spawn_err)?;
+    Ok(exit_code(status))
+}
+
+/// Ignores SIGINT and SIGQUIT until dropped, then restores the previous actions
+/// (whole `sigaction`s, so handlers installed by e.g. tokio keep their flags).
+/// Installed after spawning, so the child keeps the default dispositions.
+struct IgnoreInterrupts {
+    previous: Vec<(libc::c_int, libc::sigaction)>,
+}
+
+impl IgnoreInterrupts {
+    fn new() -> Self {
+        let mut previous = Vec::new();
+        for sig in [libc::SIGINT, libc::SIGQUIT] {
+            // SAFETY: plain sigaction calls with zeroed, fully initialised structs;
+            // SIG_IGN runs no code in this process.
+            unsafe {
+                let mut ignore: libc::sigaction = std::mem::zeroed();
+                ignore.sa_sigaction = libc::SIG_IGN;
+                libc::sigemptyset(&mut ignore.sa_mask);
+                let mut old: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(sig, &ignore, &mut old) == 0 {
+                    previous.push((sig, old));
+                }
+            }
+        }
+        IgnoreInterrupts { previous }
+    }
+}
+
+impl Drop for IgnoreInterrupts {
+    fn drop(&mut self) {
+        for (sig, old) in &self.previous {
+            // SAFETY: restores exactly the action sigaction returned above.
+            unsafe { libc::sigaction(*sig, old, std::ptr::null_mut()) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

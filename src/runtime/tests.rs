@@ -1,0 +1,399 @@
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+
+use super::*;
+
+fn host() -> HostEnv {
+    HostEnv {
+        term: Some("xterm-256color".into()),
+        home: Some("/home/alice".into()),
+        user: Some("alice".into()),
+        apptainer_env_names: vec!["APPTAINERENV_STALE".into(), "SINGULARITYENV_OLD".into()],
+    }
+}
+
+fn spec() -> RunSpec {
+    RunSpec {
+        rootfs: "/run/lazyimg/debian".into(),
+        command: vec!["sh".into(), "-c".into(), "echo $A".into()],
+        image_env: vec![
+            "PATH=/usr/local/bin:/usr/bin:/bin".into(),
+            "LAZYIMG_IMAGE_ENV=from-image".into(),
+            "A=image".into(),
+        ],
+        env: vec![
+            ("A".into(), "cli".into()),
+            ("B".into(), "x y,z $HOME 'q'".into()),
+        ],
+        binds: vec![Bind::new("/scratch/alice", "/mnt")],
+        workdir: Some("/work".into()),
+        tty: false,
+        host: host(),
+    }
+}
+
+fn argv(cmd: &Command) -> Vec<String> {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Variables the command sets (`Some`) or removes (`None`) in the runtime's environment.
+fn envs(cmd: &Command) -> BTreeMap<String, Option<String>> {
+    cmd.get_envs()
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.map(|v| v.to_string_lossy().into_owned()),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn effective_env_follows_the_policy() {
+    let s = spec();
+    assert_eq!(
+        s.effective_env(),
+        [
+            ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            ("LAZYIMG_IMAGE_ENV", "from-image"),
+            ("A", "cli"),
+            ("B", "x y,z $HOME 'q'"),
+            ("TERM", "xterm-256color"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+    );
+
+    // No PATH anywhere: the default; TERM set by the image wins over the host's;
+    // entries without '=' are ignored; no host TERM, none added.
+    let mut s = spec();
+    s.image_env = vec!["TERM=dumb".into(), "BARE".into(), "=x".into()];
+    s.env.clear();
+    assert_eq!(
+        s.effective_env(),
+        [("TERM", "dumb"), ("PATH", DEFAULT_PATH)].map(|(k, v)| (k.to_string(), v.to_string()))
+    );
+    s.image_env.clear();
+    s.host.term = None;
+    assert_eq!(
+        s.effective_env(),
+        [("PATH".to_string(), DEFAULT_PATH.to_string())]
+    );
+
+    // A later --env replaces an earlier one, in the first one's place.
+    let mut s = spec();
+    s.image_env.clear();
+    s.host.term = None;
+    s.env = vec![
+        ("X".into(), "1".into()),
+        ("Y".into(), "2".into()),
+        ("X".into(), "3".into()),
+    ];
+    assert_eq!(
+        s.effective_env(),
+        [("X", "3"), ("Y", "2"), ("PATH", DEFAULT_PATH)]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+    );
+}
+
+#[test]
+fn podman_argv() {
+    let cmd = command(Runtime::Podman, &spec()).unwrap();
+    assert_eq!(
+        argv(&cmd),
+        [
+            "podman",
+            "run",
+            "--rm",
+            "-i",
+            "--network",
+            "host",
+            "--log-driver",
+            "none",
+            "--unsetenv-all",
+            "--env",
+            "PATH=/usr/local/bin:/usr/bin:/bin",
+            "--env",
+            "LAZYIMG_IMAGE_ENV=from-image",
+            "--env",
+            "A=cli",
+            "--env",
+            "B=x y,z $HOME 'q'",
+            "--env",
+            "TERM=xterm-256color",
+            "--volume",
+            "/scratch/alice:/mnt",
+            "--workdir",
+            "/work",
+            "--rootfs",
+            "/run/lazyimg/debian:O",
+            "sh",
+            "-c",
+            "echo $A",
+        ]
+    );
+    assert!(
+        envs(&cmd).is_empty(),
+        "podman's own environment is left alone"
+    );
+
+    let mut s = spec();
+    s.tty = true;
+    s.workdir = None;
+    let a = argv(&command(Runtime::Podman, &s).unwrap());
+    assert_eq!(a[1..5], ["run", "--rm", "-i", "-t"]);
+    assert!(a.windows(2).any(|w| w == ["--workdir", "/"]));
+
+    s.rootfs = "/run/lazyimg/ghcr.io:tag".into();
+    assert!(matches!(
+        command(Runtime::Podman, &s),
+        Err(RuntimeError::InvalidSpec(_))
+    ));
+}
+
+#[test]
+fn charliecloud_argv() {
+    let cmd = command(Runtime::Charliecloud, &spec()).unwrap();
+    assert_eq!(
+        argv(&cmd),
+        [
+            "ch-run",
+            "--unset-env=*",
+            "--env-no-expand",
+            "--set-env=HOME='/home/alice'",
+            "--set-env=USER='alice'",
+            "--set-env=PATH='/usr/local/bin:/usr/bin:/bin'",
+            "--set-env=LAZYIMG_IMAGE_ENV='from-image'",
+            "--set-env=A='cli'",
+            "--set-env=B='x y,z $HOME 'q''",
+            "--set-env=TERM='xterm-256color'",
+            "-b",
+            "/scratch/alice:/mnt",
+            "-c",
+            "/work",
+            "/run/lazyimg/debian",
+            "--",
+            "sh",
+            "-c",
+            "echo $A",
+        ]
+    );
+    // ch-run refuses to start without $USER.
+    assert_eq!(
+        envs(&cmd),
+        BTreeMap::from([("USER".into(), Some("alice".into()))])
+    );
+
+    // HOME/USER from the image or --env replace the host's.
+    let mut s = spec();
+    s.env = vec![("HOME".into(), "/root".into())];
+    s.binds.clear();
+    s.host.term = None;
+    let a = argv(&command(Runtime::Charliecloud, &s).unwrap());
+    assert_eq!(
+        a[1..8],
+        [
+            "--unset-env=*",
+            "--env-no-expand",
+            "--set-env=USER='alice'",
+            "--set-env=PATH='/usr/local/bin:/usr/bin:/bin'",
+            "--set-env=LAZYIMG_IMAGE_ENV='from-image'",
+            "--set-env=A='image'",
+            "--set-env=HOME='/root'",
+        ]
+    );
+    assert_eq!(
+        a[8..],
+        [
+            "-c",
+            "/work",
+            "/run/lazyimg/debian",
+            "--",
+            "sh",
+            "-c",
+            "echo $A"
+        ]
+    );
+}
+
+#[test]
+fn apptainer_argv() {
+    let mut s = spec();
+    s.env.push(("HOME".into(), "/root".into()));
+    let cmd = command(Runtime::Apptainer, &s).unwrap();
+    assert_eq!(
+        argv(&cmd),
+        [
+            "apptainer",
+            "exec",
+            "--cleanenv",
+            "--no-eval",
+            "--bind",
+            "/scratch/alice:/mnt",
+            "--pwd",
+            "/work",
+            "/run/lazyimg/debian",
+            "sh",
+            "-c",
+            "echo $A",
+        ]
+    );
+    let mut want: BTreeMap<String, Option<String>> = APPTAINER_ALWAYS_PASSED
+        .iter()
+        .map(|k| (k.to_string(), None))
+        .collect();
+    want.insert("APPTAINERENV_STALE".into(), None);
+    want.insert("SINGULARITYENV_OLD".into(), None);
+    for (k, v) in [
+        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        ("LAZYIMG_IMAGE_ENV", "from-image"),
+        ("A", "cli"),
+        ("B", "x y,z $HOME 'q'"),
+        ("TERM", "xterm-256color"),
+    ] {
+        want.insert(format!("APPTAINERENV_{k}"), Some(v.into()));
+    }
+    // No APPTAINERENV_HOME: apptainer refuses it.
+    assert_eq!(envs(&cmd), want);
+}
+
+#[test]
+fn specs_no_runtime_can_express_are_refused() {
+    type Change = Box<dyn Fn(&mut RunSpec)>;
+    let cases: Vec<(&str, Change)> = vec![
+        ("relative rootfs", Box::new(|s| s.rootfs = "rootfs".into())),
+        ("empty command", Box::new(|s| s.command.clear())),
+        (
+            "empty env name",
+            Box::new(|s| s.env.push((String::new(), "v".into()))),
+        ),
+        (
+            "'=' in env name",
+            Box::new(|s| s.env.push(("A=B".into(), "v".into()))),
+        ),
+        (
+            "relative bind source",
+            Box::new(|s| s.binds.push(Bind::new("data", "/mnt"))),
+        ),
+        (
+            "relative bind target",
+            Box::new(|s| s.binds.push(Bind::new("/data", "mnt"))),
+        ),
+        (
+            "':' in bind",
+            Box::new(|s| s.binds.push(Bind::new("/a:b", "/mnt"))),
+        ),
+        (
+            "',' in bind",
+            Box::new(|s| s.binds.push(Bind::new("/a,b", "/mnt"))),
+        ),
+        (
+            "relative workdir",
+            Box::new(|s| s.workdir = Some("work".into())),
+        ),
+    ];
+    for (what, change) in cases {
+        let mut s = spec();
+        change(&mut s);
+        for runtime in Runtime::ALL {
+            assert!(
+                matches!(command(runtime, &s), Err(RuntimeError::InvalidSpec(_))),
+                "{what} accepted by {runtime}"
+            );
+        }
+    }
+}
+
+#[test]
+fn runtime_and_bind_names_parse() {
+    for (name, want) in [
+        ("podman", Runtime::Podman),
+        ("charliecloud", Runtime::Charliecloud),
+        ("ch-run", Runtime::Charliecloud),
+        ("apptainer", Runtime::Apptainer),
+        ("singularity", Runtime::Apptainer),
+        ("Podman", Runtime::Podman),
+    ] {
+        assert_eq!(name.parse::<Runtime>().unwrap(), want, "{name}");
+    }
+    let err = "docker".parse::<Runtime>().unwrap_err();
+    assert!(err.hint().unwrap().contains("charliecloud"));
+    for r in Runtime::ALL {
+        assert_eq!(r.to_string().parse::<Runtime>().unwrap(), r);
+    }
+
+    assert_eq!(
+        "/data:/mnt".parse::<Bind>().unwrap(),
+        Bind::new("/data", "/mnt")
+    );
+    assert_eq!(
+        "/data".parse::<Bind>().unwrap(),
+        Bind::new("/data", "/data")
+    );
+    assert!("/a:/b:/c".parse::<Bind>().is_err());
+    assert!("data:/mnt".parse::<Bind>().is_err());
+}
+
+#[test]
+fn exit_code_is_what_a_shell_reports() {
+    assert_eq!(exit_code(ExitStatus::from_raw(0)), 0);
+    assert_eq!(exit_code(ExitStatus::from_raw(7 << 8)), 7);
+    assert_eq!(exit_code(ExitStatus::from_raw(255 << 8)), 255);
+    assert_eq!(exit_code(ExitStatus::from_raw(libc::SIGKILL)), 137);
+    assert_eq!(exit_code(ExitStatus::from_raw(libc::SIGSEGV | 0x80)), 139); // core dumped
+}
+
+#[test]
+fn missing_runtime_is_reported_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("apptainer");
+    std::fs::write(&path, "#!/bin/sh\n").unwrap();
+    assert_eq!(
+        find_program("apptainer", dir.path().as_os_str()),
+        None,
+        "not executable"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let search = std::env::join_paths(["/nonexistent".as_ref(), dir.path()]).unwrap();
+    assert_eq!(find_program("apptainer", &search), Some(path));
+    assert_eq!(find_program("ch-run", &search), None);
+
+    let err = RuntimeError::NotInstalled {
+        runtime: Runtime::Apptainer,
+        program: "apptainer",
+    };
+    assert_eq!(
+        err.to_string(),
+        "apptainer (apptainer) is not installed or not on PATH"
+    );
+    assert!(err.hint().unwrap().contains("not packaged for Debian 12"));
+}
+
+#[test]
+fn charliecloud_bind_targets_must_exist_and_not_be_host_bound() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("mnt")).unwrap();
+    let mut s = spec();
+    s.rootfs = root.path().to_path_buf();
+    s.binds = vec![Bind::new("/srv", "/mnt"), Bind::new("/srv", "/data")];
+    let err = check_binds(Runtime::Charliecloud, &s).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "bind target /data does not exist in the image; charliecloud cannot create it"
+    );
+    assert!(err.hint().unwrap().contains("/mnt"));
+    for r in [Runtime::Podman, Runtime::Apptainer] {
+        check_binds(r, &s).unwrap();
+    }
+
+    s.binds = vec![Bind::new("/srv", "/tmp/x")];
+    assert!(matches!(
+        check_binds(Runtime::Charliecloud, &s),
+        Err(RuntimeError::HostBoundTarget { shared: "/tmp", .. })
+    ));
+    s.binds = vec![Bind::new("/srv", "/mnt")];
+    check_binds(Runtime::Charliecloud, &s).unwrap();
+}
