@@ -155,16 +155,32 @@ umoci new --image "$OUT:$TAG"
 umoci raw add-layer --image "$OUT:$TAG" \
   --history.created_by "debootstrap --variant=$VARIANT $SUITE $MIRROR" "$ROOTFS_TAR"
 
+# Layers 2 and 3 are tars made by GNU tar and added verbatim: `umoci insert`
+# (0.4.7) writes a file's tar without its final padding and end-of-archive
+# blocks, a truncated tar that strict readers (lazyimg, GNU tar) rightly refuse.
+layer_tar() { # DIR OUT.tar PATH...: just those paths of DIR (no parent dirs, which
+  # would override layer 1's directory metadata), owned by root
+  local dir=$1 out=$2
+  shift 2
+  tar -C "$dir" --owner=0 --group=0 --numeric-owner --no-recursion -cf "$out" "$@"
+}
+
 # Layer 2: a marker file with known content.
-printf '%s\n' "$MARKER_CONTENT" >"$WORK/lazyimg-test"
-chmod 0644 "$WORK/lazyimg-test"
-umoci insert --image "$OUT:$TAG" --history.created_by "lazyimg: add /etc/lazyimg-test" \
-  "$WORK/lazyimg-test" /etc/lazyimg-test
+mkdir -p "$WORK/layer2/etc"
+printf '%s\n' "$MARKER_CONTENT" >"$WORK/layer2/etc/lazyimg-test"
+chmod 0644 "$WORK/layer2/etc/lazyimg-test"
+layer_tar "$WORK/layer2" "$WORK/layer2.tar" etc/lazyimg-test
+umoci raw add-layer --image "$OUT:$TAG" --history.created_by "lazyimg: add /etc/lazyimg-test" \
+  "$WORK/layer2.tar"
 
 # Layer 3: a whiteout removing a directory of layer 1.
 tar -tf "$ROOTFS_TAR" "${WHITEOUT#/}" >/dev/null 2>&1 || die "$WHITEOUT is not in the root filesystem"
-umoci insert --image "$OUT:$TAG" --history.created_by "lazyimg: rm -r $WHITEOUT" \
-  --whiteout "$WHITEOUT"
+mkdir -p "$WORK/layer3/$(dirname "${WHITEOUT#/}")"
+whiteout_entry="$(dirname "${WHITEOUT#/}")/.wh.$(basename "$WHITEOUT")"
+touch "$WORK/layer3/$whiteout_entry"
+layer_tar "$WORK/layer3" "$WORK/layer3.tar" "$whiteout_entry"
+umoci raw add-layer --image "$OUT:$TAG" --history.created_by "lazyimg: rm -r $WHITEOUT" \
+  "$WORK/layer3.tar"
 
 umoci config --image "$OUT:$TAG" \
   --config.cmd /bin/bash \

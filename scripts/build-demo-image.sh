@@ -77,10 +77,14 @@ printf 'root:x:0:0:root:/root:/bin/sh\n' >"$ROOT/etc/passwd"
 printf 'root:x:0:\n' >"$ROOT/etc/group"
 umoci repack --image "$OUT:$TAG" "$WORK/bundle"
 
-# Layer 2: just /hello.txt, so the image has more than one layer.
-printf 'hello from lazyimg\n' >"$WORK/hello.txt"
-chmod 0644 "$WORK/hello.txt"
-umoci insert --image "$OUT:$TAG" "$WORK/hello.txt" /hello.txt
+# Layer 2: just /hello.txt, so the image has more than one layer. Not with
+# `umoci insert`: 0.4.7 writes that layer's tar without its final padding and
+# end-of-archive blocks, a truncated tar that strict readers rightly refuse.
+rm -rf "$WORK/bundle"
+umoci unpack --image "$OUT:$TAG" "$WORK/bundle" >/dev/null
+printf 'hello from lazyimg\n' >"$WORK/bundle/rootfs/hello.txt"
+chmod 0644 "$WORK/bundle/rootfs/hello.txt"
+umoci repack --image "$OUT:$TAG" "$WORK/bundle"
 
 umoci config --image "$OUT:$TAG" --config.cmd /bin/sh \
   --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin

@@ -115,4 +115,11 @@ if ! grep -q "^$TEST_USER:" /etc/subgid; then
   log "gave $TEST_USER subgids $start-$((start + 65535))"
 fi
 
+# Unprivileged FUSE mounts open /dev/fuse themselves. Debian's udev makes it
+# 0666; containers without udev often leave it 0600, so restore the stock mode.
+if [[ -c /dev/fuse && $(stat -c %a /dev/fuse) != 666 ]]; then
+  log "making /dev/fuse 0666, as Debian's udev rules do"
+  chmod 0666 /dev/fuse
+fi
+
 echo "export CONTAINERS_CONF=$CONF"

@@ -68,6 +68,9 @@ pub enum Error {
     #[error("{0} is not in the cache")]
     NotCached(Digest),
 
+    #[error("{image} is not in the cache and pulling was not allowed")]
+    NotCachedImage { image: String },
+
     #[error("layer {layer}: {source}")]
     Layer {
         layer: Digest,
@@ -129,7 +132,7 @@ impl Error {
                 "free space, or shrink the cache with `lazyimg cache prune --max-size SIZE`"
             }
             Error::Io { .. } => return None,
-            Error::NotCached(_) => "run `lazyimg pull` first",
+            Error::NotCached(_) | Error::NotCachedImage { .. } => "run `lazyimg pull` first",
             Error::Layer { .. } | Error::Tree { .. } => {
                 "the image's layers are malformed or unsafe; rebuild the image or report it to its authors"
             }

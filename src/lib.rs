@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod digest;
 pub mod error;
+pub mod fuse;
 pub mod image;
 pub mod layer;
 pub mod pull;

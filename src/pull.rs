@@ -242,3 +242,67 @@ async fn fetch_blob(
     }
     result.map(|()| descriptor.size)
 }
+
+/// When `mount` and `run` contact the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum PullPolicy {
+    /// Use the cached image if it is complete, else pull.
+    #[default]
+    Missing,
+    /// Always ask the registry (a moved tag is followed).
+    Always,
+    /// Never contact the registry: fail unless the image is cached.
+    Never,
+}
+
+/// The manifest digest of `image` for `wanted`, pulling first when `policy` and
+/// the cache say so. `connect` is called only if the registry is needed.
+pub async fn ensure_image(
+    store: &Store,
+    image: &ImageRef,
+    wanted: &Platform,
+    policy: PullPolicy,
+    connect: impl FnOnce() -> Result<RegistryClient>,
+    progress: &dyn Progress,
+) -> Result<Digest> {
+    if policy != PullPolicy::Always
+        && let Some(record) = store.image_record(&image.to_string(), &wanted.to_string())?
+        && is_complete(store, &record.manifest)
+    {
+        tracing::debug!("{image}: using cached {}", record.manifest);
+        return Ok(record.manifest);
+    }
+    if policy == PullPolicy::Never {
+        return Err(Error::NotCachedImage {
+            image: image.to_string(),
+        });
+    }
+    let registry = connect()?;
+    Ok(pull(store, &registry, image, wanted, progress)
+        .await?
+        .manifest)
+}
+
+/// Whether everything needed to open the image is stored: the manifest, the config
+/// and, per layer, its blob or its uncompressed tar.
+fn is_complete(store: &Store, manifest_digest: &Digest) -> bool {
+    let open = || -> Result<bool> {
+        let Manifest::Image(manifest) =
+            Manifest::parse(store.require(manifest_digest)?.bytes(), "cached manifest")?
+        else {
+            return Ok(false);
+        };
+        let config = ImageConfig::parse(
+            store.require(&manifest.config.digest)?.bytes(),
+            "cached config",
+        )?;
+        let diff_ids = config.rootfs.map(|r| r.diff_ids).unwrap_or_default();
+        Ok(diff_ids.len() == manifest.layers.len()
+            && manifest
+                .layers
+                .iter()
+                .zip(&diff_ids)
+                .all(|(layer, diff_id)| store.contains(diff_id) || store.contains(&layer.digest)))
+    };
+    open().unwrap_or(false)
+}

@@ -42,6 +42,10 @@ pub(super) async fn pull(ctx: &Context, args: PullArgs) -> anyhow::Result<std::p
         &reporter,
     )
     .await?;
+    // Unpack and index the layers now, once, so the first mount is as quick as any.
+    tokio::task::block_in_place(|| {
+        crate::rootfs::open_image(&store, &report.manifest, &report.name)
+    })?;
     if !ctx.quiet {
         eprintln!(
             "pulled {} ({}, {} layers): {} fetched, {} already cached",

@@ -3,6 +3,7 @@
 
 mod cache;
 mod image_cmds;
+mod mount_cmds;
 mod progress;
 
 use std::io::Read;
@@ -54,6 +55,23 @@ enum Command {
         lazyimg inspect ghcr.io/example-lab/cuda-sample:nbody-cuda11.7.1\n  \
         lazyimg inspect --json busybox")]
     Inspect(image_cmds::InspectArgs),
+    /// Mount an image's merged root filesystem read-only (pulling what is missing).
+    #[command(after_help = "Examples:\n  \
+        lazyimg mount ghcr.io/example-lab/cuda-sample:nbody-cuda11.7.1 /mnt/cuda\n  \
+        lazyimg mount --owner-self --foreground tre-ghcr-proxy.nsh.loc:5000/alice/tool:1.0 ~/img\n  \
+        lazyimg umount /mnt/cuda")]
+    Mount(mount_cmds::MountArgs),
+    /// Unmount a lazyimg mount (same as `fusermount3 -u`).
+    #[command(after_help = "Example:\n  lazyimg umount /mnt/cuda")]
+    Umount(mount_cmds::UmountArgs),
+    /// Run a command in an image with podman, charliecloud or apptainer, straight
+    /// from a lazyimg mount; exits with the command's status.
+    #[command(after_help = "Examples:\n  \
+        lazyimg run ghcr.io/example-lab/cuda-sample:nbody-cuda11.7.1 -- nbody -benchmark\n  \
+        lazyimg run --runtime charliecloud --bind /data:/mnt --env OMP_NUM_THREADS=8 IMAGE -- python3 job.py\n\n\
+        Environment: the container sees the image's Env, then each --env, and the host's TERM;\n\
+        no other host variable, whichever runtime runs it.")]
+    Run(mount_cmds::RunArgs),
     /// List, verify or shrink the local content cache.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
@@ -156,13 +174,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Pull(args) => runtime.block_on(image_cmds::pull(&ctx, args)),
         Command::Inspect(args) => runtime.block_on(image_cmds::inspect(&ctx, args)),
+        Command::Mount(args) => runtime.block_on(mount_cmds::mount(&ctx, args)),
+        Command::Umount(args) => mount_cmds::umount(args),
+        Command::Run(args) => runtime.block_on(mount_cmds::run(&ctx, args)),
         Command::Cache(command) => cache::run(&ctx, command),
     }
 }
 
 /// One line for the error (with its causes), then the library's hint if it has one.
 fn report(err: &anyhow::Error) {
-    eprintln!("lazyimg: error: {err:#}");
+    eprintln!("lazyimg: error: {}", one_line(err));
     if let Some(hint) = err
         .chain()
         .find_map(|e| e.downcast_ref::<crate::Error>())
@@ -170,6 +191,22 @@ fn report(err: &anyhow::Error) {
     {
         eprintln!("hint: {hint}");
     }
+}
+
+/// The error and its causes joined by ": ", skipping a cause whose text the
+/// message already contains (errors that print their source would say it twice).
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 fn init_logging(verbose: u8, quiet: bool) {

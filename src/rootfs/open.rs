@@ -30,12 +30,19 @@ pub fn open_image(store: &Store, manifest_digest: &Digest, name: &str) -> Result
         });
     };
     let config_what = format!("config of {name}");
-    let config = ImageConfig::parse(store.require(&manifest.config.digest)?.bytes(), &config_what)?;
+    let config = ImageConfig::parse(
+        store.require(&manifest.config.digest)?.bytes(),
+        &config_what,
+    )?;
     let diff_ids = config.rootfs.map(|r| r.diff_ids).unwrap_or_default();
     if diff_ids.len() != manifest.layers.len() {
         return Err(Error::Manifest {
             what: config_what,
-            reason: format!("{} diff_ids for {} layers", diff_ids.len(), manifest.layers.len()),
+            reason: format!(
+                "{} diff_ids for {} layers",
+                diff_ids.len(),
+                manifest.layers.len()
+            ),
         });
     }
 
@@ -43,15 +50,22 @@ pub fn open_image(store: &Store, manifest_digest: &Digest, name: &str) -> Result
     let mut fresh_indexes = Vec::new();
     for (layer, diff_id) in manifest.layers.iter().zip(&diff_ids) {
         if !store.contains(diff_id) {
-            let compression = Compression::from_media_type(&layer.media_type).ok_or_else(|| Error::Manifest {
-                what: name.to_string(),
-                reason: format!("layer {} has unsupported media type {}", layer.digest, layer.media_type),
-            })?;
+            let compression =
+                Compression::from_media_type(&layer.media_type).ok_or_else(|| Error::Manifest {
+                    what: name.to_string(),
+                    reason: format!(
+                        "layer {} has unsupported media type {}",
+                        layer.digest, layer.media_type
+                    ),
+                })?;
             let index = unpack_layer(store, &layer.digest, compression, diff_id)?;
             fresh_indexes.push((*diff_id, index));
         }
     }
-    let blobs = diff_ids.iter().map(|d| store.require(d)).collect::<Result<Vec<Blob>>>()?;
+    let blobs = diff_ids
+        .iter()
+        .map(|d| store.require(d))
+        .collect::<Result<Vec<Blob>>>()?;
 
     let tree = match cached_tree(store, manifest_digest) {
         Some(tree) => tree,
@@ -59,10 +73,12 @@ pub fn open_image(store: &Store, manifest_digest: &Digest, name: &str) -> Result
             let indexes = diff_ids
                 .iter()
                 .zip(&blobs)
-                .map(|(diff_id, blob)| match fresh_indexes.iter().position(|(d, _)| d == diff_id) {
-                    Some(i) => Ok(fresh_indexes.swap_remove(i).1),
-                    None => layer_index(store, diff_id, blob),
-                })
+                .map(
+                    |(diff_id, blob)| match fresh_indexes.iter().position(|(d, _)| d == diff_id) {
+                        Some(i) => Ok(fresh_indexes.swap_remove(i).1),
+                        None => layer_index(store, diff_id, blob),
+                    },
+                )
                 .collect::<Result<Vec<LayerIndex>>>()?;
             let tree = Tree::build(&indexes).map_err(|source| Error::Tree {
                 image: name.to_string(),
@@ -112,12 +128,20 @@ fn save_index(store: &Store, diff_id: &Digest, index: &LayerIndex) -> Result<()>
 
 /// Decompresses stored layer `digest` into the store under `diff_id`, indexing the
 /// tar in the same pass. Nothing is stored unless the tar hashes to `diff_id`.
-fn unpack_layer(store: &Store, digest: &Digest, compression: Compression, diff_id: &Digest) -> Result<LayerIndex> {
+fn unpack_layer(
+    store: &Store,
+    digest: &Digest,
+    compression: Compression,
+    diff_id: &Digest,
+) -> Result<LayerIndex> {
     let blob = store.require(digest)?;
     let what = format!("uncompressed layer {digest}");
     let decompressed = layer::decompress(compression, blob.bytes()).map_err(|e| Error::Layer {
         layer: *digest,
-        source: layer::LayerError::Read { offset: 0, source: e },
+        source: layer::LayerError::Read {
+            offset: 0,
+            source: e,
+        },
     })?;
     let mut tee = Tee {
         inner: decompressed,
@@ -130,13 +154,18 @@ fn unpack_layer(store: &Store, digest: &Digest, compression: Compression, diff_i
     if let Some(store_error) = tee.failed {
         return Err(store_error);
     }
-    let index = indexed.map_err(|source| Error::Layer { layer: *digest, source })?;
+    let index = indexed.map_err(|source| Error::Layer {
+        layer: *digest,
+        source,
+    })?;
     if !drained {
         return Err(Error::Layer {
             layer: *digest,
             source: layer::LayerError::Read {
                 offset: tee.writer.len(),
-                source: io::Error::other("the compressed stream is damaged after the end of the tar"),
+                source: io::Error::other(
+                    "the compressed stream is damaged after the end of the tar",
+                ),
             },
         });
     }

@@ -28,8 +28,8 @@ use memmap2::Mmap;
 
 use crate::digest::{Digest, Hasher};
 use crate::error::{Error, Result};
-use recency::OpenBlobs;
 pub use derived::Derived;
+use recency::OpenBlobs;
 pub use refs::ImageRecord;
 pub use writer::BlobWriter;
 
@@ -321,7 +321,8 @@ fn write_atomically(target: &Path, bytes: &[u8]) -> Result<()> {
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
     io::Write::write_all(&mut tmp, bytes).map_err(|e| Error::io(tmp.path(), e))?;
-    tmp.persist(target).map_err(|e| Error::io(target, e.error))?;
+    tmp.persist(target)
+        .map_err(|e| Error::io(target, e.error))?;
     Ok(())
 }
 

@@ -41,7 +41,10 @@ impl ImageRecord {
 impl Store {
     /// Records (atomically replacing) what `record.name` resolved to.
     pub fn record_image(&self, record: &ImageRecord) -> Result<()> {
-        let target = self.root.join("refs").join(file_name(&record.name, &record.platform));
+        let target = self
+            .root
+            .join("refs")
+            .join(file_name(&record.name, &record.platform));
         let json = serde_json::to_vec_pretty(record).expect("an ImageRecord always serialises");
         write_atomically(&target, &json)
     }

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Whole-system benchmark of `lazyimg mount` against what users would otherwise do,
+# same image, same run:
+#   1. mount + first `cat /etc/os-release` of a cached Debian image   vs  umoci unpack
+#   2. `find MNT -type f | xargs stat` over the whole tree             vs  squashfuse
+#   3. sequential read of a 300 MiB file, cold (first) and warm        vs  squashfuse
+# The image is Debian 12 minbase (debootstrap) plus a layer with a 300 MiB file.
+#
+# Usage: scripts/bench-mount.sh [RUNS]     (as root; RUNS defaults to 3, medians shown)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+RUNS=${1:-3}
+WORK=${LAZYIMG_BENCH_DIR:-/var/tmp/lazyimg-bench}
+
+log() { echo "bench-mount: $*" >&2; }
+now() { date +%s.%N; }
+# median of the numbers on stdin
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f", a/b}'; }
+unmount() { fusermount3 -u "$1" 2>/dev/null || true; }
+
+eval "$(bash scripts/setup-runtimes.sh)"
+bash scripts/testenv.sh up >/dev/null
+eval "$(bash scripts/testenv.sh env)"
+for tool in mksquashfs squashfuse umoci; do
+  command -v "$tool" >/dev/null || { log "$tool is missing (scripts/setup-runtimes.sh installs it)"; exit 1; }
+done
+
+log "building lazyimg (release)"
+cargo build --release --locked -q
+lazyimg=$PWD/target/release/lazyimg
+
+mkdir -p "$WORK"
+for m in mnt sq; do unmount "$WORK/$m"; done
+rm -rf "$WORK/oci" "$WORK/cache" "$WORK/bundle" "$WORK/big" "$WORK/img.sqfs"
+mkdir -p "$WORK/mnt" "$WORK/sq" "$WORK/big/opt"
+
+log "building the image (Debian 12 minbase + 300 MiB file)"
+bash scripts/build-debian-image.sh "$WORK/oci" 12 >/dev/null 2>&1
+head -c 300M /dev/urandom >"$WORK/big/opt/big.bin"
+tar -C "$WORK/big" --owner=0 --group=0 --numeric-owner -cf "$WORK/big.tar" opt/big.bin
+umoci raw add-layer --image "$WORK/oci:12" "$WORK/big.tar"
+rm -f "$WORK/big.tar"
+bash scripts/push-oci-layout.sh "$WORK/oci:12" "$LAZYIMG_TEST_UPSTREAM/bench/debian:big" \
+  --creds "$LAZYIMG_TEST_USER:$LAZYIMG_TEST_TOKEN" >/dev/null 2>&1
+
+cat >"$WORK/config.toml" <<TOML
+cache_dir = "$WORK/cache"
+[[registry]]
+prefix = "$LAZYIMG_TEST_UPSTREAM"
+ca_file = "$LAZYIMG_TEST_CA"
+TOML
+export LAZYIMG_CONFIG=$WORK/config.toml REGISTRY_AUTH_FILE=$LAZYIMG_TEST_AUTH_FILE
+image=$LAZYIMG_TEST_UPSTREAM/bench/debian:big
+t0=$(now)
+"$lazyimg" -q pull "$image" >/dev/null
+pull=$(awk -v a="$t0" -v b="$(now)" 'BEGIN {print b-a}')
+
+# 1. mount + first read. The first mount after a pull also decompresses and indexes
+#    the layers (once per image); later mounts open the cached tree.
+mount_once() {
+  local t0
+  t0=$(now)
+  "$lazyimg" -q mount --pull never "$image" "$WORK/mnt"
+  cat "$WORK/mnt/etc/os-release" >/dev/null
+  awk -v a="$t0" -v b="$(now)" 'BEGIN {print b-a}'
+  unmount "$WORK/mnt"
+}
+first_mount=$(mount_once)
+warm_mount=$(for _ in $(seq "$RUNS"); do mount_once; done | median)
+unpack=$(for _ in $(seq "$RUNS"); do
+  rm -rf "$WORK/bundle"
+  t0=$(now)
+  umoci unpack --image "$WORK/oci:12" "$WORK/bundle" >/dev/null
+  awk -v a="$t0" -v b="$(now)" 'BEGIN {print b-a}'
+done | median)
+
+# The same tree under squashfuse, from umoci's unpack.
+mksquashfs "$WORK/bundle/rootfs" "$WORK/img.sqfs" -noappend -quiet -no-progress >/dev/null
+
+# 2. stat of every file, on a fresh mount each run (no attribute cache carried over).
+stat_walk() { # DIR: seconds to stat every file below DIR
+  local dir=$1 t0
+  t0=$(now)
+  find "$dir" -type f -print0 | xargs -0 stat >/dev/null
+  awk -v a="$t0" -v b="$(now)" 'BEGIN {print b-a}'
+}
+mount_lazyimg() { "$lazyimg" -q mount --pull never "$image" "$WORK/mnt"; }
+mount_squash() { squashfuse "$WORK/img.sqfs" "$WORK/sq"; }
+lz_stat=$(for _ in $(seq "$RUNS"); do mount_lazyimg; stat_walk "$WORK/mnt"; unmount "$WORK/mnt"; done | median)
+sq_stat=$(for _ in $(seq "$RUNS"); do mount_squash; stat_walk "$WORK/sq"; unmount "$WORK/sq"; done | median)
+files=$(find "$WORK/bundle/rootfs" -type f | wc -l)
+
+# 3. sequential read of the 300 MiB file: first read on a fresh mount, then again.
+read_mibs() { # FILE -> MiB/s
+  local t0
+  t0=$(now)
+  dd if="$1" of=/dev/null bs=1M status=none
+  awk -v a="$t0" -v b="$(now)" 'BEGIN {printf "%.0f", 300/(b-a)}'
+}
+lz_cold=() lz_warm=() sq_cold=() sq_warm=()
+for _ in $(seq "$RUNS"); do
+  mount_lazyimg
+  lz_cold+=("$(read_mibs "$WORK/mnt/opt/big.bin")")
+  lz_warm+=("$(read_mibs "$WORK/mnt/opt/big.bin")")
+  unmount "$WORK/mnt"
+  mount_squash
+  sq_cold+=("$(read_mibs "$WORK/sq/opt/big.bin")")
+  sq_warm+=("$(read_mibs "$WORK/sq/opt/big.bin")")
+  unmount "$WORK/sq"
+done
+med() { printf '%s\n' "$@" | median; }
+
+cat <<REPORT
+lazyimg mount benchmark ($RUNS runs each, medians; image: Debian 12 minbase + 300 MiB file, $files files)
+  pull into the cache (informational)        ${pull}s
+  1. mount + first cat, first mount           ${first_mount}s   (decompresses + indexes the layers once)
+     mount + first cat, cached tree           ${warm_mount}s
+     umoci unpack                             ${unpack}s
+     ratio unpack / mount (cached tree)       $(ratio "$unpack" "$warm_mount")x   (goal >= 20x)
+     ratio unpack / first mount               $(ratio "$unpack" "$first_mount")x
+  2. stat walk, lazyimg                       ${lz_stat}s
+     stat walk, squashfuse                    ${sq_stat}s
+     ratio squashfuse / lazyimg               $(ratio "$sq_stat" "$lz_stat")x   (goal >= 1)
+  3. 300 MiB read, first, lazyimg             $(med "${lz_cold[@]}") MiB/s
+     300 MiB read, first, squashfuse          $(med "${sq_cold[@]}") MiB/s
+     300 MiB read, again, lazyimg             $(med "${lz_warm[@]}") MiB/s
+     300 MiB read, again, squashfuse          $(med "${sq_warm[@]}") MiB/s
+     ratio warm lazyimg / squashfuse          $(ratio "$(med "${lz_warm[@]}")" "$(med "${sq_warm[@]}")")x   (goal >= 1)
+REPORT

@@ -1,0 +1,375 @@
+//! `lazyimg mount`, `umount` and `run`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+
+use super::progress::Reporter;
+use super::{Context, RegistryArgs};
+use crate::fuse::{self, MountOptions};
+use crate::image::{ImageConfig, Manifest};
+use crate::pull::{self, PullPolicy};
+use crate::reference::ImageRef;
+use crate::rootfs::{self, RootFs};
+use crate::runtime::{self, Bind, RunSpec, Runtime};
+use crate::store::Store;
+
+/// Set in the environment of the daemon `lazyimg mount` starts.
+const DAEMON_ENV: &str = "LAZYIMG_MOUNT_DAEMON";
+/// How long `lazyimg mount` waits for its daemon to serve the tree.
+const MOUNT_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Args, Debug)]
+pub(super) struct MountArgs {
+    /// Image reference.
+    reference: String,
+    /// Directory to mount the image's root filesystem on (read-only).
+    mountpoint: PathBuf,
+    /// Stay attached and log to stderr instead of starting a daemon.
+    #[arg(long)]
+    foreground: bool,
+    #[command(flatten)]
+    mount: MountFlags,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+#[derive(Args, Debug)]
+struct MountFlags {
+    /// Let other users (e.g. a runtime that switches uid) use the mount. Non-root
+    /// users need `user_allow_other` in /etc/fuse.conf.
+    #[arg(long)]
+    allow_other: bool,
+    /// Report every file as owned by the mounting user (what Charliecloud and
+    /// rootless users want).
+    #[arg(long)]
+    owner_self: bool,
+    /// When to contact the registry.
+    #[arg(long, value_enum, default_value_t = PullPolicy::Missing)]
+    pull: PullPolicy,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct UmountArgs {
+    /// Where a lazyimg image is mounted.
+    mountpoint: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct RunArgs {
+    /// Container runtime: podman, charliecloud (ch-run) or apptainer.
+    #[arg(long, default_value = "podman")]
+    runtime: Runtime,
+    /// Bind a host path into the container (SRC[:DST]); repeatable.
+    #[arg(long = "bind", value_name = "SRC[:DST]")]
+    binds: Vec<Bind>,
+    /// Set a variable in the container (K=V); repeatable. No host variable is passed.
+    #[arg(long = "env", value_name = "K=V")]
+    env: Vec<String>,
+    /// Working directory in the container (default: the image's, else /).
+    #[arg(long)]
+    workdir: Option<String>,
+    #[command(flatten)]
+    mount: MountFlags,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    /// Image reference.
+    reference: String,
+    /// Command and arguments (default: the image's entrypoint and cmd).
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+pub(super) async fn mount(ctx: &Context, args: MountArgs) -> anyhow::Result<ExitCode> {
+    let daemon = std::env::var_os(DAEMON_ENV).is_some();
+    clear_stale_mount(&args.mountpoint)?;
+    // The daemon serves what its parent already pulled: it never asks the registry.
+    let policy = if daemon {
+        PullPolicy::Never
+    } else {
+        args.mount.pull
+    };
+    let (image, store, manifest) = prepare(ctx, &args.reference, &args.registry, policy).await?;
+    if !(args.foreground || daemon) {
+        return start_daemon(&store, &image, &args.mountpoint);
+    }
+    let rootfs = open(&store, &manifest, &image)?;
+    let options = mount_options(&args.mount, &image);
+    tracing::info!("serving {image} at {}", args.mountpoint.display());
+    fuse::mount_foreground(rootfs, &args.mountpoint, &options)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn umount(args: UmountArgs) -> anyhow::Result<ExitCode> {
+    let out = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&args.mountpoint)
+        .output()
+        .context("cannot run fusermount3 (Debian package fuse3)")?;
+    if !out.status.success() {
+        bail!(
+            "cannot unmount {}: {}",
+            args.mountpoint.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<ExitCode> {
+    runtime::check_available(args.runtime)?;
+    let (image, store, manifest) =
+        prepare(ctx, &args.reference, &args.registry, args.mount.pull).await?;
+    let config = image_config(&store, &manifest, &image)?;
+    let runtime_config = config.config.unwrap_or_default();
+    let command = if args.command.is_empty() {
+        let default: Vec<String> = [runtime_config.entrypoint, runtime_config.cmd]
+            .into_iter()
+            .flatten()
+            .flatten()
+            .collect();
+        if default.is_empty() {
+            bail!("{image} defines no entrypoint or cmd: give a command after `--`");
+        }
+        default
+    } else {
+        args.command
+    };
+    let env = args
+        .env
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .with_context(|| format!("--env {kv:?}: expected K=V"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+
+    let rootfs = open(&store, &manifest, &image)?;
+    let mountpoint = tempfile::Builder::new()
+        .prefix("lazyimg-run-")
+        .tempdir()
+        .context("cannot create a mount point")?;
+    // Root's mount is used by runtimes that switch to other uids (podman's runc,
+    // ch-run's user namespace): let them in.
+    let mut options = mount_options(&args.mount, &image);
+    options.allow_other |= is_root();
+    let session = fuse::spawn_mount(rootfs, mountpoint.path(), &options)?;
+
+    let mut spec = RunSpec::new(mountpoint.path().to_path_buf(), command);
+    spec.image_env = runtime_config.env.unwrap_or_default();
+    spec.env = env;
+    spec.binds = args.binds;
+    spec.workdir = args
+        .workdir
+        .or(runtime_config.working_dir.filter(|w| !w.is_empty()));
+    let status = runtime::run(args.runtime, &spec);
+    drop(session);
+    let code = status?;
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// Resolves `reference` and makes sure the image is cached (pulling as `policy` says).
+async fn prepare(
+    ctx: &Context,
+    reference: &str,
+    registry: &RegistryArgs,
+    policy: PullPolicy,
+) -> anyhow::Result<(ImageRef, Store, crate::digest::Digest)> {
+    let image = ctx.image(reference)?;
+    let store = ctx.open_store()?;
+    let reporter = Reporter::new(ctx.quiet);
+    let manifest = pull::ensure_image(
+        &store,
+        &image,
+        &ctx.platform(registry),
+        policy,
+        || ctx.registry(&image, registry).map_err(into_library_error),
+        &reporter,
+    )
+    .await?;
+    Ok((image, store, manifest))
+}
+
+/// `ensure_image` wants a library error; keep a typed one when there is one.
+fn into_library_error(err: anyhow::Error) -> crate::Error {
+    match err.downcast::<crate::Error>() {
+        Ok(typed) => typed,
+        Err(other) => crate::Error::Config {
+            path: PathBuf::from("(command line)"),
+            message: format!("{other:#}"),
+        },
+    }
+}
+
+fn open(
+    store: &Store,
+    manifest: &crate::digest::Digest,
+    image: &ImageRef,
+) -> anyhow::Result<Arc<RootFs>> {
+    // Decompressing and indexing layers is blocking work the first time.
+    let rootfs =
+        tokio::task::block_in_place(|| rootfs::open_image(store, manifest, &image.to_string()))?;
+    Ok(Arc::new(rootfs))
+}
+
+fn image_config(
+    store: &Store,
+    manifest: &crate::digest::Digest,
+    image: &ImageRef,
+) -> anyhow::Result<ImageConfig> {
+    let what = image.to_string();
+    let Manifest::Image(manifest) = Manifest::parse(store.require(manifest)?.bytes(), &what)?
+    else {
+        bail!("{what}: the cached manifest is an index");
+    };
+    Ok(ImageConfig::parse(
+        store.require(&manifest.config.digest)?.bytes(),
+        &what,
+    )?)
+}
+
+fn mount_options(flags: &MountFlags, image: &ImageRef) -> MountOptions {
+    MountOptions {
+        allow_other: flags.allow_other,
+        // SAFETY: getuid/getgid have no preconditions and cannot fail.
+        owner: flags
+            .owner_self
+            .then(|| unsafe { (libc::getuid(), libc::getgid()) }),
+        fsname: format!("lazyimg:{image}"),
+        threads: 4,
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Starts `lazyimg mount --foreground` detached (its own session, logging to a
+/// file in the cache) and returns once it serves the tree, or with its log if it fails.
+fn start_daemon(store: &Store, image: &ImageRef, mountpoint: &Path) -> anyhow::Result<ExitCode> {
+    let logs = store.root().join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    let log_path = logs.join(format!("mount-{}.log", std::process::id()));
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("cannot create {}", log_path.display()))?;
+    let exe = std::env::current_exe().context("cannot find the lazyimg executable")?;
+    let mut daemon = Command::new(exe);
+    daemon
+        .args(std::env::args_os().skip(1))
+        .env(DAEMON_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; it detaches the daemon from our terminal
+    // so closing the shell does not unmount the image.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut daemon, || {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = daemon.spawn().context("cannot start the mount daemon")?;
+    let started = Instant::now();
+    while started.elapsed() < MOUNT_WAIT {
+        if is_mounted(mountpoint) {
+            eprintln!(
+                "mounted {image} at {} (daemon pid {}, log {})",
+                mountpoint.display(),
+                child.id(),
+                log_path.display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        if let Some(status) = child.try_wait()? {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            bail!(
+                "the mount daemon exited ({status}) before mounting:\n{}",
+                log.trim_end()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    bail!(
+        "the mount daemon did not mount within {} s; see {}",
+        MOUNT_WAIT.as_secs(),
+        log_path.display()
+    )
+}
+
+/// Whether a FUSE filesystem is mounted at `path` (per /proc/self/mountinfo).
+fn is_mounted(path: &Path) -> bool {
+    let Ok(path) = path.canonicalize() else {
+        return false;
+    };
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    mountinfo.lines().any(|line| {
+        let mut fields = line.split(' ');
+        let mount_point = fields.nth(4).map(unescape_mountinfo);
+        let fs_type = line
+            .split(" - ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next());
+        mount_point.as_deref() == Some(path.as_os_str().to_str().unwrap_or_default())
+            && fs_type.is_some_and(|t| t.starts_with("fuse"))
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(field: &str) -> String {
+    let mut out = String::new();
+    let mut rest = field;
+    while let Some(pos) = rest.find('\\') {
+        out.push_str(&rest[..pos]);
+        match u8::from_str_radix(rest.get(pos + 1..pos + 4).unwrap_or(""), 8) {
+            Ok(byte) => {
+                out.push(byte as char);
+                rest = &rest[pos + 4..];
+            }
+            Err(_) => {
+                out.push('\\');
+                rest = &rest[pos + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A daemon killed with SIGKILL leaves its mount point answering ENOTCONN; unmount
+/// it so the new mount can take its place.
+fn clear_stale_mount(mountpoint: &Path) -> anyhow::Result<()> {
+    match std::fs::metadata(mountpoint) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            tracing::warn!("{}: clearing a stale lazyimg mount", mountpoint.display());
+            umount(UmountArgs {
+                mountpoint: mountpoint.to_path_buf(),
+            })?;
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("mount point {}", mountpoint.display())),
+        Ok(meta) if !meta.is_dir() => {
+            bail!("mount point {} is not a directory", mountpoint.display())
+        }
+        Ok(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_mountinfo(r"/tmp/a\040b\134c"), r"/tmp/a b\c");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+}

@@ -1,0 +1,106 @@
+//! The FUSE edge: mounts a [`RootFs`] read-only. Every answer comes from the
+//! tree (metadata) or the content reader (file bytes); nothing here knows
+//! about layers, chunks or registries.
+//!
+//! Mount options, and why:
+//! - `ro`: the image is immutable; write-type operations also answer `EROFS`.
+//! - `default_permissions`: the kernel checks the real modes we report, so
+//!   `access`/`open` need no permission logic of their own.
+//! - `nodev`: device nodes are still listed as devices (listings compare
+//!   types), the kernel just refuses to open them from this mount.
+//! - `nosuid`: setuid/setgid bits are still reported in `st_mode`; they are
+//!   only not honoured on exec (nor file capabilities), which is what an
+//!   unprivileged mount of untrusted content needs anyway.
+//! - `fsname`/`subtype`: identify the mount in `/proc/mounts`. fuser's direct
+//!   mount (as root) keeps the type `fuse` and only uses the name as source;
+//!   through fusermount3 (non-root) the type is `fuse.lazyimg`.
+//! - No `auto_unmount`: fuser only accepts it together with `allow_other` or
+//!   `allow_root` and then always goes through fusermount3; callers unmount
+//!   by dropping the session or with `fusermount3 -u`/`umount`.
+//!
+//! `allow_other` as non-root needs `user_allow_other` in `/etc/fuse.conf`.
+
+mod adapter;
+mod attr;
+mod errno;
+mod read_pool;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use fuser::{BackgroundSession, Config, MountOption, Session, SessionACL};
+
+use crate::error::{Error, Result};
+use crate::rootfs::RootFs;
+
+use adapter::Adapter;
+
+/// Threads reading `/dev/fuse`. Metadata answers are in-memory, so two
+/// (one per core here) keep lookups flowing while the other sends a reply.
+const LOOP_THREADS: usize = 2;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountOptions {
+    /// Let users other than the mounting one use the mount.
+    pub allow_other: bool,
+    /// Report every inode as owned by this uid/gid (`--owner-self`).
+    pub owner: Option<(u32, u32)>,
+    /// Source shown in `/proc/mounts`, e.g. `lazyimg:ghcr.io/ns/name:tag`.
+    pub fsname: String,
+    /// Content reads in flight at once (each may wait on the network); at
+    /// least one.
+    pub threads: usize,
+}
+
+/// Mounts `rootfs` at `mountpoint` and serves it from background threads.
+/// Returns once the kernel has completed the FUSE handshake, so the mount is
+/// usable; dropping the session unmounts it.
+pub fn spawn_mount(
+    rootfs: Arc<RootFs>,
+    mountpoint: &Path,
+    opts: &MountOptions,
+) -> Result<BackgroundSession> {
+    session(rootfs, mountpoint, opts)?
+        .spawn()
+        .map_err(|e| Error::io(mountpoint, e))
+}
+
+/// Mounts `rootfs` at `mountpoint` and serves it on this thread until the
+/// filesystem is unmounted (`fusermount3 -u`, `umount`).
+pub fn mount_foreground(rootfs: Arc<RootFs>, mountpoint: &Path, opts: &MountOptions) -> Result<()> {
+    session(rootfs, mountpoint, opts)?
+        .run()
+        .map_err(|e| Error::io(mountpoint, e))
+}
+
+fn session(
+    rootfs: Arc<RootFs>,
+    mountpoint: &Path,
+    opts: &MountOptions,
+) -> Result<Session<Adapter>> {
+    let adapter = Adapter::new(rootfs, opts.owner, opts.threads.max(1))
+        .map_err(|e| Error::io(mountpoint, e))?;
+    Session::new(adapter, mountpoint, &config(opts)).map_err(|e| Error::io(mountpoint, e))
+}
+
+fn config(opts: &MountOptions) -> Config {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::RO,
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        // fusermount3 splits its option string at commas.
+        MountOption::FSName(opts.fsname.replace(',', "_")),
+        MountOption::Subtype("lazyimg".to_string()),
+    ];
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(LOOP_THREADS);
+    // One /dev/fuse fd per loop thread, so they do not contend on one queue.
+    config.clone_fd = true;
+    config
+}
