@@ -40,25 +40,10 @@ TAG=$2
 T0=$EPOCHREALTIME
 elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1fs", b - a }'; }
 
-APT_UPDATED=
-apt_install() {
-  if [[ -z $APT_UPDATED ]]; then
-    apt-get update -qq
-    APT_UPDATED=1
-  fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
-missing=()
-for pair in debootstrap:debootstrap umoci:umoci tar:tar flock:util-linux \
-  /usr/share/keyrings/debian-archive-keyring.gpg:debian-archive-keyring; do
-  cmd=${pair%%:*}
-  if [[ $cmd == /* ]]; then [[ -e $cmd ]] && continue; else command -v "$cmd" >/dev/null 2>&1 && continue; fi
-  missing+=("${pair#*:}")
-done
-((${#missing[@]} == 0)) || {
-  log "installing ${missing[*]}"
-  apt_install "${missing[@]}"
-}
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+need debootstrap:debootstrap umoci:umoci tar:tar flock:util-linux \
+  /usr/share/keyrings/debian-archive-keyring.gpg:debian-archive-keyring
 
 # The bookworm mirror apt uses here: deb822 *.sources stanzas, then one-line lists.
 configured_mirror() {

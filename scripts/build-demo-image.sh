@@ -15,17 +15,9 @@ die() {
 OUT=$1
 TAG=$2
 
-APT_UPDATED=
-apt_install() {
-  if [[ -z $APT_UPDATED ]]; then
-    apt-get update -qq
-    APT_UPDATED=1
-  fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
-for pair in umoci:umoci dpkg-deb:dpkg; do
-  command -v "${pair%%:*}" >/dev/null 2>&1 || apt_install "${pair#*:}"
-done
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+need umoci:umoci dpkg-deb:dpkg
 
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT

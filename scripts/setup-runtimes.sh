@@ -35,30 +35,12 @@ flock 9
 
 # --- packages ------------------------------------------------------------------
 
-APT_UPDATED=
-apt_install() {
-  if [[ -z $APT_UPDATED ]]; then
-    apt-get update -qq
-    APT_UPDATED=1
-  fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-# Is the Debian package installed (not merely known/removed)?
-have_pkg() {
-  [[ $(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null) == installed ]]
-}
-
-PKGS=(podman runc charliecloud-runtime fuse3 uidmap debootstrap umoci skopeo
-  squashfuse squashfs-tools attr)
-missing=()
-for p in "${PKGS[@]}"; do
-  have_pkg "$p" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  log "installing ${missing[*]}"
-  apt_install "${missing[@]}"
-fi
+need podman:podman runc:runc ch-run:charliecloud-runtime fusermount3:fuse3 newuidmap:uidmap \
+  debootstrap:debootstrap umoci:umoci skopeo:skopeo squashfuse:squashfuse \
+  mksquashfs:squashfs-tools getfattr:attr
 for c in podman runc ch-run newuidmap debootstrap umoci skopeo squashfuse mksquashfs getfattr fusermount3; do
   command -v "$c" >/dev/null 2>&1 || die "$c is still missing after installing packages"
 done

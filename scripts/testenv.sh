@@ -30,26 +30,9 @@ log() { echo "testenv: $*" >&2; }
 
 # --- installing what is missing (a fresh machine starts bare) ---------------
 
-APT_UPDATED=
-apt_install() {
-  if [[ -z $APT_UPDATED ]]; then
-    apt-get update -qq
-    APT_UPDATED=1
-  fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-need_cmds() {
-  local pkgs=() pair
-  # command:package
-  for pair in "$@"; do
-    command -v "${pair%%:*}" >/dev/null 2>&1 || pkgs+=("${pair#*:}")
-  done
-  if ((${#pkgs[@]})); then
-    log "installing ${pkgs[*]}"
-    apt_install "${pkgs[@]}"
-  fi
-}
 
 python_bin() {
   # Prefer the system interpreter: version-manager shims may point at nothing.
@@ -334,7 +317,7 @@ take_lock() {
 # --- subcommands -------------------------------------------------------------
 
 cmd_up() {
-  need_cmds curl:curl openssl:openssl python3:python3 docker-registry:docker-registry \
+  need curl:curl openssl:openssl python3:python3 docker-registry:docker-registry \
     flock:util-linux setsid:util-linux ss:iproute2 base64:coreutils
   take_lock
   local s all_ok=1
