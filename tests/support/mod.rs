@@ -1,5 +1,6 @@
 //! Test support shared by integration tests (`mod support;`).
 //!
+//! * [`fake_registry`]: an in-process HTTP server for faults real registries cannot stage.
 //! * [`layer`]: layer entries and deterministic layer tarballs.
 //! * [`image`]: OCI image layout writer (re-exports `layer` and the ready-made specs).
 //! * [`torture`]: `torture_image(compression)`, `simple_image(n)`.
@@ -9,6 +10,7 @@
 //! * [`testenv`]: the shared topology from `scripts/testenv.sh` and a sandboxed `lazyimg`.
 #![allow(dead_code, unused_imports)]
 
+pub mod fake_registry;
 pub mod image;
 pub mod layer;
 pub mod listing;

@@ -1,0 +1,192 @@
+//! Registry faults only a fake can stage on demand (see support::fake_registry):
+//! redirects to a CDN host, connections cut mid-blob, Range requests answered
+//! with 200, and a 401 in the middle of a session.
+
+mod support;
+
+use support::fake_registry::{FakeImage, FakeServer, Response, range_start};
+use support::layer::{LongNames, build_tar, file};
+use support::testenv::{Lazyimg, Run, testenv};
+use support::torture::prng_bytes;
+
+/// A real (uncompressed) tar layer: `pull` indexes it, so it must be one.
+fn image() -> FakeImage {
+    FakeImage::new(build_tar(
+        &[file("data.bin", prng_bytes(11, 3 << 20))],
+        LongNames::Pax,
+    ))
+}
+
+fn lazyimg_for(registry: &FakeServer) -> Lazyimg {
+    let config = format!(
+        "[network]\nread_timeout = 5\nattempts = 3\n[[registry]]\nprefix = {:?}\ninsecure = true\n",
+        registry.addr
+    );
+    Lazyimg::with_config(testenv(), &config)
+}
+
+fn pull(lazyimg: &Lazyimg, registry: &FakeServer, token: Option<&str>) -> Run {
+    let reference = format!("{}/ns/img:1", registry.addr);
+    match token {
+        Some(token) => lazyimg.run_with_stdin(
+            &["pull", "--username", "u", "--password-stdin", &reference],
+            token,
+        ),
+        None => lazyimg.run(&["pull", &reference]),
+    }
+}
+
+fn ok(body: &[u8]) -> Response {
+    Response::Full(200, vec![], body.to_vec())
+}
+
+fn partial(body: &[u8], start: usize) -> Response {
+    let range = format!("bytes {start}-{}/{}", body.len() - 1, body.len());
+    Response::Full(
+        206,
+        vec![("Content-Range".into(), range)],
+        body[start..].to_vec(),
+    )
+}
+
+#[test]
+fn blob_redirects_to_another_host_never_carry_the_credentials() {
+    let image = std::sync::Arc::new(image());
+    let layer = image.layer.clone();
+    let cdn = FakeServer::start(move |_| ok(&layer));
+    let cdn_addr = cdn.addr.clone();
+    let served = image.clone();
+    let registry = FakeServer::start(move |req| {
+        if !req.headers.contains_key("authorization") {
+            return Response::Full(
+                401,
+                vec![("WWW-Authenticate".into(), "Basic realm=\"fake\"".into())],
+                vec![],
+            );
+        }
+        if let Some(answer) = served.answer(req) {
+            return answer;
+        }
+        let signed = format!(
+            "http://{cdn_addr}/cdn/{}?signature=abc",
+            served.layer_digest
+        );
+        Response::Full(307, vec![("Location".into(), signed)], vec![])
+    });
+    let lazyimg = lazyimg_for(&registry);
+    let run = pull(&lazyimg, &registry, Some("s3cret-token")).ok();
+    assert_eq!(run.stdout().trim(), image.manifest_digest);
+    assert!(lazyimg.cached_blobs().contains(&image.layer_digest));
+    let cdn_requests = cdn.requests();
+    assert!(
+        !cdn_requests.is_empty(),
+        "the layer must have come from the CDN host"
+    );
+    for request in &cdn_requests {
+        assert!(
+            !request.headers.contains_key("authorization"),
+            "credentials leaked to the CDN: {request:?}"
+        );
+    }
+}
+
+#[test]
+fn a_connection_cut_mid_blob_resumes_with_a_range_request() {
+    let image = std::sync::Arc::new(image());
+    let half = image.layer.len() / 2;
+    let served = image.clone();
+    let registry = FakeServer::start(move |req| {
+        if req.path == "/v2/" {
+            return ok(b"{}");
+        }
+        if let Some(answer) = served.answer(req) {
+            return answer;
+        }
+        match range_start(req) {
+            Some(start) => partial(&served.layer, start),
+            None => Response::Cut {
+                body: served.layer.clone(),
+                sent: half,
+            },
+        }
+    });
+    let lazyimg = lazyimg_for(&registry);
+    pull(&lazyimg, &registry, None).ok();
+    assert!(lazyimg.cached_blobs().contains(&image.layer_digest));
+    let resumed: Vec<usize> = registry.requests().iter().filter_map(range_start).collect();
+    assert_eq!(resumed.len(), 1, "one resume: {resumed:?}");
+    assert!(
+        resumed[0] > 0 && resumed[0] <= half,
+        "resumed from byte {}",
+        resumed[0]
+    );
+}
+
+#[test]
+fn a_range_request_answered_with_the_whole_blob_starts_over_and_verifies() {
+    let image = std::sync::Arc::new(image());
+    let served = image.clone();
+    let registry = FakeServer::start(move |req| {
+        if req.path == "/v2/" {
+            return ok(b"{}");
+        }
+        if let Some(answer) = served.answer(req) {
+            return answer;
+        }
+        match range_start(req) {
+            // Like distribution's pull-through proxy for a blob it has not cached.
+            Some(_) => ok(&served.layer),
+            None => Response::Cut {
+                body: served.layer.clone(),
+                sent: served.layer.len() / 3,
+            },
+        }
+    });
+    let lazyimg = lazyimg_for(&registry);
+    pull(&lazyimg, &registry, None).ok();
+    assert!(lazyimg.cached_blobs().contains(&image.layer_digest));
+    let verify = lazyimg.run(&["cache", "verify"]).ok();
+    assert!(verify.stderr().contains("0 corrupt"), "{}", verify.stderr());
+}
+
+#[test]
+fn a_401_mid_session_reauthenticates_once_and_carries_on() {
+    let image = std::sync::Arc::new(image());
+    let served = image.clone();
+    let refused = std::sync::atomic::AtomicBool::new(false);
+    let registry = FakeServer::start(move |req| {
+        let challenge = || {
+            Response::Full(
+                401,
+                vec![("WWW-Authenticate".into(), "Basic realm=\"fake\"".into())],
+                vec![],
+            )
+        };
+        if !req.headers.contains_key("authorization") {
+            return challenge();
+        }
+        if req.path == "/v2/" {
+            return ok(b"{}");
+        }
+        if let Some(answer) = served.answer(req) {
+            return answer;
+        }
+        // The first layer request is refused, as when a token expires mid-pull.
+        if !refused.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return challenge();
+        }
+        ok(&served.layer)
+    });
+    let lazyimg = lazyimg_for(&registry);
+    pull(&lazyimg, &registry, Some("token")).ok();
+    let version_checks = registry
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/v2/")
+        .count();
+    assert!(
+        version_checks >= 2,
+        "expected a re-authentication, saw {version_checks} /v2/ requests"
+    );
+    assert!(lazyimg.cached_blobs().contains(&image.layer_digest));
+}
