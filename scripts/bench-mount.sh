@@ -28,7 +28,7 @@ done
 
 log "building lazyimg (release)"
 cargo build --release --locked -q
-lazyimg=$PWD/target/release/lazyimg
+lazyimg=$(realpath "${CARGO_TARGET_DIR:-target}")/release/lazyimg
 
 mkdir -p "$WORK"
 for m in mnt sq; do unmount "$WORK/$m"; done

@@ -24,7 +24,7 @@ use crate::store::Store;
 #[command(
     name = "lazyimg",
     version,
-    about = "Container images usable in seconds: verified, cached, mounted lazily",
+    about = "Container images usable in seconds: verified, cached, mounted without unpacking",
     propagate_version = true,
     after_help = "Configuration: --config FILE, else $LAZYIMG_CONFIG, else /etc/lazyimg/config.toml."
 )]
