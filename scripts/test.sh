@@ -22,7 +22,17 @@ if ! bash scripts/testenv.sh status >/dev/null 2>&1; then
   started_registries=1
 fi
 bash scripts/testenv.sh up
+# shellcheck disable=SC2317 # called by the EXIT trap
 stop_registries() { [[ -z $started_registries ]] || bash scripts/testenv.sh down; }
 trap stop_registries EXIT
 
-cargo test --locked "$@"
+# One total at the end: cargo prints a result line per test binary.
+log=$(mktemp)
+set +e
+cargo test --locked "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+awk '/^test result:/ { passed += $4; failed += $6 }
+     END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log"
+rm -f "$log"
+exit "$status"

@@ -28,6 +28,9 @@ pub struct Config {
     pub registries: Vec<RegistryConfig>,
     #[serde(default)]
     pub network: NetworkConfig,
+    /// `[seed]`: where `lazyimg seed` and `ces-pull` copy images to.
+    #[serde(default)]
+    pub seed: Option<SeedConfig>,
     /// The file this came from, for error messages; `None` for defaults.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -46,6 +49,16 @@ pub struct RegistryConfig {
     pub insecure: bool,
     /// An extra CA certificate (PEM) to trust for the location.
     pub ca_file: Option<PathBuf>,
+}
+
+/// `[seed]`: the site proxy registry images are copied into.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SeedConfig {
+    /// `host[:port][/prefix]`, e.g. `tre-ghcr-proxy.nsh.loc:5000`.
+    pub target: Option<String>,
+    /// `push` (the target accepts pushes) or `pull-through` (it mirrors the source).
+    pub mode: Option<crate::seed::Mode>,
 }
 
 /// `[network]`: how long to wait for registries, and how often to retry.
@@ -244,6 +257,19 @@ mod tests {
         assert_eq!(loc("ghcr.io/lab/x"), Some("lab-mirror:5000"));
         assert_eq!(loc("ghcr.io/laboratory/x"), Some("proxy:5000"));
         assert_eq!(loc("ghcr.io.evil.com/x"), None);
+    }
+
+    #[test]
+    fn seed_table_parses_and_rejects_unknown_keys() {
+        let config =
+            parse("[seed]\ntarget = \"tre-ghcr-proxy.nsh.loc:5000\"\nmode = \"pull-through\"\n")
+                .unwrap();
+        let seed = config.seed.unwrap();
+        assert_eq!(seed.target.as_deref(), Some("tre-ghcr-proxy.nsh.loc:5000"));
+        assert_eq!(seed.mode, Some(crate::seed::Mode::PullThrough));
+        let err = parse("[seed]\ntargte = \"x\"\n").unwrap_err().to_string();
+        assert!(err.contains("targte"), "{err}");
+        assert!(parse("[seed]\nmode = \"copy\"\n").is_err());
     }
 
     #[test]

@@ -84,6 +84,18 @@ pub enum Error {
         #[source]
         source: crate::tree::TreeError,
     },
+
+    /// The approved-image list cannot be used (missing, unreadable, malformed).
+    #[error("approved-image list {path}: {message}")]
+    Policy { path: PathBuf, message: String },
+
+    /// The image is not on the approved list; `detail` says what would approve it.
+    #[error("{image} is not on the approved list {list} ({detail})")]
+    NotApproved {
+        image: String,
+        list: PathBuf,
+        detail: String,
+    },
 }
 
 impl Error {
@@ -135,6 +147,14 @@ impl Error {
             Error::NotCached(_) | Error::NotCachedImage { .. } => "run `lazyimg pull` first",
             Error::Layer { .. } | Error::Tree { .. } => {
                 "the image's layers are malformed or unsafe; rebuild the image or report it to its authors"
+            }
+            Error::Policy { .. } => {
+                "while the approved list is unusable, nothing can be pulled, mounted or run: \
+                 it is kept by the image approvers (`approved_images` in the configuration)"
+            }
+            Error::NotApproved { .. } => {
+                "only approved images may be used here: see `lazyimg policy list`, \
+                 `lazyimg policy check REF` explains the decision; ask the approvers to add it"
             }
         })
     }

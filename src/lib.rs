@@ -13,12 +13,14 @@ pub mod error;
 pub mod fuse;
 pub mod image;
 pub mod layer;
+pub mod policy;
 pub mod pull;
 pub mod reference;
 pub mod registry;
 pub mod rootfs;
 pub mod runtime;
 pub mod secret;
+pub mod seed;
 pub mod store;
 pub mod tree;
 

@@ -137,6 +137,11 @@ pub struct PullReport {
     pub bytes_cached: u64,
 }
 
+/// Accepts or refuses an image given the digest its reference resolved to (an
+/// index for multi-platform images) and the chosen platform's manifest digest;
+/// called before anything is stored. The approved-image policy's second step.
+pub type Gate<'a> = &'a (dyn Fn(&Digest, &Digest) -> Result<()> + Sync);
+
 /// Pulls `image` into `store`: manifests, config and every layer, verified.
 pub async fn pull(
     store: &Store,
@@ -145,10 +150,23 @@ pub async fn pull(
     wanted: &Platform,
     progress: &dyn Progress,
 ) -> Result<PullReport> {
+    pull_gated(store, registry, image, wanted, progress, &|_, _| Ok(())).await
+}
+
+/// [`pull`], refusing before anything is stored unless `gate` accepts the digests.
+pub async fn pull_gated(
+    store: &Store,
+    registry: &RegistryClient,
+    image: &ImageRef,
+    wanted: &Platform,
+    progress: &dyn Progress,
+    gate: Gate<'_>,
+) -> Result<PullReport> {
     registry
         .authenticate(&image.source, RegistryOperation::Pull)
         .await?;
     let resolved = resolve(registry, image, wanted).await?;
+    gate(&resolved.digest, &resolved.manifest_digest)?;
     let name = image.to_string();
     store.put(
         resolved.digest,
@@ -265,11 +283,27 @@ pub async fn ensure_image(
     connect: impl FnOnce() -> Result<RegistryClient>,
     progress: &dyn Progress,
 ) -> Result<Digest> {
+    let gate: Gate<'_> = &|_, _| Ok(());
+    ensure_image_gated(store, image, wanted, policy, connect, progress, gate).await
+}
+
+/// [`ensure_image`], with `gate` judging the cached image's digests or, when
+/// pulling, the resolved ones before anything is stored.
+pub async fn ensure_image_gated(
+    store: &Store,
+    image: &ImageRef,
+    wanted: &Platform,
+    policy: PullPolicy,
+    connect: impl FnOnce() -> Result<RegistryClient>,
+    progress: &dyn Progress,
+    gate: Gate<'_>,
+) -> Result<Digest> {
     if policy != PullPolicy::Always
         && let Some(record) = store.image_record(&image.to_string(), &wanted.to_string())?
         && is_complete(store, &record.manifest)
     {
         tracing::debug!("{image}: using cached {}", record.manifest);
+        gate(&record.digest, &record.manifest)?;
         return Ok(record.manifest);
     }
     if policy == PullPolicy::Never {
@@ -278,7 +312,7 @@ pub async fn ensure_image(
         });
     }
     let registry = connect()?;
-    Ok(pull(store, &registry, image, wanted, progress)
+    Ok(pull_gated(store, &registry, image, wanted, progress, gate)
         .await?
         .manifest)
 }

@@ -31,15 +31,18 @@ pub(super) struct InspectArgs {
 
 pub(super) async fn pull(ctx: &Context, args: PullArgs) -> anyhow::Result<std::process::ExitCode> {
     let image = ctx.image(&args.reference)?;
+    // Refuse unapproved images before touching the cache or the registry.
+    let approval = crate::policy::enforce(&ctx.config, &image)?;
     let store = ctx.open_store()?;
     let registry = ctx.registry(&image, &args.registry)?;
     let reporter = Reporter::new(ctx.quiet);
-    let report = pull::pull(
+    let report = pull::pull_gated(
         &store,
         &registry,
         &image,
         &ctx.platform(&args.registry),
         &reporter,
+        &crate::policy::gate(approval.as_ref()),
     )
     .await?;
     // Unpack and index the layers now, once, so the first mount is as quick as any.

@@ -4,7 +4,9 @@
 mod cache;
 mod image_cmds;
 mod mount_cmds;
+mod policy_cmds;
 mod progress;
+mod seed_cmds;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -75,6 +77,31 @@ enum Command {
     /// List, verify or shrink the local content cache.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
+    /// Check an image against the approved list, or show the list (`approved_images`).
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  \
+        lazyimg policy check ghcr.io/example-lab/cuda-sample:nbody-cuda11.7.1\n  \
+        lazyimg policy check --json tre-ghcr-proxy.nsh.loc:5000/example-lab/cuda-sample:nbody-cuda11.7.1\n  \
+        lazyimg policy list"
+    )]
+    Policy(policy_cmds::PolicyCommand),
+    /// Copy an image (every platform, byte for byte) into the site proxy registry.
+    #[command(after_help = "Examples:\n  \
+        lazyimg seed ghcr.io/example-lab/cuda-sample:nbody-cuda11.7.1\n  \
+        lazyimg seed --to tre-ghcr-proxy.nsh.loc:5000 --json ghcr.io/alice/tool:1.0\n  \
+        lazyimg seed --mode pull-through --to tre-ghcr-proxy.nsh.loc:5000 ghcr.io/alice/tool:1.0\n\n\
+        The target and mode default to the [seed] table of the configuration.")]
+    Seed(seed_cmds::SeedArgs),
+    /// The site's approved pull step: `ces-pull [RUNTIME] USER TOKEN ghcr.io/NS/NAME:TAG`
+    /// (also installed as the `ces-pull` executable).
+    #[command(
+        name = "ces-pull",
+        after_help = "Examples:\n  \
+        lazyimg ces-pull alice ghp_… ghcr.io/alice/tool:1.0\n  \
+        echo \"$TOKEN\" | lazyimg ces-pull charliecloud alice - ghcr.io/alice/tool:1.0 --squashfs tool.sqfs"
+    )]
+    CesPull(seed_cmds::CesPullArgs),
 }
 
 /// Options for reaching a registry, shared by every command that does.
@@ -161,6 +188,30 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The `ces-pull` executable: the site's syntax, the same work as `lazyimg ces-pull`.
+pub fn ces_pull_main() -> ExitCode {
+    let cli = seed_cmds::CesPullCli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    let run = || -> anyhow::Result<ExitCode> {
+        let ctx = Context {
+            config: Config::load(cli.config.as_deref())?,
+            quiet: cli.quiet,
+        };
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?
+            .block_on(seed_cmds::ces_pull(&ctx, cli.args))
+    };
+    match run() {
+        Ok(code) => code,
+        Err(err) => {
+            report(&err);
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(cli.config.as_deref())?;
     let ctx = Context {
@@ -178,6 +229,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Umount(args) => mount_cmds::umount(args),
         Command::Run(args) => runtime.block_on(mount_cmds::run(&ctx, args)),
         Command::Cache(command) => cache::run(&ctx, command),
+        Command::Policy(policy_cmds::PolicyCommand::Check(args)) => {
+            runtime.block_on(policy_cmds::check(&ctx, args))
+        }
+        Command::Policy(policy_cmds::PolicyCommand::List(args)) => policy_cmds::list(&ctx, args),
+        Command::Seed(args) => runtime.block_on(seed_cmds::seed(&ctx, args)),
+        Command::CesPull(args) => runtime.block_on(seed_cmds::ces_pull(&ctx, args)),
     }
 }
 

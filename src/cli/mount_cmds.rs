@@ -181,15 +181,18 @@ async fn prepare(
     policy: PullPolicy,
 ) -> anyhow::Result<(ImageRef, Store, crate::digest::Digest)> {
     let image = ctx.image(reference)?;
+    // Refuse unapproved images before touching the cache or the registry.
+    let approval = crate::policy::enforce(&ctx.config, &image)?;
     let store = ctx.open_store()?;
     let reporter = Reporter::new(ctx.quiet);
-    let manifest = pull::ensure_image(
+    let manifest = pull::ensure_image_gated(
         &store,
         &image,
         &ctx.platform(registry),
         policy,
         || ctx.registry(&image, registry).map_err(into_library_error),
         &reporter,
+        &crate::policy::gate(approval.as_ref()),
     )
     .await?;
     Ok((image, store, manifest))

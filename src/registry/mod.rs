@@ -102,6 +102,9 @@ impl RegistryClient {
             connect_timeout: Some(options.connect_timeout),
             read_timeout: Some(options.read_timeout),
             user_agent: concat!("lazyimg/", env!("CARGO_PKG_VERSION")),
+            // Uploads are one streamed PUT per blob (seeding): a single request to
+            // finish or retry, rather than one PATCH per chunk.
+            use_monolithic_push: true,
             ..Default::default()
         };
         let client = Client::try_from(config).map_err(|e| Error::Registry {
@@ -197,6 +200,120 @@ impl RegistryClient {
         }
     }
 
+    /// Whether the registry has blob `digest` in `reference`'s repository (HEAD).
+    pub async fn blob_exists(&self, reference: &Reference, digest: &Digest) -> Result<bool> {
+        let digest = digest.to_string();
+        self.call(reference, || self.client.blob_exists(reference, &digest))
+            .await
+    }
+
+    /// Asks the registry to link blob `digest` from `from_repository` (same registry)
+    /// into `reference`'s repository without uploading it. `Ok(false)` when the
+    /// registry declined (it may answer 202 and open an upload instead).
+    pub async fn mount_blob(
+        &self,
+        reference: &Reference,
+        from_repository: &str,
+        digest: &Digest,
+    ) -> Result<bool> {
+        let digest = digest.to_string();
+        let source = Reference::with_digest(
+            reference.registry().to_string(),
+            from_repository.to_string(),
+            digest.clone(),
+        );
+        let result = self
+            .call_as(reference, RegistryOperation::Push, || {
+                self.client.mount_blob(reference, &source, &digest)
+            })
+            .await;
+        match result {
+            Ok(()) => Ok(true),
+            Err(e @ (Error::Auth { .. } | Error::Network { .. })) => Err(e),
+            Err(e) => {
+                tracing::debug!("{digest}: no cross-repository mount from {from_repository}: {e}");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Uploads verified content `blob` (from the store) as `digest` in one streamed
+    /// PUT; `progress` gets the bytes as they are handed to the connection. A
+    /// retry starts the upload over. The registry checks the digest itself.
+    pub async fn push_blob(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        blob: &crate::store::Blob,
+        progress: std::sync::Arc<dyn Fn(u64) + Send + Sync>,
+    ) -> Result<()> {
+        const CHUNK: usize = 1 << 20;
+        let digest_text = digest.to_string();
+        let size = blob.bytes().len();
+        self.call_as(reference, RegistryOperation::Push, || {
+            let blob = blob.clone();
+            let progress = std::sync::Arc::clone(&progress);
+            let chunks = futures_util::stream::iter((0..size).step_by(CHUNK)).map(move |start| {
+                let chunk = blob.slice(start..(start + CHUNK).min(size));
+                progress(chunk.len() as u64);
+                Ok::<Bytes, OciDistributionError>(chunk)
+            });
+            self.client
+                .push_blob_stream(reference, chunks, &digest_text, Some(size as u64))
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Uploads `chunks` (exactly `size` bytes that hash to `digest`) in one streamed
+    /// PUT, once: a stream cannot be replayed, so on failure the caller falls back to
+    /// [`Self::push_blob`]. An `Err` chunk aborts the upload before it completes.
+    pub async fn push_blob_stream<S>(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        size: u64,
+        chunks: S,
+    ) -> Result<()>
+    where
+        S: futures_util::Stream<Item = Result<Bytes>> + Send + 'static,
+    {
+        let chunks =
+            chunks.map(|c| c.map_err(|e| OciDistributionError::GenericError(Some(e.to_string()))));
+        match self
+            .client
+            .push_blob_stream(reference, chunks, &digest.to_string(), Some(size))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => Err(match self.classify(reference, e) {
+                Failure::Retry(e) | Failure::Reauth(e) | Failure::Fatal(e) => e,
+            }),
+        }
+    }
+
+    /// Stores manifest `bytes` exactly as given, under `reference`'s tag or digest.
+    pub async fn push_manifest(
+        &self,
+        reference: &Reference,
+        bytes: &Bytes,
+        media_type: &str,
+    ) -> Result<()> {
+        if media_type.is_empty() || !media_type.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return Err(Error::Manifest {
+                what: reference.whole(),
+                reason: format!("media type {media_type:?} is not a valid header value"),
+            });
+        }
+        self.call_as(reference, RegistryOperation::Push, || {
+            let content_type = media_type.parse().expect("checked: printable ASCII");
+            self.client
+                .push_manifest_raw(reference, bytes.clone(), content_type)
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// Opens the blob where `sink` left off: the whole blob, or the rest by Range.
     async fn open_blob(
         &self,
@@ -226,7 +343,21 @@ impl RegistryClient {
     }
 
     /// Runs `op`, re-authenticating once on a 401 and retrying transient failures.
-    async fn call<T, F, Fut>(&self, reference: &Reference, mut op: F) -> Result<T>
+    async fn call<T, F, Fut>(&self, reference: &Reference, op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, OciDistributionError>>,
+    {
+        self.call_as(reference, RegistryOperation::Pull, op).await
+    }
+
+    /// [`Self::call`] for an operation that needs `operation` rights (a push).
+    async fn call_as<T, F, Fut>(
+        &self,
+        reference: &Reference,
+        operation: RegistryOperation,
+        mut op: F,
+    ) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, OciDistributionError>>,
@@ -237,8 +368,7 @@ impl RegistryClient {
                 Err(Failure::Reauth(e)) if reauthed => return Err(self.denied(reference, e)),
                 Err(Failure::Reauth(_)) => {
                     reauthed = true;
-                    self.authenticate(reference, RegistryOperation::Pull)
-                        .await?;
+                    self.authenticate(reference, operation).await?;
                 }
                 Err(Failure::Retry(e) | Failure::Fatal(e)) => return Err(e),
                 Ok(value) => return Ok(value),
@@ -372,6 +502,25 @@ impl RegistryClient {
                         registry,
                         repository: reference.repository().to_string(),
                         reason,
+                    }),
+                    429 | 500..=599 => Failure::Retry(Error::Registry { registry, reason }),
+                    _ => Failure::Fatal(Error::Registry { registry, reason }),
+                }
+            }
+            // A bare status (e.g. from a HEAD, which has no body to explain itself).
+            OciDistributionError::RequestError(e) if e.status().is_some() => {
+                let code = e.status().map_or(0, |s| s.as_u16());
+                let reason = format!("HTTP {code}");
+                match code {
+                    401 => Failure::Reauth(Error::Auth { registry, reason }),
+                    403 => Failure::Fatal(Error::Denied {
+                        registry,
+                        repository: reference.repository().to_string(),
+                        reason,
+                    }),
+                    404 => Failure::Fatal(Error::NotFound {
+                        registry,
+                        what: what(),
                     }),
                     429 | 500..=599 => Failure::Retry(Error::Registry { registry, reason }),
                     _ => Failure::Fatal(Error::Registry { registry, reason }),
