@@ -60,17 +60,7 @@ pub async fn resolve(
     image: &ImageRef,
     wanted: &Platform,
 ) -> Result<Resolved> {
-    let bytes = registry.fetch_manifest(&image.source).await?;
-    let digest = Digest::of(&bytes);
-    if let Some(pinned) = image.pinned_digest()
-        && pinned != digest
-    {
-        return Err(Error::DigestMismatch {
-            what: format!("manifest of {image}"),
-            expected: pinned,
-            actual: digest,
-        });
-    }
+    let (bytes, digest) = fetch_named_manifest(registry, image).await?;
     match Manifest::parse(&bytes, &image.to_string())? {
         Manifest::Image(manifest) => Ok(Resolved {
             digest,
@@ -107,7 +97,27 @@ pub async fn resolve(
     }
 }
 
-fn check_descriptor(descriptor: &Descriptor, bytes: &[u8], what: &str) -> Result<()> {
+/// The manifest `image` names, with its digest, checked against a pinned digest.
+pub(crate) async fn fetch_named_manifest(
+    registry: &RegistryClient,
+    image: &ImageRef,
+) -> Result<(Bytes, Digest)> {
+    let bytes = registry.fetch_manifest(&image.source).await?;
+    let digest = Digest::of(&bytes);
+    if let Some(pinned) = image.pinned_digest()
+        && pinned != digest
+    {
+        return Err(Error::DigestMismatch {
+            what: format!("manifest of {image}"),
+            expected: pinned,
+            actual: digest,
+        });
+    }
+    Ok((bytes, digest))
+}
+
+/// Checks that `bytes` are what `descriptor` names: digest and size.
+pub(crate) fn check_descriptor(descriptor: &Descriptor, bytes: &[u8], what: &str) -> Result<()> {
     let actual = Digest::of(bytes);
     if actual != descriptor.digest {
         return Err(Error::DigestMismatch {
@@ -274,22 +284,9 @@ pub enum PullPolicy {
 }
 
 /// The manifest digest of `image` for `wanted`, pulling first when `policy` and
-/// the cache say so. `connect` is called only if the registry is needed.
-pub async fn ensure_image(
-    store: &Store,
-    image: &ImageRef,
-    wanted: &Platform,
-    policy: PullPolicy,
-    connect: impl FnOnce() -> Result<RegistryClient>,
-    progress: &dyn Progress,
-) -> Result<Digest> {
-    let gate: Gate<'_> = &|_, _| Ok(());
-    ensure_image_gated(store, image, wanted, policy, connect, progress, gate).await
-}
-
-/// [`ensure_image`], with `gate` judging the cached image's digests or, when
+/// the cache say so; `connect` is called only if the registry is needed. `gate` judges the cached image's digests or, when
 /// pulling, the resolved ones before anything is stored.
-pub async fn ensure_image_gated(
+pub async fn ensure_image(
     store: &Store,
     image: &ImageRef,
     wanted: &Platform,

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use support::layer::Compression;
 use support::listing::{diff_listings, listing};
+use support::site::containers_conf;
 use support::testenv::{Lazyimg, Run, TestEnv, build_layout, run, testenv};
 use support::tools::unpack_with_umoci;
 use support::torture::torture_image;
@@ -226,21 +227,6 @@ fn debian() -> &'static str {
     })
 }
 
-fn containers_conf() -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/setup-runtimes.sh");
-    let out = Command::new("bash").arg(script).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("export CONTAINERS_CONF="))
-        .expect("setup-runtimes.sh prints CONTAINERS_CONF")
-        .to_string()
-}
-
 #[test]
 fn runtimes_start_from_the_mount() {
     let env = testenv();
@@ -263,7 +249,7 @@ fn runtimes_start_from_the_mount() {
     assert!(String::from_utf8_lossy(&ch.stdout).contains("bookworm"));
 
     let podman = Command::new("podman")
-        .env("CONTAINERS_CONF", &conf)
+        .env("CONTAINERS_CONF", conf)
         .args([
             "run",
             "--rm",
@@ -284,7 +270,7 @@ fn runtimes_start_from_the_mount() {
     for runtime in ["charliecloud", "podman"] {
         let run = run(lazyimg
             .cmd()
-            .env("CONTAINERS_CONF", &conf)
+            .env("CONTAINERS_CONF", conf)
             .env("USER", "root")
             .args(["run", "--runtime", runtime, reference, "--", "sh", "-c"])
             .arg("grep -q bookworm /etc/os-release && exit 7"));

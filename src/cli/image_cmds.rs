@@ -194,7 +194,7 @@ impl crate::registry::BlobSink for ConfigSink<'_> {
         Ok(())
     }
 
-    fn len(&self) -> u64 {
+    fn written(&self) -> u64 {
         self.0.len() as u64
     }
 }

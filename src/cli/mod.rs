@@ -179,13 +179,7 @@ fn read_secret_from_stdin() -> anyhow::Result<Secret> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
-    match run(cli) {
-        Ok(code) => code,
-        Err(err) => {
-            report(&err);
-            ExitCode::FAILURE
-        }
-    }
+    finish("lazyimg", run(cli))
 }
 
 /// The `ces-pull` executable: the site's syntax, the same work as `lazyimg ces-pull`.
@@ -197,19 +191,24 @@ pub fn ces_pull_main() -> ExitCode {
             config: Config::load(cli.config.as_deref())?,
             quiet: cli.quiet,
         };
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the async runtime")?
-            .block_on(seed_cmds::ces_pull(&ctx, cli.args))
+        async_runtime()?.block_on(seed_cmds::ces_pull(&ctx, cli.args))
     };
-    match run() {
-        Ok(code) => code,
-        Err(err) => {
-            report(&err);
-            ExitCode::FAILURE
-        }
-    }
+    finish("ces-pull", run())
+}
+
+fn async_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// The exit code for `result`, reporting an error as `program` on the way out.
+fn finish(program: &str, result: anyhow::Result<ExitCode>) -> ExitCode {
+    result.unwrap_or_else(|err| {
+        report(program, &err);
+        ExitCode::FAILURE
+    })
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -218,10 +217,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         config,
         quiet: cli.quiet,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = async_runtime()?;
     match cli.command {
         Command::Pull(args) => runtime.block_on(image_cmds::pull(&ctx, args)),
         Command::Inspect(args) => runtime.block_on(image_cmds::inspect(&ctx, args)),
@@ -239,13 +235,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// One line for the error (with its causes), then the library's hint if it has one.
-fn report(err: &anyhow::Error) {
-    eprintln!("lazyimg: error: {}", one_line(err));
-    if let Some(hint) = err
-        .chain()
-        .find_map(|e| e.downcast_ref::<crate::Error>())
-        .and_then(|e| e.hint())
-    {
+fn report(program: &str, err: &anyhow::Error) {
+    eprintln!("{program}: error: {}", one_line(err));
+    let hint = err.chain().find_map(|e| {
+        e.downcast_ref::<crate::Error>()
+            .and_then(crate::Error::hint)
+            .or_else(|| {
+                e.downcast_ref::<crate::runtime::RuntimeError>()
+                    .and_then(|e| e.hint())
+            })
+    });
+    if let Some(hint) = hint {
         eprintln!("hint: {hint}");
     }
 }

@@ -185,7 +185,7 @@ async fn prepare(
     let approval = crate::policy::enforce(&ctx.config, &image)?;
     let store = ctx.open_store()?;
     let reporter = Reporter::new(ctx.quiet);
-    let manifest = pull::ensure_image_gated(
+    let manifest = pull::ensure_image(
         &store,
         &image,
         &ctx.platform(registry),

@@ -57,7 +57,7 @@ impl Default for ClientOptions {
 pub trait BlobSink: Send {
     fn write(&mut self, bytes: &[u8]) -> Result<()>;
     fn restart(&mut self) -> Result<()>;
-    fn len(&self) -> u64;
+    fn written(&self) -> u64;
 }
 
 /// A connection to one registry host with one set of credentials.
@@ -176,7 +176,7 @@ impl RegistryClient {
                     Err(StreamError::Sink(e)) => return Err(e),
                     // A stream error once every byte has arrived is oci-client's own digest
                     // check firing: the sink's verification gives the precise message.
-                    Err(StreamError::Transport(_)) if sink.len() == size => return Ok(()),
+                    Err(StreamError::Transport(_)) if sink.written() == size => return Ok(()),
                     Err(StreamError::Transport(e)) => {
                         Failure::Retry(self.network_error(&e.to_string()))
                     }
@@ -191,7 +191,7 @@ impl RegistryClient {
                 }
                 Failure::Retry(e) if attempt >= self.retry.attempts => return Err(e),
                 Failure::Retry(e) => {
-                    tracing::warn!("{digest}: {e}; retrying from byte {}", sink.len());
+                    tracing::warn!("{digest}: {e}; retrying from byte {}", sink.written());
                     tokio::time::sleep(self.retry.delay(attempt)).await;
                     attempt += 1;
                 }
@@ -321,7 +321,7 @@ impl RegistryClient {
         digest: &str,
         sink: &mut dyn BlobSink,
     ) -> Result<SizedStream, Failure> {
-        let offset = sink.len();
+        let offset = sink.written();
         let response = if offset == 0 {
             self.client.pull_blob_stream(reference, digest).await
         } else {

@@ -162,7 +162,7 @@ fn unpack_layer(
         return Err(Error::Layer {
             layer: *digest,
             source: layer::LayerError::Read {
-                offset: tee.writer.len(),
+                offset: tee.writer.written(),
                 source: io::Error::other(
                     "the compressed stream is damaged after the end of the tar",
                 ),

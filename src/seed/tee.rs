@@ -133,8 +133,8 @@ impl BlobSink for TeeSink<'_> {
         self.writer.restart()
     }
 
-    fn len(&self) -> u64 {
-        self.writer.len()
+    fn written(&self) -> u64 {
+        self.writer.written()
     }
 }
 

@@ -67,7 +67,7 @@ fn restart_discards_what_was_written() {
     let mut writer = store.writer(Digest::of(b"final"), Some(5), "blob").unwrap();
     BlobSink::write(&mut writer, b"garb").unwrap();
     writer.restart().unwrap();
-    assert_eq!(writer.len(), 0);
+    assert_eq!(writer.written(), 0);
     BlobSink::write(&mut writer, b"final").unwrap();
     writer.commit().unwrap();
     assert_eq!(

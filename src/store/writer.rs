@@ -123,7 +123,7 @@ impl BlobSink for BlobWriter<'_> {
         Ok(())
     }
 
-    fn len(&self) -> u64 {
+    fn written(&self) -> u64 {
         self.hasher.len()
     }
 }

@@ -7,6 +7,7 @@
 //! * [`listing`]: canonical tree listing + diff, the comparison oracle format.
 //! * [`tools`]: skopeo push/inspect, umoci unpack.
 //! * [`registry`]: throwaway `docker-registry` on 127.0.0.1.
+//! * [`site`]: `ces-pull`/`seed` helpers, the demo image, podman on this host.
 //! * [`testenv`]: the shared topology from `scripts/testenv.sh` and a sandboxed `lazyimg`.
 #![allow(dead_code, unused_imports)]
 
@@ -15,6 +16,7 @@ pub mod image;
 pub mod layer;
 pub mod listing;
 pub mod registry;
+pub mod site;
 pub mod testenv;
 pub mod tools;
 pub mod torture;

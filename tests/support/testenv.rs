@@ -113,11 +113,7 @@ impl TestEnv {
 /// store blobs once per digest, so a test that corrupts one must not meet that
 /// content again (re-pushing an existing blob is skipped, corruption and all).
 pub fn unique_image(label: &str, layers: usize) -> ImageSpec {
-    let nonce = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_nanos();
-    let label = format!("{label} {nonce} {}", std::process::id());
+    let label = format!("{label} {}", nonce());
     let layers = (0..layers)
         .map(|i| {
             LayerSpec::new(vec![
@@ -146,6 +142,15 @@ pub fn build_layout(
     let image = layout.add_image(spec);
     layout.tag(tag, &image.manifest);
     (layout, image)
+}
+
+/// Unique per test run and process: for repositories and blobs nobody else has.
+pub fn nonce() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos();
+    format!("{}-{nanos}", std::process::id())
 }
 
 /// One test's `lazyimg`: a private cache and config, and no credentials unless given.
