@@ -210,7 +210,9 @@ pub async fn pull_gated(
         .map(|(d, _)| d.size)
         .sum();
     let fetched: Vec<u64> = futures_util::stream::iter(blobs.iter())
-        .map(|(descriptor, what)| fetch_blob(store, registry, image, descriptor, what, progress))
+        .map(|(descriptor, what)| {
+            fetch_blob(store, registry, image, descriptor, (what, what), progress)
+        })
         .buffer_unordered(PARALLEL_LAYERS)
         .try_collect()
         .await?;
@@ -239,18 +241,19 @@ pub async fn pull_gated(
 }
 
 /// Fetches one blob into the store unless it is there; returns the bytes fetched.
-async fn fetch_blob(
+/// `label` names the transfer in progress reports, `what` the blob in errors.
+pub(crate) async fn fetch_blob(
     store: &Store,
     registry: &RegistryClient,
     image: &ImageRef,
     descriptor: &Descriptor,
-    what: &str,
+    (label, what): (&str, &str),
     progress: &dyn Progress,
 ) -> Result<u64> {
     if store.contains(&descriptor.digest) {
         return Ok(0);
     }
-    let task = progress.start(what, descriptor.size);
+    let task = progress.start(label, descriptor.size);
     let mut writer = store.writer(descriptor.digest, Some(descriptor.size), what)?;
     let mut advance = |n: u64| task.advance(n);
     let result = registry

@@ -380,33 +380,16 @@ impl Seeder<'_> {
     /// Makes sure the blob is in the local cache, fetching it from the source if
     /// not; returns the bytes fetched.
     async fn fetch_into_store(&self, plan: &Plan, blob: &PlannedBlob) -> Result<u64> {
-        let descriptor = &blob.descriptor;
-        if self.store.contains(&descriptor.digest) {
-            return Ok(0);
-        }
-        let task = self
-            .progress
-            .start(&format!("download {}", blob.what), descriptor.size);
-        let mut writer = self
-            .store
-            .writer(descriptor.digest, Some(descriptor.size), &blob.what)?;
-        let mut advance = |n: u64| task.advance(n);
-        let result = self
-            .source
-            .fetch_blob(
-                &plan.image.source,
-                &descriptor.digest,
-                descriptor.size,
-                &mut writer,
-                &mut advance,
-            )
-            .await;
-        let result = result.and_then(|()| tokio::task::block_in_place(|| writer.commit()));
-        match &result {
-            Ok(()) => task.finish("verified"),
-            Err(e) => task.finish(&format!("failed: {e}")),
-        }
-        result.map(|()| descriptor.size)
+        let label = format!("download {}", blob.what);
+        crate::pull::fetch_blob(
+            self.store,
+            self.source,
+            &plan.image,
+            &blob.descriptor,
+            (&label, &blob.what),
+            self.progress,
+        )
+        .await
     }
 
     /// Pull-through: fetches every manifest and blob through the target, which
