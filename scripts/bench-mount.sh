@@ -13,10 +13,8 @@ RUNS=${1:-3}
 WORK=${LAZYIMG_BENCH_DIR:-/var/tmp/lazyimg-bench}
 
 log() { echo "bench-mount: $*" >&2; }
-now() { date +%s.%N; }
-# median of the numbers on stdin
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f", a/b}'; }
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 unmount() { fusermount3 -u "$1" 2>/dev/null || true; }
 
 eval "$(bash scripts/setup-runtimes.sh)"
@@ -54,7 +52,7 @@ export LAZYIMG_CONFIG=$WORK/config.toml REGISTRY_AUTH_FILE=$LAZYIMG_TEST_AUTH_FI
 image=$LAZYIMG_TEST_UPSTREAM/bench/debian:big
 t0=$(now)
 "$lazyimg" -q pull "$image" >/dev/null
-pull=$(awk -v a="$t0" -v b="$(now)" 'BEGIN {print b-a}')
+pull=$(since "$t0")
 
 # 1. mount + first read. `lazyimg pull` already unpacked and indexed the layers, so
 #    the first mount and later ones do the same work: open the cached tree.
@@ -63,7 +61,7 @@ mount_once() {
   t0=$(now)
   "$lazyimg" -q mount --pull never "$image" "$WORK/mnt"
   cat "$WORK/mnt/etc/os-release" >/dev/null
-  awk -v a="$t0" -v b="$(now)" 'BEGIN {print b-a}'
+  since "$t0"
   unmount "$WORK/mnt"
 }
 first_mount=$(mount_once)
@@ -72,7 +70,7 @@ unpack=$(for _ in $(seq "$RUNS"); do
   rm -rf "$WORK/bundle"
   t0=$(now)
   umoci unpack --image "$WORK/oci:12" "$WORK/bundle" >/dev/null
-  awk -v a="$t0" -v b="$(now)" 'BEGIN {print b-a}'
+  since "$t0"
 done | median)
 
 # The same tree under squashfuse, from umoci's unpack.
@@ -83,7 +81,7 @@ stat_walk() { # DIR: seconds to stat every file below DIR
   local dir=$1 t0
   t0=$(now)
   find "$dir" -type f -print0 | xargs -0 stat >/dev/null
-  awk -v a="$t0" -v b="$(now)" 'BEGIN {print b-a}'
+  since "$t0"
 }
 mount_lazyimg() { "$lazyimg" -q mount --pull never "$image" "$WORK/mnt"; }
 mount_squash() { squashfuse "$WORK/img.sqfs" "$WORK/sq"; }

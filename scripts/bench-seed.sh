@@ -18,10 +18,8 @@ LAYERS=${3:-4}
 WORK=${LAZYIMG_BENCH_DIR:-/var/tmp/lazyimg-bench-seed}
 
 log() { echo "bench-seed: $*" >&2; }
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.2f", b-a}'; }
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 bash scripts/testenv.sh up >/dev/null
 eval "$(bash scripts/testenv.sh env)"
