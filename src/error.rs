@@ -68,6 +68,9 @@ pub enum Error {
     #[error("{0} is not in the cache")]
     NotCached(Digest),
 
+    #[error("cannot mount: {path} is not readable and writable by this user")]
+    FuseDevice { path: PathBuf },
+
     #[error("{image} is not in the cache and pulling was not allowed")]
     NotCachedImage { image: String },
 
@@ -142,6 +145,10 @@ impl Error {
             Error::Platform { .. } => "choose one of the available platforms with --platform",
             Error::DiskFull { .. } => {
                 "free space, or shrink the cache with `lazyimg cache prune --max-size SIZE`"
+            }
+            Error::FuseDevice { .. } => {
+                "Debian's udev makes /dev/fuse mode 0666; ask the administrator to restore that \
+                 (chmod 0666 /dev/fuse), or mount as root"
             }
             Error::Io { .. } => return None,
             Error::NotCached(_) | Error::NotCachedImage { .. } => "run `lazyimg pull` first",

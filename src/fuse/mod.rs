@@ -80,7 +80,25 @@ fn session(
 ) -> Result<Session<Adapter>> {
     let adapter = Adapter::new(rootfs, opts.owner, opts.threads.max(1))
         .map_err(|e| Error::io(mountpoint, e))?;
-    Session::new(adapter, mountpoint, &config(opts)).map_err(|e| Error::io(mountpoint, e))
+    Session::new(adapter, mountpoint, &config(opts)).map_err(|e| mount_error(mountpoint, e))
+}
+
+/// fuser opens /dev/fuse itself before trying fusermount3, so a device that only
+/// root may open (common in containers without udev) fails with a bare EACCES.
+fn mount_error(mountpoint: &Path, err: std::io::Error) -> Error {
+    let device = Path::new("/dev/fuse");
+    let device_closed = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(device)
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied);
+    if err.kind() == std::io::ErrorKind::PermissionDenied && device_closed {
+        Error::FuseDevice {
+            path: device.to_path_buf(),
+        }
+    } else {
+        Error::io(mountpoint, err)
+    }
 }
 
 fn config(opts: &MountOptions) -> Config {
