@@ -23,7 +23,7 @@ eval "$(bash scripts/testenv.sh env)"
 
 step "Building lazyimg (release)"
 cargo build --release --locked
-lazyimg=$PWD/target/release/lazyimg
+lazyimg=$(realpath "${CARGO_TARGET_DIR:-target}")/release/lazyimg
 
 step "Pushing a demo image to the ghcr.io look-alike at $LAZYIMG_TEST_UPSTREAM"
 work=$(mktemp -d)
