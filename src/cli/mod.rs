@@ -142,7 +142,7 @@ impl Context {
         let creds = match &args.username {
             Some(username) => Some(Credentials {
                 username: username.clone(),
-                secret: read_secret_from_stdin()?,
+                secret: read_secret_from_stdin("--password-stdin")?,
             }),
             None => credentials::lookup(
                 &credentials::auth_files(),
@@ -162,16 +162,15 @@ impl Context {
     }
 }
 
-fn read_secret_from_stdin() -> anyhow::Result<Secret> {
+/// Reads a token from standard input (so it never shows in `ps`); `option` names
+/// what asked for it in the error when the input is empty.
+fn read_secret_from_stdin(option: &str) -> anyhow::Result<Secret> {
     let mut text = String::new();
     std::io::stdin()
         .read_to_string(&mut text)
         .context("cannot read the token from standard input")?;
     let token = text.trim_end_matches(['\n', '\r']);
-    anyhow::ensure!(
-        !token.is_empty(),
-        "--password-stdin: standard input was empty"
-    );
+    anyhow::ensure!(!token.is_empty(), "{option}: standard input was empty");
     Ok(Secret::new(token))
 }
 

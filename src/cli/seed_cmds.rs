@@ -1,7 +1,6 @@
 //! `lazyimg seed` and `ces-pull` (also `lazyimg ces-pull`): copy an approved image
 //! into the site proxy registry and, for ces-pull, hand it to a container runtime.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
@@ -99,7 +98,7 @@ pub(super) async fn seed(ctx: &Context, args: SeedArgs) -> anyhow::Result<ExitCo
     let credentials = match &args.username {
         Some(username) => Some(Credentials {
             username: username.clone(),
-            secret: super::read_secret_from_stdin()?,
+            secret: super::read_secret_from_stdin("--password-stdin")?,
         }),
         None => None,
     };
@@ -129,7 +128,7 @@ pub(super) async fn ces_pull(ctx: &Context, args: CesPullArgs) -> anyhow::Result
         );
     }
     let secret = if token == "-" {
-        read_token_from_stdin()?
+        super::read_secret_from_stdin("TOKEN `-`")?
     } else {
         Secret::new(token.as_str())
     };
@@ -289,16 +288,6 @@ fn summarise(ctx: &Context, r: &SeedReport) {
         size(r.bytes_downloaded),
         r.seconds
     );
-}
-
-fn read_token_from_stdin() -> anyhow::Result<Secret> {
-    let mut text = String::new();
-    std::io::stdin()
-        .read_to_string(&mut text)
-        .context("cannot read the token from standard input")?;
-    let token = text.trim_end_matches(['\n', '\r']);
-    anyhow::ensure!(!token.is_empty(), "TOKEN `-`: standard input was empty");
-    Ok(Secret::new(token))
 }
 
 /// Pulls the image from the target into podman's store (podman never sees the
