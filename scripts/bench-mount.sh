@@ -18,15 +18,7 @@ source scripts/lib.sh
 unmount() { fusermount3 -u "$1" 2>/dev/null || true; }
 
 eval "$(bash scripts/setup-runtimes.sh)"
-bash scripts/testenv.sh up >/dev/null
-eval "$(bash scripts/testenv.sh env)"
-for tool in mksquashfs squashfuse umoci; do
-  command -v "$tool" >/dev/null || { log "$tool is missing (scripts/setup-runtimes.sh installs it)"; exit 1; }
-done
-
-log "building lazyimg (release)"
-cargo build --release --locked -q
-lazyimg=$(realpath "${CARGO_TARGET_DIR:-target}")/release/lazyimg
+bench_setup mksquashfs squashfuse umoci
 
 mkdir -p "$WORK"
 for m in mnt sq; do unmount "$WORK/$m"; done
@@ -51,7 +43,7 @@ TOML
 export LAZYIMG_CONFIG=$WORK/config.toml REGISTRY_AUTH_FILE=$LAZYIMG_TEST_AUTH_FILE
 image=$LAZYIMG_TEST_UPSTREAM/bench/debian:big
 t0=$(now)
-"$lazyimg" -q pull "$image" >/dev/null
+"$LAZYIMG_BIN" -q pull "$image" >/dev/null
 pull=$(since "$t0")
 
 # 1. mount + first read. `lazyimg pull` already unpacked and indexed the layers, so
@@ -59,7 +51,7 @@ pull=$(since "$t0")
 mount_once() {
   local t0
   t0=$(now)
-  "$lazyimg" -q mount --pull never "$image" "$WORK/mnt"
+  "$LAZYIMG_BIN" -q mount --pull never "$image" "$WORK/mnt"
   cat "$WORK/mnt/etc/os-release" >/dev/null
   since "$t0"
   unmount "$WORK/mnt"
@@ -83,7 +75,7 @@ stat_walk() { # DIR: seconds to stat every file below DIR
   find "$dir" -type f -print0 | xargs -0 stat >/dev/null
   since "$t0"
 }
-mount_lazyimg() { "$lazyimg" -q mount --pull never "$image" "$WORK/mnt"; }
+mount_lazyimg() { "$LAZYIMG_BIN" -q mount --pull never "$image" "$WORK/mnt"; }
 mount_squash() { squashfuse "$WORK/img.sqfs" "$WORK/sq"; }
 lz_stat=$(for _ in $(seq "$RUNS"); do mount_lazyimg; stat_walk "$WORK/mnt"; unmount "$WORK/mnt"; done | median)
 sq_stat=$(for _ in $(seq "$RUNS"); do mount_squash; stat_walk "$WORK/sq"; unmount "$WORK/sq"; done | median)

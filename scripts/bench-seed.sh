@@ -21,15 +21,7 @@ log() { echo "bench-seed: $*" >&2; }
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 
-bash scripts/testenv.sh up >/dev/null
-eval "$(bash scripts/testenv.sh env)"
-for tool in skopeo umoci tar; do
-  command -v "$tool" >/dev/null || { log "$tool is missing (scripts/setup-runtimes.sh installs it)"; exit 1; }
-done
-
-log "building lazyimg (release)"
-cargo build --release --locked -q --bin lazyimg
-lazyimg=$(realpath "${CARGO_TARGET_DIR:-target}")/release/lazyimg
+bench_setup skopeo umoci tar
 
 rm -rf "$WORK"
 mkdir -p "$WORK"
@@ -74,7 +66,7 @@ for run in $(seq "$RUNS"); do
 
   log "run $run: lazyimg seed"
   t0=$(now)
-  "$lazyimg" -q --config "$WORK/config.toml" seed --to "$LAZYIMG_TEST_PLAIN/lazyimg-$id" \
+  "$LAZYIMG_BIN" -q --config "$WORK/config.toml" seed --to "$LAZYIMG_TEST_PLAIN/lazyimg-$id" \
     "$LAZYIMG_TEST_UPSTREAM/$image" >/dev/null
   lz_times+=("$(since "$t0")")
 

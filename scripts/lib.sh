@@ -35,3 +35,22 @@ now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.3f", b - a}'; } # seconds since $1
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
+
+# The common start of the benchmark scripts: the local registries (their addresses
+# exported as LAZYIMG_TEST_*), the tools the comparison needs, and a release build
+# of lazyimg, whose path goes to $LAZYIMG_BIN.
+bench_setup() { # TOOL...
+  bash scripts/testenv.sh up >/dev/null
+  eval "$(bash scripts/testenv.sh env)"
+  local tool
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || {
+      echo "$tool is missing (scripts/setup-runtimes.sh installs it)" >&2
+      exit 1
+    }
+  done
+  echo "building lazyimg (release)" >&2
+  cargo build --release --locked -q --bin lazyimg
+  # shellcheck disable=SC2034 # read by the scripts that source this file
+  LAZYIMG_BIN=$(realpath "${CARGO_TARGET_DIR:-target}")/release/lazyimg
+}

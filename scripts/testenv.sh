@@ -127,6 +127,27 @@ EOF
   cp "$d/ca.crt" "$d/certs.d/$HOST:$UPSTREAM_PORT/ca.crt"
 }
 
+# The part of a distribution config the three registries share; the caller
+# appends more (an upstream's tls lines continue its http section).
+registry_config() { # NAME PORT HTTP_SECRET
+  cat <<EOF
+version: 0.1
+log:
+  level: info
+  formatter: text
+storage:
+  filesystem:
+    rootdirectory: $STATE/$1-data
+  delete:
+    enabled: true
+  cache:
+    blobdescriptor: inmemory
+http:
+  addr: $HOST:$2
+  secret: $3
+EOF
+}
+
 write_files() {
   local d=$STATE
   [[ -s $d/users ]] || printf '%s\n' testuser:testtoken:rw reader:readtoken:ro nopkg:nopkgtoken:none >"$d/users"
@@ -142,21 +163,9 @@ write_files() {
   secret=$(<"$d/http-secret")
 
   # No http.debug section: the debug server stays off.
-  cat >"$d/upstream.yml" <<EOF
-version: 0.1
-log:
-  level: info
-  formatter: text
-storage:
-  filesystem:
-    rootdirectory: $d/upstream-data
-  delete:
-    enabled: true
-  cache:
-    blobdescriptor: inmemory
-http:
-  addr: $HOST:$UPSTREAM_PORT
-  secret: $secret
+  {
+    registry_config upstream "$UPSTREAM_PORT" "$secret"
+    cat <<EOF
   tls:
     certificate: $d/server.crt
     key: $d/server.key
@@ -167,46 +176,21 @@ auth:
     issuer: $ISSUER
     rootcertbundle: $d/token.crt
 EOF
+  } >"$d/upstream.yml"
 
   # distribution 2.8 proxies authenticate upstream with Bearer tokens only.
-  cat >"$d/proxy.yml" <<EOF
-version: 0.1
-log:
-  level: info
-  formatter: text
-storage:
-  filesystem:
-    rootdirectory: $d/proxy-data
-  delete:
-    enabled: true
-  cache:
-    blobdescriptor: inmemory
-http:
-  addr: $HOST:$PROXY_PORT
-  secret: $secret
+  {
+    registry_config proxy "$PROXY_PORT" "$secret"
+    cat <<EOF
 proxy:
   remoteurl: https://$HOST:$UPSTREAM_PORT
   username: testuser
   password: testtoken
 EOF
+  } >"$d/proxy.yml"
   chmod 600 "$d/proxy.yml"
 
-  cat >"$d/plain.yml" <<EOF
-version: 0.1
-log:
-  level: info
-  formatter: text
-storage:
-  filesystem:
-    rootdirectory: $d/plain-data
-  delete:
-    enabled: true
-  cache:
-    blobdescriptor: inmemory
-http:
-  addr: $HOST:$PLAIN_PORT
-  secret: $secret
-EOF
+  registry_config plain "$PLAIN_PORT" "$secret" >"$d/plain.yml"
   print_env >"$d/env"
 }
 

@@ -4,7 +4,9 @@
 
 mod support;
 
-use support::fake_registry::{FakeImage, FakeServer, Response, range_start};
+use std::sync::Arc;
+
+use support::fake_registry::{FakeImage, FakeServer, Request, Response, range_start};
 use support::layer::{LongNames, build_tar, file};
 use support::testenv::{Lazyimg, Run, testenv};
 use support::torture::prng_bytes;
@@ -36,6 +38,30 @@ fn pull(lazyimg: &Lazyimg, registry: &FakeServer, token: Option<&str>) -> Run {
     }
 }
 
+/// An open registry serving `image`'s manifest and config itself and layer requests
+/// through `layer`, where each test stages its fault.
+fn anonymous_registry(
+    image: &Arc<FakeImage>,
+    layer: impl Fn(&FakeImage, &Request) -> Response + Send + Sync + 'static,
+) -> FakeServer {
+    let served = image.clone();
+    FakeServer::start(move |req| {
+        if req.path == "/v2/" {
+            return ok(b"{}");
+        }
+        served.answer(req).unwrap_or_else(|| layer(&served, req))
+    })
+}
+
+/// What a registry with HTTP Basic auth answers a request without credentials.
+fn challenge() -> Response {
+    Response::Full(
+        401,
+        vec![("WWW-Authenticate".into(), "Basic realm=\"fake\"".into())],
+        vec![],
+    )
+}
+
 fn ok(body: &[u8]) -> Response {
     Response::Full(200, vec![], body.to_vec())
 }
@@ -51,18 +77,14 @@ fn partial(body: &[u8], start: usize) -> Response {
 
 #[test]
 fn blob_redirects_to_another_host_never_carry_the_credentials() {
-    let image = std::sync::Arc::new(image());
+    let image = Arc::new(image());
     let layer = image.layer.clone();
     let cdn = FakeServer::start(move |_| ok(&layer));
     let cdn_addr = cdn.addr.clone();
     let served = image.clone();
     let registry = FakeServer::start(move |req| {
         if !req.headers.contains_key("authorization") {
-            return Response::Full(
-                401,
-                vec![("WWW-Authenticate".into(), "Basic realm=\"fake\"".into())],
-                vec![],
-            );
+            return challenge();
         }
         if let Some(answer) = served.answer(req) {
             return answer;
@@ -92,23 +114,14 @@ fn blob_redirects_to_another_host_never_carry_the_credentials() {
 
 #[test]
 fn a_connection_cut_mid_blob_resumes_with_a_range_request() {
-    let image = std::sync::Arc::new(image());
+    let image = Arc::new(image());
     let half = image.layer.len() / 2;
-    let served = image.clone();
-    let registry = FakeServer::start(move |req| {
-        if req.path == "/v2/" {
-            return ok(b"{}");
-        }
-        if let Some(answer) = served.answer(req) {
-            return answer;
-        }
-        match range_start(req) {
-            Some(start) => partial(&served.layer, start),
-            None => Response::Cut {
-                body: served.layer.clone(),
-                sent: half,
-            },
-        }
+    let registry = anonymous_registry(&image, move |image, req| match range_start(req) {
+        Some(start) => partial(&image.layer, start),
+        None => Response::Cut {
+            body: image.layer.clone(),
+            sent: half,
+        },
     });
     let lazyimg = lazyimg_for(&registry);
     pull(&lazyimg, &registry, None).ok();
@@ -124,23 +137,14 @@ fn a_connection_cut_mid_blob_resumes_with_a_range_request() {
 
 #[test]
 fn a_range_request_answered_with_the_whole_blob_starts_over_and_verifies() {
-    let image = std::sync::Arc::new(image());
-    let served = image.clone();
-    let registry = FakeServer::start(move |req| {
-        if req.path == "/v2/" {
-            return ok(b"{}");
-        }
-        if let Some(answer) = served.answer(req) {
-            return answer;
-        }
-        match range_start(req) {
-            // Like distribution's pull-through proxy for a blob it has not cached.
-            Some(_) => ok(&served.layer),
-            None => Response::Cut {
-                body: served.layer.clone(),
-                sent: served.layer.len() / 3,
-            },
-        }
+    let image = Arc::new(image());
+    let registry = anonymous_registry(&image, |image, req| match range_start(req) {
+        // Like distribution's pull-through proxy for a blob it has not cached.
+        Some(_) => ok(&image.layer),
+        None => Response::Cut {
+            body: image.layer.clone(),
+            sent: image.layer.len() / 3,
+        },
     });
     let lazyimg = lazyimg_for(&registry);
     pull(&lazyimg, &registry, None).ok();
@@ -151,17 +155,10 @@ fn a_range_request_answered_with_the_whole_blob_starts_over_and_verifies() {
 
 #[test]
 fn a_401_mid_session_reauthenticates_once_and_carries_on() {
-    let image = std::sync::Arc::new(image());
+    let image = Arc::new(image());
     let served = image.clone();
     let refused = std::sync::atomic::AtomicBool::new(false);
     let registry = FakeServer::start(move |req| {
-        let challenge = || {
-            Response::Full(
-                401,
-                vec![("WWW-Authenticate".into(), "Basic realm=\"fake\"".into())],
-                vec![],
-            )
-        };
         if !req.headers.contains_key("authorization") {
             return challenge();
         }

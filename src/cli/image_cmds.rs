@@ -111,15 +111,7 @@ pub(super) async fn inspect(
                     &mut |_| {},
                 )
                 .await?;
-            let actual = crate::digest::Digest::of(&config);
-            anyhow::ensure!(
-                actual == manifest.config.digest,
-                crate::Error::DigestMismatch {
-                    what,
-                    expected: manifest.config.digest,
-                    actual
-                }
-            );
+            pull::check_descriptor(&manifest.config, &config, &what)?;
             ImageConfig::parse(&config, &what)?.platform()
         }
     };
