@@ -6,6 +6,7 @@
 //! names need not be UTF-8 and an image with one odd name must still mount.
 
 mod compression;
+mod member;
 pub(crate) mod path;
 mod tar_index;
 #[cfg(test)]
@@ -15,7 +16,10 @@ use std::ffi::OsString;
 
 use serde::{Deserialize, Serialize};
 
+use crate::digest::Digest;
+
 pub use compression::{Compression, decompress};
+pub use member::{MemberKind, MemberMeta};
 pub use tar_index::index_layer;
 
 /// Everything the tree needs from one layer, in tar order.
@@ -26,6 +30,53 @@ pub struct LayerIndex {
     /// Whiteouts of this layer. They only affect lower layers, so their
     /// position relative to `entries` is irrelevant and not recorded.
     pub whiteouts: Vec<Whiteout>,
+}
+
+/// A layer that can be read piece by piece, without the rest of its blob.
+///
+/// Its *content space* is a byte space its chunks tile: for a gzip layer read
+/// through checkpoints, the uncompressed tar stream; for eStargz and
+/// zstd:chunked, the file payloads one after another in table-of-contents
+/// order. Regular entries of `index` point into that space.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkedLayer {
+    pub index: LayerIndex,
+    /// Sorted by `content_offset`, not overlapping. Bytes of the space no
+    /// chunk covers belong to no file.
+    pub chunks: Vec<Chunk>,
+}
+
+/// One independently fetchable, independently verifiable piece of a layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    /// Where the decoded bytes sit in the layer's content space.
+    pub content_offset: u64,
+    pub content_size: u64,
+    /// The bytes of the layer blob to fetch, `blob_offset..blob_offset + blob_size`.
+    pub blob_offset: u64,
+    pub blob_size: u64,
+    pub codec: ChunkCodec,
+    /// sha256 of the fetched blob bytes, when the source records one: checked
+    /// before anything is decoded.
+    pub blob_digest: Option<Digest>,
+    /// sha256 of the decoded `content_size` bytes: checked before anything is
+    /// served, and the chunk's name in the content store.
+    pub digest: Digest,
+}
+
+/// How a chunk's fetched bytes turn into content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChunkCodec {
+    /// The bytes are the content.
+    Stored,
+    /// One or more gzip members; the content is the first `content_size`
+    /// bytes they decompress to (eStargz).
+    Gzip,
+    /// One or more zstd frames, decompressed likewise (zstd:chunked).
+    Zstd,
+    /// Raw deflate resuming at gzip checkpoint `checkpoint` of the layer's
+    /// lazyimg index, which also supplies the 32 KiB window.
+    Deflate { checkpoint: u32 },
 }
 
 /// One tar entry. `path` is relative, `/`-separated, without `.` or empty
@@ -45,7 +96,9 @@ pub struct TarEntry {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryKind {
-    /// `offset` is where the content starts in the uncompressed tar stream.
+    /// `offset` is where the content starts in the layer's content space: the
+    /// uncompressed tar stream for tar, gzip and zstd layers, or the space a
+    /// [`ChunkedLayer`] defines.
     Regular {
         offset: u64,
         size: u64,

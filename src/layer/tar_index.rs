@@ -2,19 +2,13 @@
 //! nothing.
 
 use std::cell::Cell;
-use std::ffi::OsString;
 use std::io::{self, Read};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use tar::{Archive, Entry, EntryType};
 
-use super::path::{PathProblem, join, normalize, split_parent};
-use super::{Device, EntryKind, LayerError, LayerIndex, TarEntry, Timestamp, Whiteout};
+use super::member::{MemberKind, MemberMeta};
+use super::{Device, LayerError, LayerIndex, Timestamp};
 
-const WHITEOUT_PREFIX: &[u8] = b".wh.";
-const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
-/// Names starting with this are reserved by the OCI spec for future use.
-const RESERVED_PREFIX: &[u8] = b".wh..wh.";
 const XATTR_PREFIX: &[u8] = b"SCHILY.xattr.";
 /// PAX keys used by GNU tar's sparse formats 0.x and 1.0.
 const PAX_SPARSE_PREFIX: &[u8] = b"GNU.sparse.";
@@ -127,34 +121,12 @@ fn index_entry<R: Read>(
         tracing::debug!(entry = %cx.shown, "ignoring global PAX header");
         return Ok(());
     }
-    let path = normalize(&raw_path).map_err(|problem| match problem {
-        PathProblem::Escapes => LayerError::PathEscapes {
-            path: cx.shown.clone(),
-        },
-        PathProblem::Nul => LayerError::NulByte {
-            path: cx.shown.clone(),
-            what: "path",
-        },
-    })?;
     let pax =
         read_pax(entry, &cx.shown).map_err(|e| cx.malformed(format!("bad PAX record: {e}")))?;
     if pax.sparse || entry_type.is_gnu_sparse() {
         return Err(LayerError::UnsupportedSparse { path: cx.shown });
     }
-
-    match classify(&path, &cx.shown)? {
-        WhiteoutName::Ordinary => {}
-        WhiteoutName::Whiteout(whiteout) => {
-            index.whiteouts.push(whiteout);
-            return Ok(());
-        }
-        WhiteoutName::Reserved => {
-            tracing::debug!(entry = %cx.shown, "ignoring reserved whiteout name");
-            return Ok(());
-        }
-    }
-
-    let kind = entry_kind(entry, entry_type, &cx)?;
+    let kind = member_kind(entry, entry_type, &cx)?;
     let header = entry.header();
     let field = |what: &str, reason: String| cx.malformed(format!("{what}: {reason}"));
     let mtime = match pax.mtime {
@@ -164,15 +136,14 @@ fn index_entry<R: Read>(
             nanos: 0,
         },
     };
-    index.entries.push(TarEntry {
-        path,
-        kind,
-        mode: number::<u32>(header.mode().map(u64::from)).map_err(|r| field("mode", r))? & 0o7777,
+    let meta = MemberMeta {
+        mode: number::<u32>(header.mode().map(u64::from)).map_err(|r| field("mode", r))?,
         uid: number(header.uid()).map_err(|r| field("uid", r))?,
         gid: number(header.gid()).map_err(|r| field("gid", r))?,
         mtime,
         xattrs: pax.xattrs,
-    });
+    };
+    index.add_member(&raw_path, kind, meta)?;
     Ok(())
 }
 
@@ -182,86 +153,25 @@ fn number<T: TryFrom<u64>>(value: io::Result<u64>) -> Result<T, String> {
     T::try_from(value).map_err(|_| format!("{value} out of range"))
 }
 
-fn entry_kind<R: Read>(
+fn member_kind<R: Read>(
     entry: &Entry<'_, R>,
     entry_type: EntryType,
     cx: &Context,
-) -> Result<EntryKind, LayerError> {
+) -> Result<MemberKind, LayerError> {
+    let link_target = || entry.link_name_bytes().unwrap_or_default().into_owned();
     Ok(match entry_type {
-        EntryType::Regular | EntryType::Continuous => EntryKind::Regular {
+        EntryType::Regular | EntryType::Continuous => MemberKind::Regular {
             offset: entry.raw_file_position(),
             size: entry.size(),
         },
-        EntryType::Directory => EntryKind::Directory,
-        EntryType::Symlink => EntryKind::Symlink {
-            target: link_target(entry, &cx.shown)?,
-        },
-        EntryType::Link => {
-            let target = link_target(entry, &cx.shown)?;
-            let target = normalize(target.as_bytes()).map_err(|_| LayerError::HardlinkEscapes {
-                path: cx.shown.clone(),
-                target: target.to_string_lossy().into_owned(),
-            })?;
-            EntryKind::Hardlink { target }
-        }
-        EntryType::Char => EntryKind::CharDevice(device(entry).map_err(|e| cx.malformed(e))?),
-        EntryType::Block => EntryKind::BlockDevice(device(entry).map_err(|e| cx.malformed(e))?),
-        EntryType::Fifo => EntryKind::Fifo,
-        other => {
-            return Err(LayerError::UnsupportedEntryType {
-                path: cx.shown.clone(),
-                type_byte: other.as_byte(),
-            });
-        }
+        EntryType::Directory => MemberKind::Directory,
+        EntryType::Symlink => MemberKind::Symlink(link_target()),
+        EntryType::Link => MemberKind::Hardlink(link_target()),
+        EntryType::Char => MemberKind::CharDevice(device(entry).map_err(|e| cx.malformed(e))?),
+        EntryType::Block => MemberKind::BlockDevice(device(entry).map_err(|e| cx.malformed(e))?),
+        EntryType::Fifo => MemberKind::Fifo,
+        other => MemberKind::Unsupported(other.as_byte()),
     })
-}
-
-/// How a base name relates to the OCI whiteout convention.
-enum WhiteoutName {
-    Ordinary,
-    Whiteout(Whiteout),
-    /// Other `.wh..wh.` names: reserved by the spec, skipped.
-    Reserved,
-}
-
-fn classify(path: &OsString, shown: &str) -> Result<WhiteoutName, LayerError> {
-    let Some((dir, name)) = split_parent(path.as_bytes()) else {
-        return Ok(WhiteoutName::Ordinary);
-    };
-    // Like Docker, also skip everything inside reserved directories (AUFS
-    // left `.wh..wh.plnk/` and `.wh..wh.aufs` in old layers).
-    let in_reserved = dir
-        .split(|&b| b == b'/')
-        .any(|c| c.starts_with(RESERVED_PREFIX));
-    if name == OPAQUE_MARKER && !in_reserved {
-        let dir = OsString::from_vec(dir.to_vec());
-        return Ok(WhiteoutName::Whiteout(Whiteout::Opaque(dir)));
-    }
-    if in_reserved || name.starts_with(RESERVED_PREFIX) {
-        return Ok(WhiteoutName::Reserved);
-    }
-    let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) else {
-        return Ok(WhiteoutName::Ordinary);
-    };
-    // `.wh.`, `.wh..` and `.wh...` would name nothing, the directory itself
-    // or its parent.
-    if matches!(target, b"" | b"." | b"..") {
-        return Err(LayerError::InvalidWhiteout {
-            path: shown.to_owned(),
-        });
-    }
-    Ok(WhiteoutName::Whiteout(Whiteout::Remove(join(dir, target))))
-}
-
-fn link_target<R: Read>(entry: &Entry<'_, R>, shown: &str) -> Result<OsString, LayerError> {
-    let target = entry.link_name_bytes().unwrap_or_default();
-    if target.contains(&0) {
-        return Err(LayerError::NulByte {
-            path: shown.to_owned(),
-            what: "link target",
-        });
-    }
-    Ok(OsString::from_vec(target.into_owned()))
 }
 
 fn device<R: Read>(entry: &Entry<'_, R>) -> io::Result<Device> {
