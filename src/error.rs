@@ -74,6 +74,10 @@ pub enum Error {
     #[error("{image} is not in the cache and pulling was not allowed")]
     NotCachedImage { image: String },
 
+    /// A lazily read chunk could not be fetched or failed verification.
+    #[error("chunk {chunk} is unavailable: {reason}")]
+    ChunkUnavailable { chunk: Digest, reason: String },
+
     #[error("layer {layer}: {source}")]
     Layer {
         layer: Digest,
@@ -152,6 +156,9 @@ impl Error {
             }
             Error::Io { .. } => return None,
             Error::NotCached(_) | Error::NotCachedImage { .. } => "run `lazyimg pull` first",
+            Error::ChunkUnavailable { .. } => {
+                "the read can be retried once the registry answers; a verification failure means the registry holds damaged data"
+            }
             Error::Layer { .. } | Error::Tree { .. } => {
                 "the image's layers are malformed or unsafe; rebuild the image or report it to its authors"
             }

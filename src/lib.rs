@@ -3,6 +3,7 @@
 //! Data flows one way: registry → verified chunks → content store → tree → FUSE.
 //! - [`registry`] moves bytes and never trusts them;
 //! - [`store`] keeps only content that matched its sha256;
+//! - [`lazy`] fetches, verifies and caches chunks of layers when they are first read;
 //! - [`layer`] indexes layer tars, [`tree`] merges them into one read-only tree;
 //! - [`cli`] is the edge: it turns errors into one line plus a hint.
 
@@ -13,6 +14,7 @@ pub mod error;
 pub mod fuse;
 pub mod image;
 pub mod layer;
+pub mod lazy;
 pub mod policy;
 pub mod pull;
 pub mod reference;

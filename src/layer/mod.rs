@@ -166,6 +166,12 @@ pub enum LayerError {
     NulByte { path: String, what: &'static str },
     #[error("tar entry {path:?}: invalid whiteout name")]
     InvalidWhiteout { path: String },
+    /// An eStargz / zstd:chunked table of contents or a lazyimg index is unusable.
+    #[error("{format} table of contents: {reason}")]
+    Toc {
+        format: &'static str,
+        reason: String,
+    },
     #[error("unsupported sparse file {path:?}")]
     UnsupportedSparse { path: String },
     #[error("tar entry {path:?}: unsupported entry type {type_byte:#04x}")]

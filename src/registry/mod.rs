@@ -9,9 +9,10 @@ pub mod credentials;
 pub mod retry;
 
 use std::future::Future;
+use std::ops::Range;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use oci_client::client::{
     BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol, SizedStream,
@@ -198,6 +199,52 @@ impl RegistryClient {
                 Failure::Fatal(e) => return Err(e),
             }
         }
+    }
+
+    /// Bytes `range` of blob `digest`, by one single-range request (registries such
+    /// as ghcr.io refuse multi-range ones). `None` when the registry will not serve
+    /// the range: it answered with the whole blob (the distribution pull-through
+    /// proxy does, for blobs it has not cached), 416 or 501. The caller then falls
+    /// back to a whole, verified download. The bytes are not verified here.
+    pub async fn fetch_range(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        range: Range<u64>,
+    ) -> Result<Option<Bytes>> {
+        let digest = digest.to_string();
+        let length = range.end - range.start;
+        self.call(reference, || async {
+            let response = self
+                .client
+                .pull_blob_stream_partial(reference, digest.as_str(), range.start, Some(length))
+                .await;
+            let mut stream = match response {
+                Ok(BlobResponse::Partial(stream)) => stream,
+                Ok(BlobResponse::Full(_)) => return Ok(None),
+                Err(e) if matches!(status_of(&e), Some(416 | 501)) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let mut body = BytesMut::with_capacity(length as usize);
+            while let Some(piece) = stream.next().await {
+                body.extend_from_slice(&piece?);
+                if body.len() as u64 > length {
+                    return Err(OciDistributionError::GenericError(Some(format!(
+                        "asked for {length} bytes of {digest}, got more"
+                    ))));
+                }
+            }
+            if (body.len() as u64) < length {
+                // A dropped connection: worth another attempt.
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("{digest}: {} of {length} bytes arrived", body.len()),
+                )
+                .into());
+            }
+            Ok(Some(body.freeze()))
+        })
+        .await
     }
 
     /// Whether the registry has blob `digest` in `reference`'s repository (HEAD).
@@ -534,6 +581,11 @@ impl RegistryClient {
                     Failure::Fatal(Error::Network { registry, reason })
                 }
             }
+            // A body cut short: the connection dropped.
+            OciDistributionError::IoError(e) => Failure::Retry(Error::Network {
+                registry,
+                reason: e.to_string(),
+            }),
             OciDistributionError::ManifestParsingError(reason)
             | OciDistributionError::VersionedParsingError(reason) => {
                 Failure::Fatal(Error::Manifest {
@@ -576,6 +628,15 @@ async fn copy_stream(
         progress(chunk.len() as u64);
     }
     Ok(())
+}
+
+/// The HTTP status of a failed request, when it got that far.
+fn status_of(err: &OciDistributionError) -> Option<u16> {
+    match err {
+        OciDistributionError::ServerError { code, .. } => Some(*code),
+        OciDistributionError::RequestError(e) => e.status().map(|s| s.as_u16()),
+        _ => None,
+    }
 }
 
 /// reqwest hides the useful part (refused, timed out, certificate) in its sources.

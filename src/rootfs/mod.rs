@@ -21,6 +21,11 @@ pub trait ContentReader: Send + Sync + 'static {
     /// Up to `len` bytes of the file stored at `location`, starting `offset` bytes
     /// into the file. Fewer bytes only at end of file.
     fn read(&self, location: &ContentLocation, offset: u64, len: usize) -> Result<Bytes>;
+
+    /// Transfer counters, for readers that fetch.
+    fn stats(&self) -> Option<crate::lazy::StatsReport> {
+        None
+    }
 }
 
 /// A mounted image's whole view: immutable, shared by every FUSE worker.

@@ -8,16 +8,15 @@
 use std::io::{self, Read};
 use std::sync::Arc;
 
-use bytes::Bytes;
-
-use super::{ContentReader, RootFs};
+use super::RootFs;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::{ImageConfig, Manifest};
 use crate::layer::{self, Compression, LayerIndex};
 use crate::registry::BlobSink;
 use crate::store::{Blob, BlobWriter, Derived, Store};
-use crate::tree::{ContentLocation, Tree};
+use crate::lazy::{ImageContent, LayerContent};
+use crate::tree::Tree;
 
 /// Opens the image whose manifest `manifest_digest` is in `store` (with its
 /// config and layers). `name` is for messages.
@@ -92,9 +91,10 @@ pub fn open_image(store: &Store, manifest_digest: &Digest, name: &str) -> Result
             tree
         }
     };
+    let layers = blobs.into_iter().map(LayerContent::Unpacked).collect();
     Ok(RootFs {
         tree,
-        content: Arc::new(UnpackedLayers { blobs }),
+        content: Arc::new(ImageContent::new(layers, None, 0, Arc::default())),
     })
 }
 
@@ -191,19 +191,5 @@ impl<R: Read> Read for Tee<'_, R> {
             return Err(io::Error::other(message));
         }
         Ok(n)
-    }
-}
-
-/// Serves file bytes straight from the mmapped, verified layer tars.
-struct UnpackedLayers {
-    blobs: Vec<Blob>,
-}
-
-impl ContentReader for UnpackedLayers {
-    fn read(&self, location: &ContentLocation, offset: u64, len: usize) -> Result<Bytes> {
-        let blob = &self.blobs[location.layer as usize];
-        let start = location.offset + offset.min(location.size);
-        let end = start + (len as u64).min(location.size - offset.min(location.size));
-        Ok(blob.slice(start as usize..end as usize))
     }
 }

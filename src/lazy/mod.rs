@@ -1,0 +1,126 @@
+//! Lazy content: file bytes fetched from the registry chunk by chunk when first
+//! read, verified, then served from the content store.
+//!
+//! Data flows one way: [`source`] (registry ranges) → [`fetch`] (single-flight,
+//! coalescing, verification via [`decode`]) → the store → [`ImageContent`], the
+//! [`ContentReader`] the FUSE adapter calls.
+
+pub mod decode;
+pub mod fetch;
+pub mod source;
+pub mod stats;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::error::{Error, Result};
+use crate::rootfs::ContentReader;
+use crate::store::Blob;
+use crate::tree::ContentLocation;
+pub use fetch::{ChunkFetcher, LazyBlob};
+pub use stats::{Stats, StatsReport};
+
+/// Where one layer's content lives.
+pub enum LayerContent {
+    /// The verified uncompressed tar is in the store: content space = tar offsets.
+    Unpacked(Blob),
+    /// Fetched on demand.
+    Chunked(LazyBlob),
+}
+
+/// Every layer of a mounted image, as the tree's content locations address them.
+pub struct ImageContent {
+    layers: Vec<LayerContent>,
+    /// Present when any layer is chunked.
+    fetcher: Option<ChunkFetcher>,
+    /// Extra bytes of the same file fetched along with a read.
+    readahead: u64,
+    stats: Arc<Stats>,
+}
+
+impl ImageContent {
+    /// `fetcher` must be given when any layer is [`LayerContent::Chunked`]; it
+    /// should count into the same `stats`.
+    pub fn new(
+        layers: Vec<LayerContent>,
+        fetcher: Option<ChunkFetcher>,
+        readahead: u64,
+        stats: Arc<Stats>,
+    ) -> Self {
+        ImageContent {
+            layers,
+            fetcher,
+            readahead,
+            stats,
+        }
+    }
+
+    fn read_chunked(
+        &self,
+        blob: &LazyBlob,
+        location: &ContentLocation,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes> {
+        let fetcher = self.fetcher.as_ref().expect("chunked layers come with a fetcher");
+        let chunks = &blob.chunks;
+        let first = chunks.partition_point(|c| c.content_offset + c.content_size <= range.start);
+        let last = chunks.partition_point(|c| c.content_offset < range.end);
+        let file_end = location.offset + location.size;
+        let ahead_end = (range.end + self.readahead).min(file_end);
+        let ahead = chunks.partition_point(|c| c.content_offset < ahead_end);
+        let pieces = fetcher.chunks(blob, first..last, ahead)?;
+        let mut out = BytesMut::new();
+        let mut at = range.start;
+        for (chunk, piece) in chunks[first..last].iter().zip(&pieces) {
+            if chunk.content_offset > at {
+                break;
+            }
+            let from = (at - chunk.content_offset) as usize;
+            let to = ((range.end - chunk.content_offset) as usize).min(piece.len());
+            if pieces.len() == 1 {
+                return self.covered(piece.slice(from..to), range, blob);
+            }
+            out.extend_from_slice(&piece[from..to]);
+            at = chunk.content_offset + to as u64;
+        }
+        self.covered(out.freeze(), range, blob)
+    }
+
+    /// Checks the chunks covered the whole range: a gap means a broken index.
+    fn covered(&self, bytes: Bytes, range: std::ops::Range<u64>, blob: &LazyBlob) -> Result<Bytes> {
+        if bytes.len() as u64 != range.end - range.start {
+            return Err(Error::Layer {
+                layer: blob.digest,
+                source: crate::layer::LayerError::Toc {
+                    format: "chunk map",
+                    reason: format!("no chunk holds bytes {range:?} of the content space"),
+                },
+            });
+        }
+        Ok(bytes)
+    }
+
+}
+
+impl ContentReader for ImageContent {
+    fn read(&self, location: &ContentLocation, offset: u64, len: usize) -> Result<Bytes> {
+        let start = location.offset + offset.min(location.size);
+        let end = start + (len as u64).min(location.size - offset.min(location.size));
+        let bytes = match &self.layers[location.layer as usize] {
+            LayerContent::Unpacked(tar) => tar.slice(start as usize..end as usize),
+            LayerContent::Chunked(blob) if start < end => {
+                self.read_chunked(blob, location, start..end)?
+            }
+            LayerContent::Chunked(_) => Bytes::new(),
+        };
+        self.stats.served(bytes.len() as u64);
+        Ok(bytes)
+    }
+
+    fn stats(&self) -> Option<StatsReport> {
+        Some(self.stats.report())
+    }
+}

@@ -1,0 +1,81 @@
+//! Where chunk bytes come from: ranges of a registry blob, fetched from the
+//! blocking FUSE workers through the async registry client.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::runtime::Handle;
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::image::Descriptor;
+use crate::pull::{self, Silent};
+use crate::reference::ImageRef;
+use crate::registry::RegistryClient;
+use crate::store::Store;
+
+/// Blob bytes on demand. Nothing here is verified: the caller checks every chunk.
+pub trait RangeSource: Send + Sync + 'static {
+    /// Bytes `range` of blob `blob`, or `None` when the registry will not serve
+    /// ranges of it (the caller then asks for the whole blob).
+    fn fetch_range(&self, blob: &Digest, range: Range<u64>) -> Result<Option<Bytes>>;
+
+    /// Downloads the whole blob into the store, verified against `blob`.
+    fn fetch_whole(&self, blob: &Digest, size: u64) -> Result<()>;
+}
+
+/// The registry an image came from, reached from plain threads.
+pub struct RegistryRanges {
+    pub registry: Arc<RegistryClient>,
+    pub image: ImageRef,
+    pub store: Arc<Store>,
+    pub runtime: Handle,
+    /// Longest a ranged read may take, retries included: a registry that stops
+    /// answering turns into EIO for that read, not a hung reader.
+    pub deadline: Duration,
+}
+
+impl RegistryRanges {
+    fn timed_out(&self, what: &str) -> Error {
+        Error::Network {
+            registry: self.registry.host().to_string(),
+            reason: format!("{what} took longer than {} s", self.deadline.as_secs()),
+        }
+    }
+}
+
+impl RangeSource for RegistryRanges {
+    fn fetch_range(&self, blob: &Digest, range: Range<u64>) -> Result<Option<Bytes>> {
+        let fetch = self
+            .registry
+            .fetch_range(&self.image.source, blob, range.clone());
+        self.runtime
+            .block_on(async { tokio::time::timeout(self.deadline, fetch).await })
+            .map_err(|_| self.timed_out(&format!("bytes {range:?} of {blob}")))?
+    }
+
+    fn fetch_whole(&self, blob: &Digest, size: u64) -> Result<()> {
+        let descriptor = Descriptor {
+            media_type: String::new(),
+            digest: *blob,
+            size,
+            annotations: Default::default(),
+            platform: None,
+        };
+        let what = format!("layer {blob} of {}", self.image);
+        // No overall deadline: the blob streams, and the client's read timeout
+        // already bounds every silence.
+        self.runtime
+            .block_on(pull::fetch_blob(
+                &self.store,
+                &self.registry,
+                &self.image,
+                &descriptor,
+                (&blob.to_string(), &what),
+                &Silent,
+            ))
+            .map(drop)
+    }
+}

@@ -1,0 +1,258 @@
+//! The fetch engine against an in-memory blob source: single-flight, coalescing,
+//! verification, fallbacks and recovery, without a registry or a mount.
+
+use std::io::Write;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::decode::digest_of;
+use super::source::RangeSource;
+use super::*;
+use crate::digest::Digest;
+use crate::layer::{Chunk, ChunkCodec};
+use crate::store::Store;
+
+/// A blob made of one gzip member per chunk, like eStargz.
+struct TestBlob {
+    bytes: Vec<u8>,
+    content: Vec<u8>,
+    chunks: Vec<Chunk>,
+}
+
+fn gzip_blob(content: &[u8], chunk_size: usize) -> TestBlob {
+    let mut bytes = Vec::new();
+    let mut chunks = Vec::new();
+    for (i, piece) in content.chunks(chunk_size).enumerate() {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(piece).unwrap();
+        let member = encoder.finish().unwrap();
+        chunks.push(Chunk {
+            content_offset: (i * chunk_size) as u64,
+            content_size: piece.len() as u64,
+            blob_offset: bytes.len() as u64,
+            blob_size: member.len() as u64,
+            codec: ChunkCodec::Gzip,
+            blob_digest: None,
+            digest: digest_of(piece),
+        });
+        bytes.extend_from_slice(&member);
+    }
+    TestBlob {
+        bytes,
+        content: content.to_vec(),
+        chunks,
+    }
+}
+
+#[derive(Default)]
+struct FakeSource {
+    blob: Mutex<Vec<u8>>,
+    store: Mutex<Option<Arc<Store>>>,
+    requests: Mutex<Vec<Range<u64>>>,
+    down: AtomicBool,
+    refuse_ranges: AtomicBool,
+    slow: AtomicBool,
+    whole_fetches: AtomicUsize,
+}
+
+impl RangeSource for FakeSource {
+    fn fetch_range(&self, _: &Digest, range: Range<u64>) -> crate::Result<Option<Bytes>> {
+        if self.slow.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if self.down.load(Ordering::SeqCst) {
+            return Err(crate::Error::Network {
+                registry: "fake".into(),
+                reason: "connection refused".into(),
+            });
+        }
+        self.requests.lock().unwrap().push(range.clone());
+        if self.refuse_ranges.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let blob = self.blob.lock().unwrap();
+        Ok(Some(Bytes::copy_from_slice(
+            &blob[range.start as usize..range.end as usize],
+        )))
+    }
+
+    fn fetch_whole(&self, digest: &Digest, _: u64) -> crate::Result<()> {
+        self.whole_fetches.fetch_add(1, Ordering::SeqCst);
+        let store = self.store.lock().unwrap().clone().unwrap();
+        store.put(*digest, &self.blob.lock().unwrap(), "whole blob")
+    }
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    source: Arc<FakeSource>,
+    content: ImageContent,
+    blob: TestBlob,
+    location: ContentLocation,
+}
+
+fn setup(blob: TestBlob, readahead: u64) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), u64::MAX).unwrap());
+    let source = Arc::new(FakeSource::default());
+    *source.blob.lock().unwrap() = blob.bytes.clone();
+    *source.store.lock().unwrap() = Some(Arc::clone(&store));
+    let stats = Arc::new(Stats::default());
+    let fetcher = ChunkFetcher::new(
+        store,
+        source.clone(),
+        Arc::clone(&stats),
+        1 << 20,
+        Duration::from_secs(5),
+    );
+    let lazy = LazyBlob {
+        digest: digest_of(&blob.bytes),
+        size: blob.bytes.len() as u64,
+        chunks: blob.chunks.clone(),
+        deflate: None,
+    };
+    let location = ContentLocation {
+        layer: 0,
+        offset: 0,
+        size: blob.content.len() as u64,
+    };
+    let content = ImageContent::new(vec![LayerContent::Chunked(lazy)], Some(fetcher), readahead, stats);
+    Setup {
+        _dir: dir,
+        source,
+        content,
+        blob,
+        location,
+    }
+}
+
+fn pseudo_random(len: usize) -> Vec<u8> {
+    let mut state = 0x9e3779b97f4a7c15u64;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn reads_across_chunks_return_exactly_the_content() {
+    let s = setup(gzip_blob(&pseudo_random(100_000), 7_000), 0);
+    for (offset, len) in [(0, 10), (6_990, 20), (0, 100_000), (99_990, 100), (50_000, 30_000)] {
+        let got = s.content.read(&s.location, offset, len).unwrap();
+        let end = (offset as usize + len).min(s.blob.content.len());
+        assert_eq!(&got[..], &s.blob.content[offset as usize..end], "{offset}+{len}");
+    }
+    let stats = s.content.stats().unwrap();
+    assert_eq!(stats.verification_failures, 0);
+    assert!(stats.cache_hits + stats.chunks_fetched >= 15);
+}
+
+#[test]
+fn adjacent_chunks_come_in_one_request() {
+    let s = setup(gzip_blob(&pseudo_random(64_000), 4_000), 0);
+    s.content.read(&s.location, 0, 64_000).unwrap();
+    let requests = s.source.requests.lock().unwrap().clone();
+    assert_eq!(requests, vec![0..s.blob.bytes.len() as u64]);
+}
+
+#[test]
+fn readahead_fetches_the_rest_of_the_file_in_the_same_request() {
+    let s = setup(gzip_blob(&pseudo_random(64_000), 4_000), 1 << 20);
+    s.content.read(&s.location, 0, 100).unwrap();
+    s.content.read(&s.location, 30_000, 100).unwrap();
+    assert_eq!(s.source.requests.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn concurrent_readers_share_one_fetch_per_chunk() {
+    let s = setup(gzip_blob(&pseudo_random(256_000), 16_000), 0);
+    s.source.slow.store(true, Ordering::SeqCst);
+    let readers = 64;
+    let barrier = Barrier::new(readers);
+    std::thread::scope(|scope| {
+        for reader in 0..readers {
+            let (s, barrier) = (&s, &barrier);
+            scope.spawn(move || {
+                barrier.wait();
+                // Different starting points, same file, each read all of it.
+                let start = (reader * 4_096) % 256_000;
+                for offset in (start..256_000).chain(0..start).step_by(8_192) {
+                    let got = s.content.read(&s.location, offset as u64, 8_192).unwrap();
+                    let end = (offset + 8_192).min(256_000);
+                    assert_eq!(&got[..], &s.blob.content[offset..end]);
+                }
+            });
+        }
+    });
+    let stats = s.content.stats().unwrap();
+    assert_eq!(stats.chunks_fetched, 16, "each chunk fetched once");
+    let fetched: u64 = s.source.requests.lock().unwrap().iter().map(|r| r.end - r.start).sum();
+    assert_eq!(fetched, s.blob.bytes.len() as u64);
+}
+
+#[test]
+fn a_changed_byte_fails_every_read_of_its_chunk_and_no_other() {
+    let blob = gzip_blob(&pseudo_random(80_000), 8_000);
+    let bad_chunk = &blob.chunks[3];
+    // Inside the deflate data, past the 10-byte gzip header.
+    let at = (bad_chunk.blob_offset + bad_chunk.blob_size / 2) as usize;
+    let s = setup(blob, 0);
+    s.source.blob.lock().unwrap()[at] ^= 0x40;
+    for _ in 0..5 {
+        let err = s.content.read(&s.location, 3 * 8_000 + 10, 100).unwrap_err();
+        assert!(err.to_string().contains("verification failed"), "{err}");
+        let good = s.content.read(&s.location, 8_000, 100).unwrap();
+        assert_eq!(&good[..], &s.blob.content[8_000..8_100]);
+    }
+    let stats = s.content.stats().unwrap();
+    assert_eq!(stats.verification_failures, 5);
+}
+
+#[test]
+fn a_registry_that_is_down_fails_the_read_and_the_next_read_recovers() {
+    let s = setup(gzip_blob(&pseudo_random(40_000), 8_000), 0);
+    s.source.down.store(true, Ordering::SeqCst);
+    let err = s.content.read(&s.location, 0, 100).unwrap_err();
+    assert!(err.to_string().contains("connection refused"), "{err}");
+    s.source.down.store(false, Ordering::SeqCst);
+    let got = s.content.read(&s.location, 0, 100).unwrap();
+    assert_eq!(&got[..], &s.blob.content[..100]);
+    assert_eq!(s.content.stats().unwrap().fetch_failures, 1);
+}
+
+#[test]
+fn a_registry_that_ignores_ranges_gets_one_whole_verified_download() {
+    let s = setup(gzip_blob(&pseudo_random(40_000), 8_000), 0);
+    s.source.refuse_ranges.store(true, Ordering::SeqCst);
+    for offset in [0u64, 9_000, 33_000] {
+        let got = s.content.read(&s.location, offset, 500).unwrap();
+        assert_eq!(&got[..], &s.blob.content[offset as usize..offset as usize + 500]);
+    }
+    assert_eq!(s.source.whole_fetches.load(Ordering::SeqCst), 1);
+    assert_eq!(s.content.stats().unwrap().whole_blob_fallbacks, 1);
+}
+
+#[test]
+fn chunks_are_served_from_the_store_once_cached() {
+    let s = setup(gzip_blob(&pseudo_random(40_000), 8_000), 0);
+    s.content.read(&s.location, 0, 40_000).unwrap();
+    // The writer thread stores chunks in the background.
+    for _ in 0..200 {
+        if s.blob.chunks.iter().all(|c| s.content.fetcher.as_ref().unwrap().is_stored(&c.digest)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    s.source.down.store(true, Ordering::SeqCst);
+    let got = s.content.read(&s.location, 0, 40_000).unwrap();
+    assert_eq!(&got[..], &s.blob.content[..]);
+    assert!(s.content.stats().unwrap().cache_hits >= 5);
+}
