@@ -172,51 +172,76 @@ pub async fn pull_gated(
     progress: &dyn Progress,
     gate: Gate<'_>,
 ) -> Result<PullReport> {
-    registry
-        .authenticate(&image.source, RegistryOperation::Pull)
-        .await?;
-    let resolved = resolve(registry, image, wanted).await?;
-    gate(&resolved.digest, &resolved.manifest_digest)?;
+    let resolved = fetch_metadata(store, registry, image, wanted, gate).await?;
     let name = image.to_string();
-    store.put(
-        resolved.digest,
-        &resolved.bytes,
-        &format!("manifest of {name}"),
-    )?;
-    store.put(
-        resolved.manifest_digest,
-        &resolved.manifest_bytes,
-        &format!("manifest of {name}"),
-    )?;
-
     let manifest = &resolved.manifest;
-    let blobs: Vec<(&Descriptor, String)> =
-        std::iter::once((&manifest.config, format!("config of {name}")))
-            .chain(manifest.layers.iter().enumerate().map(|(i, layer)| {
-                (
-                    layer,
-                    format!(
-                        "layer {}/{} {} of {name}",
-                        i + 1,
-                        manifest.layers.len(),
-                        layer.digest
-                    ),
-                )
-            }))
-            .collect();
-    let bytes_cached: u64 = blobs
+    let layers: Vec<(&Descriptor, String)> = manifest
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, layer)| {
+            let what = format!(
+                "layer {}/{} {} of {name}",
+                i + 1,
+                manifest.layers.len(),
+                layer.digest
+            );
+            (layer, what)
+        })
+        .collect();
+    let bytes_cached: u64 = layers
         .iter()
         .filter(|(d, _)| store.contains(&d.digest))
         .map(|(d, _)| d.size)
         .sum();
-    let fetched: Vec<u64> = futures_util::stream::iter(blobs.iter())
+    let fetched: Vec<u64> = futures_util::stream::iter(layers.iter())
         .map(|(descriptor, what)| {
             fetch_blob(store, registry, image, descriptor, (what, what), progress)
         })
         .buffer_unordered(PARALLEL_LAYERS)
         .try_collect()
         .await?;
+    record(store, image, &resolved, wanted, fetched.iter().sum(), bytes_cached)
+}
 
+/// Authenticates, resolves `image` for `wanted`, lets `gate` judge the digests,
+/// then stores the manifests and the config: everything but the layers.
+pub async fn fetch_metadata(
+    store: &Store,
+    registry: &RegistryClient,
+    image: &ImageRef,
+    wanted: &Platform,
+    gate: Gate<'_>,
+) -> Result<Resolved> {
+    registry
+        .authenticate(&image.source, RegistryOperation::Pull)
+        .await?;
+    let resolved = resolve(registry, image, wanted).await?;
+    gate(&resolved.digest, &resolved.manifest_digest)?;
+    let name = image.to_string();
+    for (digest, bytes) in [
+        (resolved.digest, &resolved.bytes),
+        (resolved.manifest_digest, &resolved.manifest_bytes),
+    ] {
+        store.put(digest, bytes, &format!("manifest of {name}"))?;
+    }
+    let what = format!("config of {name}");
+    let config = &resolved.manifest.config;
+    fetch_blob(store, registry, image, config, (&what, &what), &Silent).await?;
+    Ok(resolved)
+}
+
+/// Records that `image` for `wanted` is `resolved`, once its content is usable.
+pub(crate) fn record(
+    store: &Store,
+    image: &ImageRef,
+    resolved: &Resolved,
+    wanted: &Platform,
+    bytes_fetched: u64,
+    bytes_cached: u64,
+) -> Result<PullReport> {
+    let name = image.to_string();
+    let manifest = &resolved.manifest;
     let config_bytes = store.require(&manifest.config.digest)?;
     let config = ImageConfig::parse(config_bytes.bytes(), &format!("config of {name}"))?;
     let platform = resolved
@@ -235,7 +260,7 @@ pub async fn pull_gated(
         manifest: resolved.manifest_digest,
         platform: platform.to_string(),
         layers: manifest.layers.len(),
-        bytes_fetched: fetched.iter().sum(),
+        bytes_fetched,
         bytes_cached,
     })
 }
@@ -274,6 +299,16 @@ pub(crate) async fn fetch_blob(
     result.map(|()| descriptor.size)
 }
 
+/// How much of an image [`ensure_image`] fetches before it is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// Every layer blob (`lazyimg pull`).
+    Full,
+    /// Manifests, config and per layer a chunk map where one exists; file
+    /// contents when they are read (see [`crate::lazy`]).
+    Lazy,
+}
+
 /// When `mount` and `run` contact the registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum PullPolicy {
@@ -294,6 +329,7 @@ pub async fn ensure_image(
     image: &ImageRef,
     wanted: &Platform,
     policy: PullPolicy,
+    depth: Depth,
     connect: impl FnOnce() -> Result<RegistryClient>,
     progress: &dyn Progress,
     gate: Gate<'_>,
@@ -312,13 +348,17 @@ pub async fn ensure_image(
         });
     }
     let registry = connect()?;
-    Ok(pull_gated(store, &registry, image, wanted, progress, gate)
-        .await?
-        .manifest)
+    let report = match depth {
+        Depth::Full => pull_gated(store, &registry, image, wanted, progress, gate).await?,
+        Depth::Lazy => {
+            crate::lazy::pull_lazy(store, &registry, image, wanted, progress, gate).await?
+        }
+    };
+    Ok(report.manifest)
 }
 
 /// Whether everything needed to open the image is stored: the manifest, the config
-/// and, per layer, its blob or its uncompressed tar.
+/// and, per layer, its blob, its uncompressed tar or its chunk map.
 fn is_complete(store: &Store, manifest_digest: &Digest) -> bool {
     let open = || -> Result<bool> {
         let Manifest::Image(manifest) =
@@ -336,7 +376,11 @@ fn is_complete(store: &Store, manifest_digest: &Digest) -> bool {
                 .layers
                 .iter()
                 .zip(&diff_ids)
-                .all(|(layer, diff_id)| store.contains(diff_id) || store.contains(&layer.digest)))
+                .all(|(layer, diff_id)| {
+                    store.contains(diff_id)
+                        || store.contains(&layer.digest)
+                        || crate::lazy::ChunkMap::load(store, &layer.digest).is_some()
+                }))
     };
     open().unwrap_or(false)
 }

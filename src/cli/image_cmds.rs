@@ -1,4 +1,7 @@
-//! `lazyimg pull` and `lazyimg inspect`.
+//! `lazyimg pull`, `inspect` and `index`.
+
+use std::process::ExitCode;
+use std::time::Instant;
 
 use bytesize::ByteSize;
 use clap::Args;
@@ -7,13 +10,26 @@ use serde::Serialize;
 
 use super::progress::Reporter;
 use super::{Context, RegistryArgs};
-use crate::image::{ImageConfig, LayerFormat};
+use crate::image::{Descriptor, ImageConfig, LayerFormat, Manifest};
+use crate::lazy::artifact;
 use crate::pull;
 
 #[derive(Args, Debug)]
 pub(super) struct PullArgs {
     /// Image reference: ghcr.io/NS/NAME:TAG, HOST:PORT/NAME@sha256:…, or a Docker Hub name.
     reference: String,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct IndexArgs {
+    /// Image reference.
+    reference: String,
+    /// Store the index in the image's registry, beside the image, so mounts on
+    /// every machine read its gzip layers lazily.
+    #[arg(long)]
+    push: bool,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -47,7 +63,7 @@ pub(super) async fn pull(ctx: &Context, args: PullArgs) -> anyhow::Result<std::p
     .await?;
     // Unpack and index the layers now, once, so the first mount is as quick as any.
     tokio::task::block_in_place(|| {
-        crate::rootfs::open_image(&store, &report.manifest, &report.name)
+        crate::rootfs::open_image(&store, &report.manifest, &report.name, None)
     })?;
     if !ctx.quiet {
         eprintln!(
@@ -62,6 +78,77 @@ pub(super) async fn pull(ctx: &Context, args: PullArgs) -> anyhow::Result<std::p
     // The digest alone on stdout, so scripts can capture it.
     println!("{}", report.digest);
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+pub(super) async fn index(ctx: &Context, args: IndexArgs) -> anyhow::Result<ExitCode> {
+    let image = ctx.image(&args.reference)?;
+    let approval = crate::policy::enforce(&ctx.config, &image)?;
+    let store = ctx.open_store()?;
+    let registry = ctx.registry(&image, &args.registry)?;
+    let reporter = Reporter::new(ctx.quiet);
+    // Indexes are built from verified blobs only: pull them first.
+    let report = pull::pull_gated(
+        &store,
+        &registry,
+        &image,
+        &ctx.platform(&args.registry),
+        &reporter,
+        &crate::policy::gate(approval.as_ref()),
+    )
+    .await?;
+    let manifest_bytes = store.require(&report.manifest)?;
+    let Manifest::Image(manifest) = Manifest::parse(manifest_bytes.bytes(), &report.name)? else {
+        anyhow::bail!("{}: the resolved manifest is an index", report.name);
+    };
+    let started = Instant::now();
+    let mut built = Vec::new();
+    for layer in &manifest.layers {
+        let index = tokio::task::block_in_place(|| artifact::build_layer_index(&store, layer))?;
+        match index {
+            Some(index) => {
+                eprintln!(
+                    "  {}  {:<12} {:>6} entries, {:>5} chunks, {} of windows",
+                    layer.digest,
+                    LayerFormat::of(layer).to_string(),
+                    index.file.chunked.index.entries.len(),
+                    index.file.chunked.chunks.len(),
+                    ByteSize::b(index.windows.len() as u64).display().iec()
+                );
+                built.push(index);
+            }
+            None => eprintln!(
+                "  {}  {:<12} not indexable: a plain zstd layer is one frame, fetched whole",
+                layer.digest,
+                LayerFormat::of(layer).to_string()
+            ),
+        }
+    }
+    let compressed: u64 = manifest.layers.iter().map(|l| l.size).sum();
+    let elapsed = started.elapsed().as_secs_f64();
+    eprintln!(
+        "indexed {} of {} layers of {} in {elapsed:.2} s ({:.0} MB/s of layer data)",
+        built.len(),
+        manifest.layers.len(),
+        report.name,
+        compressed as f64 / 1e6 / elapsed.max(1e-9)
+    );
+    if args.push {
+        let subject = Descriptor {
+            media_type: manifest
+                .media_type
+                .clone()
+                .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into()),
+            digest: report.manifest,
+            size: manifest_bytes.bytes().len() as u64,
+            annotations: Default::default(),
+            platform: None,
+            artifact_type: None,
+        };
+        let pushed = artifact::push(&store, &registry, &image, &subject, &built).await?;
+        eprintln!("pushed lazyimg index {pushed} for {}", report.name);
+        println!("{pushed}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Serialize)]
@@ -82,6 +169,8 @@ struct LayerInfo {
     media_type: String,
     compression: String,
     size: u64,
+    /// How a mount reads it: from a table of contents, a lazyimg index, or whole.
+    lazy: &'static str,
 }
 
 pub(super) async fn inspect(
@@ -115,6 +204,13 @@ pub(super) async fn inspect(
             ImageConfig::parse(&config, &what)?.platform()
         }
     };
+    let indexed = match artifact::locate(&registry, &image, &resolved.manifest_digest).await {
+        Ok(found) => found.map(|a| artifact::indexed_layers(&a)).unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!("cannot look for a lazyimg index: {e}");
+            Vec::new()
+        }
+    };
     let inspection = Inspection {
         name: image.to_string(),
         source: image.source.whole(),
@@ -131,6 +227,7 @@ pub(super) async fn inspect(
                 media_type: l.media_type.clone(),
                 compression: LayerFormat::of(l).to_string(),
                 size: l.size,
+                lazy: lazy_source(l, &indexed),
             })
             .collect(),
     };
@@ -163,12 +260,27 @@ fn print_inspection(i: &Inspection) {
     );
     for (n, layer) in i.layers.iter().enumerate() {
         println!(
-            "  {:>3}  {}  {:<14} {:>10}",
+            "  {:>3}  {}  {:<14} {:>10}  {}",
             n + 1,
             layer.digest,
             layer.compression,
-            ByteSize::b(layer.size).display().iec().to_string()
+            ByteSize::b(layer.size).display().iec().to_string(),
+            layer.lazy
         );
+    }
+}
+
+/// How a mount will read `layer`, given the layers the image's lazyimg index covers.
+fn lazy_source(layer: &Descriptor, indexed: &[String]) -> &'static str {
+    if indexed.contains(&layer.digest.to_string()) {
+        return "lazy: lazyimg index";
+    }
+    match LayerFormat::of(layer) {
+        LayerFormat::Estargz => "lazy: eStargz table of contents",
+        LayerFormat::ZstdChunked => "lazy: zstd:chunked table of contents",
+        LayerFormat::Gzip | LayerFormat::Tar => "fetched whole (`lazyimg index --push` makes it lazy)",
+        LayerFormat::Zstd => "fetched whole (plain zstd is one frame: not seekable)",
+        LayerFormat::Unknown(_) => "not a layer lazyimg can read",
     }
 }
 

@@ -7,7 +7,9 @@ mod mount_cmds;
 mod policy_cmds;
 mod progress;
 mod seed_cmds;
+mod stats_cmd;
 
+use std::sync::Arc;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,12 +59,23 @@ enum Command {
         lazyimg inspect ghcr.io/example-lab/cuda-sample:nbody-cuda11.7.1\n  \
         lazyimg inspect --json busybox")]
     Inspect(image_cmds::InspectArgs),
-    /// Mount an image's merged root filesystem read-only (pulling what is missing).
+    /// Build lazyimg's seek index of an image's gzip and tar layers; with --push,
+    /// store it beside the image so every mount reads those layers lazily.
+    #[command(after_help = "Examples:\n  \
+        lazyimg index ghcr.io/example-lab/cuda-sample:nbody-cuda11.7.1\n  \
+        lazyimg index --push tre-ghcr-proxy.nsh.loc:5000/example-lab/cuda-sample:nbody-cuda11.7.1")]
+    Index(image_cmds::IndexArgs),
+    /// Mount an image's merged root filesystem read-only; file contents are
+    /// fetched when first read.
     #[command(after_help = "Examples:\n  \
         lazyimg mount ghcr.io/example-lab/cuda-sample:nbody-cuda11.7.1 /mnt/cuda\n  \
         lazyimg mount --owner-self --foreground tre-ghcr-proxy.nsh.loc:5000/alice/tool:1.0 ~/img\n  \
         lazyimg umount /mnt/cuda")]
     Mount(mount_cmds::MountArgs),
+    /// Show a mount's transfers: bytes fetched and served, chunks, cache hits,
+    /// verification failures, fetch latency.
+    #[command(after_help = "Examples:\n  lazyimg stats /mnt/cuda\n  lazyimg stats --json /mnt/cuda")]
+    Stats(stats_cmd::StatsArgs),
     /// Unmount a lazyimg mount (same as `fusermount3 -u`).
     #[command(after_help = "Example:\n  lazyimg umount /mnt/cuda")]
     Umount(mount_cmds::UmountArgs),
@@ -125,11 +138,11 @@ struct Context {
 }
 
 impl Context {
-    fn open_store(&self) -> anyhow::Result<Store> {
-        Ok(Store::open(
+    fn open_store(&self) -> anyhow::Result<Arc<Store>> {
+        Ok(Arc::new(Store::open(
             &self.config.cache_dir(),
             self.config.cache_max_size(),
-        )?)
+        )?))
     }
 
     fn image(&self, text: &str) -> anyhow::Result<ImageRef> {
@@ -139,7 +152,18 @@ impl Context {
     /// A client for the registry `image` is fetched from, with the first credentials
     /// found: the command line, then the auth files.
     fn registry(&self, image: &ImageRef, args: &RegistryArgs) -> anyhow::Result<RegistryClient> {
-        let creds = match &args.username {
+        let creds = self.credentials(image, args)?;
+        self.registry_with(image, creds.as_ref())
+    }
+
+    /// The credentials for `image`: `--username` with the token on standard input
+    /// (read once, here), else the auth files.
+    fn credentials(
+        &self,
+        image: &ImageRef,
+        args: &RegistryArgs,
+    ) -> anyhow::Result<Option<Credentials>> {
+        Ok(match &args.username {
             Some(username) => Some(Credentials {
                 username: username.clone(),
                 secret: read_secret_from_stdin("--password-stdin")?,
@@ -149,10 +173,17 @@ impl Context {
                 &image.endpoint.host,
                 image.source.repository(),
             )?,
-        };
+        })
+    }
+
+    fn registry_with(
+        &self,
+        image: &ImageRef,
+        creds: Option<&Credentials>,
+    ) -> anyhow::Result<RegistryClient> {
         Ok(RegistryClient::new(
             &image.endpoint,
-            creds.as_ref(),
+            creds,
             &self.config.network.client_options(),
         )?)
     }
@@ -220,8 +251,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Pull(args) => runtime.block_on(image_cmds::pull(&ctx, args)),
         Command::Inspect(args) => runtime.block_on(image_cmds::inspect(&ctx, args)),
+        Command::Index(args) => runtime.block_on(image_cmds::index(&ctx, args)),
         Command::Mount(args) => runtime.block_on(mount_cmds::mount(&ctx, args)),
         Command::Umount(args) => mount_cmds::umount(args),
+        Command::Stats(args) => stats_cmd::stats(args),
         Command::Run(args) => runtime.block_on(mount_cmds::run(&ctx, args)),
         Command::Cache(command) => cache::run(&ctx, command),
         Command::Policy(policy_cmds::PolicyCommand::Check(args)) => {

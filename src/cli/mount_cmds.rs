@@ -1,5 +1,6 @@
 //! `lazyimg mount`, `umount` and `run`.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
@@ -12,7 +13,11 @@ use super::progress::Reporter;
 use super::{Context, RegistryArgs};
 use crate::fuse::{self, MountOptions};
 use crate::image::{ImageConfig, Manifest};
-use crate::pull::{self, PullPolicy};
+use crate::digest::Digest;
+use crate::lazy::LazyOptions;
+use crate::lazy::source::{RangeSource, RegistryRanges};
+use crate::pull::{self, Depth, PullPolicy};
+use crate::secret::Credentials;
 use crate::reference::ImageRef;
 use crate::rootfs::{self, RootFs};
 use crate::runtime::{self, Bind, RunSpec, Runtime};
@@ -87,17 +92,20 @@ pub(super) struct RunArgs {
 pub(super) async fn mount(ctx: &Context, args: MountArgs) -> anyhow::Result<ExitCode> {
     let daemon = std::env::var_os(DAEMON_ENV).is_some();
     clear_stale_mount(&args.mountpoint)?;
-    // The daemon serves what its parent already pulled: it never asks the registry.
+    let image = ctx.image(&args.reference)?;
+    let credentials = ctx.credentials(&image, &args.registry)?;
+    // The daemon serves what its parent already resolved: it asks the registry
+    // only for file contents.
     let policy = if daemon {
         PullPolicy::Never
     } else {
         args.mount.pull
     };
-    let (image, store, manifest) = prepare(ctx, &args.reference, &args.registry, policy).await?;
+    let (store, manifest) = prepare(ctx, &image, &args.registry, credentials.as_ref(), policy).await?;
     if !(args.foreground || daemon) {
-        return start_daemon(&store, &image, &args.mountpoint);
+        return start_daemon(&store, &image, &args.mountpoint, credentials.as_ref());
     }
-    let rootfs = open(&store, &manifest, &image)?;
+    let rootfs = open(ctx, &store, &manifest, &image, credentials.as_ref())?;
     let options = mount_options(&args.mount, &image);
     tracing::info!("serving {image} at {}", args.mountpoint.display());
     fuse::mount_foreground(rootfs, &args.mountpoint, &options)?;
@@ -122,8 +130,16 @@ pub(super) fn umount(args: UmountArgs) -> anyhow::Result<ExitCode> {
 
 pub(super) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<ExitCode> {
     runtime::check_available(args.runtime)?;
-    let (image, store, manifest) =
-        prepare(ctx, &args.reference, &args.registry, args.mount.pull).await?;
+    let image = ctx.image(&args.reference)?;
+    let credentials = ctx.credentials(&image, &args.registry)?;
+    let (store, manifest) = prepare(
+        ctx,
+        &image,
+        &args.registry,
+        credentials.as_ref(),
+        args.mount.pull,
+    )
+    .await?;
     let config = image_config(&store, &manifest, &image)?;
     let runtime_config = config.config.unwrap_or_default();
     let command = if args.command.is_empty() {
@@ -149,7 +165,7 @@ pub(super) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<ExitCode
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
 
-    let rootfs = open(&store, &manifest, &image)?;
+    let rootfs = open(ctx, &store, &manifest, &image, credentials.as_ref())?;
     let mountpoint = tempfile::Builder::new()
         .prefix("lazyimg-run-")
         .tempdir()
@@ -173,29 +189,34 @@ pub(super) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<ExitCode
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
-/// Resolves `reference` and makes sure the image is cached (pulling as `policy` says).
+/// Makes sure `image` is mountable (pulling lazily as `policy` says): returns the
+/// store and the image's manifest digest.
 async fn prepare(
     ctx: &Context,
-    reference: &str,
+    image: &ImageRef,
     registry: &RegistryArgs,
+    credentials: Option<&Credentials>,
     policy: PullPolicy,
-) -> anyhow::Result<(ImageRef, Store, crate::digest::Digest)> {
-    let image = ctx.image(reference)?;
+) -> anyhow::Result<(Arc<Store>, Digest)> {
     // Refuse unapproved images before touching the cache or the registry.
-    let approval = crate::policy::enforce(&ctx.config, &image)?;
+    let approval = crate::policy::enforce(&ctx.config, image)?;
     let store = ctx.open_store()?;
     let reporter = Reporter::new(ctx.quiet);
     let manifest = pull::ensure_image(
         &store,
-        &image,
+        image,
         &ctx.platform(registry),
         policy,
-        || ctx.registry(&image, registry).map_err(into_library_error),
+        Depth::Lazy,
+        || {
+            ctx.registry_with(image, credentials)
+                .map_err(into_library_error)
+        },
         &reporter,
         &crate::policy::gate(approval.as_ref()),
     )
     .await?;
-    Ok((image, store, manifest))
+    Ok((store, manifest))
 }
 
 /// `ensure_image` wants a library error; keep a typed one when there is one.
@@ -209,20 +230,38 @@ fn into_library_error(err: anyhow::Error) -> crate::Error {
     }
 }
 
+/// Opens the prepared image; layers not in the cache are read lazily from the
+/// registry it came from.
 fn open(
-    store: &Store,
-    manifest: &crate::digest::Digest,
+    ctx: &Context,
+    store: &Arc<Store>,
+    manifest: &Digest,
     image: &ImageRef,
+    credentials: Option<&Credentials>,
 ) -> anyhow::Result<Arc<RootFs>> {
+    let client_options = ctx.config.network.client_options();
+    let source = RegistryRanges {
+        registry: Arc::new(ctx.registry_with(image, credentials)?),
+        image: image.clone(),
+        store: Arc::clone(store),
+        runtime: tokio::runtime::Handle::current(),
+        deadline: client_options.read_timeout,
+    };
+    let options = LazyOptions {
+        deadline: client_options.read_timeout,
+        ..LazyOptions::default()
+    };
+    let lazy: (Arc<dyn RangeSource>, LazyOptions) = (Arc::new(source), options);
     // Decompressing and indexing layers is blocking work the first time.
-    let rootfs =
-        tokio::task::block_in_place(|| rootfs::open_image(store, manifest, &image.to_string()))?;
+    let rootfs = tokio::task::block_in_place(|| {
+        rootfs::open_image(store, manifest, &image.to_string(), Some(lazy))
+    })?;
     Ok(Arc::new(rootfs))
 }
 
 fn image_config(
     store: &Store,
-    manifest: &crate::digest::Digest,
+    manifest: &Digest,
     image: &ImageRef,
 ) -> anyhow::Result<ImageConfig> {
     let what = image.to_string();
@@ -255,7 +294,12 @@ fn is_root() -> bool {
 
 /// Starts `lazyimg mount --foreground` detached (its own session, logging to a
 /// file in the cache) and returns once it serves the tree, or with its log if it fails.
-fn start_daemon(store: &Store, image: &ImageRef, mountpoint: &Path) -> anyhow::Result<ExitCode> {
+fn start_daemon(
+    store: &Store,
+    image: &ImageRef,
+    mountpoint: &Path,
+    credentials: Option<&Credentials>,
+) -> anyhow::Result<ExitCode> {
     let logs = store.root().join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
     let log_path = logs.join(format!("mount-{}.log", std::process::id()));
@@ -266,7 +310,9 @@ fn start_daemon(store: &Store, image: &ImageRef, mountpoint: &Path) -> anyhow::R
     daemon
         .args(std::env::args_os().skip(1))
         .env(DAEMON_ENV, "1")
-        .stdin(Stdio::null())
+        // A token given on our standard input goes to the daemon's the same way:
+        // never through its arguments or environment.
+        .stdin(Stdio::piped())
         .stdout(log.try_clone()?)
         .stderr(log);
     // SAFETY: setsid is async-signal-safe; it detaches the daemon from our terminal
@@ -278,6 +324,13 @@ fn start_daemon(store: &Store, image: &ImageRef, mountpoint: &Path) -> anyhow::R
         });
     }
     let mut child = daemon.spawn().context("cannot start the mount daemon")?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    if let Some(credentials) = credentials.filter(|_| passes_token_on_stdin()) {
+        stdin
+            .write_all(credentials.secret.expose().as_bytes())
+            .context("cannot hand the token to the mount daemon")?;
+    }
+    drop(stdin);
     let started = Instant::now();
     while started.elapsed() < MOUNT_WAIT {
         if is_mounted(mountpoint) {
@@ -304,6 +357,11 @@ fn start_daemon(store: &Store, image: &ImageRef, mountpoint: &Path) -> anyhow::R
         MOUNT_WAIT.as_secs(),
         log_path.display()
     )
+}
+
+/// Whether this command line took its token from standard input.
+fn passes_token_on_stdin() -> bool {
+    std::env::args_os().any(|arg| arg == "--password-stdin")
 }
 
 /// Whether a FUSE filesystem is mounted at `path` (per /proc/self/mountinfo).

@@ -183,7 +183,7 @@ struct Seeded {
     /// Its name at the target (the site proxy).
     target: ImageRef,
     report: SeedReport,
-    store: Store,
+    store: Arc<Store>,
     target_client: RegistryClient,
 }
 
@@ -359,7 +359,7 @@ async fn write_squashfs(ctx: &Context, seeded: &Seeded, file: &Path) -> anyhow::
     .await?;
     let name = seeded.target.to_string();
     let rootfs = tokio::task::block_in_place(|| {
-        crate::rootfs::open_image(&seeded.store, &pulled.manifest, &name)
+        crate::rootfs::open_image(&seeded.store, &pulled.manifest, &name, None)
     })?;
     let mountpoint = tempfile::Builder::new()
         .prefix("lazyimg-squash-")

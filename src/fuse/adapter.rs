@@ -17,13 +17,17 @@ use fuser::{
 };
 
 use crate::rootfs::RootFs;
-use crate::tree::{Ino, Tree};
+use crate::tree::{Ino, ROOT_INO, Tree};
 
 use super::attr::{file_attr, file_type, negative_entry};
 use super::read_pool::{ReadJob, ReadPool};
 
 /// The tree never changes while mounted, so the kernel may cache entries,
 /// attributes and negative lookups for long.
+/// Read on the mount's root, this (unlisted) attribute returns the mount's
+/// transfer counters as JSON: how `lazyimg stats` asks a running daemon.
+pub const STATS_XATTR: &str = "user.lazyimg.stats";
+
 const TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// Inodes are never reused within a mount.
 const GENERATION: Generation = Generation(0);
@@ -302,6 +306,13 @@ impl Filesystem for Adapter {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if ino.0 == ROOT_INO
+            && name == STATS_XATTR
+            && let Some(stats) = self.rootfs.content.stats()
+        {
+            let json = serde_json::to_vec(&stats).expect("stats always serialise");
+            return reply_xattr(reply, size, &json);
+        }
         match self.tree().xattr(ino.0, name) {
             Some(value) => reply_xattr(reply, size, value),
             None if self.tree().attr(ino.0).is_some() => reply.error(Errno::NO_XATTR),

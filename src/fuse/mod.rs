@@ -21,6 +21,7 @@
 //! `allow_other` as non-root needs `user_allow_other` in `/etc/fuse.conf`.
 
 mod adapter;
+pub use adapter::STATS_XATTR;
 mod attr;
 mod errno;
 mod read_pool;

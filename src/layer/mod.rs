@@ -6,6 +6,7 @@
 //! names need not be UTF-8 and an image with one odd name must still mount.
 
 mod compression;
+pub mod gzip_index;
 mod member;
 pub(crate) mod path;
 mod tar_index;

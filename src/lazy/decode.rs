@@ -4,7 +4,7 @@ use std::io::{self, Read};
 
 use bytes::Bytes;
 
-use crate::digest::{Digest, Hasher};
+use crate::digest::Digest;
 use crate::layer::{Chunk, ChunkCodec};
 
 /// Why a chunk's bytes were rejected; both are verification failures.
@@ -44,7 +44,7 @@ pub fn decode(
     deflate: Option<&dyn DeflateResume>,
 ) -> Result<Bytes, Rejected> {
     if let Some(expected) = chunk.blob_digest {
-        let actual = digest_of(&fetched);
+        let actual = Digest::of(&fetched);
         if actual != expected {
             return Err(Rejected::BlobDigest { expected, actual });
         }
@@ -69,7 +69,7 @@ pub fn decode(
             )
         }
     };
-    let actual = digest_of(&content);
+    let actual = Digest::of(&content);
     if content.len() != size || actual != chunk.digest {
         return Err(Rejected::ContentDigest {
             expected: chunk.digest,
@@ -96,12 +96,6 @@ fn read_exactly(reader: impl Read, size: usize) -> Result<Bytes, Rejected> {
     Ok(Bytes::from(out))
 }
 
-pub fn digest_of(bytes: &[u8]) -> Digest {
-    let mut hasher = Hasher::new();
-    hasher.update(bytes);
-    hasher.finish()
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -115,8 +109,8 @@ mod tests {
             blob_offset: 0,
             blob_size: blob.len() as u64,
             codec,
-            blob_digest: blob_digest.then(|| digest_of(blob)),
-            digest: digest_of(content),
+            blob_digest: blob_digest.then(|| Digest::of(blob)),
+            digest: Digest::of(content),
         }
     }
 

@@ -5,14 +5,19 @@
 //! coalescing, verification via [`decode`]) → the store → [`ImageContent`], the
 //! [`ContentReader`] the FUSE adapter calls.
 
+pub mod artifact;
 pub mod decode;
 pub mod fetch;
+mod gzip;
+pub mod prepare;
 pub mod source;
 pub mod stats;
 #[cfg(test)]
 mod tests;
+// TOC-MERGE mod toc;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
@@ -21,7 +26,30 @@ use crate::rootfs::ContentReader;
 use crate::store::Blob;
 use crate::tree::ContentLocation;
 pub use fetch::{ChunkFetcher, LazyBlob};
+pub use gzip::GzipSpans;
+pub use prepare::{ChunkMap, MapSource, pull_lazy};
 pub use stats::{Stats, StatsReport};
+
+/// How lazy reads behave.
+#[derive(Debug, Clone)]
+pub struct LazyOptions {
+    /// Longest one read may wait on the registry, retries included.
+    pub deadline: Duration,
+    /// Bytes of the same file fetched beyond what a read asks for.
+    pub readahead: u64,
+    /// Largest single range request when adjacent chunks are coalesced.
+    pub max_request: u64,
+}
+
+impl Default for LazyOptions {
+    fn default() -> Self {
+        LazyOptions {
+            deadline: Duration::from_secs(30),
+            readahead: 4 << 20,
+            max_request: 16 << 20,
+        }
+    }
+}
 
 /// Where one layer's content lives.
 pub enum LayerContent {
@@ -35,7 +63,7 @@ pub enum LayerContent {
 pub struct ImageContent {
     layers: Vec<LayerContent>,
     /// Present when any layer is chunked.
-    fetcher: Option<ChunkFetcher>,
+    fetcher: Option<Arc<ChunkFetcher>>,
     /// Extra bytes of the same file fetched along with a read.
     readahead: u64,
     stats: Arc<Stats>,
@@ -46,7 +74,7 @@ impl ImageContent {
     /// should count into the same `stats`.
     pub fn new(
         layers: Vec<LayerContent>,
-        fetcher: Option<ChunkFetcher>,
+        fetcher: Option<Arc<ChunkFetcher>>,
         readahead: u64,
         stats: Arc<Stats>,
     ) -> Self {

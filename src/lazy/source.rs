@@ -63,6 +63,7 @@ impl RangeSource for RegistryRanges {
             size,
             annotations: Default::default(),
             platform: None,
+            artifact_type: None,
         };
         let what = format!("layer {blob} of {}", self.image);
         // No overall deadline: the blob streams, and the client's read timeout

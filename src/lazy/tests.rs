@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::decode::digest_of;
 use super::source::RangeSource;
 use super::*;
 use crate::digest::Digest;
@@ -37,7 +36,7 @@ fn gzip_blob(content: &[u8], chunk_size: usize) -> TestBlob {
             blob_size: member.len() as u64,
             codec: ChunkCodec::Gzip,
             blob_digest: None,
-            digest: digest_of(piece),
+            digest: Digest::of(piece),
         });
         bytes.extend_from_slice(&member);
     }
@@ -102,15 +101,15 @@ fn setup(blob: TestBlob, readahead: u64) -> Setup {
     *source.blob.lock().unwrap() = blob.bytes.clone();
     *source.store.lock().unwrap() = Some(Arc::clone(&store));
     let stats = Arc::new(Stats::default());
-    let fetcher = ChunkFetcher::new(
+    let fetcher = Arc::new(ChunkFetcher::new(
         store,
         source.clone(),
         Arc::clone(&stats),
         1 << 20,
         Duration::from_secs(5),
-    );
+    ));
     let lazy = LazyBlob {
-        digest: digest_of(&blob.bytes),
+        digest: Digest::of(&blob.bytes),
         size: blob.bytes.len() as u64,
         chunks: blob.chunks.clone(),
         deflate: None,

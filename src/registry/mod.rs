@@ -247,6 +247,31 @@ impl RegistryClient {
         .await
     }
 
+    /// The manifests that name manifest `subject` as their subject, optionally only
+    /// those of `artifact_type`: the referrers API, or the `sha256-<hex>` tag on
+    /// registries without it (ghcr.io, distribution 2.x).
+    pub async fn referrers(
+        &self,
+        reference: &Reference,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<crate::image::Descriptor>> {
+        let subject_ref = reference.clone_with_digest(subject.to_string());
+        let index = self
+            .call(reference, || {
+                self.client.pull_referrers(&subject_ref, artifact_type)
+            })
+            .await?;
+        // Round-trip through JSON into lazyimg's own types, which check digests.
+        let json = serde_json::to_vec(&index).expect("an index always serialises");
+        let index: crate::image::ImageIndex =
+            serde_json::from_slice(&json).map_err(|e| Error::Manifest {
+                what: format!("referrers of {subject}"),
+                reason: e.to_string(),
+            })?;
+        Ok(index.manifests)
+    }
+
     /// Whether the registry has blob `digest` in `reference`'s repository (HEAD).
     pub async fn blob_exists(&self, reference: &Reference, digest: &Digest) -> Result<bool> {
         let digest = digest.to_string();

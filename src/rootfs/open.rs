@@ -15,12 +15,25 @@ use crate::image::{ImageConfig, Manifest};
 use crate::layer::{self, Compression, LayerIndex};
 use crate::registry::BlobSink;
 use crate::store::{Blob, BlobWriter, Derived, Store};
-use crate::lazy::{ImageContent, LayerContent};
+use crate::lazy::source::RangeSource;
+use crate::image::Descriptor;
+use crate::lazy::artifact::GzipResume;
+use crate::lazy::decode::DeflateResume;
+use crate::lazy::{
+    ChunkFetcher, ChunkMap, GzipSpans, ImageContent, LayerContent, LazyBlob, LazyOptions, Stats,
+};
+use crate::layer::Chunk;
 use crate::tree::Tree;
 
 /// Opens the image whose manifest `manifest_digest` is in `store` (with its
-/// config and layers). `name` is for messages.
-pub fn open_image(store: &Store, manifest_digest: &Digest, name: &str) -> Result<RootFs> {
+/// config, and per layer its tar, its blob or a chunk map). `name` is for
+/// messages. Chunk-mapped layers read through `lazy`, which must then be given.
+pub fn open_image(
+    store: &Arc<Store>,
+    manifest_digest: &Digest,
+    name: &str,
+    lazy: Option<(Arc<dyn RangeSource>, LazyOptions)>,
+) -> Result<RootFs> {
     let manifest_bytes = store.require(manifest_digest)?;
     let Manifest::Image(manifest) = Manifest::parse(manifest_bytes.bytes(), name)? else {
         return Err(Error::Manifest {
@@ -45,10 +58,13 @@ pub fn open_image(store: &Store, manifest_digest: &Digest, name: &str) -> Result
         });
     }
 
-    // Make sure every uncompressed tar is stored (this also indexes fresh ones).
-    let mut fresh_indexes = Vec::new();
+    // Per layer: its verified tar (unpacking a stored blob first), else its chunk map.
+    let mut plans = Vec::new();
+    let mut indexes = Vec::new();
+    let mut kinds = String::new();
     for (layer, diff_id) in manifest.layers.iter().zip(&diff_ids) {
-        if !store.contains(diff_id) {
+        let mut fresh_index = None;
+        if !store.contains(diff_id) && store.contains(&layer.digest) {
             let compression =
                 Compression::from_media_type(&layer.media_type).ok_or_else(|| Error::Manifest {
                     what: name.to_string(),
@@ -57,28 +73,35 @@ pub fn open_image(store: &Store, manifest_digest: &Digest, name: &str) -> Result
                         layer.digest, layer.media_type
                     ),
                 })?;
-            let index = unpack_layer(store, &layer.digest, compression, diff_id)?;
-            fresh_indexes.push((*diff_id, index));
+            fresh_index = Some(unpack_layer(store, &layer.digest, compression, diff_id)?);
+        }
+        if let Some(tar) = store.get(diff_id)? {
+            let index = match fresh_index {
+                Some(index) => index,
+                None => layer_index(store, diff_id, &tar)?,
+            };
+            indexes.push(index);
+            plans.push(Plan::Tar(tar));
+            kinds.push('t');
+        } else if let Some(map) = ChunkMap::load(store, &layer.digest) {
+            indexes.push(map.layer.index);
+            plans.push(Plan::Chunked(layer, map.layer.chunks, map.gzip));
+            kinds.push('c');
+        } else {
+            return Err(Error::NotCached(layer.digest));
         }
     }
-    let blobs = diff_ids
-        .iter()
-        .map(|d| store.require(d))
-        .collect::<Result<Vec<Blob>>>()?;
 
-    let tree = match cached_tree(store, manifest_digest) {
+    // Chunk-mapped layers address content differently from tars: a tree is only
+    // reused for the same mix.
+    let tree_key = if kinds.contains('c') {
+        Digest::of(format!("{manifest_digest} {kinds}").as_bytes())
+    } else {
+        *manifest_digest
+    };
+    let tree = match cached_tree(store, &tree_key) {
         Some(tree) => tree,
         None => {
-            let indexes = diff_ids
-                .iter()
-                .zip(&blobs)
-                .map(
-                    |(diff_id, blob)| match fresh_indexes.iter().position(|(d, _)| d == diff_id) {
-                        Some(i) => Ok(fresh_indexes.swap_remove(i).1),
-                        None => layer_index(store, diff_id, blob),
-                    },
-                )
-                .collect::<Result<Vec<LayerIndex>>>()?;
             let tree = Tree::build(&indexes).map_err(|source| Error::Tree {
                 image: name.to_string(),
                 source,
@@ -87,15 +110,53 @@ pub fn open_image(store: &Store, manifest_digest: &Digest, name: &str) -> Result
                 image: name.to_string(),
                 source,
             })?;
-            store.write_derived(Derived::Tree, manifest_digest, &bytes)?;
+            store.write_derived(Derived::Tree, &tree_key, &bytes)?;
             tree
         }
     };
-    let layers = blobs.into_iter().map(LayerContent::Unpacked).collect();
+    let stats = Arc::new(Stats::default());
+    let (fetcher, readahead) = match lazy {
+        Some((source, options)) if kinds.contains('c') => {
+            let fetcher = ChunkFetcher::new(
+                Arc::clone(store),
+                source,
+                Arc::clone(&stats),
+                options.max_request,
+                options.deadline,
+            );
+            (Some(Arc::new(fetcher)), options.readahead)
+        }
+        None if kinds.contains('c') => {
+            return Err(Error::NotCachedImage {
+                image: name.to_string(),
+            });
+        }
+        _ => (None, 0),
+    };
+    let layers = plans
+        .into_iter()
+        .map(|plan| match plan {
+            Plan::Tar(tar) => LayerContent::Unpacked(tar),
+            Plan::Chunked(layer, chunks, gzip) => LayerContent::Chunked(LazyBlob {
+                digest: layer.digest,
+                size: layer.size,
+                chunks,
+                deflate: gzip.zip(fetcher.clone()).map(|(resume, fetcher)| {
+                    Arc::new(GzipSpans::new(resume, fetcher)) as Arc<dyn DeflateResume>
+                }),
+            }),
+        })
+        .collect();
     Ok(RootFs {
         tree,
-        content: Arc::new(ImageContent::new(layers, None, 0, Arc::default())),
+        content: Arc::new(ImageContent::new(layers, fetcher, readahead, stats)),
     })
+}
+
+/// How one layer will be read.
+enum Plan<'m> {
+    Tar(Blob),
+    Chunked(&'m Descriptor, Vec<Chunk>, Option<GzipResume>),
 }
 
 /// A tree saved by an earlier open; a damaged or outdated one is rebuilt.

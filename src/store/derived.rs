@@ -18,6 +18,8 @@ pub enum Derived {
     LayerIndex,
     /// A merged tree, by image manifest digest.
     Tree,
+    /// How to read a layer lazily (`lazy::ChunkMap`), by the layer's digest.
+    ChunkMap,
 }
 
 impl Derived {
@@ -25,6 +27,7 @@ impl Derived {
         match self {
             Derived::LayerIndex => "derived/layer-index",
             Derived::Tree => "derived/tree",
+            Derived::ChunkMap => "derived/chunk-map",
         }
     }
 }

@@ -1,0 +1,169 @@
+//! Making an image mountable without its layer blobs: for each layer, find a
+//! chunk map (a table of contents the layer carries, or a lazyimg index pushed
+//! beside the image), check it against the manifest, and keep it. A layer with
+//! none is fetched whole, and the user is told how to make it lazy next time.
+
+use futures_util::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::image::{Descriptor, ImageConfig, LayerFormat};
+use super::artifact::{self, GzipResume};
+use crate::layer::ChunkedLayer;
+use crate::pull::{self, Gate, Progress, PullReport};
+use crate::image::Platform;
+use crate::reference::ImageRef;
+use crate::registry::RegistryClient;
+use crate::store::{Derived, Store};
+
+/// Bumped whenever [`ChunkMap`]'s encoding changes; older maps are rebuilt.
+const CHUNK_MAP_VERSION: u32 = 1;
+/// Layers whose table of contents is fetched at once.
+const PARALLEL_TOCS: usize = 4;
+
+/// Where a layer's chunk map came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MapSource {
+    Estargz,
+    ZstdChunked,
+    /// A lazyimg index artifact pushed beside the image.
+    LazyimgIndex,
+}
+
+/// Everything needed to read one layer lazily; kept as derived data under the
+/// layer's digest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkMap {
+    pub version: u32,
+    pub source: MapSource,
+    pub layer: ChunkedLayer,
+    /// For gzip layers read through a lazyimg index.
+    pub gzip: Option<GzipResume>,
+}
+
+impl ChunkMap {
+    pub fn new(source: MapSource, layer: ChunkedLayer, gzip: Option<GzipResume>) -> ChunkMap {
+        ChunkMap {
+            version: CHUNK_MAP_VERSION,
+            source,
+            layer,
+            gzip,
+        }
+    }
+
+    /// The map saved for `layer`, if there is a usable one.
+    pub fn load(store: &Store, layer: &Digest) -> Option<ChunkMap> {
+        let bytes = store.read_derived(Derived::ChunkMap, layer).ok()??;
+        postcard::from_bytes::<ChunkMap>(&bytes)
+            .ok()
+            .filter(|map| map.version == CHUNK_MAP_VERSION)
+    }
+
+    pub fn save(&self, store: &Store, layer: &Digest) -> Result<()> {
+        let bytes = postcard::to_stdvec(self).expect("a chunk map always serialises");
+        store.write_derived(Derived::ChunkMap, layer, &bytes)
+    }
+}
+
+/// Pulls `image` lazily: manifests and config now, per layer a chunk map (or,
+/// failing that, the whole blob). Contents are fetched when first read.
+pub async fn pull_lazy(
+    store: &Store,
+    registry: &RegistryClient,
+    image: &ImageRef,
+    wanted: &Platform,
+    progress: &dyn Progress,
+    gate: Gate<'_>,
+) -> Result<PullReport> {
+    let resolved = pull::fetch_metadata(store, registry, image, wanted, gate).await?;
+    let name = image.to_string();
+    let config = ImageConfig::parse(
+        store.require(&resolved.manifest.config.digest)?.bytes(),
+        &format!("config of {name}"),
+    )?;
+    let diff_ids = config.rootfs.map(|r| r.diff_ids).unwrap_or_default();
+    let layers = &resolved.manifest.layers;
+    let needed: Vec<&Descriptor> = layers
+        .iter()
+        .enumerate()
+        .filter(|(i, layer)| {
+            let unpacked = diff_ids.get(*i).is_some_and(|d| store.contains(d));
+            !(unpacked || store.contains(&layer.digest) || ChunkMap::load(store, &layer.digest).is_some())
+        })
+        .map(|(_, layer)| layer)
+        .collect();
+    // A lazyimg index pushed beside the image comes first: it also covers
+    // plain gzip layers, which carry no table of contents.
+    let mut indexed = if needed.is_empty() {
+        Default::default()
+    } else {
+        artifact::find(store, registry, image, &resolved.manifest_digest, &needed).await?
+    };
+    let maps: Vec<(&Descriptor, Option<ChunkMap>)> = futures_util::stream::iter(needed)
+        .map(|layer| {
+            let from_index = indexed.remove(&layer.digest);
+            async move {
+                match from_index {
+                    Some(map) => Ok(Some(map)),
+                    None => find_chunk_map(registry, image, layer).await,
+                }
+                .map(|map| (layer, map))
+            }
+        })
+        .buffered(PARALLEL_TOCS)
+        .try_collect()
+        .await?;
+    let mut whole = Vec::new();
+    for (layer, map) in maps {
+        match map {
+            Some(map) => map.save(store, &layer.digest)?,
+            None => whole.push(layer),
+        }
+    }
+    if !whole.is_empty() {
+        tracing::warn!(
+            "{name}: {} of {} layers have no table of contents and no lazyimg index, so they are fetched whole; \
+             `lazyimg index --push {name}` makes the next mount lazy on every machine",
+            whole.len(),
+            layers.len()
+        );
+    }
+    let fetched: Vec<u64> = futures_util::stream::iter(whole)
+        .map(|layer| {
+            let what = format!("layer {} of {name}", layer.digest);
+            async move {
+                pull::fetch_blob(store, registry, image, layer, (&what, &what), progress).await
+            }
+        })
+        .buffer_unordered(PARALLEL_TOCS)
+        .try_collect()
+        .await?;
+    pull::record(store, image, &resolved, wanted, fetched.iter().sum(), 0)
+}
+
+/// The chunk map for `layer` from the table of contents it carries, if any.
+async fn find_chunk_map(
+    registry: &RegistryClient,
+    image: &ImageRef,
+    layer: &Descriptor,
+) -> Result<Option<ChunkMap>> {
+    let _ = (registry, image);
+    match LayerFormat::of(layer) {
+        // TOC-MERGE LayerFormat::Estargz => super::toc::estargz_map(registry, image, layer).await,
+        // TOC-MERGE LayerFormat::ZstdChunked => super::toc::zstd_chunked_map(registry, image, layer).await,
+        _ => Ok(None),
+    }
+}
+
+/// A table of contents that cannot be fetched or fails its checks costs the
+/// layer its laziness, never correctness: warn and fetch it whole.
+pub(super) fn unusable(layer: &Descriptor, what: &str, err: Error) -> Result<Option<ChunkMap>> {
+    match err {
+        Error::Auth { .. } | Error::Denied { .. } => Err(err),
+        err => {
+            tracing::warn!("layer {}: ignoring its {what}: {err}", layer.digest);
+            Ok(None)
+        }
+    }
+}
