@@ -6,11 +6,16 @@
 //! names need not be UTF-8 and an image with one odd name must still mount.
 
 mod compression;
+pub mod estargz;
 mod member;
 pub(crate) mod path;
 mod tar_index;
 #[cfg(test)]
 pub(crate) mod test_tar;
+#[cfg(test)]
+mod test_toc;
+mod toc;
+pub mod zstd_chunked;
 
 use std::ffi::OsString;
 
@@ -77,6 +82,10 @@ pub enum ChunkCodec {
     /// Raw deflate resuming at gzip checkpoint `checkpoint` of the layer's
     /// lazyimg index, which also supplies the 32 KiB window.
     Deflate { checkpoint: u32 },
+    /// Nothing to fetch (`blob_size` is 0): the content is `content_size`
+    /// zero bytes. zstd:chunked marks runs of zeros in files this way; the
+    /// blob holds them too, but fetching them would only cost a round trip.
+    Zeros,
 }
 
 /// One tar entry. `path` is relative, `/`-separated, without `.` or empty
@@ -170,6 +179,13 @@ pub enum LayerError {
     UnsupportedSparse { path: String },
     #[error("tar entry {path:?}: unsupported entry type {type_byte:#04x}")]
     UnsupportedEntryType { path: String, type_byte: u8 },
+    /// An eStargz or zstd:chunked table of contents is unusable: footer,
+    /// digest, JSON or an entry's fields. `format` names the layer format.
+    #[error("{format} table of contents: {reason}")]
+    Toc {
+        format: &'static str,
+        reason: String,
+    },
 }
 
 #[cfg(test)]
