@@ -12,6 +12,8 @@ use crate::error::{Error, Result};
 
 pub const ESTARGZ_TOC_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";
 pub const ZSTD_CHUNKED_TOC_ANNOTATION: &str = "io.github.containers.zstd-chunked.manifest-checksum";
+/// The key older containers/storage used, and skopeo 1.9 still writes.
+pub const ZSTD_CHUNKED_LEGACY_TOC_ANNOTATION: &str = "io.containers.zstd-chunked.manifest-checksum";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -276,7 +278,10 @@ impl LayerFormat {
             }
             Some("v1.tar+gzip" | "diff.tar.gzip") => LayerFormat::Gzip,
             Some("v1.tar+zstd" | "diff.tar.zstd")
-                if layer.annotations.contains_key(ZSTD_CHUNKED_TOC_ANNOTATION) =>
+                if layer.annotations.contains_key(ZSTD_CHUNKED_TOC_ANNOTATION)
+                    || layer
+                        .annotations
+                        .contains_key(ZSTD_CHUNKED_LEGACY_TOC_ANNOTATION) =>
             {
                 LayerFormat::ZstdChunked
             }
@@ -339,6 +344,13 @@ mod tests {
             LayerFormat::of(&layer(
                 &format!("{oci}+zstd"),
                 Some(ZSTD_CHUNKED_TOC_ANNOTATION)
+            )),
+            LayerFormat::ZstdChunked
+        );
+        assert_eq!(
+            LayerFormat::of(&layer(
+                &format!("{oci}+zstd"),
+                Some(ZSTD_CHUNKED_LEGACY_TOC_ANNOTATION)
             )),
             LayerFormat::ZstdChunked
         );

@@ -6,12 +6,17 @@
 //! names need not be UTF-8 and an image with one odd name must still mount.
 
 mod compression;
+pub mod estargz;
 pub mod gzip_index;
 mod member;
 pub(crate) mod path;
 mod tar_index;
 #[cfg(test)]
 pub(crate) mod test_tar;
+#[cfg(test)]
+mod test_toc;
+mod toc;
+pub mod zstd_chunked;
 
 use std::ffi::OsString;
 
@@ -78,6 +83,10 @@ pub enum ChunkCodec {
     /// Raw deflate resuming at gzip checkpoint `checkpoint` of the layer's
     /// lazyimg index, which also supplies the 32 KiB window.
     Deflate { checkpoint: u32 },
+    /// Nothing to fetch (`blob_size` is 0): the content is `content_size`
+    /// zero bytes. zstd:chunked marks runs of zeros in files this way; the
+    /// blob holds them too, but fetching them would only cost a round trip.
+    Zeros,
 }
 
 /// One tar entry. `path` is relative, `/`-separated, without `.` or empty
@@ -167,16 +176,17 @@ pub enum LayerError {
     NulByte { path: String, what: &'static str },
     #[error("tar entry {path:?}: invalid whiteout name")]
     InvalidWhiteout { path: String },
-    /// An eStargz / zstd:chunked table of contents or a lazyimg index is unusable.
+    #[error("unsupported sparse file {path:?}")]
+    UnsupportedSparse { path: String },
+    #[error("tar entry {path:?}: unsupported entry type {type_byte:#04x}")]
+    UnsupportedEntryType { path: String, type_byte: u8 },
+    /// An eStargz or zstd:chunked table of contents is unusable: footer,
+    /// digest, JSON or an entry's fields. `format` names the layer format.
     #[error("{format} table of contents: {reason}")]
     Toc {
         format: &'static str,
         reason: String,
     },
-    #[error("unsupported sparse file {path:?}")]
-    UnsupportedSparse { path: String },
-    #[error("tar entry {path:?}: unsupported entry type {type_byte:#04x}")]
-    UnsupportedEntryType { path: String, type_byte: u8 },
 }
 
 #[cfg(test)]

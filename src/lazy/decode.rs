@@ -52,6 +52,7 @@ pub fn decode(
     let size = chunk.content_size as usize;
     let content = match chunk.codec {
         ChunkCodec::Stored => fetched.slice(..size.min(fetched.len())),
+        ChunkCodec::Zeros => Bytes::from(vec![0; size]),
         ChunkCodec::Gzip => read_exactly(flate2::read::MultiGzDecoder::new(&fetched[..]), size)?,
         ChunkCodec::Zstd => {
             let decoder = zstd::stream::read::Decoder::with_buffer(&fetched[..])

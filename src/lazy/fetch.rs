@@ -177,7 +177,16 @@ impl ChunkFetcher {
     /// Fetches the claimed chunks and settles their flights, whatever happens.
     fn fetch_mine(&self, blob: &LazyBlob, mine: &[usize]) -> HashMap<usize, Result<Bytes>> {
         let mut outcomes = HashMap::new();
-        for run in runs(&blob.chunks, mine, self.max_request) {
+        // Chunks with nothing to fetch (runs of zeros) decode from nothing.
+        let (empty, to_fetch): (Vec<usize>, Vec<usize>) =
+            mine.iter().partition(|&&i| blob.chunks[i].blob_size == 0);
+        for index in empty {
+            let chunk = &blob.chunks[index];
+            let result = self.verify(blob, chunk, Bytes::new());
+            self.settle(chunk.digest, &result);
+            outcomes.insert(index, result);
+        }
+        for run in runs(&blob.chunks, &to_fetch, self.max_request) {
             let span = run_span(&blob.chunks, &run);
             let fetched = self.fetch_span(blob, span.clone(), run.len());
             for &index in &run {

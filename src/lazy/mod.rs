@@ -14,7 +14,7 @@ pub mod source;
 pub mod stats;
 #[cfg(test)]
 mod tests;
-// TOC-MERGE mod toc;
+mod toc;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -148,10 +148,9 @@ async fn find_chunk_map(
     image: &ImageRef,
     layer: &Descriptor,
 ) -> Result<Option<ChunkMap>> {
-    let _ = (registry, image);
     match LayerFormat::of(layer) {
-        // TOC-MERGE LayerFormat::Estargz => super::toc::estargz_map(registry, image, layer).await,
-        // TOC-MERGE LayerFormat::ZstdChunked => super::toc::zstd_chunked_map(registry, image, layer).await,
+        LayerFormat::Estargz => super::toc::estargz_map(registry, image, layer).await,
+        LayerFormat::ZstdChunked => super::toc::zstd_chunked_map(registry, image, layer).await,
         _ => Ok(None),
     }
 }
