@@ -19,7 +19,7 @@ use std::ops::Range;
 
 use flate2::read::GzDecoder;
 
-use super::toc::{Format, chunked_layer};
+use super::toc::{Format, MAX_TOC_SIZE, chunked_layer};
 use super::{ChunkCodec, ChunkedLayer, LayerError};
 use crate::digest::Digest;
 
@@ -98,10 +98,16 @@ pub fn parse_toc(
     chunked_layer(&json, &FORMAT, toc_offset)
 }
 
+/// Room for the tar headers before the TOC JSON in its member.
+const TOC_HEADERS_ROOM: u64 = 1 << 20;
+
 /// The content of the TOC member's one tar entry, which must be the TOC.
 fn toc_json(toc_bytes: &[u8]) -> Result<Vec<u8>, LayerError> {
     let gunzip_error = |e: std::io::Error| FORMAT.error(format!("TOC member: {e}"));
-    let mut archive = tar::Archive::new(GzDecoder::new(toc_bytes));
+    // The digest is checked only after decompressing: bound what a hostile
+    // member can inflate to, whatever its headers claim.
+    let decompressed = GzDecoder::new(toc_bytes).take(MAX_TOC_SIZE + TOC_HEADERS_ROOM);
+    let mut archive = tar::Archive::new(decompressed);
     let mut entry = archive
         .entries()
         .map_err(gunzip_error)?

@@ -372,3 +372,20 @@ fn escaping_paths_are_rejected() {
         }
     }
 }
+
+#[test]
+fn oversized_tocs_are_refused_before_reading() {
+    let payload = TestBlob::new(Style::Estargz);
+    let mut blob = payload.bytes.clone();
+    let toc_offset = blob.len() as u64;
+    let mut header = tar::Header::new_ustar();
+    header.set_path(TOC_NAME).unwrap();
+    header.set_size(200 << 20);
+    header.set_cksum();
+    let mut gz = flate2::write::GzEncoder::new(&mut blob, flate2::Compression::fast());
+    gz.write_all(header.as_bytes()).unwrap();
+    gz.finish().unwrap();
+    blob.extend(footer(toc_offset));
+    let err = toc_error(open(&blob, &Digest::of(b"")));
+    assert!(err.contains("more than the"), "{err}");
+}
