@@ -74,7 +74,8 @@ pub struct GzipCheckpoints {
 
 /// The compressed byte range of the blob needed to decode span `k` (from
 /// `checkpoints[k].out` up to `checkpoints[k + 1].out`, or to the end of the
-/// stream for the last span). Panics if `k` is not a checkpoint's index.
+/// stream for the last span, whose range runs to the end of the blob).
+/// Panics if `k` is not a checkpoint's index.
 pub fn span_range(index: &GzipCheckpoints, k: usize) -> Range<u64> {
     let cp = &index.checkpoints[k];
     // The next span starts inside byte `next.input - 1` when `next.bits` > 0;
@@ -176,7 +177,11 @@ pub fn inflate_span(
         if step.stream_end {
             in_member = false;
         } else if step.consumed == 0 && step.produced == 0 {
-            return Err(if input.is_empty() { truncated() } else { stalled() });
+            return Err(if input.is_empty() {
+                truncated()
+            } else {
+                stalled()
+            });
         }
     }
     Ok(out)
@@ -186,7 +191,8 @@ pub fn inflate_span(
 /// members, like flate2's `MultiGzDecoder`) while recording checkpoints about
 /// every `span` compressed bytes; [`finish`](Self::finish) returns them.
 ///
-/// Reading it through [`BufRead`] avoids one copy of the output.
+/// Reading it through [`BufRead`] avoids one copy of the output. Windows are
+/// kept in memory until `finish`: up to 32 KiB per checkpoint.
 pub struct GzipIndexer<R> {
     inner: R,
     span: u64,
@@ -258,6 +264,7 @@ impl<R: Read> GzipIndexer<R> {
 
     /// The checkpoints placed so far. One is placed before any output past its
     /// `out` is produced, so a reader can split the stream at them as it goes.
+    /// (`finish` drops a last checkpoint that no output follows.)
     pub fn checkpoints(&self) -> &[Checkpoint] {
         &self.checkpoints
     }
@@ -274,7 +281,10 @@ impl<R: Read> GzipIndexer<R> {
         // A checkpoint with no output after it (say, at the eStargz footer,
         // an empty last member) would only make an empty span.
         if self.checkpoints.len() > 1
-            && self.checkpoints.last().is_some_and(|cp| cp.out == self.out_total)
+            && self
+                .checkpoints
+                .last()
+                .is_some_and(|cp| cp.out == self.out_total)
         {
             self.checkpoints.pop();
             self.windows.pop();
@@ -329,19 +339,17 @@ impl<R: Read> GzipIndexer<R> {
 
     /// Refills the empty input buffer; sets `in_eof` at the end of `inner`.
     fn refill(&mut self) -> io::Result<()> {
-        loop {
+        let n = loop {
             match self.inner.read(&mut self.input) {
-                Ok(0) => self.in_eof = true,
-                Ok(n) => {
-                    self.in_pos = 0;
-                    self.in_end = n;
-                    self.read_total += n as u64;
-                }
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(err) => return Err(err),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                result => break result?,
             }
-            return Ok(());
-        }
+        };
+        self.in_eof = n == 0;
+        self.in_pos = 0;
+        self.in_end = n;
+        self.read_total += n as u64;
+        Ok(())
     }
 
     fn start_member(&mut self) -> io::Result<()> {
@@ -364,7 +372,8 @@ impl<R: Read> GzipIndexer<R> {
     fn inflate_some(&mut self) -> io::Result<()> {
         if self.out_end == self.out.len() {
             // Only reached once the reader has drained the buffer.
-            self.out.copy_within(self.out_end - WINDOW_SIZE..self.out_end, 0);
+            self.out
+                .copy_within(self.out_end - WINDOW_SIZE..self.out_end, 0);
             self.out_pos = WINDOW_SIZE;
             self.out_end = WINDOW_SIZE;
         }
@@ -380,8 +389,13 @@ impl<R: Read> GzipIndexer<R> {
         if step.stream_end {
             self.state = State::AfterMember;
         } else if step.consumed == 0 && step.produced == 0 {
-            // Input was refilled and output space made before the call.
-            return Err(if self.in_eof { truncated() } else { stalled() });
+            // Input was refilled and output space made before the call, so
+            // only the end of the blob stops progress legitimately.
+            return Err(if self.in_pos == self.in_end {
+                truncated()
+            } else {
+                stalled()
+            });
         } else if step.data_type & 0xc0 == 0x80 {
             // At a block boundary (or the end of a header), but not after the
             // last block, where the member's end comes next.
@@ -653,15 +667,13 @@ mod tests {
     }
 
     fn text(rng: &mut Rng, len: usize) -> Vec<u8> {
-        const WORDS: &[&str] = &[
-            "the", "layer", "blob", "mount", "lazy", "fuse", "inode", "tar", "gzip", "zstd",
-            "registry", "digest", "sha256", "manifest", "config", "usr", "lib", "bin", "etc",
-            "python3", "libc.so.6", "#include", "return", "static", "const", "{", "}", "0x7f",
-        ];
+        const WORDS: &str = "the layer blob mount lazy fuse inode tar gzip zstd registry digest \
+            sha256 manifest config usr lib bin etc python3 libc.so.6 #include return static const { } 0x7f";
+        let words: Vec<&str> = WORDS.split_whitespace().collect();
         let mut out = Vec::with_capacity(len + 16);
         while out.len() < len {
             // Skewed choice, as in real text.
-            let word = WORDS[rng.below(WORDS.len()).min(rng.below(WORDS.len()))];
+            let word = words[rng.below(words.len()).min(rng.below(words.len()))];
             out.extend_from_slice(word.as_bytes());
             out.push(if rng.below(9) == 0 { b'\n' } else { b' ' });
         }
@@ -787,11 +799,17 @@ mod tests {
                 assert!(cp.bits == 0 && window.is_empty());
             } else {
                 let before = &expected[..cp.out as usize];
-                assert!(before.ends_with(window), "window {k} is not the preceding output");
+                assert!(
+                    before.ends_with(window),
+                    "window {k} is not the preceding output"
+                );
             }
             let out = span_out_range(&index, k);
             let got = decode_span(&index, blob, k).unwrap();
-            assert!(got == expected[out.start as usize..out.end as usize], "span {k} differs");
+            assert!(
+                got == expected[out.start as usize..out.end as usize],
+                "span {k} differs"
+            );
             if !expected.is_empty() {
                 assert_eq!(span_at(&index, out.start), Some(k));
                 assert_eq!(span_at(&index, out.end - 1), Some(k));
@@ -807,11 +825,18 @@ mod tests {
         for level in [0, 1, 6, 9] {
             let blob = gzip(&data, level);
             let index = check(&blob, &data, 64 << 10);
-            assert!(index.checkpoints.len() > 5, "level {level}: {}", index.checkpoints.len());
+            assert!(
+                index.checkpoints.len() > 5,
+                "level {level}: {}",
+                index.checkpoints.len()
+            );
             assert!(index.windows.iter().any(|w| w.len() == WINDOW_SIZE));
             if level > 0 {
                 // Restarting inside a byte (inflatePrime) is exercised.
-                assert!(index.checkpoints.iter().any(|cp| cp.bits > 0), "level {level}");
+                assert!(
+                    index.checkpoints.iter().any(|cp| cp.bits > 0),
+                    "level {level}"
+                );
             }
         }
     }
@@ -840,7 +865,11 @@ mod tests {
             let every_block = check(&blob, &data, 0);
             let per_byte = check(&blob, &data, 1);
             assert_eq!(every_block, per_byte);
-            assert!(every_block.checkpoints.len() > 20, "{}", every_block.checkpoints.len());
+            assert!(
+                every_block.checkpoints.len() > 20,
+                "{}",
+                every_block.checkpoints.len()
+            );
         }
     }
 
@@ -858,7 +887,9 @@ mod tests {
             data.extend(part);
         }
         let mut full = Vec::new();
-        MultiGzDecoder::new(&blob[..]).read_to_end(&mut full).unwrap();
+        MultiGzDecoder::new(&blob[..])
+            .read_to_end(&mut full)
+            .unwrap();
         assert!(full == data);
 
         for span in [1, 1000, 20_000] {
@@ -925,7 +956,10 @@ mod tests {
             let mut indexer = GzipIndexer::new(&bad[..], 10_000);
             let err = io::copy(&mut indexer, &mut io::sink()).unwrap_err();
             assert!(
-                matches!(err.kind(), io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof),
+                matches!(
+                    err.kind(),
+                    io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+                ),
                 "{tail:?}: {err}"
             );
         }
@@ -963,7 +997,12 @@ mod tests {
             let expected = &data[out.start as usize..out.end as usize];
             let decode = |end: u64| {
                 let compressed = &blob[range.start as usize..end as usize];
-                inflate_span(&index.checkpoints[k], &index.windows[k], compressed, out_len)
+                inflate_span(
+                    &index.checkpoints[k],
+                    &index.windows[k],
+                    compressed,
+                    out_len,
+                )
             };
             let half = decode(range.start + (range.end - range.start) / 2).unwrap_err();
             assert_eq!(half.kind(), io::ErrorKind::UnexpectedEof, "span {k}");
@@ -1020,7 +1059,10 @@ mod tests {
                 }
             }
         }
-        assert!(errors > 0 && differing > 0, "{errors} errors, {differing} differing");
+        assert!(
+            errors > 0 && differing > 0,
+            "{errors} errors, {differing} differing"
+        );
     }
 
     #[test]
@@ -1057,7 +1099,9 @@ mod tests {
             if self.rng.below(5) == 0 {
                 return Err(io::ErrorKind::Interrupted.into());
             }
-            let n = (1 + self.rng.below(5000)).min(buf.len()).min(self.data.len());
+            let n = (1 + self.rng.below(5000))
+                .min(buf.len())
+                .min(self.data.len());
             buf[..n].copy_from_slice(&self.data[..n]);
             self.data = &self.data[n..];
             Ok(n)
@@ -1074,7 +1118,13 @@ mod tests {
         }
         let (expected, index) = build(&blob, 8000);
 
-        let mut indexer = GzipIndexer::new(Chunked { data: &blob, rng: Rng(13) }, 8000);
+        let mut indexer = GzipIndexer::new(
+            Chunked {
+                data: &blob,
+                rng: Rng(13),
+            },
+            8000,
+        );
         let mut out = Vec::new();
         let mut buf = vec![0; 1000];
         loop {
@@ -1093,6 +1143,43 @@ mod tests {
     }
 
     #[test]
+    fn checkpoints_are_known_before_their_output() {
+        let mut rng = Rng(15);
+        let mut blob = Vec::new();
+        for _ in 0..40 {
+            let len = rng.below(30_000);
+            blob.extend(gzip_with_flushes(&mixed(rng.next(), len), 6, &mut rng));
+        }
+        blob.extend(footer_member());
+        let (_, index) = build(&blob, 2000);
+        assert!(index.checkpoints.len() > 20);
+
+        let mut indexer = GzipIndexer::new(&blob[..], 2000);
+        let mut position = 0u64;
+        let mut buf = [0; 777];
+        loop {
+            let n = indexer.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            position += n as u64;
+            let placed = indexer.checkpoints();
+            assert_eq!(
+                placed,
+                &index.checkpoints[..placed.len().min(index.checkpoints.len())]
+            );
+            // Every checkpoint the output read so far has passed is known.
+            let passed = index
+                .checkpoints
+                .iter()
+                .filter(|cp| cp.out < position)
+                .count();
+            assert!(placed.len() >= passed);
+        }
+        assert_eq!(indexer.finish().unwrap(), index);
+    }
+
+    #[test]
     fn out_span_caps_highly_compressible_spans() {
         let data = vec![0; 48 << 20];
         let blob = gzip(&data, 6);
@@ -1102,14 +1189,20 @@ mod tests {
         assert!(index.checkpoints.len() >= 6, "{}", index.checkpoints.len());
         for k in [0, index.checkpoints.len() / 2, index.checkpoints.len() - 1] {
             let out = span_out_range(&index, k);
-            assert_eq!(decode_span(&index, &blob, k).unwrap().len() as u64, out.end - out.start);
+            assert_eq!(
+                decode_span(&index, &blob, k).unwrap().len() as u64,
+                out.end - out.start
+            );
         }
         // Without the cap the compressed span alone governs: one span.
-        assert_eq!(GzipIndexer::with_out_span(&blob[..], 1 << 20, u64::MAX)
-            .finish()
-            .unwrap()
-            .checkpoints
-            .len(), 1);
+        assert_eq!(
+            GzipIndexer::with_out_span(&blob[..], 1 << 20, u64::MAX)
+                .finish()
+                .unwrap()
+                .checkpoints
+                .len(),
+            1
+        );
     }
 
     #[test]
@@ -1122,21 +1215,38 @@ mod tests {
         let range = span_range(&index, k);
         let compressed = &blob[range.start as usize..range.end as usize];
         let kind = |cp: &Checkpoint, window: &[u8], out_len: usize| {
-            inflate_span(cp, window, compressed, out_len).unwrap_err().kind()
+            inflate_span(cp, window, compressed, out_len)
+                .unwrap_err()
+                .kind()
         };
         let window = &index.windows[k];
-        let bad_bits = Checkpoint { bits: 8, ..cp.clone() };
+        let bad_bits = Checkpoint {
+            bits: 8,
+            ..cp.clone()
+        };
         assert_eq!(kind(&bad_bits, window, 10), io::ErrorKind::InvalidInput);
-        let header_with_bits = Checkpoint { member_start: true, ..cp.clone() };
-        assert_eq!(kind(&header_with_bits, window, 10), io::ErrorKind::InvalidInput);
+        let header_with_bits = Checkpoint {
+            member_start: true,
+            ..cp.clone()
+        };
+        assert_eq!(
+            kind(&header_with_bits, window, 10),
+            io::ErrorKind::InvalidInput
+        );
         let big_window = vec![0; WINDOW_SIZE + 1];
         assert_eq!(kind(cp, &big_window, 10), io::ErrorKind::InvalidInput);
         // Far more output than the bytes could encode: refused, not allocated.
         assert_eq!(kind(cp, window, usize::MAX / 2), io::ErrorKind::InvalidData);
         // More output than the stream holds.
         let past_end = kind(cp, window, data.len());
-        assert!(matches!(past_end, io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData));
-        assert_eq!(inflate_span(cp, window, compressed, 0).unwrap(), Vec::<u8>::new());
+        assert!(matches!(
+            past_end,
+            io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData
+        ));
+        assert_eq!(
+            inflate_span(cp, window, compressed, 0).unwrap(),
+            Vec::<u8>::new()
+        );
     }
 
     #[test]
