@@ -57,6 +57,8 @@ pub struct ImageIndex {
 }
 
 /// A manifest document as fetched by reference.
+// Parsed a few times per command and matched at once: boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Manifest {
     Image(ImageManifest),

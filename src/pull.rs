@@ -201,7 +201,14 @@ pub async fn pull_gated(
         .buffer_unordered(PARALLEL_LAYERS)
         .try_collect()
         .await?;
-    record(store, image, &resolved, wanted, fetched.iter().sum(), bytes_cached)
+    record(
+        store,
+        image,
+        &resolved,
+        wanted,
+        fetched.iter().sum(),
+        bytes_cached,
+    )
 }
 
 /// Authenticates, resolves `image` for `wanted`, lets `gate` judge the digests,
@@ -321,19 +328,31 @@ pub enum PullPolicy {
     Never,
 }
 
-/// The manifest digest of `image` for `wanted`, pulling first when `policy` and
-/// the cache say so; `connect` is called only if the registry is needed. `gate` judges the cached image's digests or, when
-/// pulling, the resolved ones before anything is stored.
+/// What [`ensure_image`] must make usable, and when it may ask the registry.
+#[derive(Debug, Clone, Copy)]
+pub struct Want<'a> {
+    pub platform: &'a Platform,
+    pub policy: PullPolicy,
+    pub depth: Depth,
+}
+
+/// The manifest digest of `image` for `want.platform`, pulling first when the
+/// policy and the cache say so; `connect` is called only if the registry is
+/// needed. `gate` judges the cached image's digests or, when pulling, the
+/// resolved ones before anything is stored.
 pub async fn ensure_image(
     store: &Store,
     image: &ImageRef,
-    wanted: &Platform,
-    policy: PullPolicy,
-    depth: Depth,
+    want: Want<'_>,
     connect: impl FnOnce() -> Result<RegistryClient>,
     progress: &dyn Progress,
     gate: Gate<'_>,
 ) -> Result<Digest> {
+    let Want {
+        platform: wanted,
+        policy,
+        depth,
+    } = want;
     if policy != PullPolicy::Always
         && let Some(record) = store.image_record(&image.to_string(), &wanted.to_string())?
         && is_complete(store, &record.manifest)

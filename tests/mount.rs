@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -12,47 +12,11 @@ use std::time::{Duration, Instant};
 use support::layer::Compression;
 use support::listing::{diff_listings, listing};
 use support::site::containers_conf;
-use support::testenv::{Lazyimg, Run, TestEnv, build_layout, run, testenv};
+use support::testenv::{Lazyimg, Mounted, TestEnv, build_layout, run, testenv};
 use support::tools::unpack_with_umoci;
 use support::torture::torture_image;
 
 const TEST_USER: &str = "lazyimg-test";
-
-/// A mount made by the test, unmounted (even on panic) when dropped.
-struct Mounted {
-    path: PathBuf,
-}
-
-impl Mounted {
-    fn new(lazyimg: &Lazyimg, reference: &str, extra: &[&str]) -> Mounted {
-        let path = lazyimg.dir.path().join("mnt");
-        std::fs::create_dir_all(&path).unwrap();
-        let mut args = vec!["mount"];
-        args.extend_from_slice(extra);
-        args.push(reference);
-        args.push(path.to_str().unwrap());
-        authed(lazyimg, &args).ok();
-        Mounted { path }
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        // Usually unmounted already; then fusermount3's complaint is noise.
-        let _ = Command::new("fusermount3")
-            .arg("-u")
-            .arg(&self.path)
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
-
-fn authed(lazyimg: &Lazyimg, args: &[&str]) -> Run {
-    run(lazyimg
-        .cmd()
-        .env("REGISTRY_AUTH_FILE", testenv().auth_file())
-        .args(args))
-}
 
 fn is_mounted(path: &Path) -> bool {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();

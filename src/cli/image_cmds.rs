@@ -205,7 +205,9 @@ pub(super) async fn inspect(
         }
     };
     let indexed = match artifact::locate(&registry, &image, &resolved.manifest_digest).await {
-        Ok(found) => found.map(|a| artifact::indexed_layers(&a)).unwrap_or_default(),
+        Ok(found) => found
+            .map(|a| artifact::indexed_layers(&a))
+            .unwrap_or_default(),
         Err(e) => {
             tracing::warn!("cannot look for a lazyimg index: {e}");
             Vec::new()
@@ -278,7 +280,9 @@ fn lazy_source(layer: &Descriptor, indexed: &[String]) -> &'static str {
     match LayerFormat::of(layer) {
         LayerFormat::Estargz => "lazy: eStargz table of contents",
         LayerFormat::ZstdChunked => "lazy: zstd:chunked table of contents",
-        LayerFormat::Gzip | LayerFormat::Tar => "fetched whole (`lazyimg index --push` makes it lazy)",
+        LayerFormat::Gzip | LayerFormat::Tar => {
+            "fetched whole (`lazyimg index --push` makes it lazy)"
+        }
         LayerFormat::Zstd => "fetched whole (plain zstd is one frame: not seekable)",
         LayerFormat::Unknown(_) => "not a layer lazyimg can read",
     }

@@ -9,10 +9,10 @@ mod progress;
 mod seed_cmds;
 mod stats_cmd;
 
-use std::sync::Arc;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
@@ -74,7 +74,9 @@ enum Command {
     Mount(mount_cmds::MountArgs),
     /// Show a mount's transfers: bytes fetched and served, chunks, cache hits,
     /// verification failures, fetch latency.
-    #[command(after_help = "Examples:\n  lazyimg stats /mnt/cuda\n  lazyimg stats --json /mnt/cuda")]
+    #[command(
+        after_help = "Examples:\n  lazyimg stats /mnt/cuda\n  lazyimg stats --json /mnt/cuda"
+    )]
     Stats(stats_cmd::StatsArgs),
     /// Unmount a lazyimg mount (same as `fusermount3 -u`).
     #[command(after_help = "Example:\n  lazyimg umount /mnt/cuda")]

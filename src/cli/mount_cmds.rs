@@ -11,16 +11,16 @@ use clap::Args;
 
 use super::progress::Reporter;
 use super::{Context, RegistryArgs};
+use crate::digest::Digest;
 use crate::fuse::{self, MountOptions};
 use crate::image::{ImageConfig, Manifest};
-use crate::digest::Digest;
 use crate::lazy::LazyOptions;
 use crate::lazy::source::{RangeSource, RegistryRanges};
-use crate::pull::{self, Depth, PullPolicy};
-use crate::secret::Credentials;
+use crate::pull::{self, Depth, PullPolicy, Want};
 use crate::reference::ImageRef;
 use crate::rootfs::{self, RootFs};
 use crate::runtime::{self, Bind, RunSpec, Runtime};
+use crate::secret::Credentials;
 use crate::store::Store;
 
 /// Set in the environment of the daemon `lazyimg mount` starts.
@@ -101,7 +101,8 @@ pub(super) async fn mount(ctx: &Context, args: MountArgs) -> anyhow::Result<Exit
     } else {
         args.mount.pull
     };
-    let (store, manifest) = prepare(ctx, &image, &args.registry, credentials.as_ref(), policy).await?;
+    let (store, manifest) =
+        prepare(ctx, &image, &args.registry, credentials.as_ref(), policy).await?;
     if !(args.foreground || daemon) {
         return start_daemon(&store, &image, &args.mountpoint, credentials.as_ref());
     }
@@ -202,12 +203,15 @@ async fn prepare(
     let approval = crate::policy::enforce(&ctx.config, image)?;
     let store = ctx.open_store()?;
     let reporter = Reporter::new(ctx.quiet);
+    let want = Want {
+        platform: &ctx.platform(registry),
+        policy,
+        depth: Depth::Lazy,
+    };
     let manifest = pull::ensure_image(
         &store,
         image,
-        &ctx.platform(registry),
-        policy,
-        Depth::Lazy,
+        want,
         || {
             ctx.registry_with(image, credentials)
                 .map_err(into_library_error)
@@ -259,11 +263,7 @@ fn open(
     Ok(Arc::new(rootfs))
 }
 
-fn image_config(
-    store: &Store,
-    manifest: &Digest,
-    image: &ImageRef,
-) -> anyhow::Result<ImageConfig> {
+fn image_config(store: &Store, manifest: &Digest, image: &ImageRef) -> anyhow::Result<ImageConfig> {
     let what = image.to_string();
     let Manifest::Image(manifest) = Manifest::parse(store.require(manifest)?.bytes(), &what)?
     else {

@@ -280,7 +280,8 @@ pub async fn push(
     let mut layers = Vec::new();
     let mut blobs = vec![(Digest::of(&empty_config), empty_config.clone())];
     for index in built {
-        let annotations = BTreeMap::from([(LAYER_ANNOTATION.to_string(), index.file.layer.to_string())]);
+        let annotations =
+            BTreeMap::from([(LAYER_ANNOTATION.to_string(), index.file.layer.to_string())]);
         let encoded = Bytes::from(index.file.encode()?);
         layers.push(descriptor(INDEX_MEDIA_TYPE, &encoded, annotations.clone()));
         blobs.push((Digest::of(&encoded), encoded));
@@ -447,10 +448,19 @@ pub async fn find(
             continue;
         };
         let what = format!("lazyimg index of layer {} of {image}", layer.digest);
-        pull::fetch_blob(store, registry, image, index_descriptor, (&what, &what), &Silent)
-            .await?;
+        pull::fetch_blob(
+            store,
+            registry,
+            image,
+            index_descriptor,
+            (&what, &what),
+            &Silent,
+        )
+        .await?;
         let checked = LayerIndexFile::decode(store.require(&index_descriptor.digest)?.bytes())
-            .and_then(|file| check_file(&file, layer, annotated(WINDOWS_MEDIA_TYPE)).map(|()| file));
+            .and_then(|file| {
+                check_file(&file, layer, annotated(WINDOWS_MEDIA_TYPE)).map(|()| file)
+            });
         match checked {
             Ok(file) => {
                 let map = ChunkMap::new(MapSource::LazyimgIndex, file.chunked, file.gzip);
@@ -481,12 +491,18 @@ fn check_file(
     check_chunks(&file.chunked.chunks, layer.size)?;
     match (&file.gzip, windows) {
         (None, _) => {
-            if file.chunked.chunks.iter().any(|c| matches!(c.codec, ChunkCodec::Deflate { .. })) {
+            if file
+                .chunked
+                .chunks
+                .iter()
+                .any(|c| matches!(c.codec, ChunkCodec::Deflate { .. }))
+            {
                 return Err("deflate chunks without checkpoints".into());
             }
         }
         (Some(gzip), windows)
-            if windows.map(|w| (w.digest, w.size)) == Some((gzip.windows_blob, gzip.windows_size))
+            if windows.map(|w| (w.digest, w.size))
+                == Some((gzip.windows_blob, gzip.windows_size))
                 || (windows.is_none() && gzip.windows.is_empty()) =>
         {
             check_chunks(&gzip.windows, gzip.windows_size)?;

@@ -55,8 +55,8 @@ pub fn decode(
         ChunkCodec::Zeros => Bytes::from(vec![0; size]),
         ChunkCodec::Gzip => read_exactly(flate2::read::MultiGzDecoder::new(&fetched[..]), size)?,
         ChunkCodec::Zstd => {
-            let decoder = zstd::stream::read::Decoder::with_buffer(&fetched[..])
-                .map_err(Rejected::Decode)?;
+            let decoder =
+                zstd::stream::read::Decoder::with_buffer(&fetched[..]).map_err(Rejected::Decode)?;
             read_exactly(decoder, size)?
         }
         ChunkCodec::Deflate { checkpoint } => {

@@ -106,7 +106,12 @@ impl ChunkFetcher {
 
     /// The verified contents of chunks `wanted` of `blob`. Chunks `wanted.end..ahead`
     /// are fetched too, in the same requests where possible, but not returned.
-    pub fn chunks(&self, blob: &LazyBlob, wanted: Range<usize>, ahead: usize) -> Result<Vec<Bytes>> {
+    pub fn chunks(
+        &self,
+        blob: &LazyBlob,
+        wanted: Range<usize>,
+        ahead: usize,
+    ) -> Result<Vec<Bytes>> {
         // A stored chunk can be evicted between the check and the read: then go again.
         for _ in 0..3 {
             if let Some(found) = self.try_chunks(blob, wanted.clone(), ahead)? {
@@ -151,7 +156,12 @@ impl ChunkFetcher {
 
     /// Decides, under one lock, who fetches what: wanted chunks already in flight
     /// are waited for, stored ones read, the rest (and the readahead) claimed.
-    fn claim(&self, blob: &LazyBlob, wanted: Range<usize>, ahead: usize) -> (Vec<Source>, Vec<usize>) {
+    fn claim(
+        &self,
+        blob: &LazyBlob,
+        wanted: Range<usize>,
+        ahead: usize,
+    ) -> (Vec<Source>, Vec<usize>) {
         let store = &self.shared.store;
         let mut flights = self.shared.flights();
         let mut sources = Vec::with_capacity(wanted.len());
@@ -352,7 +362,11 @@ fn runs(chunks: &[Chunk], claimed: &[usize], max_request: u64) -> Vec<Vec<usize>
 
 /// The blob bytes a run covers.
 fn run_span(chunks: &[Chunk], run: &[usize]) -> Range<u64> {
-    let start = run.iter().map(|&i| chunks[i].blob_offset).min().unwrap_or(0);
+    let start = run
+        .iter()
+        .map(|&i| chunks[i].blob_offset)
+        .min()
+        .unwrap_or(0);
     let end = run
         .iter()
         .map(|&i| chunks[i].blob_offset + chunks[i].blob_size)

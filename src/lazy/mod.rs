@@ -92,7 +92,10 @@ impl ImageContent {
         location: &ContentLocation,
         range: std::ops::Range<u64>,
     ) -> Result<Bytes> {
-        let fetcher = self.fetcher.as_ref().expect("chunked layers come with a fetcher");
+        let fetcher = self
+            .fetcher
+            .as_ref()
+            .expect("chunked layers come with a fetcher");
         let chunks = &blob.chunks;
         let first = chunks.partition_point(|c| c.content_offset + c.content_size <= range.start);
         let last = chunks.partition_point(|c| c.content_offset < range.end);
@@ -130,7 +133,6 @@ impl ImageContent {
         }
         Ok(bytes)
     }
-
 }
 
 impl ContentReader for ImageContent {

@@ -6,13 +6,13 @@
 use futures_util::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
+use super::artifact::{self, GzipResume};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::image::Platform;
 use crate::image::{Descriptor, ImageConfig, LayerFormat};
-use super::artifact::{self, GzipResume};
 use crate::layer::ChunkedLayer;
 use crate::pull::{self, Gate, Progress, PullReport};
-use crate::image::Platform;
 use crate::reference::ImageRef;
 use crate::registry::RegistryClient;
 use crate::store::{Derived, Store};
@@ -89,7 +89,9 @@ pub async fn pull_lazy(
         .enumerate()
         .filter(|(i, layer)| {
             let unpacked = diff_ids.get(*i).is_some_and(|d| store.contains(d));
-            !(unpacked || store.contains(&layer.digest) || ChunkMap::load(store, &layer.digest).is_some())
+            !(unpacked
+                || store.contains(&layer.digest)
+                || ChunkMap::load(store, &layer.digest).is_some())
         })
         .map(|(_, layer)| layer)
         .collect();

@@ -119,7 +119,12 @@ fn setup(blob: TestBlob, readahead: u64) -> Setup {
         offset: 0,
         size: blob.content.len() as u64,
     };
-    let content = ImageContent::new(vec![LayerContent::Chunked(lazy)], Some(fetcher), readahead, stats);
+    let content = ImageContent::new(
+        vec![LayerContent::Chunked(lazy)],
+        Some(fetcher),
+        readahead,
+        stats,
+    );
     Setup {
         _dir: dir,
         source,
@@ -144,10 +149,20 @@ fn pseudo_random(len: usize) -> Vec<u8> {
 #[test]
 fn reads_across_chunks_return_exactly_the_content() {
     let s = setup(gzip_blob(&pseudo_random(100_000), 7_000), 0);
-    for (offset, len) in [(0, 10), (6_990, 20), (0, 100_000), (99_990, 100), (50_000, 30_000)] {
+    for (offset, len) in [
+        (0, 10),
+        (6_990, 20),
+        (0, 100_000),
+        (99_990, 100),
+        (50_000, 30_000),
+    ] {
         let got = s.content.read(&s.location, offset, len).unwrap();
         let end = (offset as usize + len).min(s.blob.content.len());
-        assert_eq!(&got[..], &s.blob.content[offset as usize..end], "{offset}+{len}");
+        assert_eq!(
+            &got[..],
+            &s.blob.content[offset as usize..end],
+            "{offset}+{len}"
+        );
     }
     let stats = s.content.stats().unwrap();
     assert_eq!(stats.verification_failures, 0);
@@ -193,7 +208,14 @@ fn concurrent_readers_share_one_fetch_per_chunk() {
     });
     let stats = s.content.stats().unwrap();
     assert_eq!(stats.chunks_fetched, 16, "each chunk fetched once");
-    let fetched: u64 = s.source.requests.lock().unwrap().iter().map(|r| r.end - r.start).sum();
+    let fetched: u64 = s
+        .source
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.end - r.start)
+        .sum();
     assert_eq!(fetched, s.blob.bytes.len() as u64);
 }
 
@@ -206,7 +228,10 @@ fn a_changed_byte_fails_every_read_of_its_chunk_and_no_other() {
     let s = setup(blob, 0);
     s.source.blob.lock().unwrap()[at] ^= 0x40;
     for _ in 0..5 {
-        let err = s.content.read(&s.location, 3 * 8_000 + 10, 100).unwrap_err();
+        let err = s
+            .content
+            .read(&s.location, 3 * 8_000 + 10, 100)
+            .unwrap_err();
         assert!(err.to_string().contains("verification failed"), "{err}");
         let good = s.content.read(&s.location, 8_000, 100).unwrap();
         assert_eq!(&good[..], &s.blob.content[8_000..8_100]);
@@ -233,7 +258,10 @@ fn a_registry_that_ignores_ranges_gets_one_whole_verified_download() {
     s.source.refuse_ranges.store(true, Ordering::SeqCst);
     for offset in [0u64, 9_000, 33_000] {
         let got = s.content.read(&s.location, offset, 500).unwrap();
-        assert_eq!(&got[..], &s.blob.content[offset as usize..offset as usize + 500]);
+        assert_eq!(
+            &got[..],
+            &s.blob.content[offset as usize..offset as usize + 500]
+        );
     }
     assert_eq!(s.source.whole_fetches.load(Ordering::SeqCst), 1);
     assert_eq!(s.content.stats().unwrap().whole_blob_fallbacks, 1);
@@ -245,7 +273,11 @@ fn chunks_are_served_from_the_store_once_cached() {
     s.content.read(&s.location, 0, 40_000).unwrap();
     // The writer thread stores chunks in the background.
     for _ in 0..200 {
-        if s.blob.chunks.iter().all(|c| s.content.fetcher.as_ref().unwrap().is_stored(&c.digest)) {
+        if s.blob
+            .chunks
+            .iter()
+            .all(|c| s.content.fetcher.as_ref().unwrap().is_stored(&c.digest))
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(10));

@@ -54,7 +54,13 @@ pub(super) async fn zstd_chunked_map(
     let range = position.offset..position.offset.saturating_add(position.length);
     if range.end > layer.size {
         let reason = format!("position {range:?} is past the blob's {} bytes", layer.size);
-        let error = layer_error(layer, LayerError::Toc { format: "zstd:chunked", reason });
+        let error = layer_error(
+            layer,
+            LayerError::Toc {
+                format: "zstd:chunked",
+                reason,
+            },
+        );
         return unusable(layer, WHAT, error);
     }
     let Some(toc) = fetch(registry, image, layer, range).await? else {

@@ -11,18 +11,18 @@ use std::sync::Arc;
 use super::RootFs;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::image::{ImageConfig, Manifest};
-use crate::layer::{self, Compression, LayerIndex};
-use crate::registry::BlobSink;
-use crate::store::{Blob, BlobWriter, Derived, Store};
-use crate::lazy::source::RangeSource;
 use crate::image::Descriptor;
+use crate::image::{ImageConfig, Manifest};
+use crate::layer::Chunk;
+use crate::layer::{self, Compression, LayerIndex};
 use crate::lazy::artifact::GzipResume;
 use crate::lazy::decode::DeflateResume;
+use crate::lazy::source::RangeSource;
 use crate::lazy::{
     ChunkFetcher, ChunkMap, GzipSpans, ImageContent, LayerContent, LazyBlob, LazyOptions, Stats,
 };
-use crate::layer::Chunk;
+use crate::registry::BlobSink;
+use crate::store::{Blob, BlobWriter, Derived, Store};
 use crate::tree::Tree;
 
 /// Opens the image whose manifest `manifest_digest` is in `store` (with its

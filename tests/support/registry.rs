@@ -80,6 +80,22 @@ impl Registry {
         a
     }
 
+    /// The registry process, for tests that freeze (SIGSTOP) or kill it.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Kills the registry and starts it again on the same address and storage.
+    pub fn restart(&mut self) -> Result<(), String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn(
+            &self.dir.path().join("config.yml"),
+            &self.dir.path().join("registry.log"),
+        )?;
+        wait_until_answering(self)
+    }
+
     /// Registry log so far (stdout+stderr).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
@@ -158,24 +174,37 @@ fn try_start(opts: &RegistryOpts) -> Result<Registry, String> {
     }
     let cfg_path = dir.path().join("config.yml");
     std::fs::write(&cfg_path, cfg).map_err(|e| e.to_string())?;
-    let log = std::fs::File::create(dir.path().join("registry.log")).map_err(|e| e.to_string())?;
-    let log2 = log.try_clone().map_err(|e| e.to_string())?;
-    let child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(&cfg_path)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2)
-        .spawn()
-        .map_err(|e| format!("cannot start docker-registry: {e}"))?;
+    let child = spawn(&cfg_path, &dir.path().join("registry.log"))?;
     let mut reg = Registry {
-        addr: addr.clone(),
+        addr,
         scheme: if opts.tls { "https" } else { "http" },
         creds: opts.basic_auth.clone(),
         tls: opts.tls,
         child,
         dir,
     };
+    wait_until_answering(&mut reg)?;
+    Ok(reg)
+}
+
+fn spawn(config: &std::path::Path, log: &std::path::Path) -> Result<Child, String> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| e.to_string())?;
+    let log2 = log.try_clone().map_err(|e| e.to_string())?;
+    Command::new("docker-registry")
+        .arg("serve")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .spawn()
+        .map_err(|e| format!("cannot start docker-registry: {e}"))
+}
+
+fn wait_until_answering(reg: &mut Registry) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if let Ok(Some(st)) = reg.child.try_wait() {
@@ -184,13 +213,14 @@ fn try_start(opts: &RegistryOpts) -> Result<Registry, String> {
                 reg.log()
             ));
         }
-        if answers_http(&addr) {
-            return Ok(reg);
+        if answers_http(&reg.addr) {
+            return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     Err(format!(
-        "docker-registry did not answer on {addr}:\n{}",
+        "docker-registry did not answer on {}:\n{}",
+        reg.addr,
         reg.log()
     ))
 }

@@ -281,6 +281,44 @@ impl Lazyimg {
     }
 }
 
+/// `lazyimg` with the test user's auth file.
+pub fn authed(lazyimg: &Lazyimg, args: &[&str]) -> Run {
+    run(lazyimg
+        .cmd()
+        .env("REGISTRY_AUTH_FILE", testenv().auth_file())
+        .args(args))
+}
+
+/// A mount made by a test, unmounted (even on panic) when dropped.
+pub struct Mounted {
+    pub path: PathBuf,
+}
+
+impl Mounted {
+    /// `lazyimg mount [extra] REFERENCE DIR` with the test user's credentials.
+    pub fn new(lazyimg: &Lazyimg, reference: &str, extra: &[&str]) -> Mounted {
+        let path = lazyimg.dir.path().join("mnt");
+        std::fs::create_dir_all(&path).unwrap();
+        let mut args = vec!["mount"];
+        args.extend_from_slice(extra);
+        args.push(reference);
+        args.push(path.to_str().unwrap());
+        authed(lazyimg, &args).ok();
+        Mounted { path }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        // Usually unmounted already; then fusermount3's complaint is noise.
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.path)
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
 pub fn run(cmd: &mut Command) -> Run {
     let start = Instant::now();
     let output = cmd.output().expect("command starts");
