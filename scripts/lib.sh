@@ -38,7 +38,8 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 
 # The common start of the benchmark scripts: the local registries (their addresses
 # exported as LAZYIMG_TEST_*), the tools the comparison needs, and a release build
-# of lazyimg, whose path goes to $LAZYIMG_BIN.
+# of lazyimg, whose path goes to $LAZYIMG_BIN. A LAZYIMG_BIN already set to an
+# executable is used as it is, without building (e.g. while others compile).
 bench_setup() { # TOOL...
   bash scripts/testenv.sh up >/dev/null
   eval "$(bash scripts/testenv.sh env)"
@@ -49,8 +50,64 @@ bench_setup() { # TOOL...
       exit 1
     }
   done
+  if [[ -n ${LAZYIMG_BIN:-} && -x $LAZYIMG_BIN ]]; then
+    echo "using $LAZYIMG_BIN as it is (LAZYIMG_BIN)" >&2
+    return 0
+  fi
   echo "building lazyimg (release)" >&2
   cargo build --release --locked -q --bin lazyimg
   # shellcheck disable=SC2034 # read by the scripts that source this file
   LAZYIMG_BIN=$(realpath "${CARGO_TARGET_DIR:-target}")/release/lazyimg
+}
+
+# Prefer the system interpreter: version-manager shims may point at nothing.
+system_python() { if [[ -x /usr/bin/python3 ]]; then echo /usr/bin/python3; else command -v python3; fi; }
+
+# The slow-link relay (scripts/slow-relay.py) for the benchmarks and its test.
+# relay_start LISTEN TO STATS [RELAY ARGS...] starts it in the background (its log:
+# STATS.log) and returns once it listens, with RELAY_PID and RELAY_ADDR (host:port)
+# set; LISTEN may be 127.0.0.1:0 for a free port.
+relay_start() {
+  local listen=$1 to=$2 stats=$3 out i
+  shift 3
+  out=$(mktemp)
+  "$(system_python)" "$(dirname "${BASH_SOURCE[0]}")/slow-relay.py" --listen "$listen" --to "$to" \
+    --stats "$stats" "$@" </dev/null >"$out" 2>>"$stats.log" &
+  RELAY_PID=$!
+  RELAY_ADDR=
+  for ((i = 0; i < 100; i++)); do
+    RELAY_ADDR=$(head -n1 "$out")
+    [[ -n $RELAY_ADDR ]] && break
+    kill -0 "$RELAY_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  rm -f "$out"
+  if [[ -z $RELAY_ADDR ]]; then
+    echo "slow-relay did not start; tail of $stats.log:" >&2
+    tail -n 5 "$stats.log" >&2
+    return 1
+  fi
+}
+# relay_field STATS FIELD: a top-level field of the relay's stats, once settled
+# (it writes at most every 100 ms after a change).
+relay_field() {
+  sleep 0.25
+  "$(system_python)" -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"
+}
+# relay_reset STATS: zero the relay's counters (SIGUSR1) and wait until it has.
+relay_reset() {
+  local before i
+  before=$(relay_field "$1" resets)
+  kill -USR1 "$RELAY_PID"
+  for ((i = 0; i < 50; i++)); do
+    (($(relay_field "$1" resets) > before)) && return 0
+  done
+  echo "slow-relay did not reset its counters" >&2
+  return 1
+}
+relay_stop() {
+  [[ -n ${RELAY_PID:-} ]] || return 0
+  kill -TERM "$RELAY_PID" 2>/dev/null || true
+  wait "$RELAY_PID" 2>/dev/null || true
+  RELAY_PID=
 }
