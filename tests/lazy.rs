@@ -363,3 +363,58 @@ fn sixty_four_readers_of_one_cold_300_mib_file_get_identical_bytes_and_each_chun
     assert_eq!(report["verification_failures"], 0, "{report}");
     assert_eq!(report["fetch_failures"], 0, "{report}");
 }
+
+#[test]
+fn record_then_prefetch_and_background_fetch_keep_the_image_working_offline() {
+    let registry = Registry::start().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (layout, _) = unique_estargz_image(work.path(), "prefetch");
+    let reference = registry.reference("lazy/prefetch:1");
+    push_layout(&layout.dir, "prefetch", &reference, registry.push_opts()).unwrap();
+    let config = format!(
+        "[[registry]]\nprefix = {:?}\ninsecure = true\n",
+        registry.addr
+    );
+
+    // A run that reads some files, recorded in the order first read.
+    let list = work.path().join("prefetch.list");
+    let recording = Lazyimg::with_config(testenv(), &config);
+    let mounted = Mounted::new(
+        &recording,
+        &reference,
+        &["--record", list.to_str().unwrap()],
+    );
+    read_file(&mounted.path.join("data/bystander.txt")).unwrap();
+    read_file(&mounted.path.join("data/victim.bin")).unwrap();
+    read_file(&mounted.path.join("data/bystander.txt")).unwrap();
+    drop(mounted);
+    assert_eq!(
+        std::fs::read_to_string(&list).unwrap(),
+        "/data/bystander.txt\n/data/victim.bin\n"
+    );
+
+    // Replayed first (only the small file, so the big one must come from the
+    // background fetch), then everything else, with nothing read by hand.
+    std::fs::write(&list, "/data/bystander.txt\n/no/such/file\n").unwrap();
+    let lazyimg = Lazyimg::with_config(testenv(), &config);
+    let flags = ["--prefetch", list.to_str().unwrap(), "--background-fetch"];
+    let mounted = Mounted::new(&lazyimg, &reference, &flags);
+    let mut last = u64::MAX;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let fetched = stats(&lazyimg, &mounted)["bytes_fetched"].as_u64().unwrap();
+        if fetched > 0 && fetched == last {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the background fetch did not settle"
+        );
+        last = fetched;
+    }
+    drop(registry);
+    let offline = listing(&mounted.path).expect("every file reads with the registry gone");
+    assert!(offline.iter().any(|line| line.contains("victim.bin")));
+    assert_eq!(stats(&lazyimg, &mounted)["fetch_failures"], 0);
+}

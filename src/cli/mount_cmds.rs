@@ -15,6 +15,7 @@ use crate::digest::Digest;
 use crate::fuse::{self, MountOptions};
 use crate::image::{ImageConfig, Manifest};
 use crate::lazy::LazyOptions;
+use crate::lazy::prefetch::{Recorder, prefetch_files};
 use crate::lazy::source::{RangeSource, RegistryRanges};
 use crate::pull::{self, Depth, PullPolicy, Want};
 use crate::reference::ImageRef;
@@ -56,6 +57,21 @@ struct MountFlags {
     /// When to contact the registry.
     #[arg(long, value_enum, default_value_t = PullPolicy::Missing)]
     pull: PullPolicy,
+    /// Write the path of every file read, in the order first read, to FILE
+    /// (a list for --prefetch).
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
+    /// Fetch the files FILE lists (one path per line, as --record writes)
+    /// first, in the background.
+    #[arg(long, value_name = "FILE")]
+    prefetch: Option<PathBuf>,
+    /// Then fetch the rest of the image in the background, so it keeps working
+    /// if the network goes.
+    #[arg(long)]
+    background_fetch: bool,
+    /// Limit --background-fetch to this many MB/s.
+    #[arg(long, value_name = "MB/S", requires = "background_fetch")]
+    max_rate: Option<f64>,
 }
 
 #[derive(Args, Debug)]
@@ -106,7 +122,14 @@ pub(super) async fn mount(ctx: &Context, args: MountArgs) -> anyhow::Result<Exit
     if !(args.foreground || daemon) {
         return start_daemon(&store, &image, &args.mountpoint, credentials.as_ref());
     }
-    let rootfs = open(ctx, &store, &manifest, &image, credentials.as_ref())?;
+    let rootfs = open(
+        ctx,
+        &store,
+        &manifest,
+        &image,
+        credentials.as_ref(),
+        &args.mount,
+    )?;
     let options = mount_options(&args.mount, &image);
     tracing::info!("serving {image} at {}", args.mountpoint.display());
     fuse::mount_foreground(rootfs, &args.mountpoint, &options)?;
@@ -166,7 +189,14 @@ pub(super) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<ExitCode
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
 
-    let rootfs = open(ctx, &store, &manifest, &image, credentials.as_ref())?;
+    let rootfs = open(
+        ctx,
+        &store,
+        &manifest,
+        &image,
+        credentials.as_ref(),
+        &args.mount,
+    )?;
     let mountpoint = tempfile::Builder::new()
         .prefix("lazyimg-run-")
         .tempdir()
@@ -235,13 +265,14 @@ fn into_library_error(err: anyhow::Error) -> crate::Error {
 }
 
 /// Opens the prepared image; layers not in the cache are read lazily from the
-/// registry it came from.
+/// registry it came from. Starts the prefetching `flags` ask for.
 fn open(
     ctx: &Context,
     store: &Arc<Store>,
     manifest: &Digest,
     image: &ImageRef,
     credentials: Option<&Credentials>,
+    flags: &MountFlags,
 ) -> anyhow::Result<Arc<RootFs>> {
     let client_options = ctx.config.network.client_options();
     let source = RegistryRanges {
@@ -257,10 +288,55 @@ fn open(
     };
     let lazy: (Arc<dyn RangeSource>, LazyOptions) = (Arc::new(source), options);
     // Decompressing and indexing layers is blocking work the first time.
-    let rootfs = tokio::task::block_in_place(|| {
+    let mut rootfs = tokio::task::block_in_place(|| {
         rootfs::open_image(store, manifest, &image.to_string(), Some(lazy))
     })?;
-    Ok(Arc::new(rootfs))
+    if let Some(list) = &flags.record {
+        let recorder = Recorder::new(&rootfs.tree, Arc::clone(&rootfs.content), list)?;
+        rootfs.content = Arc::new(recorder);
+    }
+    let rootfs = Arc::new(rootfs);
+    start_prefetch(&rootfs, flags)?;
+    Ok(rootfs)
+}
+
+/// Runs `--prefetch` and `--background-fetch` on a thread of their own: the
+/// mount serves meanwhile, and reads of what is being fetched wait for it.
+fn start_prefetch(rootfs: &Arc<RootFs>, flags: &MountFlags) -> anyhow::Result<()> {
+    let list = match &flags.prefetch {
+        Some(path) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("cannot read the prefetch list {}", path.display()))?,
+        ),
+        None => None,
+    };
+    if list.is_none() && !flags.background_fetch {
+        return Ok(());
+    }
+    let max_rate = flags.max_rate.map(|mb| (mb * 1e6) as u64);
+    let background = flags.background_fetch;
+    let rootfs = Arc::clone(rootfs);
+    std::thread::Builder::new()
+        .name("lazyimg-prefetch".into())
+        .spawn(move || {
+            if let Some(list) = list {
+                let done = prefetch_files(&rootfs, &list);
+                tracing::info!(
+                    "prefetched {} files ({} bytes); {} listed paths skipped",
+                    done.files,
+                    done.bytes,
+                    done.skipped
+                );
+            }
+            if background {
+                match rootfs.content.fill(max_rate) {
+                    Ok(bytes) => tracing::info!("background fetch done: {bytes} bytes fetched"),
+                    Err(e) => tracing::warn!("background fetch stopped: {e}"),
+                }
+            }
+        })
+        .context("cannot start the prefetch thread")?;
+    Ok(())
 }
 
 fn image_config(store: &Store, manifest: &Digest, image: &ImageRef) -> anyhow::Result<ImageConfig> {

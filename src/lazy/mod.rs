@@ -9,6 +9,7 @@ pub mod artifact;
 pub mod decode;
 pub mod fetch;
 mod gzip;
+pub mod prefetch;
 pub mod prepare;
 pub mod source;
 pub mod stats;
@@ -29,6 +30,9 @@ pub use fetch::{ChunkFetcher, LazyBlob};
 pub use gzip::GzipSpans;
 pub use prepare::{ChunkMap, MapSource, pull_lazy};
 pub use stats::{Stats, StatsReport};
+
+/// Blob bytes a background fill asks for at once.
+const FILL_BATCH: u64 = 8 << 20;
 
 /// How lazy reads behave.
 #[derive(Debug, Clone)]
@@ -152,5 +156,37 @@ impl ContentReader for ImageContent {
 
     fn stats(&self) -> Option<StatsReport> {
         Some(self.stats.report())
+    }
+
+    fn fill(&self, max_rate: Option<u64>) -> Result<u64> {
+        let Some(fetcher) = &self.fetcher else {
+            return Ok(0);
+        };
+        let mut pacer = prefetch::Pacer::new(max_rate);
+        let mut fetched = 0;
+        for layer in &self.layers {
+            let LayerContent::Chunked(blob) = layer else {
+                continue;
+            };
+            let mut start = 0;
+            while start < blob.chunks.len() {
+                let mut end = start;
+                let mut bytes = 0;
+                while end < blob.chunks.len() && bytes < FILL_BATCH {
+                    bytes += blob.chunks[end].blob_size;
+                    end += 1;
+                }
+                let missing = blob.chunks[start..end]
+                    .iter()
+                    .any(|c| !fetcher.is_stored(&c.digest));
+                if missing {
+                    fetcher.chunks(blob, start..end, end)?;
+                    pacer.sent(bytes);
+                    fetched += bytes;
+                }
+                start = end;
+            }
+        }
+        Ok(fetched)
     }
 }

@@ -26,6 +26,13 @@ pub trait ContentReader: Send + Sync + 'static {
     fn stats(&self) -> Option<crate::lazy::StatsReport> {
         None
     }
+
+    /// Fetches everything not yet cached, at most `max_rate` bytes per second
+    /// on average; returns the bytes fetched. Nothing to do for local content.
+    fn fill(&self, max_rate: Option<u64>) -> Result<u64> {
+        let _ = max_rate;
+        Ok(0)
+    }
 }
 
 /// A mounted image's whole view: immutable, shared by every FUSE worker.

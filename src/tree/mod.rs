@@ -40,7 +40,7 @@ pub const DIR_SIZE: u64 = 4096;
 /// `layer`'s uncompressed tar stream (`layer` indexes the slice given to
 /// `Tree::build`, bottom layer first). Nothing else in the tree knows how
 /// content is addressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ContentLocation {
     pub layer: u32,
     pub offset: u64,
