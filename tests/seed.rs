@@ -196,7 +196,15 @@ fn an_interrupted_push_resumes_without_resending_or_redownloading_finished_blobs
         let resent: Vec<_> = sent.iter().filter(|l| l.contains(hex)).collect();
         assert!(resent.is_empty(), "{digest} was sent again: {resent:?}");
     }
-    assert_eq!(sent.len(), all.len() - finished.len(), "{sent:#?}");
+    // The lazyimg index is uploaded too; count the image's own blobs.
+    let image_blobs_sent = sent
+        .iter()
+        .filter(|l| {
+            all.iter()
+                .any(|(d, _)| l.contains(d.strip_prefix("sha256:").unwrap()))
+        })
+        .count();
+    assert_eq!(image_blobs_sent, all.len() - finished.len(), "{sent:#?}");
     assert_eq!(
         plain_digest(env, &format!("{repo}:v1")),
         image.manifest.digest
@@ -235,6 +243,19 @@ fn multi_platform_images_copy_whole_and_a_second_repository_mounts_the_blobs() {
     assert_eq!(first["manifests"], 3);
     assert_eq!(first["blobs"], 6);
     assert_eq!(first["blobs_copied"], 6);
+    assert_eq!(
+        first["lazy_indexes"].as_array().unwrap().len(),
+        2,
+        "{first}"
+    );
+
+    // GPU nodes reach only the proxy: its copy carries a lazyimg index per platform.
+    let inspect = run(lazyimg
+        .cmd()
+        .args(["inspect", &format!("{}/{repo}:1", env.plain())]))
+    .ok();
+    let lazy_layers = inspect.stdout().matches("lazy: lazyimg index").count();
+    assert_eq!(lazy_layers, 2, "{}", inspect.stdout());
 
     // skopeo --all semantics: the index and every platform, byte for byte.
     let tls = ["--tls-verify=false"];
@@ -265,7 +286,17 @@ fn multi_platform_images_copy_whole_and_a_second_repository_mounts_the_blobs() {
     let second = seed(&format!("{}/mirror", env.plain()));
     assert_eq!(second["blobs_mounted"], 6, "{second}");
     assert_eq!(second["bytes_downloaded"], 0);
-    assert!(uploads(&plain_log_since(env, log), &format!("mirror/{repo}")).is_empty());
+    // Only the lazyimg indexes (new to this repository) are uploaded, no image blob.
+    let since = plain_log_since(env, log);
+    let uploaded = uploads(&since, &format!("mirror/{repo}"));
+    for platform in [&amd64, &arm64] {
+        for layer in &platform.layers {
+            assert!(
+                !uploaded.iter().any(|l| l.contains(&layer.digest)),
+                "{uploaded:?}"
+            );
+        }
+    }
     assert_eq!(plain_digest(env, &format!("mirror/{repo}:1")), index.digest);
 }
 

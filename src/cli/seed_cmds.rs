@@ -13,7 +13,8 @@ use clap::{Args, Parser};
 use super::Context;
 use super::progress::Reporter;
 use crate::fuse::{self, MountOptions};
-use crate::image::Platform;
+use crate::image::{Descriptor, LayerFormat, Manifest, Platform};
+use crate::lazy::artifact;
 use crate::reference::ImageRef;
 use crate::registry::{RegistryClient, credentials};
 use crate::runtime::{self, Runtime};
@@ -225,9 +226,6 @@ async fn seed_image(
     if let Some(approval) = &approval {
         approval.check_digest(&plan.digest())?;
     }
-    // 4. (Not yet) a lazy-loading index artifact for the image would be built and
-    //    pushed next to it here, once lazy loading by Range lands.
-
     // 3. Copy into the target, with the target's own credentials (auth files).
     let target_credentials = credentials::lookup(
         &credentials::auth_files(),
@@ -245,6 +243,11 @@ async fn seed_image(
         jobs: args.jobs,
     };
     let mut report = seeder.copy(&plan, &target, mode).await?;
+    // 4. lazyimg's index beside the image, so GPU nodes mount it lazily. A pull-
+    //    through proxy takes no pushes; an index that cannot be made costs only laziness.
+    if mode == Mode::Push {
+        report.lazy_indexes = push_lazy_indexes(&store, &target_client, &target, &plan).await;
+    }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(Seeded {
         image,
@@ -253,6 +256,57 @@ async fn seed_image(
         store,
         target_client,
     })
+}
+
+/// Builds and pushes a lazyimg index for every platform manifest of `plan` that
+/// has gzip or tar layers without a table of contents; returns the artifacts.
+async fn push_lazy_indexes(
+    store: &Store,
+    target_client: &RegistryClient,
+    target: &ImageRef,
+    plan: &seed::Plan,
+) -> Vec<String> {
+    let mut pushed = Vec::new();
+    for document in std::iter::once(&plan.top).chain(&plan.children) {
+        let Ok(Manifest::Image(manifest)) = Manifest::parse(&document.bytes, "seeded manifest")
+        else {
+            continue;
+        };
+        let result = async {
+            let mut built = Vec::new();
+            for layer in &manifest.layers {
+                if matches!(LayerFormat::of(layer), LayerFormat::Gzip | LayerFormat::Tar) {
+                    let index =
+                        tokio::task::block_in_place(|| artifact::build_layer_index(store, layer))?;
+                    built.extend(index);
+                }
+            }
+            if built.is_empty() {
+                return Ok(None);
+            }
+            let subject = Descriptor {
+                media_type: document.media_type.clone(),
+                digest: document.digest,
+                size: document.bytes.len() as u64,
+                annotations: Default::default(),
+                platform: None,
+                artifact_type: None,
+            };
+            artifact::push(store, target_client, target, &subject, &built)
+                .await
+                .map(Some)
+        }
+        .await;
+        match result {
+            Ok(Some(digest)) => pushed.push(digest.to_string()),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                "{target}: no lazyimg index for {} (mounts will fetch its layers whole): {e}",
+                document.digest
+            ),
+        }
+    }
+    pushed
 }
 
 fn summarise(ctx: &Context, r: &SeedReport) {
@@ -276,6 +330,9 @@ fn summarise(ctx: &Context, r: &SeedReport) {
             r.blobs_mounted,
             size(r.bytes_mounted)
         ));
+    }
+    if !r.lazy_indexes.is_empty() {
+        parts.push(format!("{} lazyimg index(es) pushed", r.lazy_indexes.len()));
     }
     eprintln!(
         "seeded {} to {} ({}, {}, {} manifests): {}; {} newly cached locally; {:.1} s",

@@ -140,6 +140,8 @@ pub struct SeedReport {
     /// Bytes fetched into the local cache (from the source when pushing, through
     /// the target when warming it); the rest were cached already or not needed.
     pub bytes_downloaded: u64,
+    /// lazyimg index artifacts pushed beside the image (push mode), by digest.
+    pub lazy_indexes: Vec<String>,
     pub seconds: f64,
 }
 
