@@ -94,7 +94,12 @@ fn a_gzip_image_with_a_pushed_lazyimg_index_mounts_lazily_and_matches_umoci() {
         &torture_image(Compression::Gzip),
         "gz",
     );
-    let reference = push(env, &layout.dir, "gz", "lazy/torture-gzip:1");
+    let reference = push(
+        env,
+        &layout.dir,
+        "gz",
+        &format!("lazy/torture-gzip-{}:1", nonce()),
+    );
 
     // Without an index the layers are fetched whole, and the user is told why.
     let before = Lazyimg::new(env);

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
+use oci_client::RegistryOperation;
 
 use super::progress::Reporter;
 use super::{Context, RegistryArgs};
@@ -275,8 +276,18 @@ fn open(
     flags: &MountFlags,
 ) -> anyhow::Result<Arc<RootFs>> {
     let client_options = ctx.config.network.client_options();
+    let registry = Arc::new(ctx.registry_with(image, credentials)?);
+    // Token and connection ready before the first read needs them; if the
+    // registry is unreachable now, reads say so when they happen.
+    let warm = Arc::clone(&registry);
+    let reference = image.source.clone();
+    tokio::spawn(async move {
+        if let Err(e) = warm.authenticate(&reference, RegistryOperation::Pull).await {
+            tracing::debug!("early authentication: {e}");
+        }
+    });
     let source = RegistryRanges {
-        registry: Arc::new(ctx.registry_with(image, credentials)?),
+        registry,
         image: image.clone(),
         store: Arc::clone(store),
         runtime: tokio::runtime::Handle::current(),

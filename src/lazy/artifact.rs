@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Read};
 
 use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
 use super::prepare::{ChunkMap, MapSource};
@@ -436,30 +437,32 @@ pub async fn find(
     let Some(artifact) = locate(registry, image, manifest_digest).await? else {
         return Ok(BTreeMap::new());
     };
-    let mut maps = BTreeMap::new();
-    for layer in layers {
-        let annotated = |media_type: &str| {
-            artifact.layers.iter().find(|d| {
-                d.media_type == media_type
-                    && d.annotations.get(LAYER_ANNOTATION) == Some(&layer.digest.to_string())
-            })
-        };
-        let Some(index_descriptor) = annotated(INDEX_MEDIA_TYPE) else {
-            continue;
-        };
-        let what = format!("lazyimg index of layer {} of {image}", layer.digest);
-        pull::fetch_blob(
-            store,
-            registry,
-            image,
-            index_descriptor,
-            (&what, &what),
-            &Silent,
-        )
+    let annotated = |layer: &Descriptor, media_type: &str| {
+        artifact.layers.iter().find(|d| {
+            d.media_type == media_type
+                && d.annotations.get(LAYER_ANNOTATION) == Some(&layer.digest.to_string())
+        })
+    };
+    // One round trip for all of them, not one per layer: links can be slow.
+    let wanted: Vec<(&Descriptor, &Descriptor)> = layers
+        .iter()
+        .filter_map(|layer| Some((*layer, annotated(layer, INDEX_MEDIA_TYPE)?)))
+        .collect();
+    futures_util::stream::iter(&wanted)
+        .map(|(layer, index)| {
+            let what = format!("lazyimg index of layer {} of {image}", layer.digest);
+            async move {
+                pull::fetch_blob(store, registry, image, index, (&what, &what), &Silent).await
+            }
+        })
+        .buffer_unordered(wanted.len().max(1))
+        .try_collect::<Vec<u64>>()
         .await?;
-        let checked = LayerIndexFile::decode(store.require(&index_descriptor.digest)?.bytes())
-            .and_then(|file| {
-                check_file(&file, layer, annotated(WINDOWS_MEDIA_TYPE)).map(|()| file)
+    let mut maps = BTreeMap::new();
+    for (layer, index) in wanted {
+        let checked =
+            LayerIndexFile::decode(store.require(&index.digest)?.bytes()).and_then(|file| {
+                check_file(&file, layer, annotated(layer, WINDOWS_MEDIA_TYPE)).map(|()| file)
             });
         match checked {
             Ok(file) => {
@@ -467,7 +470,10 @@ pub async fn find(
                 maps.insert(layer.digest, map);
             }
             Err(reason) => {
-                tracing::warn!("{what}: ignoring it: {reason}");
+                tracing::warn!(
+                    "lazyimg index of layer {}: ignoring it: {reason}",
+                    layer.digest
+                );
                 return Ok(BTreeMap::new());
             }
         }

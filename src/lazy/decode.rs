@@ -35,6 +35,10 @@ impl std::fmt::Display for Rejected {
 /// Needed to resume raw deflate in the middle of a gzip layer.
 pub trait DeflateResume: Send + Sync {
     fn inflate(&self, checkpoint: u32, compressed: &[u8], out_len: usize) -> io::Result<Vec<u8>>;
+
+    /// Gets ready to inflate at `checkpoints` (fetching their windows) while the
+    /// spans themselves are on their way. Failures surface in `inflate`.
+    fn prepare(&self, checkpoints: &[u32]);
 }
 
 /// The verified content of `chunk` from its fetched blob bytes.

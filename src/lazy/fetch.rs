@@ -15,7 +15,7 @@ use super::source::RangeSource;
 use super::stats::Stats;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::layer::Chunk;
+use crate::layer::{Chunk, ChunkCodec};
 use crate::store::Store;
 
 /// Gaps up to this size between chunks are fetched rather than split into two requests.
@@ -198,7 +198,22 @@ impl ChunkFetcher {
         }
         for run in runs(&blob.chunks, &to_fetch, self.max_request) {
             let span = run_span(&blob.chunks, &run);
-            let fetched = self.fetch_span(blob, span.clone(), run.len());
+            // Gzip spans need their windows too: fetch both at once, not one
+            // round trip after the other.
+            let checkpoints: Vec<u32> = run
+                .iter()
+                .filter_map(|&i| match blob.chunks[i].codec {
+                    ChunkCodec::Deflate { checkpoint } => Some(checkpoint),
+                    _ => None,
+                })
+                .collect();
+            let fetched = match &blob.deflate {
+                Some(deflate) if !checkpoints.is_empty() => std::thread::scope(|scope| {
+                    scope.spawn(|| deflate.prepare(&checkpoints));
+                    self.fetch_span(blob, span.clone(), run.len())
+                }),
+                _ => self.fetch_span(blob, span.clone(), run.len()),
+            };
             for &index in &run {
                 let chunk = &blob.chunks[index];
                 let result = match &fetched {

@@ -62,4 +62,20 @@ impl DeflateResume for GzipSpans {
         };
         gzip_index::inflate_span(point, &window, compressed, out_len)
     }
+
+    fn prepare(&self, checkpoints: &[u32]) {
+        let windows = checkpoints
+            .iter()
+            .filter_map(|&k| *self.resume.window_of.get(k as usize)?)
+            .map(|w| w as usize);
+        let (Some(first), Some(last)) = (windows.clone().min(), windows.max()) else {
+            return;
+        };
+        if let Err(e) = self
+            .fetcher
+            .chunks(&self.windows, first..last + 1, last + 1)
+        {
+            tracing::debug!("fetching windows ahead: {e}");
+        }
+    }
 }
