@@ -336,15 +336,14 @@ pub struct Want<'a> {
     pub depth: Depth,
 }
 
-/// The manifest digest of `image` for `want.platform`, pulling first when the
-/// policy and the cache say so; `connect` is called only if the registry is
-/// needed. `gate` judges the cached image's digests or, when pulling, the
-/// resolved ones before anything is stored.
+/// The manifest digest of `image` for `want.platform`, pulling from `registry`
+/// first when the policy and the cache say so. `gate` judges the cached image's
+/// digests or, when pulling, the resolved ones before anything is stored.
 pub async fn ensure_image(
     store: &Store,
     image: &ImageRef,
     want: Want<'_>,
-    connect: impl FnOnce() -> Result<RegistryClient>,
+    registry: &RegistryClient,
     progress: &dyn Progress,
     gate: Gate<'_>,
 ) -> Result<Digest> {
@@ -366,11 +365,10 @@ pub async fn ensure_image(
             image: image.to_string(),
         });
     }
-    let registry = connect()?;
     let report = match depth {
-        Depth::Full => pull_gated(store, &registry, image, wanted, progress, gate).await?,
+        Depth::Full => pull_gated(store, registry, image, wanted, progress, gate).await?,
         Depth::Lazy => {
-            crate::lazy::pull_lazy(store, &registry, image, wanted, progress, gate).await?
+            crate::lazy::pull_lazy(store, registry, image, wanted, progress, gate).await?
         }
     };
     Ok(report.manifest)

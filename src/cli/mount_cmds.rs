@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use oci_client::RegistryOperation;
 
 use super::progress::Reporter;
 use super::{Context, RegistryArgs};
@@ -20,6 +19,7 @@ use crate::lazy::prefetch::{Recorder, prefetch_files};
 use crate::lazy::source::{RangeSource, RegistryRanges};
 use crate::pull::{self, Depth, PullPolicy, Want};
 use crate::reference::ImageRef;
+use crate::registry::RegistryClient;
 use crate::rootfs::{self, RootFs};
 use crate::runtime::{self, Bind, RunSpec, Runtime};
 use crate::secret::Credentials;
@@ -27,8 +27,8 @@ use crate::store::Store;
 
 /// Set in the environment of the daemon `lazyimg mount` starts.
 const DAEMON_ENV: &str = "LAZYIMG_MOUNT_DAEMON";
-/// How long `lazyimg mount` waits for its daemon to serve the tree.
-const MOUNT_WAIT: Duration = Duration::from_secs(60);
+/// How often `lazyimg mount` says it is still waiting for its daemon.
+const PREPARE_NOTE: Duration = Duration::from_secs(30);
 
 #[derive(Args, Debug)]
 pub(super) struct MountArgs {
@@ -111,26 +111,17 @@ pub(super) async fn mount(ctx: &Context, args: MountArgs) -> anyhow::Result<Exit
     clear_stale_mount(&args.mountpoint)?;
     let image = ctx.image(&args.reference)?;
     let credentials = ctx.credentials(&image, &args.registry)?;
-    // The daemon serves what its parent already resolved: it asks the registry
-    // only for file contents.
-    let policy = if daemon {
-        PullPolicy::Never
-    } else {
-        args.mount.pull
-    };
-    let (store, manifest) =
-        prepare(ctx, &image, &args.registry, credentials.as_ref(), policy).await?;
     if !(args.foreground || daemon) {
+        // Refuse an unapproved image here, where the user sees it. The daemon does
+        // the rest, so metadata and contents share its connections and token.
+        crate::policy::enforce(&ctx.config, &image)?;
+        let store = ctx.open_store()?;
         return start_daemon(&store, &image, &args.mountpoint, credentials.as_ref());
     }
-    let rootfs = open(
-        ctx,
-        &store,
-        &manifest,
-        &image,
-        credentials.as_ref(),
-        &args.mount,
-    )?;
+    let registry = Arc::new(ctx.registry_with(&image, credentials.as_ref())?);
+    let (store, manifest) =
+        prepare(ctx, &image, &args.registry, &registry, args.mount.pull).await?;
+    let rootfs = open(ctx, &store, &manifest, &image, registry, &args.mount)?;
     let options = mount_options(&args.mount, &image);
     tracing::info!("serving {image} at {}", args.mountpoint.display());
     fuse::mount_foreground(rootfs, &args.mountpoint, &options)?;
@@ -157,14 +148,9 @@ pub(super) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<ExitCode
     runtime::check_available(args.runtime)?;
     let image = ctx.image(&args.reference)?;
     let credentials = ctx.credentials(&image, &args.registry)?;
-    let (store, manifest) = prepare(
-        ctx,
-        &image,
-        &args.registry,
-        credentials.as_ref(),
-        args.mount.pull,
-    )
-    .await?;
+    let registry = Arc::new(ctx.registry_with(&image, credentials.as_ref())?);
+    let (store, manifest) =
+        prepare(ctx, &image, &args.registry, &registry, args.mount.pull).await?;
     let config = image_config(&store, &manifest, &image)?;
     let runtime_config = config.config.unwrap_or_default();
     let command = if args.command.is_empty() {
@@ -190,14 +176,7 @@ pub(super) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<ExitCode
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
 
-    let rootfs = open(
-        ctx,
-        &store,
-        &manifest,
-        &image,
-        credentials.as_ref(),
-        &args.mount,
-    )?;
+    let rootfs = open(ctx, &store, &manifest, &image, registry, &args.mount)?;
     let mountpoint = tempfile::Builder::new()
         .prefix("lazyimg-run-")
         .tempdir()
@@ -226,8 +205,8 @@ pub(super) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<ExitCode
 async fn prepare(
     ctx: &Context,
     image: &ImageRef,
-    registry: &RegistryArgs,
-    credentials: Option<&Credentials>,
+    registry_args: &RegistryArgs,
+    registry: &RegistryClient,
     policy: PullPolicy,
 ) -> anyhow::Result<(Arc<Store>, Digest)> {
     // Refuse unapproved images before touching the cache or the registry.
@@ -235,7 +214,7 @@ async fn prepare(
     let store = ctx.open_store()?;
     let reporter = Reporter::new(ctx.quiet);
     let want = Want {
-        platform: &ctx.platform(registry),
+        platform: &ctx.platform(registry_args),
         policy,
         depth: Depth::Lazy,
     };
@@ -243,26 +222,12 @@ async fn prepare(
         &store,
         image,
         want,
-        || {
-            ctx.registry_with(image, credentials)
-                .map_err(into_library_error)
-        },
+        registry,
         &reporter,
         &crate::policy::gate(approval.as_ref()),
     )
     .await?;
     Ok((store, manifest))
-}
-
-/// `ensure_image` wants a library error; keep a typed one when there is one.
-fn into_library_error(err: anyhow::Error) -> crate::Error {
-    match err.downcast::<crate::Error>() {
-        Ok(typed) => typed,
-        Err(other) => crate::Error::Config {
-            path: PathBuf::from("(command line)"),
-            message: format!("{other:#}"),
-        },
-    }
 }
 
 /// Opens the prepared image; layers not in the cache are read lazily from the
@@ -272,20 +237,10 @@ fn open(
     store: &Arc<Store>,
     manifest: &Digest,
     image: &ImageRef,
-    credentials: Option<&Credentials>,
+    registry: Arc<RegistryClient>,
     flags: &MountFlags,
 ) -> anyhow::Result<Arc<RootFs>> {
     let client_options = ctx.config.network.client_options();
-    let registry = Arc::new(ctx.registry_with(image, credentials)?);
-    // Token and connection ready before the first read needs them; if the
-    // registry is unreachable now, reads say so when they happen.
-    let warm = Arc::clone(&registry);
-    let reference = image.source.clone();
-    tokio::spawn(async move {
-        if let Err(e) = warm.authenticate(&reference, RegistryOperation::Pull).await {
-            tracing::debug!("early authentication: {e}");
-        }
-    });
     let source = RegistryRanges {
         registry,
         image: image.clone(),
@@ -418,8 +373,8 @@ fn start_daemon(
             .context("cannot hand the token to the mount daemon")?;
     }
     drop(stdin);
-    let started = Instant::now();
-    while started.elapsed() < MOUNT_WAIT {
+    let mut next_note = Instant::now() + PREPARE_NOTE;
+    loop {
         if is_mounted(mountpoint) {
             eprintln!(
                 "mounted {image} at {} (daemon pid {}, log {})",
@@ -429,22 +384,55 @@ fn start_daemon(
             );
             return Ok(ExitCode::SUCCESS);
         }
-        if let Some(status) = child.try_wait()? {
+        if child.try_wait()?.is_some() {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            bail!(
-                "the mount daemon exited ({status}) before mounting:\n{}",
-                log.trim_end()
-            );
+            return Err(DaemonFailed::from_log(&log, &log_path).into());
+        }
+        // Fetching layers that cannot be read lazily can take a while: say so.
+        if Instant::now() >= next_note {
+            eprintln!("still preparing {image}; see {}", log_path.display());
+            next_note += PREPARE_NOTE;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let _ = child.kill();
-    bail!(
-        "the mount daemon did not mount within {} s; see {}",
-        MOUNT_WAIT.as_secs(),
-        log_path.display()
-    )
 }
+
+/// The daemon's own error line and hint, taken from its log.
+#[derive(Debug)]
+struct DaemonFailed {
+    message: String,
+    hint: Option<String>,
+    log: PathBuf,
+}
+
+impl DaemonFailed {
+    fn from_log(log: &str, path: &Path) -> DaemonFailed {
+        let error = log
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("lazyimg: error: "));
+        let hint = log.lines().rev().find_map(|l| l.strip_prefix("hint: "));
+        DaemonFailed {
+            message: error
+                .unwrap_or("the mount daemon exited before mounting")
+                .to_string(),
+            hint: hint.map(str::to_string),
+            log: path.to_path_buf(),
+        }
+    }
+}
+
+impl std::fmt::Display for DaemonFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (log: {})", self.message, self.log.display())?;
+        if let Some(hint) = &self.hint {
+            write!(f, "\nhint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for DaemonFailed {}
 
 /// Whether this command line took its token from standard input.
 fn passes_token_on_stdin() -> bool {

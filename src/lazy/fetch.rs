@@ -99,6 +99,17 @@ impl ChunkFetcher {
         }
     }
 
+    /// A chunk's verified content if it is at hand (fetched, or in the store),
+    /// without fetching anything.
+    pub fn peek(&self, digest: &Digest) -> Option<Bytes> {
+        let flight = self.shared.flights().get(digest).cloned();
+        if let Some(flight) = flight {
+            return lock(&flight.outcome).as_ref()?.as_ref().ok().cloned();
+        }
+        let stored = self.shared.store.get(digest).ok()??;
+        Some(stored.slice(0..stored.bytes().len()))
+    }
+
     /// Whether a chunk is in the store (not just in memory).
     pub fn is_stored(&self, digest: &Digest) -> bool {
         self.shared.store.contains(digest) && !self.shared.flights().contains_key(digest)

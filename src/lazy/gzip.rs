@@ -1,5 +1,7 @@
 //! Reading gzip layers through a lazyimg index: each span inflates from its
-//! checkpoint, with the 32 KiB window fetched (and verified) like any chunk.
+//! checkpoint. The 32 KiB window a checkpoint needs is the tail of the span
+//! before it, when that span is at hand (a sequential read); otherwise it is
+//! fetched, and verified, like any chunk.
 
 use std::io;
 use std::sync::Arc;
@@ -9,31 +11,51 @@ use bytes::Bytes;
 use super::artifact::GzipResume;
 use super::decode::DeflateResume;
 use super::fetch::{ChunkFetcher, LazyBlob};
-use crate::layer::gzip_index;
-
-/// Windows fetched along with the one a span needs: the next spans of a
-/// sequential read need theirs too, and they sit side by side.
-const WINDOW_READAHEAD: usize = 8;
+use crate::digest::Digest;
+use crate::layer::{Chunk, ChunkCodec, gzip_index};
 
 pub struct GzipSpans {
     resume: GzipResume,
     windows: LazyBlob,
+    /// The content digest of the span starting at each checkpoint.
+    spans: Vec<Option<Digest>>,
     fetcher: Arc<ChunkFetcher>,
 }
 
 impl GzipSpans {
-    pub fn new(resume: GzipResume, fetcher: Arc<ChunkFetcher>) -> GzipSpans {
+    /// `chunks` are the layer's chunks, whose deflate spans the checkpoints start.
+    pub fn new(resume: GzipResume, chunks: &[Chunk], fetcher: Arc<ChunkFetcher>) -> GzipSpans {
         let windows = LazyBlob {
             digest: resume.windows_blob,
             size: resume.windows_size,
             chunks: resume.windows.clone(),
             deflate: None,
         };
+        let mut spans = vec![None; resume.checkpoints.len()];
+        for chunk in chunks {
+            if let ChunkCodec::Deflate { checkpoint } = chunk.codec
+                && let Some(slot) = spans.get_mut(checkpoint as usize)
+            {
+                *slot = Some(chunk.digest);
+            }
+        }
         GzipSpans {
             resume,
             windows,
+            spans,
             fetcher,
         }
+    }
+
+    /// Window `w` for checkpoint `k` from the verified span before it, if that
+    /// span is in memory or in the store; checked against the window's digest.
+    fn window_from_previous_span(&self, k: usize, w: usize) -> Option<Bytes> {
+        let window = &self.windows.chunks[w];
+        let previous = self.spans.get(k.checked_sub(1)?)?.as_ref()?;
+        let span = self.fetcher.peek(previous)?;
+        let start = span.len().checked_sub(window.content_size as usize)?;
+        let tail = span.slice(start..);
+        (Digest::of(&tail) == window.digest).then_some(tail)
     }
 }
 
@@ -50,25 +72,33 @@ impl DeflateResume for GzipSpans {
         };
         let window = match *window_of {
             None => Bytes::new(),
-            Some(w) => {
-                let w = w as usize;
-                let ahead = (w + WINDOW_READAHEAD).min(self.windows.chunks.len());
-                let mut found = self
-                    .fetcher
-                    .chunks(&self.windows, w..w + 1, ahead)
-                    .map_err(io::Error::other)?;
-                found.remove(0)
-            }
+            Some(w) => match self.window_from_previous_span(k, w as usize) {
+                Some(window) => window,
+                None => {
+                    let w = w as usize;
+                    let mut found = self
+                        .fetcher
+                        .chunks(&self.windows, w..w + 1, w + 1)
+                        .map_err(io::Error::other)?;
+                    found.remove(0)
+                }
+            },
         };
         gzip_index::inflate_span(point, &window, compressed, out_len)
     }
 
     fn prepare(&self, checkpoints: &[u32]) {
-        let windows = checkpoints
+        // Spans of the same run decode in order, so only the first one's
+        // window (unless its predecessor is at hand) has to come from afar.
+        let needed = checkpoints
             .iter()
-            .filter_map(|&k| *self.resume.window_of.get(k as usize)?)
-            .map(|w| w as usize);
-        let (Some(first), Some(last)) = (windows.clone().min(), windows.max()) else {
+            .map(|&k| k as usize)
+            .filter(|&k| k == 0 || !checkpoints.contains(&(k as u32 - 1)))
+            .filter_map(|k| {
+                let w = (*self.resume.window_of.get(k)?)? as usize;
+                self.window_from_previous_span(k, w).is_none().then_some(w)
+            });
+        let (Some(first), Some(last)) = (needed.clone().min(), needed.max()) else {
             return;
         };
         if let Err(e) = self

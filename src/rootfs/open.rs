@@ -140,10 +140,10 @@ pub fn open_image(
             Plan::Chunked(layer, chunks, gzip) => LayerContent::Chunked(LazyBlob {
                 digest: layer.digest,
                 size: layer.size,
-                chunks,
                 deflate: gzip.zip(fetcher.clone()).map(|(resume, fetcher)| {
-                    Arc::new(GzipSpans::new(resume, fetcher)) as Arc<dyn DeflateResume>
+                    Arc::new(GzipSpans::new(resume, &chunks, fetcher)) as Arc<dyn DeflateResume>
                 }),
+                chunks,
             }),
         })
         .collect();
