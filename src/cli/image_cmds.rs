@@ -1,6 +1,7 @@
 //! `lazyimg pull`, `inspect` and `index`.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytesize::ByteSize;
@@ -12,7 +13,10 @@ use super::progress::Reporter;
 use super::{Context, RegistryArgs};
 use crate::image::{Descriptor, ImageConfig, LayerFormat, Manifest};
 use crate::lazy::artifact;
-use crate::pull;
+use crate::pull::{self, PullReport};
+use crate::reference::ImageRef;
+use crate::registry::RegistryClient;
+use crate::store::Store;
 
 #[derive(Args, Debug)]
 pub(super) struct PullArgs {
@@ -45,22 +49,32 @@ pub(super) struct InspectArgs {
     registry: RegistryArgs,
 }
 
-pub(super) async fn pull(ctx: &Context, args: PullArgs) -> anyhow::Result<std::process::ExitCode> {
-    let image = ctx.image(&args.reference)?;
+/// Pulls an approved image whole: every blob fetched and verified.
+async fn approved_pull(
+    ctx: &Context,
+    reference: &str,
+    args: &RegistryArgs,
+) -> anyhow::Result<(ImageRef, Arc<Store>, RegistryClient, PullReport)> {
+    let image = ctx.image(reference)?;
     // Refuse unapproved images before touching the cache or the registry.
     let approval = crate::policy::enforce(&ctx.config, &image)?;
     let store = ctx.open_store()?;
-    let registry = ctx.registry(&image, &args.registry)?;
+    let registry = ctx.registry(&image, args)?;
     let reporter = Reporter::new(ctx.quiet);
     let report = pull::pull_gated(
         &store,
         &registry,
         &image,
-        &ctx.platform(&args.registry),
+        &ctx.platform(args),
         &reporter,
         &crate::policy::gate(approval.as_ref()),
     )
     .await?;
+    Ok((image, store, registry, report))
+}
+
+pub(super) async fn pull(ctx: &Context, args: PullArgs) -> anyhow::Result<std::process::ExitCode> {
+    let (_, store, _, report) = approved_pull(ctx, &args.reference, &args.registry).await?;
     // Unpack and index the layers now, once, so the first mount is as quick as any.
     tokio::task::block_in_place(|| {
         crate::rootfs::open_image(&store, &report.manifest, &report.name, None)
@@ -81,21 +95,9 @@ pub(super) async fn pull(ctx: &Context, args: PullArgs) -> anyhow::Result<std::p
 }
 
 pub(super) async fn index(ctx: &Context, args: IndexArgs) -> anyhow::Result<ExitCode> {
-    let image = ctx.image(&args.reference)?;
-    let approval = crate::policy::enforce(&ctx.config, &image)?;
-    let store = ctx.open_store()?;
-    let registry = ctx.registry(&image, &args.registry)?;
-    let reporter = Reporter::new(ctx.quiet);
     // Indexes are built from verified blobs only: pull them first.
-    let report = pull::pull_gated(
-        &store,
-        &registry,
-        &image,
-        &ctx.platform(&args.registry),
-        &reporter,
-        &crate::policy::gate(approval.as_ref()),
-    )
-    .await?;
+    let (image, store, registry, report) =
+        approved_pull(ctx, &args.reference, &args.registry).await?;
     let manifest_bytes = store.require(&report.manifest)?;
     let Manifest::Image(manifest) = Manifest::parse(manifest_bytes.bytes(), &report.name)? else {
         anyhow::bail!("{}: the resolved manifest is an index", report.name);
