@@ -17,7 +17,9 @@ use support::estargz::build_estargz_layer;
 use support::image::*;
 use support::listing::{diff_listings, listing};
 use support::registry::Registry;
-use support::testenv::{Lazyimg, Mounted, TestEnv, authed, build_layout, nonce, testenv};
+use support::testenv::{
+    Lazyimg, Mounted, TestEnv, authed, build_layout, nonce, testenv, unique_image,
+};
 use support::tools::{push_layout, unpack_with_umoci};
 use support::zstd_chunked::convert_to_zstd_chunked;
 
@@ -422,4 +424,51 @@ fn record_then_prefetch_and_background_fetch_keep_the_image_working_offline() {
     let offline = listing(&mounted.path).expect("every file reads with the registry gone");
     assert!(offline.iter().any(|line| line.contains("victim.bin")));
     assert_eq!(stats(&lazyimg, &mounted)["fetch_failures"], 0);
+}
+
+#[test]
+fn a_prefetch_list_pushed_with_the_index_is_fetched_at_every_mount() {
+    let env = testenv();
+    let work = tempfile::tempdir().unwrap();
+    let (layout, _) = build_layout(&work.path().join("img"), &unique_image("prefetch", 2), "p");
+    let reference = push(
+        env,
+        &layout.dir,
+        "p",
+        &format!("lazy/prefetch-{}:1", nonce()),
+    );
+    let list = work.path().join("list");
+    std::fs::write(&list, "/layer1/data.bin\n").unwrap();
+    let indexer = Lazyimg::new(env);
+    authed(
+        &indexer,
+        &[
+            "index",
+            "--push",
+            "--prefetch",
+            list.to_str().unwrap(),
+            &reference,
+        ],
+    )
+    .ok();
+
+    let lazyimg = Lazyimg::new(env);
+    let mounted = Mounted::new(&lazyimg, &reference, &[]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let fetched = loop {
+        let fetched = stats(&lazyimg, &mounted)["bytes_fetched"].as_u64().unwrap();
+        if fetched > 0 {
+            break fetched;
+        }
+        assert!(Instant::now() < deadline, "nothing was prefetched");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let data = read_file(&mounted.path.join("layer1/data.bin")).unwrap();
+    assert_eq!(data, prng_bytes(8, 64 << 10));
+    let after = stats(&lazyimg, &mounted);
+    assert_eq!(
+        after["bytes_fetched"], fetched,
+        "the listed file came from the cache: {after}"
+    );
 }

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
+use anyhow::Context as _;
 use bytesize::ByteSize;
 use clap::Args;
 use oci_client::RegistryOperation;
@@ -34,6 +35,10 @@ pub(super) struct IndexArgs {
     /// every machine read its gzip layers lazily.
     #[arg(long)]
     push: bool,
+    /// With --push: store this list of files (one path per line, as `mount
+    /// --record` writes it) with the index; every mount fetches them first.
+    #[arg(long, value_name = "FILE", requires = "push")]
+    prefetch: Option<std::path::PathBuf>,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -146,7 +151,22 @@ pub(super) async fn index(ctx: &Context, args: IndexArgs) -> anyhow::Result<Exit
             platform: None,
             artifact_type: None,
         };
-        let pushed = artifact::push(&store, &registry, &image, &subject, &built).await?;
+        let prefetch = match &args.prefetch {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .with_context(|| format!("cannot read the prefetch list {}", path.display()))?,
+            ),
+            None => None,
+        };
+        let pushed = artifact::push(
+            &store,
+            &registry,
+            &image,
+            &subject,
+            &built,
+            prefetch.as_deref(),
+        )
+        .await?;
         eprintln!("pushed lazyimg index {pushed} for {}", report.name);
         println!("{pushed}");
     }

@@ -23,7 +23,7 @@ use crate::registry::RegistryClient;
 use crate::rootfs::{self, RootFs};
 use crate::runtime::{self, Bind, RunSpec, Runtime};
 use crate::secret::Credentials;
-use crate::store::Store;
+use crate::store::{Derived, Store};
 
 /// Set in the environment of the daemon `lazyimg mount` starts.
 const DAEMON_ENV: &str = "LAZYIMG_MOUNT_DAEMON";
@@ -262,27 +262,28 @@ fn open(
         rootfs.content = Arc::new(recorder);
     }
     let rootfs = Arc::new(rootfs);
-    start_prefetch(&rootfs, flags)?;
-    Ok(rootfs)
-}
-
-/// Runs `--prefetch` and `--background-fetch` on a thread of their own: the
-/// mount serves meanwhile, and reads of what is being fetched wait for it.
-fn start_prefetch(rootfs: &Arc<RootFs>, flags: &MountFlags) -> anyhow::Result<()> {
+    // A list given here wins over the one pushed with the image's index.
     let list = match &flags.prefetch {
         Some(path) => Some(
             std::fs::read(path)
                 .with_context(|| format!("cannot read the prefetch list {}", path.display()))?,
         ),
-        None => None,
+        None => store.read_derived(Derived::PrefetchList, manifest)?,
     };
+    start_prefetch(&rootfs, list, flags);
+    Ok(rootfs)
+}
+
+/// Runs the prefetch `list` and `--background-fetch` on a thread of their own:
+/// the mount serves meanwhile, and reads of what is being fetched wait for it.
+fn start_prefetch(rootfs: &Arc<RootFs>, list: Option<Vec<u8>>, flags: &MountFlags) {
     if list.is_none() && !flags.background_fetch {
-        return Ok(());
+        return;
     }
     let max_rate = flags.max_rate.map(|mb| (mb * 1e6) as u64);
     let background = flags.background_fetch;
     let rootfs = Arc::clone(rootfs);
-    std::thread::Builder::new()
+    let spawned = std::thread::Builder::new()
         .name("lazyimg-prefetch".into())
         .spawn(move || {
             if let Some(list) = list {
@@ -300,9 +301,11 @@ fn start_prefetch(rootfs: &Arc<RootFs>, flags: &MountFlags) -> anyhow::Result<()
                     Err(e) => tracing::warn!("background fetch stopped: {e}"),
                 }
             }
-        })
-        .context("cannot start the prefetch thread")?;
-    Ok(())
+        });
+    // Prefetching only saves time later; the mount works without it.
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start prefetching: {e}");
+    }
 }
 
 fn image_config(store: &Store, manifest: &Digest, image: &ImageRef) -> anyhow::Result<ImageConfig> {

@@ -292,7 +292,7 @@ async fn push_lazy_indexes(
                 platform: None,
                 artifact_type: None,
             };
-            artifact::push(store, target_client, target, &subject, &built)
+            artifact::push(store, target_client, target, &subject, &built, None)
                 .await
                 .map(Some)
         }

@@ -24,11 +24,13 @@ use crate::layer::{self, Chunk, ChunkCodec, ChunkedLayer, Compression};
 use crate::pull::{self, Silent};
 use crate::reference::ImageRef;
 use crate::registry::RegistryClient;
-use crate::store::Store;
+use crate::store::{Derived, Store};
 
 pub const ARTIFACT_TYPE: &str = "application/vnd.lazyimg.index.v1";
 const INDEX_MEDIA_TYPE: &str = "application/vnd.lazyimg.layer-index.v1+zstd";
 const WINDOWS_MEDIA_TYPE: &str = "application/vnd.lazyimg.gzip-windows.v1";
+/// The files a typical run reads first, one path per line (`mount --record`).
+const PREFETCH_MEDIA_TYPE: &str = "application/vnd.lazyimg.prefetch.v1+text";
 const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
 const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 const INDEX_MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
@@ -267,15 +269,17 @@ impl LayerIndexFile {
     }
 }
 
-/// Pushes the indexes of `built` as an artifact for image manifest `subject`,
-/// and lists it under the `sha256-<hex>` referrers tag for registries without
-/// the referrers API. Returns the artifact's digest.
+/// Pushes the indexes of `built`, and the prefetch list if given, as an
+/// artifact for image manifest `subject`, and lists it under the `sha256-<hex>`
+/// referrers tag for registries without the referrers API. Returns the
+/// artifact's digest.
 pub async fn push(
     store: &Store,
     registry: &RegistryClient,
     image: &ImageRef,
     subject: &Descriptor,
     built: &[BuiltIndex],
+    prefetch: Option<&[u8]>,
 ) -> Result<Digest> {
     let empty_config = Bytes::from_static(b"{}");
     let mut layers = Vec::new();
@@ -291,6 +295,11 @@ pub async fn push(
             layers.push(descriptor(WINDOWS_MEDIA_TYPE, &windows, annotations));
             blobs.push((Digest::of(&windows), windows));
         }
+    }
+    if let Some(list) = prefetch {
+        let list = Bytes::copy_from_slice(list);
+        layers.push(descriptor(PREFETCH_MEDIA_TYPE, &list, BTreeMap::new()));
+        blobs.push((Digest::of(&list), list));
     }
     for (digest, bytes) in &blobs {
         store.put(*digest, bytes, "lazyimg index blob")?;
@@ -426,7 +435,8 @@ pub fn indexed_layers(artifact: &ImageManifest) -> Vec<String> {
 }
 
 /// Chunk maps from the image's lazyimg index, for those of `layers` it covers
-/// and that pass every check. Anything wrong with the index is a warning.
+/// and that pass every check; its prefetch list, if any, is kept for the mount
+/// ([`Derived::PrefetchList`]). Anything wrong with the index is a warning.
 pub async fn find(
     store: &Store,
     registry: &RegistryClient,
@@ -448,16 +458,24 @@ pub async fn find(
         .iter()
         .filter_map(|layer| Some((*layer, annotated(layer, INDEX_MEDIA_TYPE)?)))
         .collect();
-    futures_util::stream::iter(&wanted)
-        .map(|(layer, index)| {
-            let what = format!("lazyimg index of layer {} of {image}", layer.digest);
-            async move {
-                pull::fetch_blob(store, registry, image, index, (&what, &what), &Silent).await
-            }
-        })
-        .buffer_unordered(wanted.len().max(1))
+    let prefetch = artifact
+        .layers
+        .iter()
+        .find(|d| d.media_type == PREFETCH_MEDIA_TYPE);
+    let blobs: Vec<(&Descriptor, String)> = wanted
+        .iter()
+        .map(|(layer, index)| (*index, format!("lazyimg index of layer {}", layer.digest)))
+        .chain(prefetch.map(|list| (list, "lazyimg prefetch list".to_string())))
+        .collect();
+    futures_util::stream::iter(&blobs)
+        .map(|(blob, what)| pull::fetch_blob(store, registry, image, blob, (what, what), &Silent))
+        .buffer_unordered(blobs.len().max(1))
         .try_collect::<Vec<u64>>()
         .await?;
+    if let Some(list) = prefetch {
+        let bytes = store.require(&list.digest)?;
+        store.write_derived(Derived::PrefetchList, manifest_digest, bytes.bytes())?;
+    }
     let mut maps = BTreeMap::new();
     for (layer, index) in wanted {
         let checked =

@@ -20,6 +20,9 @@ pub enum Derived {
     Tree,
     /// How to read a layer lazily (`lazy::ChunkMap`), by the layer's digest.
     ChunkMap,
+    /// The files to fetch first when mounting, from the image's lazyimg index,
+    /// by image manifest digest.
+    PrefetchList,
 }
 
 impl Derived {
@@ -28,6 +31,7 @@ impl Derived {
             Derived::LayerIndex => "derived/layer-index",
             Derived::Tree => "derived/tree",
             Derived::ChunkMap => "derived/chunk-map",
+            Derived::PrefetchList => "derived/prefetch",
         }
     }
 }
