@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The main job on a demo image, from nothing, on a Debian 12 machine (as root):
 # installs what is needed, builds lazyimg, starts a local ghcr.io look-alike
-# (HTTPS + token auth) with a demo image in it, then pulls, inspects, mounts and
-# runs that image with Charliecloud and Podman straight from the mount.
+# (HTTPS + token auth) with a demo image in it, pushes a lazyimg index beside it
+# (as seeding does on the site), then mounts it lazily (contents fetched when
+# read), shows what crossed the network, and runs it with Charliecloud and Podman
+# straight from the mount.
 #
 # Usage: scripts/demo.sh
 set -euo pipefail
@@ -41,20 +43,24 @@ prefix = "ghcr.io"
 location = "$LAZYIMG_TEST_UPSTREAM"
 ca_file = "$LAZYIMG_TEST_CA"
 TOML
+sed "s|^cache_dir = .*|cache_dir = \"$work/indexer-cache\"|" "$config" >"$work/indexer.toml"
 export LAZYIMG_CONFIG=$config REGISTRY_AUTH_FILE=$LAZYIMG_TEST_AUTH_FILE USER=${USER:-root}
 image=ghcr.io/demo/busybox:1
 
 step "lazyimg inspect $image"
 "$lazyimg" inspect "$image"
 
-step "lazyimg pull $image"
-"$lazyimg" pull "$image"
+step "lazyimg index --push $image (what seeding does; its own cache, like another machine)"
+LAZYIMG_CONFIG=$work/indexer.toml "$lazyimg" index --push "$image"
 
-step "lazyimg mount $image $work/mnt"
+step "lazyimg mount $image $work/mnt (lazy: only metadata is fetched now)"
 mkdir -p "$work/mnt"
 "$lazyimg" mount "$image" "$work/mnt"
+"$lazyimg" stats "$work/mnt"
 ls -la "$work/mnt"
 cat "$work/mnt/etc/os-release"
+step "lazyimg stats $work/mnt (after reading)"
+"$lazyimg" stats "$work/mnt"
 "$lazyimg" umount "$work/mnt"
 
 step "lazyimg run --runtime charliecloud $image -- cat /hello.txt"
