@@ -2,7 +2,7 @@
 //! one in-flight fetch per chunk however many readers wait for it, every chunk
 //! verified before any reader sees it, then kept in the content store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -32,6 +32,8 @@ pub struct LazyBlob {
     pub deflate: Option<Arc<dyn DeflateResume>>,
 }
 
+/// Cheap to clone: clones share flights, store and statistics.
+#[derive(Clone)]
 pub struct ChunkFetcher {
     shared: Arc<Shared>,
     source: Arc<dyn RangeSource>,
@@ -47,6 +49,9 @@ struct Shared {
     stats: Arc<Stats>,
     /// Chunks being fetched, or fetched and verified but not yet in the store.
     flights: Mutex<HashMap<Digest, Arc<Flight>>>,
+    /// Chunks seen in the store, so warm reads need no `stat` per chunk. One
+    /// evicted since is caught when its read finds nothing, and forgotten.
+    stored: Mutex<HashSet<Digest>>,
 }
 
 #[derive(Default)]
@@ -74,6 +79,7 @@ impl ChunkFetcher {
             store,
             stats,
             flights: Mutex::default(),
+            stored: Mutex::default(),
         });
         let (writes, queue) = sync_channel::<(Digest, Bytes)>(WRITE_QUEUE);
         let writer = Arc::clone(&shared);
@@ -83,8 +89,12 @@ impl ChunkFetcher {
             .name("lazyimg-chunk-writer".into())
             .spawn(move || {
                 for (digest, bytes) in queue {
-                    if let Err(e) = writer.store.put(digest, &bytes, "chunk") {
-                        tracing::warn!("cannot cache chunk {digest}: {e}");
+                    // Verified before it was queued: no second hash.
+                    match writer.store.put_verified(digest, &bytes) {
+                        Ok(()) => {
+                            lock(&writer.stored).insert(digest);
+                        }
+                        Err(e) => tracing::warn!("cannot cache chunk {digest}: {e}"),
                     }
                     writer.flights().remove(&digest);
                 }
@@ -112,7 +122,41 @@ impl ChunkFetcher {
 
     /// Whether a chunk is in the store (not just in memory).
     pub fn is_stored(&self, digest: &Digest) -> bool {
-        self.shared.store.contains(digest) && !self.shared.flights().contains_key(digest)
+        self.shared.known_stored(digest) && !self.shared.flights().contains_key(digest)
+    }
+
+    /// Whether nothing of chunks `range` is known to be stored or on its way,
+    /// judged by the chunk in the middle (windows are claimed whole).
+    pub fn is_idle(&self, blob: &LazyBlob, range: Range<usize>) -> bool {
+        if range.is_empty() {
+            return false;
+        }
+        let middle = &blob.chunks[range.start + range.len() / 2].digest;
+        !(self.shared.flights().contains_key(middle) || self.shared.known_stored(middle))
+    }
+
+    /// Starts fetching chunks `ahead` of `blob` in the background, so a
+    /// sequential reader finds them ready. A window is claimed only once its
+    /// middle is neither stored nor on its way: each request then carries many
+    /// chunks, and concurrent readers of one file start it once.
+    pub fn read_ahead(&self, blob: &Arc<LazyBlob>, ahead: Range<usize>) {
+        if !self.is_idle(blob, ahead.clone()) {
+            return;
+        }
+        let (_, mine) = self.claim(blob, ahead.clone(), ahead.end);
+        if mine.is_empty() {
+            return;
+        }
+        let fetcher = self.clone();
+        let owned = Arc::clone(blob);
+        let claimed = mine.clone();
+        let spawned = std::thread::Builder::new()
+            .name("lazyimg-readahead".into())
+            .spawn(move || drop(fetcher.fetch_mine(&owned, &claimed)));
+        if spawned.is_err() {
+            // Claimed flights must be settled: fetch them here instead.
+            drop(self.fetch_mine(blob, &mine));
+        }
     }
 
     /// The verified contents of chunks `wanted` of `blob`. Chunks `wanted.end..ahead`
@@ -157,7 +201,10 @@ impl ChunkFetcher {
                         self.shared.stats.cache_hit();
                         stored.slice(0..stored.bytes().len())
                     }
-                    None => return Ok(None),
+                    None => {
+                        lock(&self.shared.stored).remove(&chunk.digest);
+                        return Ok(None);
+                    }
                 },
             };
             out.push(bytes);
@@ -173,7 +220,6 @@ impl ChunkFetcher {
         wanted: Range<usize>,
         ahead: usize,
     ) -> (Vec<Source>, Vec<usize>) {
-        let store = &self.shared.store;
         let mut flights = self.shared.flights();
         let mut sources = Vec::with_capacity(wanted.len());
         let mut mine = Vec::new();
@@ -181,7 +227,7 @@ impl ChunkFetcher {
             let digest = blob.chunks[index].digest;
             let source = if let Some(flight) = flights.get(&digest) {
                 Source::Others(Arc::clone(flight))
-            } else if store.contains(&digest) {
+            } else if self.shared.known_stored(&digest) {
                 Source::Stored
             } else {
                 flights.insert(digest, Arc::default());
@@ -356,6 +402,11 @@ impl ChunkFetcher {
 impl Shared {
     fn flights(&self) -> MutexGuard<'_, HashMap<Digest, Arc<Flight>>> {
         lock(&self.flights)
+    }
+
+    fn known_stored(&self, digest: &Digest) -> bool {
+        let mut stored = lock(&self.stored);
+        stored.contains(digest) || (self.store.contains(digest) && stored.insert(*digest))
     }
 }
 

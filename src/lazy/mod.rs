@@ -31,6 +31,9 @@ pub use gzip::GzipSpans;
 pub use prepare::{ChunkMap, MapSource, pull_lazy};
 pub use stats::{Stats, StatsReport};
 
+/// How far from the last read's end a read still counts as sequential.
+const SEQUENTIAL_SLACK: u64 = 1 << 20;
+
 /// Blob bytes a background fill asks for at once.
 const FILL_BATCH: u64 = 8 << 20;
 
@@ -39,7 +42,8 @@ const FILL_BATCH: u64 = 8 << 20;
 pub struct LazyOptions {
     /// Longest one read may wait on the registry, retries included.
     pub deadline: Duration,
-    /// Bytes of the same file fetched beyond what a read asks for.
+    /// Bytes of the same file fetched ahead of a sequential reader (and the
+    /// size up to which a file is fetched whole on its first read).
     pub readahead: u64,
     /// Largest single range request when adjacent chunks are coalesced.
     pub max_request: u64,
@@ -49,7 +53,7 @@ impl Default for LazyOptions {
     fn default() -> Self {
         LazyOptions {
             deadline: Duration::from_secs(30),
-            readahead: 4 << 20,
+            readahead: 8 << 20,
             max_request: 16 << 20,
         }
     }
@@ -60,7 +64,7 @@ pub enum LayerContent {
     /// The verified uncompressed tar is in the store: content space = tar offsets.
     Unpacked(Blob),
     /// Fetched on demand.
-    Chunked(LazyBlob),
+    Chunked(Arc<LazyBlob>),
 }
 
 /// Every layer of a mounted image, as the tree's content locations address them.
@@ -68,8 +72,10 @@ pub struct ImageContent {
     layers: Vec<LayerContent>,
     /// Present when any layer is chunked.
     fetcher: Option<Arc<ChunkFetcher>>,
-    /// Extra bytes of the same file fetched along with a read.
+    /// Bytes of the same file fetched ahead of a sequential reader.
     readahead: u64,
+    /// Where the last read of each file ended, to tell sequential readers.
+    read_ends: std::sync::Mutex<std::collections::HashMap<ContentLocation, u64>>,
     stats: Arc<Stats>,
 }
 
@@ -86,13 +92,14 @@ impl ImageContent {
             layers,
             fetcher,
             readahead,
+            read_ends: Default::default(),
             stats,
         }
     }
 
     fn read_chunked(
         &self,
-        blob: &LazyBlob,
+        blob: &Arc<LazyBlob>,
         location: &ContentLocation,
         range: std::ops::Range<u64>,
     ) -> Result<Bytes> {
@@ -103,10 +110,33 @@ impl ImageContent {
         let chunks = &blob.chunks;
         let first = chunks.partition_point(|c| c.content_offset + c.content_size <= range.start);
         let last = chunks.partition_point(|c| c.content_offset < range.end);
+        // A small file comes whole with its first read. A file read from its
+        // start or where the last read ended gets its next window with this
+        // read (when none of it is on its way yet) and the one after that in
+        // the background, so a sequential reader stays a request ahead. Random
+        // reads of big files fetch only what they touch.
         let file_end = location.offset + location.size;
-        let ahead_end = (range.end + self.readahead).min(file_end);
-        let ahead = chunks.partition_point(|c| c.content_offset < ahead_end);
-        let pieces = fetcher.chunks(blob, first..last, ahead)?;
+        let window_end = |from: u64| {
+            let end = from.saturating_add(self.readahead).min(file_end);
+            chunks.partition_point(|c| c.content_offset < end).max(last)
+        };
+        let sequential = self.follows_last_read(location, &range);
+        let ahead = if location.size <= self.readahead {
+            window_end(location.offset)
+        } else if sequential {
+            window_end(range.end)
+        } else {
+            last
+        };
+        let with_this_read = if fetcher.is_idle(blob, last..ahead) {
+            ahead
+        } else {
+            last
+        };
+        let pieces = fetcher.chunks(blob, first..last, with_this_read)?;
+        if sequential {
+            fetcher.read_ahead(blob, ahead..window_end(range.end + self.readahead));
+        }
         let mut out = BytesMut::new();
         let mut at = range.start;
         for (chunk, piece) in chunks[first..last].iter().zip(&pieces) {
@@ -122,6 +152,18 @@ impl ImageContent {
             at = chunk.content_offset + to as u64;
         }
         self.covered(out.freeze(), range, blob)
+    }
+
+    /// Whether a read at `range` of the file at `location` continues the
+    /// previous one (or starts the file), remembering where it ends.
+    fn follows_last_read(&self, location: &ContentLocation, range: &std::ops::Range<u64>) -> bool {
+        let mut ends = self.read_ends.lock().unwrap_or_else(|p| p.into_inner());
+        let end = ends.entry(*location).or_insert(location.offset);
+        // The kernel sends a sequential reader's requests a few at a time and
+        // not always in order: near enough counts.
+        let sequential = range.start.abs_diff(*end) <= SEQUENTIAL_SLACK;
+        *end = (*end).max(range.end);
+        sequential
     }
 
     /// Checks the chunks covered the whole range: a gap means a broken index.

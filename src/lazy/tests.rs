@@ -120,7 +120,7 @@ fn setup(blob: TestBlob, readahead: u64) -> Setup {
         size: blob.content.len() as u64,
     };
     let content = ImageContent::new(
-        vec![LayerContent::Chunked(lazy)],
+        vec![LayerContent::Chunked(Arc::new(lazy))],
         Some(fetcher),
         readahead,
         stats,
@@ -286,4 +286,21 @@ fn chunks_are_served_from_the_store_once_cached() {
     let got = s.content.read(&s.location, 0, 40_000).unwrap();
     assert_eq!(&got[..], &s.blob.content[..]);
     assert!(s.content.stats().unwrap().cache_hits >= 5);
+}
+
+#[test]
+fn sequential_reads_fetch_each_chunk_once_in_window_sized_requests() {
+    let s = setup(gzip_blob(&pseudo_random(256_000), 4_000), 16_000);
+    for offset in (0..256_000u64).step_by(4_000) {
+        let got = s.content.read(&s.location, offset, 4_000).unwrap();
+        assert_eq!(
+            &got[..],
+            &s.blob.content[offset as usize..offset as usize + 4_000]
+        );
+    }
+    let stats = s.content.stats().unwrap();
+    assert_eq!(stats.chunks_fetched, 64, "{stats:?}");
+    let requests = s.source.requests.lock().unwrap().len();
+    // A window (4 chunks) is claimed again once the reader is half way in.
+    assert!(requests <= 64 / 2 + 2, "{requests} requests for 64 chunks");
 }

@@ -137,14 +137,14 @@ pub fn open_image(
         .into_iter()
         .map(|plan| match plan {
             Plan::Tar(tar) => LayerContent::Unpacked(tar),
-            Plan::Chunked(layer, chunks, gzip) => LayerContent::Chunked(LazyBlob {
+            Plan::Chunked(layer, chunks, gzip) => LayerContent::Chunked(Arc::new(LazyBlob {
                 digest: layer.digest,
                 size: layer.size,
                 deflate: gzip.zip(fetcher.clone()).map(|(resume, fetcher)| {
                     Arc::new(GzipSpans::new(resume, &chunks, fetcher)) as Arc<dyn DeflateResume>
                 }),
                 chunks,
-            }),
+            })),
         })
         .collect();
     Ok(RootFs {

@@ -184,6 +184,18 @@ impl Store {
         writer.commit()
     }
 
+    /// Stores `bytes` the caller has already verified to hash to `digest`
+    /// (lazily fetched chunks are checked before they are served), sparing a
+    /// second hash; durability and the atomic rename are as for [`Store::put`].
+    pub fn put_verified(&self, digest: Digest, bytes: &[u8]) -> Result<()> {
+        if self.contains(&digest) {
+            return Ok(());
+        }
+        let mut tmp = writer::temp_file(self, &digest)?;
+        io::Write::write_all(&mut tmp, bytes).map_err(|e| Error::io(tmp.path(), e))?;
+        writer::publish(self, tmp, &digest, bytes.len() as u64)
+    }
+
     /// Every stored blob, least recently used first.
     pub fn list(&self) -> Result<Vec<StoredBlob>> {
         let dir = self.root.join("blobs/sha256");

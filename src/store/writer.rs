@@ -27,14 +27,9 @@ impl<'a> BlobWriter<'a> {
         expected_size: Option<u64>,
         what: &str,
     ) -> Result<Self> {
-        let tmp = store.tmp_dir();
-        let file = tempfile::Builder::new()
-            .prefix(&format!("{}.", expected.hex()))
-            .tempfile_in(&tmp)
-            .map_err(|e| Error::io(&tmp, e))?;
         Ok(BlobWriter {
             store,
-            file: BufWriter::with_capacity(1 << 20, file),
+            file: BufWriter::with_capacity(1 << 20, temp_file(store, &expected)?),
             hasher: Hasher::new(),
             expected,
             expected_size,
@@ -88,24 +83,38 @@ impl<'a> BlobWriter<'a> {
         let tmp = file
             .into_inner()
             .map_err(|e| Error::io(tmp_path, e.into_error()))?;
-        tmp.as_file()
-            .sync_all()
-            .map_err(|e| Error::io(tmp.path(), e))?;
-        let target = store.blob_path(&expected);
-        tmp.persist(&target)
-            .map_err(|e| Error::io(&target, e.error))?;
-        // The rename is durable only once the directory is synced.
-        let dir = target.parent().unwrap_or(store.root());
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io(dir, e))?;
-        store.added(actual_len, &expected)?;
-        Ok(())
+        publish(store, tmp, &expected, actual_len)
     }
 
     fn tmp_path(&self) -> std::path::PathBuf {
         self.file.get_ref().path().to_path_buf()
     }
+}
+
+/// A new file in the store's download area, named after the digest it is for.
+pub(super) fn temp_file(store: &Store, digest: &Digest) -> Result<NamedTempFile> {
+    let tmp = store.tmp_dir();
+    tempfile::Builder::new()
+        .prefix(&format!("{}.", digest.hex()))
+        .tempfile_in(&tmp)
+        .map_err(|e| Error::io(&tmp, e))
+}
+
+/// Makes a complete temporary file durable and renames it into place under
+/// `digest`, which the caller has checked it holds.
+pub(super) fn publish(store: &Store, tmp: NamedTempFile, digest: &Digest, len: u64) -> Result<()> {
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| Error::io(tmp.path(), e))?;
+    let target = store.blob_path(digest);
+    tmp.persist(&target)
+        .map_err(|e| Error::io(&target, e.error))?;
+    // The rename is durable only once the directory is synced.
+    let dir = target.parent().unwrap_or(store.root());
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))?;
+    store.added(len, digest)
 }
 
 impl BlobSink for BlobWriter<'_> {
