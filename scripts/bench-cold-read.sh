@@ -119,8 +119,8 @@ PY
 file_bytes=$((FILE_MIB << 20))
 image=$LAZYIMG_TEST_UPSTREAM/$REPO:$TAG
 log "pushing to $image (blobs the registry has are skipped)"
-bash scripts/push-oci-layout.sh "$LAYOUT:$TAG" "$image" \
-  --creds "$LAZYIMG_TEST_USER:$LAZYIMG_TEST_TOKEN" >/dev/null 2>&1
+out=$(bash scripts/push-oci-layout.sh "$LAYOUT:$TAG" "$image" \
+  --creds "$LAZYIMG_TEST_USER:$LAZYIMG_TEST_TOKEN" 2>&1) || die "pushing failed: $out"
 
 # --- the link: loopback, or one slow relay for both tools ---------------------------
 
