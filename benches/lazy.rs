@@ -306,7 +306,7 @@ fn image_content(store: &Arc<Store>, layer: &Descriptor, built: &BuiltIndex) -> 
         deflate: Some(Arc::new(spans) as Arc<dyn DeflateResume>),
     };
     ImageContent::new(
-        vec![LayerContent::Chunked(blob)],
+        vec![LayerContent::Chunked(Arc::new(blob))],
         Some(fetcher),
         options.readahead,
         stats,
