@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use support::fake_registry::{FakeImage, FakeServer, Request, Response, range_start};
 use support::layer::{LongNames, build_tar, file};
@@ -186,4 +186,72 @@ fn a_401_mid_session_reauthenticates_once_and_carries_on() {
         "expected a re-authentication, saw {version_checks} /v2/ requests"
     );
     assert!(lazyimg.cached_blobs().contains(&image.layer_digest));
+}
+
+/// `bytes=A-B` → A..B+1.
+fn asked_range(request: &Request) -> Option<std::ops::Range<usize>> {
+    let spec = request.headers.get("range")?.strip_prefix("bytes=")?;
+    let (start, end) = spec.split_once('-')?;
+    Some(start.parse().ok()?..end.parse::<usize>().ok()? + 1)
+}
+
+/// Ranged reads (what lazy mounts do) against the registry behaviours a real
+/// one cannot be made to show: a redirect to a signed CDN URL, 416, 501, and
+/// a 200 answer with the whole blob.
+#[test]
+fn ranged_reads_follow_signed_redirects_and_give_up_on_refused_ranges() {
+    use lazyimg::reference::Endpoint;
+    use lazyimg::registry::{ClientOptions, RegistryClient};
+
+    let image = Arc::new(image());
+    let layer = image.layer.clone();
+    let cdn = FakeServer::start(move |req| match asked_range(req) {
+        Some(range) => {
+            let content_range = format!("bytes {}-{}/{}", range.start, range.end - 1, layer.len());
+            let headers = vec![("Content-Range".into(), content_range)];
+            Response::Full(206, headers, layer[range].to_vec())
+        }
+        None => ok(&layer),
+    });
+    let cdn_addr = cdn.addr.clone();
+    let answer = Arc::new(Mutex::new(307u16));
+    let status = answer.clone();
+    let registry = anonymous_registry(&image, move |served, _| match *status.lock().unwrap() {
+        307 => {
+            let signed = format!("http://{cdn_addr}/cdn/{}?sig=x", served.layer_digest);
+            Response::Full(307, vec![("Location".into(), signed)], vec![])
+        }
+        200 => ok(&served.layer),
+        code => Response::Full(code, vec![], vec![]),
+    });
+    let endpoint = Endpoint {
+        host: registry.addr.clone(),
+        insecure: true,
+        ca_file: None,
+    };
+    let client = RegistryClient::new(&endpoint, None, &ClientOptions::default()).unwrap();
+    let reference: oci_client::Reference =
+        format!("{}/fake/image:1", registry.addr).parse().unwrap();
+    let digest: lazyimg::digest::Digest = image.layer_digest.parse().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fetch = |range: std::ops::Range<u64>| {
+        runtime.block_on(client.fetch_range(&reference, &digest, range))
+    };
+
+    let bytes = fetch(100..1100)
+        .unwrap()
+        .expect("the CDN honours the range");
+    assert_eq!(&bytes[..], &image.layer[100..1100]);
+    let cdn_request = cdn.requests().pop().unwrap();
+    assert_eq!(
+        cdn_request.headers.get("range").map(String::as_str),
+        Some("bytes=100-1099")
+    );
+    for code in [416, 501, 200] {
+        *answer.lock().unwrap() = code;
+        assert!(
+            fetch(0..10).unwrap().is_none(),
+            "HTTP {code}: fall back to the whole blob"
+        );
+    }
 }
