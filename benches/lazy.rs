@@ -12,6 +12,8 @@
 //!    `ImageContent` a mount uses (every chunk stored, a registry that panics if
 //!    asked), against `pread` of the same bytes from a page-cached plain file.
 
+mod common;
+
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::ops::Range;
@@ -22,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::median;
 use lazyimg::digest::Digest;
 use lazyimg::image::Descriptor;
 use lazyimg::layer::EntryKind;
@@ -60,7 +63,7 @@ fn main() {
     let descriptor = store_file(&store, &layer.gzip_path);
 
     // 1. Index build.
-    let gzip_dc = median(|| {
+    let gzip_dc = median(RUNS, || {
         let status = Command::new("gzip")
             .arg("-dc")
             .arg(&layer.gzip_path)
@@ -70,13 +73,13 @@ fn main() {
         assert!(status.success());
     });
     let blob = store.require(&descriptor.digest).expect("layer stored");
-    let flate2 = median(|| {
+    let flate2 = median(RUNS, || {
         let mut decoder = flate2::read::MultiGzDecoder::new(blob.bytes());
         let out = io::copy(&mut decoder, &mut io::sink()).expect("flate2 inflates");
         assert_eq!(out, layer.tar_size);
     });
     let mut built = None;
-    let index = median(|| {
+    let index = median(RUNS, || {
         built = build_layer_index(&store, &descriptor).expect("index builds");
     });
     let built = built.expect("a gzip layer has an index");
@@ -500,17 +503,4 @@ impl Summary {
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1 << 20) as f64
-}
-
-fn median(mut run: impl FnMut()) -> Duration {
-    run(); // warm the page cache and the code
-    let mut times: Vec<Duration> = (0..RUNS)
-        .map(|_| {
-            let start = Instant::now();
-            run();
-            start.elapsed()
-        })
-        .collect();
-    times.sort();
-    times[RUNS / 2]
 }

@@ -4,12 +4,15 @@
 //! The store's number includes everything a pull pays per blob: sha256, the write
 //! to a temp file, fsync, rename and directory fsync.
 
+mod common;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::median;
 use lazyimg::digest::{Digest, Hasher};
 use lazyimg::store::Store;
 
@@ -21,7 +24,7 @@ fn main() {
     let blob_path = dir.path().join("blob");
     let digest = write_test_blob(&blob_path);
 
-    let sha256sum = median(|| {
+    let sha256sum = median(RUNS, || {
         let out = Command::new("sha256sum")
             .arg(&blob_path)
             .output()
@@ -29,13 +32,13 @@ fn main() {
         assert!(out.status.success());
         assert!(String::from_utf8_lossy(&out.stdout).starts_with(&digest.hex()));
     });
-    let hash_only = median(|| {
+    let hash_only = median(RUNS, || {
         let mut hasher = Hasher::new();
         read_chunks(&blob_path, |chunk| hasher.update(chunk));
         assert_eq!(hasher.finish(), digest);
     });
     let store_root = dir.path().join("store");
-    let store_blob = median(|| {
+    let store_blob = median(RUNS, || {
         let _ = std::fs::remove_dir_all(&store_root);
         let store = Store::open(&store_root, u64::MAX).expect("store opens");
         let mut writer = store
@@ -96,17 +99,4 @@ fn read_chunks(path: &Path, mut each: impl FnMut(&[u8])) {
         }
         each(&buf[..n]);
     }
-}
-
-fn median(mut run: impl FnMut()) -> Duration {
-    run(); // warm the page cache and the code
-    let mut times: Vec<Duration> = (0..RUNS)
-        .map(|_| {
-            let start = Instant::now();
-            run();
-            start.elapsed()
-        })
-        .collect();
-    times.sort();
-    times[RUNS / 2]
 }

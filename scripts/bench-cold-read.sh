@@ -42,7 +42,7 @@ esac
 RUNS=${1:-3}
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || { echo "usage: $0 [RUNS]" >&2; exit 2; }
 WORK=${LAZYIMG_BENCH_DIR:-/var/tmp/lazyimg-bench-cold-read}
-BUILD_VERSION=1 # bump when the image's content or layout changes
+BUILD_VERSION=2 # bump when the image's content or layout changes
 FILE_MIB=300
 GOAL=0.80
 REPO=bench/cold-read
@@ -79,19 +79,7 @@ else
   t0=$(now)
   rm -rf "$LAYOUT" "$WORK/built" "$WORK/root"
   mkdir -p "$WORK/root/opt"
-  "$(system_python)" - "$WORK/root/opt/big.bin" "$FILE_MIB" <<'PY'
-import random, sys
-path, mib = sys.argv[1], int(sys.argv[2])
-rng = random.Random(300)
-hexa = bytes.maketrans(bytes(range(256)), bytes(b"0123456789abcdef"[i % 16] for i in range(256)))
-zeros = bytes(256 << 10)
-with open(path, "wb") as f:
-    for _ in range(mib // 4):
-        f.write(rng.randbytes(3 << 20))
-        f.write(rng.randbytes(768 << 10).translate(hexa))
-        f.write(zeros)
-    f.write(rng.randbytes((mib % 4) << 20))
-PY
+  "$(system_python)" scripts/gen-library-data.py "$WORK/root/opt/big.bin" "$FILE_MIB" --seed 300
   tar -C "$WORK/root" --owner=0 --group=0 --numeric-owner --mtime=2024-01-01T00:00:00Z \
     -cf "$WORK/layer.tar" opt
   rm -rf "$WORK/root"

@@ -78,22 +78,7 @@ else
   bash scripts/build-debian-image.sh "$WORK/oci" "$TAG" >&2
 
   # FILE MIB: the pseudo-random library contents described above.
-  gen_lib() {
-    "$(system_python)" - "$1" "$2" <<'PY'
-import hashlib, random, sys
-path, mib = sys.argv[1], int(sys.argv[2])
-rng = random.Random(hashlib.sha256(path.rsplit("/", 1)[-1].encode()).digest())
-hexa = bytes.maketrans(bytes(range(256)), bytes(b"0123456789abcdef"[i % 16] for i in range(256)))
-zeros = bytes(256 << 10)
-with open(path, "wb") as f:
-    for _ in range(mib // 4):
-        f.write(rng.randbytes(3 << 20))
-        f.write(rng.randbytes(768 << 10).translate(hexa))
-        f.write(zeros)
-    rest = (mib % 4) << 20
-    f.write(rng.randbytes(rest))
-PY
-  }
+  gen_lib() { "$(system_python)" scripts/gen-library-data.py "$1" "$2"; }
   layer_tar() { # DIR OUT.tar PATH...: just those paths (no parent dirs, which would
     # override layer 1's directory metadata), root-owned, fixed mtime
     local dir=$1 out=$2
