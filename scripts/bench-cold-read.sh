@@ -91,19 +91,8 @@ else
   log "built in $(since "$t0")s"
 fi
 # The layer's digest and size, from the layout.
-read -r layer layer_bytes < <("$(system_python)" - "$LAYOUT" "$TAG" <<'PY'
-import json, sys
-layout, tag = sys.argv[1], sys.argv[2]
-index = json.load(open(f"{layout}/index.json"))
-desc = next(m for m in index["manifests"]
-            if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag)
-algo, hexd = desc["digest"].split(":")
-manifest = json.load(open(f"{layout}/blobs/{algo}/{hexd}"))
-[layer] = manifest["layers"]
-assert layer["mediaType"].endswith("tar+gzip"), layer["mediaType"]
-print(layer["digest"], layer["size"])
-PY
-)
+read -r _ _ layer_bytes _ nlayers layer < <("$(system_python)" scripts/layout-info.py "$LAYOUT" "$TAG")
+((nlayers == 1)) || die "expected one layer in $LAYOUT:$TAG, found $nlayers"
 file_bytes=$((FILE_MIB << 20))
 image=$LAZYIMG_TEST_UPSTREAM/$REPO:$TAG
 log "pushing to $image (blobs the registry has are skipped)"

@@ -137,20 +137,7 @@ fi
 # --- 2. what it is -----------------------------------------------------------------
 
 # The tag's manifest digest, and the sizes of its blobs, from the layout itself.
-read -r digest config layer_bytes config_bytes nlayers < <("$(system_python)" - "$LAYOUT" "$TAG" <<'PY'
-import json, sys
-layout, tag = sys.argv[1], sys.argv[2]
-index = json.load(open(f"{layout}/index.json"))
-desc = next(m for m in index["manifests"]
-            if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag)
-algo, hexd = desc["digest"].split(":")
-manifest = json.load(open(f"{layout}/blobs/{algo}/{hexd}"))
-layers = manifest["layers"]
-assert all(l["mediaType"].endswith("tar+gzip") for l in layers), "non-gzip layer"
-print(desc["digest"], manifest["config"]["digest"], sum(l["size"] for l in layers),
-      manifest["config"]["size"], len(layers))
-PY
-)
+read -r digest config layer_bytes config_bytes nlayers _ < <("$(system_python)" scripts/layout-info.py "$LAYOUT" "$TAG")
 blob_bytes=$((layer_bytes + config_bytes))
 ((blob_bytes >= MIN_BLOB_BYTES)) || die "blobs total $blob_bytes bytes, less than 1 GiB"
 log "$LAYOUT:$TAG: $nlayers gzip layers, $blob_bytes blob bytes ($(awk -v b="$blob_bytes" 'BEGIN { printf "%.2f", b / 2^30 }') GiB), manifest $digest"
