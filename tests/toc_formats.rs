@@ -12,8 +12,8 @@ use std::io::Read;
 use lazyimg::digest::Digest;
 use lazyimg::image::{LayerFormat, Manifest};
 use lazyimg::layer::{
-    Chunk, ChunkCodec, ChunkedLayer, EntryKind, LayerIndex, TarEntry, decompress, estargz,
-    index_layer, zstd_chunked,
+    Chunk, ChunkCodec, ChunkedLayer, EntryKind, LayerIndex, TarEntry, estargz, index_layer,
+    zstd_chunked,
 };
 use support::estargz::{
     NO_PREFETCH_LANDMARK, TOC_DIGEST_ANNOTATION, TOC_NAME, build_estargz_layer,
@@ -46,25 +46,14 @@ fn layer_descriptors(manifest_json: &[u8]) -> Vec<lazyimg::image::Descriptor> {
     }
 }
 
-/// A chunk's content as a lazy reader gets it: its blob bytes decoded,
-/// checked against its digest.
+/// A chunk's content as a lazy reader gets it: the reader's own decoder,
+/// which checks it against the chunk's digest.
 fn decode(blob: &[u8], chunk: &Chunk) -> Vec<u8> {
     let start = chunk.blob_offset as usize;
-    let fetched = &blob[start..start + chunk.blob_size as usize];
-    let compression = match chunk.codec {
-        ChunkCodec::Gzip => lazyimg::layer::Compression::Gzip,
-        ChunkCodec::Zstd => lazyimg::layer::Compression::Zstd,
-        ChunkCodec::Zeros => return vec![0; chunk.content_size as usize],
-        other => panic!("unexpected {other:?} chunk"),
-    };
-    let mut content = Vec::new();
-    decompress(compression, fetched)
-        .unwrap()
-        .take(chunk.content_size)
-        .read_to_end(&mut content)
-        .unwrap();
-    assert_eq!(Digest::of(&content), chunk.digest, "{chunk:?}");
-    content
+    let fetched = bytes::Bytes::copy_from_slice(&blob[start..start + chunk.blob_size as usize]);
+    lazyimg::lazy::decode::decode(chunk, fetched, None)
+        .unwrap_or_else(|e| panic!("{chunk:?}: {e}"))
+        .to_vec()
 }
 
 /// The whole content space, from decoding every chunk; chunks must tile it.

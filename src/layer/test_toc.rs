@@ -2,11 +2,11 @@
 //! their TOC entries, and chunk decoding as a lazy reader does it; shared by
 //! the two TOC parsers' tests.
 
-use std::io::{Read, Write};
+use std::io::Write;
 
 use serde_json::{Value, json};
 
-use super::{Chunk, ChunkCodec, ChunkedLayer, Compression, EntryKind, decompress};
+use super::{Chunk, ChunkedLayer, EntryKind};
 use crate::digest::Digest;
 
 /// Stands in for the tar headers and padding between payloads.
@@ -127,26 +127,14 @@ impl TestBlob {
     }
 }
 
-/// A chunk's content decoded from `blob` like a lazy reader does it, after
-/// checking its digest.
+/// A chunk's content decoded from `blob` by the lazy reader's own decoder,
+/// which checks it against the chunk's digest.
 pub(crate) fn decode(blob: &[u8], chunk: &Chunk) -> Vec<u8> {
     let start = chunk.blob_offset as usize;
-    let fetched = &blob[start..start + chunk.blob_size as usize];
-    let compression = match chunk.codec {
-        ChunkCodec::Gzip => Compression::Gzip,
-        ChunkCodec::Zstd => Compression::Zstd,
-        ChunkCodec::Zeros => return vec![0; chunk.content_size as usize],
-        other => panic!("no {other:?} chunks in TOC layers"),
-    };
-    let mut content = Vec::new();
-    decompress(compression, fetched)
-        .unwrap()
-        .take(chunk.content_size)
-        .read_to_end(&mut content)
-        .unwrap();
-    assert_eq!(content.len() as u64, chunk.content_size, "{chunk:?}");
-    assert_eq!(Digest::of(&content), chunk.digest, "{chunk:?}");
-    content
+    let fetched = bytes::Bytes::copy_from_slice(&blob[start..start + chunk.blob_size as usize]);
+    crate::lazy::decode::decode(chunk, fetched, None)
+        .unwrap_or_else(|e| panic!("{chunk:?}: {e}"))
+        .to_vec()
 }
 
 /// Decodes every chunk, checking that chunks tile distinct parts of the
