@@ -306,16 +306,6 @@ pub(crate) async fn fetch_blob(
     result.map(|()| descriptor.size)
 }
 
-/// How much of an image [`ensure_image`] fetches before it is used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Depth {
-    /// Every layer blob (`lazyimg pull`).
-    Full,
-    /// Manifests, config and per layer a chunk map where one exists; file
-    /// contents when they are read (see [`crate::lazy`]).
-    Lazy,
-}
-
 /// When `mount` and `run` contact the registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum PullPolicy {
@@ -326,78 +316,4 @@ pub enum PullPolicy {
     Always,
     /// Never contact the registry: fail unless the image is cached.
     Never,
-}
-
-/// What [`ensure_image`] must make usable, and when it may ask the registry.
-#[derive(Debug, Clone, Copy)]
-pub struct Want<'a> {
-    pub platform: &'a Platform,
-    pub policy: PullPolicy,
-    pub depth: Depth,
-}
-
-/// The manifest digest of `image` for `want.platform`, pulling from `registry`
-/// first when the policy and the cache say so. `gate` judges the cached image's
-/// digests or, when pulling, the resolved ones before anything is stored.
-pub async fn ensure_image(
-    store: &Store,
-    image: &ImageRef,
-    want: Want<'_>,
-    registry: &RegistryClient,
-    progress: &dyn Progress,
-    gate: Gate<'_>,
-) -> Result<Digest> {
-    let Want {
-        platform: wanted,
-        policy,
-        depth,
-    } = want;
-    if policy != PullPolicy::Always
-        && let Some(record) = store.image_record(&image.to_string(), &wanted.to_string())?
-        && is_complete(store, &record.manifest)
-    {
-        tracing::debug!("{image}: using cached {}", record.manifest);
-        gate(&record.digest, &record.manifest)?;
-        return Ok(record.manifest);
-    }
-    if policy == PullPolicy::Never {
-        return Err(Error::NotCachedImage {
-            image: image.to_string(),
-        });
-    }
-    let report = match depth {
-        Depth::Full => pull_gated(store, registry, image, wanted, progress, gate).await?,
-        Depth::Lazy => {
-            crate::lazy::pull_lazy(store, registry, image, wanted, progress, gate).await?
-        }
-    };
-    Ok(report.manifest)
-}
-
-/// Whether everything needed to open the image is stored: the manifest, the config
-/// and, per layer, its blob, its uncompressed tar or its chunk map.
-fn is_complete(store: &Store, manifest_digest: &Digest) -> bool {
-    let open = || -> Result<bool> {
-        let Manifest::Image(manifest) =
-            Manifest::parse(store.require(manifest_digest)?.bytes(), "cached manifest")?
-        else {
-            return Ok(false);
-        };
-        let config = ImageConfig::parse(
-            store.require(&manifest.config.digest)?.bytes(),
-            "cached config",
-        )?;
-        let diff_ids = config.rootfs.map(|r| r.diff_ids).unwrap_or_default();
-        Ok(diff_ids.len() == manifest.layers.len()
-            && manifest
-                .layers
-                .iter()
-                .zip(&diff_ids)
-                .all(|(layer, diff_id)| {
-                    store.contains(diff_id)
-                        || store.contains(&layer.digest)
-                        || crate::lazy::ChunkMap::load(store, &layer.digest).is_some()
-                }))
-    };
-    open().unwrap_or(false)
 }

@@ -17,7 +17,7 @@ use crate::image::{ImageConfig, Manifest};
 use crate::lazy::LazyOptions;
 use crate::lazy::prefetch::{Recorder, prefetch_files};
 use crate::lazy::source::{RangeSource, RegistryRanges};
-use crate::pull::{self, Depth, PullPolicy, Want};
+use crate::pull::PullPolicy;
 use crate::reference::ImageRef;
 use crate::registry::RegistryClient;
 use crate::rootfs::{self, RootFs};
@@ -213,15 +213,11 @@ async fn prepare(
     let approval = crate::policy::enforce(&ctx.config, image)?;
     let store = ctx.open_store()?;
     let reporter = Reporter::new(ctx.quiet);
-    let want = Want {
-        platform: &ctx.platform(registry_args),
-        policy,
-        depth: Depth::Lazy,
-    };
-    let manifest = pull::ensure_image(
+    let manifest = crate::lazy::prepare::ensure_mountable(
         &store,
         image,
-        want,
+        &ctx.platform(registry_args),
+        policy,
         registry,
         &reporter,
         &crate::policy::gate(approval.as_ref()),

@@ -9,10 +9,9 @@ use serde::{Deserialize, Serialize};
 use super::artifact::{self, GzipResume};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::image::Platform;
-use crate::image::{Descriptor, ImageConfig, LayerFormat};
+use crate::image::{Descriptor, ImageConfig, LayerFormat, Manifest, Platform};
 use crate::layer::ChunkedLayer;
-use crate::pull::{self, Gate, Progress, PullReport};
+use crate::pull::{self, Gate, Progress, PullPolicy, PullReport};
 use crate::reference::ImageRef;
 use crate::registry::RegistryClient;
 use crate::store::{Derived, Store};
@@ -64,6 +63,64 @@ impl ChunkMap {
         let bytes = postcard::to_stdvec(self).expect("a chunk map always serialises");
         store.write_derived(Derived::ChunkMap, layer, &bytes)
     }
+}
+
+/// The manifest digest of `image` for `wanted`, made mountable by
+/// [`pull_lazy`] first when `policy` and the cache say so. `gate` judges the
+/// cached image's digests or, when pulling, the resolved ones before anything
+/// is stored.
+pub async fn ensure_mountable(
+    store: &Store,
+    image: &ImageRef,
+    wanted: &Platform,
+    policy: PullPolicy,
+    registry: &RegistryClient,
+    progress: &dyn Progress,
+    gate: Gate<'_>,
+) -> Result<Digest> {
+    if policy != PullPolicy::Always
+        && let Some(record) = store.image_record(&image.to_string(), &wanted.to_string())?
+        && is_mountable(store, &record.manifest)
+    {
+        tracing::debug!("{image}: using cached {}", record.manifest);
+        gate(&record.digest, &record.manifest)?;
+        return Ok(record.manifest);
+    }
+    if policy == PullPolicy::Never {
+        return Err(Error::NotCachedImage {
+            image: image.to_string(),
+        });
+    }
+    let report = pull_lazy(store, registry, image, wanted, progress, gate).await?;
+    Ok(report.manifest)
+}
+
+/// Whether everything needed to open the image is stored: the manifest, the config
+/// and, per layer, its blob, its uncompressed tar or its chunk map.
+fn is_mountable(store: &Store, manifest_digest: &Digest) -> bool {
+    let open = || -> Result<bool> {
+        let Manifest::Image(manifest) =
+            Manifest::parse(store.require(manifest_digest)?.bytes(), "cached manifest")?
+        else {
+            return Ok(false);
+        };
+        let config = ImageConfig::parse(
+            store.require(&manifest.config.digest)?.bytes(),
+            "cached config",
+        )?;
+        let diff_ids = config.rootfs.map(|r| r.diff_ids).unwrap_or_default();
+        Ok(diff_ids.len() == manifest.layers.len()
+            && manifest
+                .layers
+                .iter()
+                .zip(&diff_ids)
+                .all(|(layer, diff_id)| {
+                    store.contains(diff_id)
+                        || store.contains(&layer.digest)
+                        || ChunkMap::load(store, &layer.digest).is_some()
+                }))
+    };
+    open().unwrap_or(false)
 }
 
 /// Pulls `image` lazily: manifests and config now, per layer a chunk map (or,
