@@ -255,14 +255,12 @@ fn a_registry_that_hangs_or_dies_gives_eio_in_time_and_reads_recover() {
     let (layout, _) = unique_estargz_image(work.path(), "outage");
     let reference = registry.reference("lazy/outage:1");
     push_layout(&layout.dir, "outage", &reference, registry.push_opts()).unwrap();
-    let lazyimg = Lazyimg::with_config(
-        testenv(),
-        &format!(
-            "[network]\nread_timeout = 3\nattempts = 1\n\
-             [[registry]]\nprefix = {:?}\ninsecure = true\n",
-            registry.addr
-        ),
+    let config = format!(
+        "[network]\nread_timeout = 3\nattempts = 1\n\
+         [[registry]]\nprefix = {:?}\ninsecure = true\n",
+        registry.addr
     );
+    let lazyimg = Lazyimg::with_config(testenv(), &config);
     let mounted = Mounted::new(&lazyimg, &reference, &[]);
     let victim = mounted.path.join("data/victim.bin");
     let bystander = mounted.path.join("data/bystander.txt");
@@ -282,14 +280,7 @@ fn a_registry_that_hangs_or_dies_gives_eio_in_time_and_reads_recover() {
     );
 
     // Killed: refused connections, then the registry comes back.
-    let lazyimg2 = Lazyimg::with_config(
-        testenv(),
-        &format!(
-            "[network]\nread_timeout = 3\nattempts = 1\n\
-             [[registry]]\nprefix = {:?}\ninsecure = true\n",
-            registry.addr
-        ),
-    );
+    let lazyimg2 = Lazyimg::with_config(testenv(), &config);
     let mounted2 = Mounted::new(&lazyimg2, &reference, &[]);
     let victim2 = mounted2.path.join("data/victim.bin");
     signal(registry.pid(), libc::SIGKILL);
