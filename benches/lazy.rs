@@ -288,13 +288,15 @@ impl RangeSource for NoRegistry {
 fn image_content(store: &Arc<Store>, layer: &Descriptor, built: &BuiltIndex) -> ImageContent {
     let options = LazyOptions::default();
     let stats = Arc::new(Stats::default());
-    let fetcher = Arc::new(ChunkFetcher::new(
-        Arc::clone(store),
-        Arc::new(NoRegistry),
-        Arc::clone(&stats),
-        options.max_request,
-        options.deadline,
-    ));
+    let fetcher = Arc::new(
+        ChunkFetcher::new(
+            Arc::clone(store),
+            Arc::new(NoRegistry),
+            Arc::clone(&stats),
+            &options,
+        )
+        .expect("starting the fetcher's threads"),
+    );
     let resume = built
         .file
         .gzip

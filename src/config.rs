@@ -28,6 +28,9 @@ pub struct Config {
     pub registries: Vec<RegistryConfig>,
     #[serde(default)]
     pub network: NetworkConfig,
+    /// `[lazy]`: how lazy reads use threads and memory.
+    #[serde(default)]
+    pub lazy: LazyConfig,
     /// `[seed]`: where `lazyimg seed` and `ces-pull` copy images to.
     #[serde(default)]
     pub seed: Option<SeedConfig>,
@@ -71,6 +74,22 @@ pub struct NetworkConfig {
     pub read_timeout: u64,
     /// Tries per request for transient failures (connection errors, 5xx, 429).
     pub attempts: u32,
+}
+
+/// `[lazy]`: the lazy-read engine's knobs; absent keys take the defaults of
+/// `lazyimg::lazy::LazyOptions`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LazyConfig {
+    /// Threads decoding and verifying chunks (default: one per CPU).
+    pub workers: Option<usize>,
+    /// Background fetches (readahead) at once (default 4).
+    pub fetchers: Option<usize>,
+    /// Bytes fetched ahead of a sequential reader (default 8 MiB).
+    pub readahead: Option<ByteSize>,
+    /// Seconds a whole-blob download may take when a registry refuses byte
+    /// ranges (default 600).
+    pub whole_blob_timeout: Option<u64>,
 }
 
 impl Default for NetworkConfig {

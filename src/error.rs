@@ -74,9 +74,10 @@ pub enum Error {
     #[error("{image} is not in the cache and pulling was not allowed")]
     NotCachedImage { image: String },
 
-    /// A lazily read chunk could not be fetched or failed verification.
-    #[error("chunk {chunk} is unavailable: {reason}")]
-    ChunkUnavailable { chunk: Digest, reason: String },
+    /// A lazily read chunk could not be fetched, decoded or verified. Shared
+    /// (`Arc`) because every reader waiting on the same fetch gets the same error.
+    #[error(transparent)]
+    Read(#[from] std::sync::Arc<ReadError>),
 
     #[error("layer {layer}: {source}")]
     Layer {
@@ -156,9 +157,7 @@ impl Error {
             }
             Error::Io { .. } => return None,
             Error::NotCached(_) | Error::NotCachedImage { .. } => "run `lazyimg pull` first",
-            Error::ChunkUnavailable { .. } => {
-                "the read can be retried once the registry answers; a verification failure means the registry holds damaged data"
-            }
+            Error::Read(read) => return Some(read.hint()),
             Error::Layer { .. } | Error::Tree { .. } => {
                 "the image's layers are malformed or unsafe; rebuild the image or report it to its authors"
             }
@@ -171,5 +170,97 @@ impl Error {
                  `lazyimg policy check REF` explains the decision; ask the approvers to add it"
             }
         })
+    }
+}
+
+/// Why a lazy read could not return verified bytes. Every variant ends one read
+/// only: nothing is cached, and the next read of the same bytes tries again.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The registry did not deliver bytes `range` of `blob` (network error,
+    /// error status, or a stalled stream past the read deadline).
+    #[error("fetching bytes {start}..{end} of {blob} failed: {source}", start = range.start, end = range.end)]
+    Fetch {
+        blob: Digest,
+        range: std::ops::Range<u64>,
+        #[source]
+        source: Error,
+    },
+    /// The registry refused ranges, and downloading the whole blob failed or
+    /// took longer than its deadline.
+    #[error("downloading {blob} whole failed: {source}")]
+    WholeBlob {
+        blob: Digest,
+        #[source]
+        source: Error,
+    },
+    /// The fetched bytes did not decode, or decoded to content whose sha256 is
+    /// not the chunk's digest: the registry holds damaged or tampered data.
+    #[error("chunk {chunk} of layer {layer} (blob bytes {start}..{end}) failed verification: {reason}", start = blob_range.start, end = blob_range.end)]
+    Rejected {
+        chunk: Digest,
+        layer: Digest,
+        blob_range: std::ops::Range<u64>,
+        reason: String,
+    },
+    /// No chunk of the layer's chunk map holds these content bytes: the map is
+    /// broken (it was checked when prepared, so this is a bug or a damaged cache).
+    #[error("layer {layer}: no chunk holds bytes {start}..{end} of its content", start = range.start, end = range.end)]
+    MapGap {
+        layer: Digest,
+        range: std::ops::Range<u64>,
+    },
+    /// Reading a verified chunk back from the local store failed.
+    #[error("reading chunk {chunk} from the cache: {source}")]
+    Store {
+        chunk: Digest,
+        #[source]
+        source: Error,
+    },
+    /// The reader fetching this chunk gave up (it panicked or was cancelled)
+    /// before settling it.
+    #[error("the fetch of chunk {chunk} was abandoned")]
+    Abandoned { chunk: Digest },
+    /// Another reader's fetch of this chunk did not settle within the wait deadline.
+    #[error("timed out after {} s waiting for another reader's fetch of chunk {chunk}", waited.as_secs())]
+    WaitTimedOut {
+        chunk: Digest,
+        waited: std::time::Duration,
+    },
+}
+
+impl ReadError {
+    /// The next step for the user, shown under the one-line message.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            ReadError::Fetch { .. }
+            | ReadError::WholeBlob { .. }
+            | ReadError::WaitTimedOut { .. } => {
+                "the read can be retried once the registry answers; `lazyimg stats MNT` shows fetch failures"
+            }
+            ReadError::Rejected { .. } => {
+                "the registry holds damaged or tampered data; nothing was cached or served. \
+                 Report it to the registry's operators"
+            }
+            ReadError::MapGap { .. } | ReadError::Abandoned { .. } => {
+                "this is a lazyimg bug or a damaged cache: the mount log has details; \
+                 `lazyimg cache verify` checks the cache"
+            }
+            ReadError::Store { source, .. } => source.hint().unwrap_or("check the cache directory"),
+        }
+    }
+
+    /// The underlying crate error when this read failed on the local disk, so
+    /// callers can tell a full disk from a bad registry.
+    pub fn local_cause(&self) -> Option<&Error> {
+        match self {
+            ReadError::Store { source, .. } => Some(source),
+            ReadError::WholeBlob { source, .. }
+                if matches!(source, Error::DiskFull { .. } | Error::Io { .. }) =>
+            {
+                Some(source)
+            }
+            _ => None,
+        }
     }
 }

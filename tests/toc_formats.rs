@@ -51,7 +51,8 @@ fn layer_descriptors(manifest_json: &[u8]) -> Vec<lazyimg::image::Descriptor> {
 fn decode(blob: &[u8], chunk: &Chunk) -> Vec<u8> {
     let start = chunk.blob_offset as usize;
     let fetched = bytes::Bytes::copy_from_slice(&blob[start..start + chunk.blob_size as usize]);
-    lazyimg::lazy::decode::decode(chunk, fetched, None)
+    lazyimg::lazy::decode::decode(chunk, fetched, None, None)
+        .and_then(|content| lazyimg::lazy::decode::verify(chunk, content))
         .unwrap_or_else(|e| panic!("{chunk:?}: {e}"))
         .to_vec()
 }

@@ -236,17 +236,14 @@ fn open(
     registry: Arc<RegistryClient>,
     flags: &MountFlags,
 ) -> anyhow::Result<Arc<RootFs>> {
-    let client_options = ctx.config.network.client_options();
+    let options = LazyOptions::from_config(&ctx.config);
     let source = RegistryRanges {
         registry,
         image: image.clone(),
         store: Arc::clone(store),
         runtime: tokio::runtime::Handle::current(),
-        deadline: client_options.read_timeout,
-    };
-    let options = LazyOptions {
-        deadline: client_options.read_timeout,
-        ..LazyOptions::default()
+        read_deadline: options.read_deadline,
+        whole_blob_deadline: options.whole_blob_deadline,
     };
     let lazy: (Arc<dyn RangeSource>, LazyOptions) = (Arc::new(source), options);
     // Decompressing and indexing layers is blocking work the first time.

@@ -20,7 +20,7 @@ use crate::rootfs::RootFs;
 use crate::tree::{Ino, ROOT_INO, Tree};
 
 use super::attr::{file_attr, file_type, negative_entry};
-use super::read_pool::{ReadJob, ReadPool};
+use super::read_pool::{self, ReadJob, ReadPool};
 
 /// The tree never changes while mounted, so the kernel may cache entries,
 /// attributes and negative lookups for long.
@@ -197,6 +197,11 @@ impl Filesystem for Adapter {
         let len = u64::from(size).min(available) as usize;
         if len == 0 {
             return reply.data(&[]);
+        }
+        // Cached content is answered here, so it never queues behind reads
+        // that wait on the network in the pool.
+        if let Some(ready) = self.rootfs.content.read_ready(&location, offset, len) {
+            return read_pool::answer(ino.0, &location, offset, len, ready, reply);
         }
         self.reads.submit(ReadJob {
             ino: ino.0,

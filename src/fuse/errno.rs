@@ -12,6 +12,7 @@ pub(crate) fn read_errno(err: &Error) -> Errno {
     match err {
         Error::DiskFull { .. } => Errno::ENOSPC,
         Error::Io { source, .. } if source.raw_os_error() == Some(libc::ENOMEM) => Errno::ENOMEM,
+        Error::Read(read) => read.local_cause().map_or(Errno::EIO, read_errno),
         _ => Errno::EIO,
     }
 }

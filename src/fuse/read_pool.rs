@@ -78,7 +78,21 @@ fn serve(rootfs: &RootFs, job: ReadJob) {
         len,
         reply,
     } = job;
-    match rootfs.content.read(&location, offset, len) {
+    let read = rootfs.content.read(&location, offset, len);
+    answer(ino, &location, offset, len, read, reply);
+}
+
+/// Replies to one read with its outcome; `len` is what was asked for, already
+/// clamped to the file's end.
+pub(crate) fn answer(
+    ino: Ino,
+    location: &ContentLocation,
+    offset: u64,
+    len: usize,
+    read: crate::Result<bytes::Bytes>,
+    reply: ReplyData,
+) {
+    match read {
         // The request never reaches past the end of file, so anything but
         // exactly `len` bytes breaks the reader's contract: better EIO than
         // bytes the image does not contain.

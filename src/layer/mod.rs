@@ -52,6 +52,14 @@ pub struct ChunkedLayer {
     pub chunks: Vec<Chunk>,
 }
 
+/// Most content one chunk may declare, in bytes (64 MiB). Decoding a chunk
+/// allocates its content size, so a table of contents or index with a bigger
+/// chunk is refused when prepared (its layer is then read whole, verified by
+/// the layer digest) and the decoder refuses one again. lazyimg's own gzip
+/// spans stay under 8 MiB of output plus one deflate block; eStargz writers
+/// chunk files at 4 MiB by default.
+pub const MAX_CHUNK_SIZE: u64 = 64 << 20;
+
 /// One independently fetchable, independently verifiable piece of a layer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chunk {
@@ -62,9 +70,6 @@ pub struct Chunk {
     pub blob_offset: u64,
     pub blob_size: u64,
     pub codec: ChunkCodec,
-    /// sha256 of the fetched blob bytes, when the source records one: checked
-    /// before anything is decoded.
-    pub blob_digest: Option<Digest>,
     /// sha256 of the decoded `content_size` bytes: checked before anything is
     /// served, and the chunk's name in the content store.
     pub digest: Digest,

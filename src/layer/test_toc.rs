@@ -132,7 +132,8 @@ impl TestBlob {
 pub(crate) fn decode(blob: &[u8], chunk: &Chunk) -> Vec<u8> {
     let start = chunk.blob_offset as usize;
     let fetched = bytes::Bytes::copy_from_slice(&blob[start..start + chunk.blob_size as usize]);
-    crate::lazy::decode::decode(chunk, fetched, None)
+    crate::lazy::decode::decode(chunk, fetched, None, None)
+        .and_then(|content| crate::lazy::decode::verify(chunk, content))
         .unwrap_or_else(|e| panic!("{chunk:?}: {e}"))
         .to_vec()
 }

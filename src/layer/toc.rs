@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::member::{MemberKind, MemberMeta};
 use super::path::normalize;
-use super::{Chunk, ChunkCodec, ChunkedLayer, Device, LayerError, Timestamp};
+use super::{Chunk, ChunkCodec, ChunkedLayer, Device, LayerError, MAX_CHUNK_SIZE, Timestamp};
 use crate::digest::Digest;
 
 /// Largest table of contents, compressed or not, lazyimg accepts: it is held
@@ -274,13 +274,18 @@ impl Builder<'_> {
                 }
                 other => return Err(err(format!("unknown chunkType {other:?}"))),
             };
+            if size > MAX_CHUNK_SIZE {
+                return Err(err(format!(
+                    "chunk at byte {} declares {size} bytes of content, over the {MAX_CHUNK_SIZE}-byte limit",
+                    piece.chunk_offset
+                )));
+            }
             self.layer.chunks.push(Chunk {
                 content_offset: self.content_end + piece.chunk_offset,
                 content_size: size,
                 blob_offset: piece.offset,
                 blob_size,
                 codec,
-                blob_digest: None,
                 digest,
             });
         }

@@ -1,12 +1,13 @@
 //! lazyimg's index artifact: for each gzip or plain tar layer of an image, its
 //! entries and a chunk map (gzip: deflate checkpoints every ~1 MiB of compressed
-//! data, with a sha256 of every span's compressed and decompressed bytes), pushed
+//! data, with the sha256 of every span's decompressed bytes), pushed
 //! beside the image as an OCI artifact whose `subject` is the image manifest.
 //!
 //! Trust: the artifact is found through its subject and fetched by digest; each
 //! layer index names the layer digest it describes and must match the image's
-//! manifest; every span is verified twice (compressed bytes before inflating,
-//! content before serving). A check that fails drops the index, never the mount.
+//! manifest; every span's content is verified before it is served (inflating
+//! unverified compressed bytes can only yield content that fails that check).
+//! A check that fails drops the index, never the mount.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read};
@@ -36,7 +37,8 @@ const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 const INDEX_MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 /// On each artifact layer: the image layer it describes.
 const LAYER_ANNOTATION: &str = "dev.lazyimg.layer";
-const FORMAT_VERSION: u32 = 1;
+/// 2: spans no longer carry a digest of their compressed bytes.
+const FORMAT_VERSION: u32 = 2;
 /// Compressed bytes between gzip checkpoints: about what one cold random read fetches.
 pub const GZIP_SPAN: u64 = 1 << 20;
 /// Chunk size of uncompressed tar layers.
@@ -93,7 +95,6 @@ pub fn build_layer_index(store: &Store, layer: &Descriptor) -> Result<Option<Bui
                         blob_offset: start,
                         blob_size: end - start,
                         codec: ChunkCodec::Stored,
-                        blob_digest: None,
                         digest: Digest::of(piece),
                     }
                 })
@@ -121,9 +122,6 @@ pub fn build_layer_index(store: &Store, layer: &Descriptor) -> Result<Option<Bui
                         codec: ChunkCodec::Deflate {
                             checkpoint: k as u32,
                         },
-                        blob_digest: Some(Digest::of(
-                            &bytes[blob_range.start as usize..blob_range.end as usize],
-                        )),
                         digest: span_digests[k],
                     }
                 })
@@ -167,7 +165,6 @@ fn pack_windows(
             blob_offset: blob.len() as u64,
             blob_size: packed.len() as u64,
             codec: ChunkCodec::Zstd,
-            blob_digest: None,
             digest: Digest::of(&window),
         });
         content_offset += window.len() as u64;
@@ -553,6 +550,14 @@ fn check_chunks(chunks: &[Chunk], blob_size: u64) -> std::result::Result<(), Str
             return Err(format!(
                 "chunk {} is out of order or outside the blob",
                 chunk.digest
+            ));
+        }
+        if chunk.content_size > layer::MAX_CHUNK_SIZE {
+            return Err(format!(
+                "chunk {} declares {} bytes of content, over the {}-byte limit",
+                chunk.digest,
+                chunk.content_size,
+                layer::MAX_CHUNK_SIZE
             ));
         }
         content_end = chunk.content_offset.saturating_add(chunk.content_size);

@@ -1,17 +1,20 @@
-//! Turning fetched blob bytes into a chunk's content, and checking it.
+//! Turning fetched blob bytes into a chunk's content ([`decode`]), and checking
+//! it ([`verify`]) before anyone sees it: two steps, so a run of gzip spans can
+//! inflate in order on one thread while their hashing spreads over the pool.
 
 use std::io::{self, Read};
 
 use bytes::Bytes;
 
 use crate::digest::Digest;
-use crate::layer::{Chunk, ChunkCodec};
+use crate::layer::{Chunk, ChunkCodec, MAX_CHUNK_SIZE};
 
-/// Why a chunk's bytes were rejected; both are verification failures.
+/// Why a chunk's bytes were rejected; each is a verification failure.
 #[derive(Debug)]
 pub enum Rejected {
-    /// The fetched bytes do not hash to the digest the index records for them.
-    BlobDigest { expected: Digest, actual: Digest },
+    /// The chunk declares more content than any chunk may hold
+    /// ([`MAX_CHUNK_SIZE`]): decoding it would allocate that much.
+    TooLarge { size: u64 },
     /// They could not be decoded (corrupt or truncated compressed data).
     Decode(io::Error),
     /// The decoded content does not hash to the chunk's digest.
@@ -21,9 +24,10 @@ pub enum Rejected {
 impl std::fmt::Display for Rejected {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Rejected::BlobDigest { expected, actual } => {
-                write!(f, "fetched bytes hash to {actual}, expected {expected}")
-            }
+            Rejected::TooLarge { size } => write!(
+                f,
+                "it declares {size} bytes of content, over the {MAX_CHUNK_SIZE}-byte limit"
+            ),
             Rejected::Decode(e) => write!(f, "cannot decode: {e}"),
             Rejected::ContentDigest { expected, actual } => {
                 write!(f, "content hashes to {actual}, expected {expected}")
@@ -34,27 +38,44 @@ impl std::fmt::Display for Rejected {
 
 /// Needed to resume raw deflate in the middle of a gzip layer.
 pub trait DeflateResume: Send + Sync {
-    fn inflate(&self, checkpoint: u32, compressed: &[u8], out_len: usize) -> io::Result<Vec<u8>>;
+    /// Inflates span `checkpoint` from exactly its compressed bytes into
+    /// `out_len` bytes. `window` is the content that precedes the span when the
+    /// caller has it at hand (the span before it, decoded in the same run); it
+    /// need not be verified, because the span's own content digest is checked
+    /// afterwards and a wrong window can only make that check fail.
+    fn inflate(
+        &self,
+        checkpoint: u32,
+        compressed: &[u8],
+        out_len: usize,
+        window: Option<&[u8]>,
+    ) -> io::Result<Vec<u8>>;
 
     /// Gets ready to inflate at `checkpoints` (fetching their windows) while the
     /// spans themselves are on their way. Failures surface in `inflate`.
     fn prepare(&self, checkpoints: &[u32]);
 }
 
-/// The verified content of `chunk` from its fetched blob bytes.
+/// The content of `chunk` decoded from its fetched blob bytes, **not yet
+/// verified**: pass it to [`verify`] before anyone sees it. `window` is as for
+/// [`DeflateResume::inflate`]. Never allocates more than [`MAX_CHUNK_SIZE`].
+///
+/// The fetched bytes are not hashed: a decoder fed damaged bytes yields wrong
+/// content or an error, and [`verify`] catches both, so one sha256 per byte
+/// (of the content, which also names the chunk in the store) suffices.
 pub fn decode(
     chunk: &Chunk,
     fetched: Bytes,
     deflate: Option<&dyn DeflateResume>,
+    window: Option<&[u8]>,
 ) -> Result<Bytes, Rejected> {
-    if let Some(expected) = chunk.blob_digest {
-        let actual = Digest::of(&fetched);
-        if actual != expected {
-            return Err(Rejected::BlobDigest { expected, actual });
-        }
+    if chunk.content_size > MAX_CHUNK_SIZE {
+        return Err(Rejected::TooLarge {
+            size: chunk.content_size,
+        });
     }
     let size = chunk.content_size as usize;
-    let content = match chunk.codec {
+    Ok(match chunk.codec {
         ChunkCodec::Stored => fetched.slice(..size.min(fetched.len())),
         ChunkCodec::Zeros => Bytes::from(vec![0; size]),
         ChunkCodec::Gzip => read_exactly(flate2::read::MultiGzDecoder::new(&fetched[..]), size)?,
@@ -69,13 +90,17 @@ pub fn decode(
             })?;
             Bytes::from(
                 resume
-                    .inflate(checkpoint, &fetched, size)
+                    .inflate(checkpoint, &fetched, size, window)
                     .map_err(Rejected::Decode)?,
             )
         }
-    };
+    })
+}
+
+/// `content` if it is exactly `chunk`'s content: its size and sha256 match.
+pub fn verify(chunk: &Chunk, content: Bytes) -> Result<Bytes, Rejected> {
     let actual = Digest::of(&content);
-    if content.len() != size || actual != chunk.digest {
+    if content.len() as u64 != chunk.content_size || actual != chunk.digest {
         return Err(Rejected::ContentDigest {
             expected: chunk.digest,
             actual,
@@ -107,14 +132,13 @@ mod tests {
 
     use super::*;
 
-    fn chunk(codec: ChunkCodec, content: &[u8], blob: &[u8], blob_digest: bool) -> Chunk {
+    fn chunk(codec: ChunkCodec, content: &[u8], blob: &[u8]) -> Chunk {
         Chunk {
             content_offset: 0,
             content_size: content.len() as u64,
             blob_offset: 0,
             blob_size: blob.len() as u64,
             codec,
-            blob_digest: blob_digest.then(|| Digest::of(blob)),
             digest: Digest::of(content),
         }
     }
@@ -123,6 +147,10 @@ mod tests {
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         encoder.write_all(data).unwrap();
         encoder.finish().unwrap()
+    }
+
+    fn decode_and_verify(chunk: &Chunk, blob: Vec<u8>) -> Result<Bytes, Rejected> {
+        verify(chunk, decode(chunk, Bytes::from(blob), None, None)?)
     }
 
     #[test]
@@ -135,8 +163,8 @@ mod tests {
             (ChunkCodec::Gzip, gz),
             (ChunkCodec::Zstd, zst),
         ] {
-            let c = chunk(codec, &content, &blob, true);
-            let out = decode(&c, Bytes::from(blob), None).unwrap();
+            let c = chunk(codec, &content, &blob);
+            let out = decode_and_verify(&c, blob).unwrap();
             assert_eq!(&out[..], &content[..]);
         }
     }
@@ -145,20 +173,14 @@ mod tests {
     fn a_changed_byte_never_yields_wrong_content() {
         let content = b"0123456789".repeat(1000);
         let gz = gzip(&content);
-        for blob_digest in [false, true] {
-            let c = chunk(ChunkCodec::Gzip, &content, &gz, blob_digest);
-            for at in (0..gz.len()).step_by(7) {
-                let mut bad = gz.clone();
-                bad[at] ^= 0x01;
-                match decode(&c, Bytes::from(bad), None) {
-                    Err(_) => {}
-                    // Without a blob digest, a flip in gzip metadata (mtime, OS
-                    // byte) is harmless: the content still verifies.
-                    Ok(out) => {
-                        assert!(!blob_digest, "byte {at} flipped yet accepted");
-                        assert_eq!(&out[..], &content[..]);
-                    }
-                }
+        let c = chunk(ChunkCodec::Gzip, &content, &gz);
+        for at in (0..gz.len()).step_by(7) {
+            let mut bad = gz.clone();
+            bad[at] ^= 0x01;
+            // A flip in gzip metadata (mtime, OS byte) is harmless: the content
+            // still verifies. Any other flip is rejected.
+            if let Ok(out) = decode_and_verify(&c, bad) {
+                assert_eq!(&out[..], &content[..], "byte {at} flipped yet accepted");
             }
         }
     }
@@ -166,11 +188,21 @@ mod tests {
     #[test]
     fn short_content_is_rejected() {
         let content = b"abc".repeat(10);
-        let mut c = chunk(ChunkCodec::Gzip, &content, &gzip(&content), false);
+        let mut c = chunk(ChunkCodec::Gzip, &content, &gzip(&content));
         c.content_size += 1;
         assert!(matches!(
-            decode(&c, Bytes::from(gzip(&content)), None),
+            decode_and_verify(&c, gzip(&content)),
             Err(Rejected::Decode(_))
+        ));
+    }
+
+    #[test]
+    fn a_chunk_over_the_limit_is_refused_before_allocating() {
+        let mut c = chunk(ChunkCodec::Zeros, b"", b"");
+        c.content_size = 100 << 30;
+        assert!(matches!(
+            decode(&c, Bytes::new(), None, None),
+            Err(Rejected::TooLarge { size }) if size == 100 << 30
         ));
     }
 }

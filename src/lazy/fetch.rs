@@ -1,27 +1,44 @@
 //! Fetching chunks: one single-range request per run of adjacent missing chunks,
 //! one in-flight fetch per chunk however many readers wait for it, every chunk
 //! verified before any reader sees it, then kept in the content store.
+//!
+//! Who does what:
+//! - the reader's own thread claims what it needs and makes the network
+//!   request (it would wait for it anyway);
+//! - the decoder pool ([`LazyOptions::workers`] threads) decodes and verifies,
+//!   chunks of a run in parallel (gzip spans inflate in order, their hashing
+//!   spreads over the pool);
+//! - the background pool ([`LazyOptions::fetchers`] threads) fetches readahead
+//!   windows, and only when a thread is free;
+//! - one writer thread stores verified chunks, through a byte-bounded queue.
+//!
+//! A claimed chunk is a [`Claim`]: whoever holds it settles it, and dropping
+//! it unsettled (a panic, a job never run) settles it as abandoned, so waiters
+//! are released at once and the next read tries again.
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
-use std::sync::mpsc::{SyncSender, sync_channel};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::LazyOptions;
 use super::decode::{self, DeflateResume};
+use super::pool::Workers;
 use super::source::RangeSource;
 use super::stats::Stats;
+use super::write_queue::WriteQueue;
 use crate::digest::Digest;
-use crate::error::{Error, Result};
+use crate::error::{Error, ReadError, Result};
 use crate::layer::{Chunk, ChunkCodec};
-use crate::store::Store;
+use crate::store::{Blob, Store};
 
 /// Gaps up to this size between chunks are fetched rather than split into two requests.
 const MAX_GAP: u64 = 64 * 1024;
-/// Verified chunks waiting to be written to the store, at most.
-const WRITE_QUEUE: usize = 256;
+/// Extra time a reader waiting on another's whole-blob download allows for
+/// storing it after the download's own deadline.
+const WHOLE_BLOB_WAIT_SLACK: Duration = Duration::from_secs(5);
 
 /// A layer blob read chunk by chunk.
 pub struct LazyBlob {
@@ -32,16 +49,21 @@ pub struct LazyBlob {
     pub deflate: Option<Arc<dyn DeflateResume>>,
 }
 
-/// Cheap to clone: clones share flights, store and statistics.
+/// What a flight ends with: the chunk's verified content, or why there is none.
+type Outcome = std::result::Result<Bytes, Arc<ReadError>>;
+
+/// Cheap to clone: clones share flights, pools, store and statistics.
 #[derive(Clone)]
 pub struct ChunkFetcher {
+    engine: Arc<Engine>,
+}
+
+struct Engine {
     shared: Arc<Shared>,
     source: Arc<dyn RangeSource>,
-    /// Largest single request when coalescing chunks.
-    max_request: u64,
-    /// Longest a reader waits on another reader's fetch.
-    wait_limit: Duration,
-    writes: SyncSender<(Digest, Bytes)>,
+    options: LazyOptions,
+    decoders: Workers,
+    background: Workers,
 }
 
 struct Shared {
@@ -49,80 +71,125 @@ struct Shared {
     stats: Arc<Stats>,
     /// Chunks being fetched, or fetched and verified but not yet in the store.
     flights: Mutex<HashMap<Digest, Arc<Flight>>>,
+    /// Whole-blob downloads under way (registries that refuse ranges).
+    wholes: Mutex<HashMap<Digest, Arc<Flight>>>,
     /// Chunks seen in the store, so warm reads need no `stat` per chunk. One
     /// evicted since is caught when its read finds nothing, and forgotten.
     stored: Mutex<HashSet<Digest>>,
+    writes: WriteQueue,
 }
 
 #[derive(Default)]
 struct Flight {
-    outcome: Mutex<Option<std::result::Result<Bytes, String>>>,
+    outcome: Mutex<Option<Outcome>>,
     done: Condvar,
 }
 
+/// Which table a claimed flight lives in.
+#[derive(Clone, Copy, PartialEq)]
+enum Table {
+    Chunks,
+    Wholes,
+}
+
+/// A flight this thread (or a job it handed on) must settle. Dropped
+/// unsettled, it settles as [`ReadError::Abandoned`].
+struct Claim {
+    shared: Arc<Shared>,
+    table: Table,
+    /// Which chunk of the blob (unused for whole blobs).
+    index: usize,
+    digest: Digest,
+    flight: Arc<Flight>,
+    settled: bool,
+}
+
 /// Where a wanted chunk's bytes will come from.
-enum Source {
+enum Want {
     Stored,
-    Mine,
-    Others(Arc<Flight>),
+    Flight(Arc<Flight>),
 }
 
 impl ChunkFetcher {
+    /// A fetcher reading through `source`, storing into `store`, counting into
+    /// `stats`, behaving as `options` say.
+    ///
+    /// Errors: the OS refused one of the worker threads.
     pub fn new(
         store: Arc<Store>,
         source: Arc<dyn RangeSource>,
         stats: Arc<Stats>,
-        max_request: u64,
-        deadline: Duration,
-    ) -> ChunkFetcher {
+        options: &LazyOptions,
+    ) -> Result<ChunkFetcher> {
+        let spawn_error = |e| Error::io("lazy-read worker threads", e);
         let shared = Arc::new(Shared {
             store,
             stats,
             flights: Mutex::default(),
+            wholes: Mutex::default(),
             stored: Mutex::default(),
+            writes: WriteQueue::new(options.write_queue),
         });
-        let (writes, queue) = sync_channel::<(Digest, Bytes)>(WRITE_QUEUE);
         let writer = Arc::clone(&shared);
-        // Storing (fsync, rename) happens off the read path; until it lands, the
-        // finished flight keeps serving the bytes from memory.
         std::thread::Builder::new()
             .name("lazyimg-chunk-writer".into())
-            .spawn(move || {
-                for (digest, bytes) in queue {
-                    // Verified before it was queued: no second hash.
-                    match writer.store.put_verified(digest, &bytes) {
-                        Ok(()) => {
-                            lock(&writer.stored).insert(digest);
-                        }
-                        Err(e) => tracing::warn!("cannot cache chunk {digest}: {e}"),
-                    }
-                    writer.flights().remove(&digest);
-                }
-            })
-            .expect("spawning the chunk writer thread");
-        ChunkFetcher {
+            .spawn(move || writer.store_queued())
+            .map_err(spawn_error)?;
+        let engine = Engine {
+            decoders: Workers::new("lazyimg-decode", options.workers).map_err(spawn_error)?,
+            background: Workers::new("lazyimg-fetch", options.fetchers).map_err(spawn_error)?,
             shared,
             source,
-            max_request,
-            wait_limit: deadline * 2 + Duration::from_secs(5),
-            writes,
-        }
+            options: options.clone(),
+        };
+        Ok(ChunkFetcher {
+            engine: Arc::new(engine),
+        })
     }
 
     /// A chunk's verified content if it is at hand (fetched, or in the store),
-    /// without fetching anything.
+    /// without fetching or waiting for anything.
     pub fn peek(&self, digest: &Digest) -> Option<Bytes> {
-        let flight = self.shared.flights().get(digest).cloned();
+        let shared = &self.engine.shared;
+        let flight = shared.flights().get(digest).cloned();
         if let Some(flight) = flight {
             return lock(&flight.outcome).as_ref()?.as_ref().ok().cloned();
         }
-        let stored = self.shared.store.get(digest).ok()??;
+        let stored = shared.store.get(digest).ok()??;
         Some(stored.slice(0..stored.bytes().len()))
+    }
+
+    /// The verified contents of chunks `wanted` of `blob` if every one is at
+    /// hand now, without any network or waiting: what a reader can be answered
+    /// with at once, ahead of reads queued behind the network.
+    pub fn ready(&self, blob: &LazyBlob, wanted: Range<usize>) -> Option<Vec<Bytes>> {
+        let shared = &self.engine.shared;
+        let found: Option<Vec<Bytes>> = blob.chunks[wanted]
+            .iter()
+            .map(|chunk| {
+                let in_flight = shared.flights().get(&chunk.digest).cloned();
+                match in_flight {
+                    Some(flight) => lock(&flight.outcome).as_ref()?.as_ref().ok().cloned(),
+                    None if shared.known_stored(&chunk.digest) => {
+                        let stored = shared.store.get(&chunk.digest).ok()??;
+                        Some(stored.slice(0..stored.bytes().len()))
+                    }
+                    None => None,
+                }
+            })
+            .collect();
+        if let Some(found) = &found {
+            for _ in found {
+                shared.stats.cache_hit();
+            }
+        }
+        found
     }
 
     /// Whether a chunk is in the store (not just in memory).
     pub fn is_stored(&self, digest: &Digest) -> bool {
-        self.shared.known_stored(digest) && !self.shared.flights().contains_key(digest)
+        let shared = &self.engine.shared;
+        shared.known_stored(digest) && !shared.flights().contains_key(digest)
     }
 
     /// Whether nothing of chunks `range` is known to be stored or on its way,
@@ -131,45 +198,51 @@ impl ChunkFetcher {
         if range.is_empty() {
             return false;
         }
+        let shared = &self.engine.shared;
         let middle = &blob.chunks[range.start + range.len() / 2].digest;
-        !(self.shared.flights().contains_key(middle) || self.shared.known_stored(middle))
+        !(shared.flights().contains_key(middle) || shared.known_stored(middle))
     }
 
-    /// Starts fetching chunks `ahead` of `blob` in the background, so a
-    /// sequential reader finds them ready. A window is claimed only once its
-    /// middle is neither stored nor on its way: each request then carries many
-    /// chunks, and concurrent readers of one file start it once.
+    /// Fetches chunks `ahead` of `blob` in the background, so a sequential
+    /// reader finds them ready, if a background worker is free; otherwise the
+    /// reader fetches that window itself when it gets there. A window is taken
+    /// only once its middle is neither stored nor on its way: each request then
+    /// carries many chunks, and concurrent readers of one file start it once.
     pub fn read_ahead(&self, blob: &Arc<LazyBlob>, ahead: Range<usize>) {
-        if !self.is_idle(blob, ahead.clone()) {
+        if !self.is_idle(blob, ahead.clone()) || !self.engine.background.is_free() {
             return;
         }
-        let (_, mine) = self.claim(blob, ahead.clone(), ahead.end);
-        if mine.is_empty() {
+        // Claimed now, so the reader's next read waits for this fetch instead
+        // of starting its own; the job settles the claims, or drops them
+        // (releasing their waiters) if it never runs.
+        let claims = self.claim(blob, ahead.clone(), ahead.end).1;
+        if claims.is_empty() {
             return;
         }
         let fetcher = self.clone();
-        let owned = Arc::clone(blob);
-        let claimed = mine.clone();
-        let spawned = std::thread::Builder::new()
-            .name("lazyimg-readahead".into())
-            .spawn(move || drop(fetcher.fetch_mine(&owned, &claimed)));
-        if spawned.is_err() {
-            // Claimed flights must be settled: fetch them here instead.
-            drop(self.fetch_mine(blob, &mine));
-        }
+        let blob = Arc::clone(blob);
+        self.engine.background.submit(
+            false,
+            Box::new(move || fetcher.fetch_claimed(&blob, claims, false)),
+        );
     }
 
     /// The verified contents of chunks `wanted` of `blob`. Chunks `wanted.end..ahead`
     /// are fetched too, in the same requests where possible, but not returned.
+    ///
+    /// Errors: [`Error::Read`] when a chunk cannot be fetched, decoded,
+    /// verified or read back from the store.
     pub fn chunks(
         &self,
-        blob: &LazyBlob,
+        blob: &Arc<LazyBlob>,
         wanted: Range<usize>,
         ahead: usize,
     ) -> Result<Vec<Bytes>> {
         // A stored chunk can be evicted between the check and the read: then go again.
         for _ in 0..3 {
-            if let Some(found) = self.try_chunks(blob, wanted.clone(), ahead)? {
+            let (wants, claims) = self.claim(blob, wanted.clone(), ahead);
+            self.fetch_claimed(blob, claims, true);
+            if let Some(found) = self.collect(blob, wanted.clone(), wants)? {
                 return Ok(found);
             }
         }
@@ -179,31 +252,37 @@ impl ChunkFetcher {
         })
     }
 
-    fn try_chunks(
+    /// The wanted chunks' contents, waiting for flights; `None` when a chunk
+    /// thought stored has been evicted meanwhile.
+    fn collect(
         &self,
         blob: &LazyBlob,
         wanted: Range<usize>,
-        ahead: usize,
+        wants: Vec<Want>,
     ) -> Result<Option<Vec<Bytes>>> {
-        let (sources, mine) = self.claim(blob, wanted.clone(), ahead);
-        let mut fetched = self.fetch_mine(blob, &mine);
-        let mut out = Vec::with_capacity(wanted.len());
-        for (index, source) in wanted.zip(sources) {
+        let shared = &self.engine.shared;
+        let mut out = Vec::with_capacity(wants.len());
+        for (index, want) in wanted.zip(wants) {
             let chunk = &blob.chunks[index];
-            let bytes = match source {
-                Source::Mine => match fetched.remove(&index) {
-                    Some(result) => result?,
-                    None => unreachable!("every claimed chunk has an outcome"),
-                },
-                Source::Others(flight) => self.wait(&flight, chunk)?,
-                Source::Stored => match self.shared.store.get(&chunk.digest)? {
-                    Some(stored) => {
-                        self.shared.stats.cache_hit();
+            let bytes = match want {
+                Want::Flight(flight) => {
+                    wait(&flight, &chunk.digest, self.engine.options.wait_deadline)?
+                }
+                Want::Stored => match shared.store.get(&chunk.digest) {
+                    Ok(Some(stored)) => {
+                        shared.stats.cache_hit();
                         stored.slice(0..stored.bytes().len())
                     }
-                    None => {
-                        lock(&self.shared.stored).remove(&chunk.digest);
+                    Ok(None) => {
+                        lock(&shared.stored).remove(&chunk.digest);
                         return Ok(None);
+                    }
+                    Err(source) => {
+                        return Err(Arc::new(ReadError::Store {
+                            chunk: chunk.digest,
+                            source,
+                        })
+                        .into());
                     }
                 },
             };
@@ -212,54 +291,66 @@ impl ChunkFetcher {
         Ok(Some(out))
     }
 
-    /// Decides, under one lock, who fetches what: wanted chunks already in flight
-    /// are waited for, stored ones read, the rest (and the readahead) claimed.
+    /// Decides, under one lock, who fetches what: wanted chunks already in
+    /// flight are waited for, stored ones read, the rest (and the readahead
+    /// up to `ahead`) claimed. Claims come back in ascending chunk order.
     fn claim(
         &self,
         blob: &LazyBlob,
         wanted: Range<usize>,
         ahead: usize,
-    ) -> (Vec<Source>, Vec<usize>) {
-        let mut flights = self.shared.flights();
-        let mut sources = Vec::with_capacity(wanted.len());
-        let mut mine = Vec::new();
+    ) -> (Vec<Want>, Vec<Claim>) {
+        let shared = &self.engine.shared;
+        let mut flights = shared.flights();
+        let mut wants = Vec::with_capacity(wanted.len());
+        let mut claims = Vec::new();
         for index in wanted.start..ahead.max(wanted.end) {
             let digest = blob.chunks[index].digest;
-            let source = if let Some(flight) = flights.get(&digest) {
-                Source::Others(Arc::clone(flight))
-            } else if self.shared.known_stored(&digest) {
-                Source::Stored
+            let want = if let Some(flight) = flights.get(&digest) {
+                Want::Flight(Arc::clone(flight))
+            } else if shared.known_stored(&digest) {
+                Want::Stored
             } else {
-                flights.insert(digest, Arc::default());
-                mine.push(index);
-                Source::Mine
+                let flight = Arc::<Flight>::default();
+                flights.insert(digest, Arc::clone(&flight));
+                claims.push(Claim {
+                    shared: Arc::clone(shared),
+                    table: Table::Chunks,
+                    index,
+                    digest,
+                    flight: Arc::clone(&flight),
+                    settled: false,
+                });
+                Want::Flight(flight)
             };
             if index < wanted.end {
-                sources.push(source);
+                wants.push(want);
             }
         }
-        (sources, mine)
+        (wants, claims)
     }
 
-    /// Fetches the claimed chunks and settles their flights, whatever happens.
-    fn fetch_mine(&self, blob: &LazyBlob, mine: &[usize]) -> HashMap<usize, Result<Bytes>> {
-        let mut outcomes = HashMap::new();
+    /// Fetches the claimed chunks, a run per request, and hands each run to
+    /// the decoders. Returns once every request is answered; the claims settle
+    /// as their chunks verify (or at once, when a request failed).
+    fn fetch_claimed(&self, blob: &Arc<LazyBlob>, mut claims: Vec<Claim>, urgent: bool) {
         // Chunks with nothing to fetch (runs of zeros) decode from nothing.
-        let (empty, to_fetch): (Vec<usize>, Vec<usize>) =
-            mine.iter().partition(|&&i| blob.chunks[i].blob_size == 0);
-        for index in empty {
-            let chunk = &blob.chunks[index];
-            let result = self.verify(blob, chunk, Bytes::new());
-            self.settle(chunk.digest, &result);
-            outcomes.insert(index, result);
+        let (empty, to_fetch): (Vec<Claim>, Vec<Claim>) = claims
+            .drain(..)
+            .partition(|c| blob.chunks[c.index].blob_size == 0);
+        for claim in empty {
+            self.decode_run(blob, vec![claim], Bytes::new(), 0, urgent);
         }
-        for run in runs(&blob.chunks, &to_fetch, self.max_request) {
-            let span = run_span(&blob.chunks, &run);
+        let indices: Vec<usize> = to_fetch.iter().map(|c| c.index).collect();
+        let mut to_fetch = to_fetch.into_iter();
+        for length in runs(&blob.chunks, &indices, self.engine.options.max_request) {
+            let run: Vec<Claim> = to_fetch.by_ref().take(length).collect();
+            let span = run_span(&blob.chunks, run.iter().map(|c| c.index));
             // Gzip spans need their windows too: fetch both at once, not one
-            // round trip after the other.
+            // round trip after the other. The scope joins both before decoding.
             let checkpoints: Vec<u32> = run
                 .iter()
-                .filter_map(|&i| match blob.chunks[i].codec {
+                .filter_map(|c| match blob.chunks[c.index].codec {
                     ChunkCodec::Deflate { checkpoint } => Some(checkpoint),
                     _ => None,
                 })
@@ -271,130 +362,274 @@ impl ChunkFetcher {
                 }),
                 _ => self.fetch_span(blob, span.clone(), run.len()),
             };
-            for &index in &run {
-                let chunk = &blob.chunks[index];
-                let result = match &fetched {
-                    Ok(bytes) => {
-                        let at = (chunk.blob_offset - span.start) as usize;
-                        let fetched = bytes.slice(at..at + chunk.blob_size as usize);
-                        self.verify(blob, chunk, fetched)
+            match fetched {
+                Ok(bytes) => self.decode_run(blob, run, bytes, span.start, urgent),
+                Err(e) => {
+                    for claim in run {
+                        claim.settle(Err(Arc::clone(&e)));
                     }
-                    Err(e) => Err(Error::ChunkUnavailable {
-                        chunk: chunk.digest,
-                        reason: e.to_string(),
-                    }),
-                };
-                self.settle(chunk.digest, &result);
-                outcomes.insert(index, result);
+                }
             }
         }
-        outcomes
+    }
+
+    /// Hands a fetched run (`bytes` start at blob offset `start`) to the
+    /// decoders: gzip spans as one job that inflates them in order, each
+    /// span's window being the end of the one before, and queues each span's
+    /// hashing as its own job; every other chunk as a job of its own.
+    fn decode_run(
+        &self,
+        blob: &Arc<LazyBlob>,
+        run: Vec<Claim>,
+        bytes: Bytes,
+        start: u64,
+        urgent: bool,
+    ) {
+        let piece = |claim: &Claim| {
+            let chunk = &blob.chunks[claim.index];
+            let at = (chunk.blob_offset - start) as usize;
+            bytes.slice(at..at + chunk.blob_size as usize)
+        };
+        let sequential = run
+            .iter()
+            .all(|c| matches!(blob.chunks[c.index].codec, ChunkCodec::Deflate { .. }));
+        if sequential && run.len() > 1 {
+            let fetcher = self.clone();
+            let blob = Arc::clone(blob);
+            let pieces: Vec<(Claim, Bytes)> = run
+                .into_iter()
+                .map(|c| {
+                    let p = piece(&c);
+                    (c, p)
+                })
+                .collect();
+            self.engine.decoders.submit(
+                urgent,
+                Box::new(move || fetcher.inflate_in_order(&blob, pieces, urgent)),
+            );
+            return;
+        }
+        for claim in run {
+            let fetched = piece(&claim);
+            let fetcher = self.clone();
+            let blob = Arc::clone(blob);
+            self.engine.decoders.submit(
+                urgent,
+                Box::new(move || {
+                    let chunk = &blob.chunks[claim.index];
+                    let outcome = decode::decode(chunk, fetched, blob.deflate.as_deref(), None)
+                        .and_then(|content| decode::verify(chunk, content));
+                    fetcher.settle_decoded(&blob, claim, outcome);
+                }),
+            );
+        }
+    }
+
+    /// Inflates consecutive gzip spans in order (each one's window is the
+    /// unverified end of the previous: see [`DeflateResume::inflate`]) and
+    /// queues each span's verification, so hashing runs on every worker.
+    fn inflate_in_order(&self, blob: &Arc<LazyBlob>, pieces: Vec<(Claim, Bytes)>, urgent: bool) {
+        let mut previous: Option<(usize, Bytes)> = None;
+        for (claim, fetched) in pieces {
+            let chunk = &blob.chunks[claim.index];
+            let window = previous
+                .as_ref()
+                .filter(|(index, _)| index + 1 == claim.index)
+                .map(|(_, content)| &content[..]);
+            match decode::decode(chunk, fetched, blob.deflate.as_deref(), window) {
+                Ok(content) => {
+                    previous = Some((claim.index, content.clone()));
+                    let fetcher = self.clone();
+                    let blob = Arc::clone(blob);
+                    self.engine.decoders.submit(
+                        urgent,
+                        Box::new(move || {
+                            let chunk = &blob.chunks[claim.index];
+                            let outcome = decode::verify(chunk, content);
+                            fetcher.settle_decoded(&blob, claim, outcome);
+                        }),
+                    );
+                }
+                Err(rejected) => {
+                    previous = None;
+                    self.settle_decoded(blob, claim, Err(rejected));
+                }
+            }
+        }
+    }
+
+    /// Settles a decoded chunk, counting and logging a rejection.
+    fn settle_decoded(
+        &self,
+        blob: &LazyBlob,
+        claim: Claim,
+        outcome: std::result::Result<Bytes, decode::Rejected>,
+    ) {
+        let chunk = &blob.chunks[claim.index];
+        let outcome = outcome.map_err(|rejected| {
+            self.engine.shared.stats.verification_failed();
+            let error = ReadError::Rejected {
+                chunk: chunk.digest,
+                layer: blob.digest,
+                blob_range: chunk.blob_offset..chunk.blob_offset + chunk.blob_size,
+                reason: rejected.to_string(),
+            };
+            tracing::error!("{error}");
+            Arc::new(error)
+        });
+        claim.settle(outcome);
     }
 
     /// Blob bytes `span`: from the store when the whole blob is there, else by
-    /// one ranged request, else (the registry refused the range) by downloading
-    /// and verifying the whole blob.
-    fn fetch_span(&self, blob: &LazyBlob, span: Range<u64>, chunks: usize) -> Result<Bytes> {
-        let stats = &self.shared.stats;
-        let local = |store: &Store| -> Result<Option<Bytes>> {
-            Ok(store
-                .get(&blob.digest)?
-                .map(|whole| whole.slice(span.start as usize..span.end as usize)))
-        };
-        if let Some(bytes) = local(&self.shared.store)? {
-            return Ok(bytes);
+    /// one ranged request, else (the registry refused the range) from the
+    /// whole blob, downloaded once however many readers need it.
+    fn fetch_span(&self, blob: &LazyBlob, span: Range<u64>, chunks: usize) -> Outcome {
+        let stats = &self.engine.shared.stats;
+        if let Some(whole) = self.engine.shared.store.get(&blob.digest).ok().flatten() {
+            return Ok(slice_of(&whole, &span));
         }
         let started = Instant::now();
-        let answer = self.source.fetch_range(&blob.digest, span.clone());
-        let bytes = match answer {
-            Ok(Some(bytes)) => {
+        let failed = |source: Error| {
+            stats.fetch_failed();
+            let error = ReadError::Fetch {
+                blob: blob.digest,
+                range: span.clone(),
+                source,
+            };
+            tracing::error!("{error}");
+            Arc::new(error)
+        };
+        match self.engine.source.fetch_range(&blob.digest, span.clone()) {
+            Ok(Some(bytes)) if bytes.len() as u64 == span.end - span.start => {
                 stats.fetched(bytes.len() as u64, started.elapsed());
-                bytes
+                stats.chunks_fetched(chunks as u64);
+                Ok(bytes)
             }
+            Ok(Some(bytes)) => Err(failed(Error::SizeMismatch {
+                what: format!("bytes {span:?} of {}", blob.digest),
+                expected: span.end - span.start,
+                actual: bytes.len() as u64,
+            })),
             Ok(None) => {
-                tracing::info!(
-                    "{}: the registry does not serve byte ranges of it; fetching it whole",
-                    blob.digest
-                );
-                stats.whole_blob_fallback();
-                self.source.fetch_whole(&blob.digest, blob.size)?;
-                stats.fetched(blob.size, started.elapsed());
-                local(&self.shared.store)?.ok_or(Error::NotCached(blob.digest))?
+                let whole = self.whole_blob(blob)?;
+                stats.chunks_fetched(chunks as u64);
+                Ok(slice_of(&whole, &span))
             }
-            Err(e) => {
-                stats.fetch_failed();
-                tracing::error!("fetching bytes {span:?} of {}: {e}", blob.digest);
-                return Err(e);
-            }
-        };
-        stats.chunks_fetched(chunks as u64);
-        Ok(bytes)
-    }
-
-    fn verify(&self, blob: &LazyBlob, chunk: &Chunk, fetched: Bytes) -> Result<Bytes> {
-        decode::decode(chunk, fetched, blob.deflate.as_deref()).map_err(|rejected| {
-            self.shared.stats.verification_failed();
-            tracing::error!(
-                "chunk {} of layer {} (bytes {}..{}) failed verification: {rejected}",
-                chunk.digest,
-                blob.digest,
-                chunk.blob_offset,
-                chunk.blob_offset + chunk.blob_size
-            );
-            Error::ChunkUnavailable {
-                chunk: chunk.digest,
-                reason: format!("verification failed: {rejected}"),
-            }
-        })
-    }
-
-    /// Publishes a claimed chunk's outcome to its waiters. A good chunk stays in
-    /// flight (serving from memory) until the writer has stored it; a failed one
-    /// leaves at once, so the next read tries again.
-    fn settle(&self, digest: Digest, result: &Result<Bytes>) {
-        let mut flights = self.shared.flights();
-        let Some(flight) = flights.get(&digest).cloned() else {
-            return;
-        };
-        let outcome = match result {
-            Ok(bytes) => Ok(bytes.clone()),
-            Err(e) => {
-                flights.remove(&digest);
-                Err(e.to_string())
-            }
-        };
-        drop(flights);
-        *lock(&flight.outcome) = Some(outcome);
-        flight.done.notify_all();
-        if let Ok(bytes) = result
-            && self.writes.send((digest, bytes.clone())).is_err()
-        {
-            self.shared.flights().remove(&digest);
+            Err(e) => Err(failed(e)),
         }
     }
 
-    fn wait(&self, flight: &Flight, chunk: &Chunk) -> Result<Bytes> {
-        let deadline = Instant::now() + self.wait_limit;
-        let mut outcome = lock(&flight.outcome);
-        loop {
-            if let Some(outcome) = outcome.as_ref() {
-                return outcome.clone().map_err(|reason| Error::ChunkUnavailable {
-                    chunk: chunk.digest,
-                    reason,
-                });
+    /// The whole verified blob, downloading it if no other reader is: one
+    /// download per blob at a time, bounded by the source's whole-blob
+    /// deadline; a reader waiting on another's download gives up after that
+    /// deadline too.
+    fn whole_blob(&self, blob: &LazyBlob) -> std::result::Result<Blob, Arc<ReadError>> {
+        let shared = &self.engine.shared;
+        let failed = |source: Error| {
+            Arc::new(ReadError::WholeBlob {
+                blob: blob.digest,
+                source,
+            })
+        };
+        for _ in 0..2 {
+            if let Some(whole) = shared.store.get(&blob.digest).map_err(&failed)? {
+                return Ok(whole);
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Error::ChunkUnavailable {
-                    chunk: chunk.digest,
-                    reason: "timed out waiting for another reader's fetch".into(),
-                });
+            let mut wholes = lock(&shared.wholes);
+            if let Some(flight) = wholes.get(&blob.digest).cloned() {
+                drop(wholes);
+                let limit = self.engine.options.whole_blob_deadline + WHOLE_BLOB_WAIT_SLACK;
+                wait(&flight, &blob.digest, limit)?;
+                continue;
             }
-            outcome = flight
-                .done
-                .wait_timeout(outcome, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            let flight = Arc::<Flight>::default();
+            wholes.insert(blob.digest, Arc::clone(&flight));
+            drop(wholes);
+            let claim = Claim {
+                shared: Arc::clone(shared),
+                table: Table::Wholes,
+                index: 0,
+                digest: blob.digest,
+                flight,
+                settled: false,
+            };
+            tracing::info!(
+                "{}: the registry does not serve byte ranges of it; fetching it whole",
+                blob.digest
+            );
+            shared.stats.whole_blob_fallback();
+            let started = Instant::now();
+            match self.engine.source.fetch_whole(&blob.digest, blob.size) {
+                Ok(()) => {
+                    shared.stats.fetched(blob.size, started.elapsed());
+                    claim.settle(Ok(Bytes::new()));
+                }
+                Err(e) => {
+                    shared.stats.fetch_failed();
+                    let error = failed(e);
+                    tracing::error!("{error}");
+                    claim.settle(Err(Arc::clone(&error)));
+                    return Err(error);
+                }
+            }
+        }
+        shared
+            .store
+            .get(&blob.digest)
+            .map_err(&failed)?
+            .ok_or_else(|| failed(Error::NotCached(blob.digest)))
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // The writer stores what is queued, then exits.
+        self.shared.writes.close();
+    }
+}
+
+impl Claim {
+    /// Publishes the outcome to every waiter. A good chunk stays in flight
+    /// (serving from memory) until the writer has stored it; a failed one, and
+    /// a finished whole-blob download, leave at once.
+    fn settle(mut self, outcome: Outcome) {
+        self.settled = true;
+        self.publish(outcome);
+    }
+
+    fn publish(&self, outcome: Outcome) {
+        let shared = &self.shared;
+        let content = match (&outcome, self.table) {
+            (Ok(content), Table::Chunks) => Some(content.clone()),
+            _ => None,
+        };
+        let table = match self.table {
+            Table::Chunks => &shared.flights,
+            Table::Wholes => &shared.wholes,
+        };
+        if content.is_none() {
+            remove_flight(table, &self.digest, &self.flight);
+        }
+        *lock(&self.flight.outcome) = Some(outcome);
+        self.flight.done.notify_all();
+        if let Some(content) = content
+            && !shared.writes.push(self.digest, content)
+        {
+            // The fetcher is gone: nobody will store it.
+            remove_flight(table, &self.digest, &self.flight);
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.settled = true;
+            tracing::error!(
+                "the fetch of {} was abandoned; its readers get EIO",
+                self.digest
+            );
+            self.publish(Err(Arc::new(ReadError::Abandoned { chunk: self.digest })));
         }
     }
 }
@@ -408,6 +643,56 @@ impl Shared {
         let mut stored = lock(&self.stored);
         stored.contains(digest) || (self.store.contains(digest) && stored.insert(*digest))
     }
+
+    /// The writer thread: stores queued chunks until the queue closes.
+    fn store_queued(&self) {
+        while let Some((digest, content)) = self.writes.next() {
+            // Verified before it was queued: no second hash.
+            match self.store.put_verified(digest, &content) {
+                Ok(()) => {
+                    lock(&self.stored).insert(digest);
+                }
+                Err(e) => tracing::warn!("cannot cache chunk {digest}: {e}"),
+            }
+            self.flights().remove(&digest);
+            self.writes.done(content.len() as u64);
+        }
+    }
+}
+
+/// Removes `flight` from `table` if it is still the one under `digest`.
+fn remove_flight(
+    table: &Mutex<HashMap<Digest, Arc<Flight>>>,
+    digest: &Digest,
+    flight: &Arc<Flight>,
+) {
+    let mut table = lock(table);
+    if table.get(digest).is_some_and(|f| Arc::ptr_eq(f, flight)) {
+        table.remove(digest);
+    }
+}
+
+/// Waits at most `limit` for a flight to settle.
+fn wait(flight: &Flight, digest: &Digest, limit: Duration) -> Outcome {
+    let deadline = Instant::now() + limit;
+    let mut outcome = lock(&flight.outcome);
+    loop {
+        if let Some(outcome) = outcome.as_ref() {
+            return outcome.clone();
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Arc::new(ReadError::WaitTimedOut {
+                chunk: *digest,
+                waited: limit,
+            }));
+        }
+        outcome = flight
+            .done
+            .wait_timeout(outcome, left)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -415,38 +700,45 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Groups claimed chunks (ascending indices) into runs fetched by one request each:
-/// neighbours whose blob bytes touch, overlap or leave a small gap, up to `max_request`.
-fn runs(chunks: &[Chunk], claimed: &[usize], max_request: u64) -> Vec<Vec<usize>> {
-    let mut runs: Vec<Vec<usize>> = Vec::new();
+fn slice_of(whole: &Blob, span: &Range<u64>) -> Bytes {
+    whole.slice(span.start as usize..span.end as usize)
+}
+
+/// Groups claimed chunks (ascending indices) into runs fetched by one request
+/// each: neighbours whose blob bytes touch, overlap or leave a small gap, up
+/// to `max_request`. Returns each run's length, in order.
+fn runs(chunks: &[Chunk], claimed: &[usize], max_request: u64) -> Vec<usize> {
+    let mut lengths: Vec<usize> = Vec::new();
+    let mut span: Option<Range<u64>> = None;
     for &index in claimed {
         let chunk = &chunks[index];
-        if let Some(run) = runs.last_mut() {
-            let span = run_span(chunks, run);
-            let end = span.end.max(chunk.blob_offset + chunk.blob_size);
-            let joins = chunk.blob_offset + MAX_GAP >= span.end
-                && chunk.blob_offset >= span.start
-                && end - span.start <= max_request;
+        let chunk_end = chunk.blob_offset + chunk.blob_size;
+        if let (Some(current), Some(length)) = (span.as_mut(), lengths.last_mut()) {
+            let end = current.end.max(chunk_end);
+            let joins = chunk.blob_offset + MAX_GAP >= current.end
+                && chunk.blob_offset >= current.start
+                && end - current.start <= max_request;
             if joins {
-                run.push(index);
+                current.end = end;
+                *length += 1;
                 continue;
             }
         }
-        runs.push(vec![index]);
+        span = Some(chunk.blob_offset..chunk_end);
+        lengths.push(1);
     }
-    runs
+    lengths
 }
 
-/// The blob bytes a run covers.
-fn run_span(chunks: &[Chunk], run: &[usize]) -> Range<u64> {
+/// The blob bytes the chunks `run` cover.
+fn run_span(chunks: &[Chunk], run: impl Iterator<Item = usize> + Clone) -> Range<u64> {
     let start = run
-        .iter()
-        .map(|&i| chunks[i].blob_offset)
+        .clone()
+        .map(|i| chunks[i].blob_offset)
         .min()
         .unwrap_or(0);
     let end = run
-        .iter()
-        .map(|&i| chunks[i].blob_offset + chunks[i].blob_size)
+        .map(|i| chunks[i].blob_offset + chunks[i].blob_size)
         .max()
         .unwrap_or(0);
     start..end

@@ -1,7 +1,8 @@
 //! Reading gzip layers through a lazyimg index: each span inflates from its
 //! checkpoint. The 32 KiB window a checkpoint needs is the tail of the span
-//! before it, when that span is at hand (a sequential read); otherwise it is
-//! fetched, and verified, like any chunk.
+//! before it, when that span is at hand (decoded in the same run, or verified
+//! earlier); otherwise it is fetched, and verified, like any chunk, while the
+//! span itself is on its way ([`DeflateResume::prepare`]).
 
 use std::io;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use crate::layer::{Chunk, ChunkCodec, gzip_index};
 
 pub struct GzipSpans {
     resume: GzipResume,
-    windows: LazyBlob,
+    windows: Arc<LazyBlob>,
     /// The content digest of the span starting at each checkpoint.
     spans: Vec<Option<Digest>>,
     fetcher: Arc<ChunkFetcher>,
@@ -25,12 +26,12 @@ pub struct GzipSpans {
 impl GzipSpans {
     /// `chunks` are the layer's chunks, whose deflate spans the checkpoints start.
     pub fn new(resume: GzipResume, chunks: &[Chunk], fetcher: Arc<ChunkFetcher>) -> GzipSpans {
-        let windows = LazyBlob {
+        let windows = Arc::new(LazyBlob {
             digest: resume.windows_blob,
             size: resume.windows_size,
             chunks: resume.windows.clone(),
             deflate: None,
-        };
+        });
         let mut spans = vec![None; resume.checkpoints.len()];
         for chunk in chunks {
             if let ChunkCodec::Deflate { checkpoint } = chunk.codec
@@ -60,7 +61,13 @@ impl GzipSpans {
 }
 
 impl DeflateResume for GzipSpans {
-    fn inflate(&self, checkpoint: u32, compressed: &[u8], out_len: usize) -> io::Result<Vec<u8>> {
+    fn inflate(
+        &self,
+        checkpoint: u32,
+        compressed: &[u8],
+        out_len: usize,
+        window: Option<&[u8]>,
+    ) -> io::Result<Vec<u8>> {
         let k = checkpoint as usize;
         let (Some(point), Some(window_of)) =
             (self.resume.checkpoints.get(k), self.resume.window_of.get(k))
@@ -70,20 +77,30 @@ impl DeflateResume for GzipSpans {
                 format!("no checkpoint {k}"),
             ));
         };
-        let window = match *window_of {
-            None => Bytes::new(),
-            Some(w) => match self.window_from_previous_span(k, w as usize) {
-                Some(window) => window,
-                None => {
-                    let w = w as usize;
-                    let mut found = self
-                        .fetcher
-                        .chunks(&self.windows, w..w + 1, w + 1)
-                        .map_err(io::Error::other)?;
-                    found.remove(0)
-                }
-            },
+        let Some(w) = *window_of else {
+            return gzip_index::inflate_span(point, &[], compressed, out_len);
         };
+        let w = w as usize;
+        let size = self.windows.chunks[w].content_size as usize;
+        if let Some(content) = window.filter(|c| c.len() >= size) {
+            return gzip_index::inflate_span(
+                point,
+                &content[content.len() - size..],
+                compressed,
+                out_len,
+            );
+        }
+        // Never fetches: this runs on a decoder worker, which must not wait on
+        // other jobs. `prepare` fetched the window while the span was on its way.
+        let window = self
+            .window_from_previous_span(k, w)
+            .or_else(|| self.fetcher.peek(&self.windows.chunks[w].digest))
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("the window of gzip checkpoint {k} could not be fetched"),
+                )
+            })?;
         gzip_index::inflate_span(point, &window, compressed, out_len)
     }
 

@@ -9,6 +9,7 @@ pub mod artifact;
 pub mod decode;
 pub mod fetch;
 mod gzip;
+mod pool;
 pub mod prefetch;
 pub mod prepare;
 pub mod source;
@@ -16,13 +17,16 @@ pub mod stats;
 #[cfg(test)]
 mod tests;
 mod toc;
+mod write_queue;
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::error::{Error, Result};
+use crate::config::Config;
+use crate::error::{ReadError, Result};
 use crate::rootfs::ContentReader;
 use crate::store::Blob;
 use crate::tree::ContentLocation;
@@ -37,24 +41,73 @@ const SEQUENTIAL_SLACK: u64 = 1 << 20;
 /// Blob bytes a background fill asks for at once.
 const FILL_BATCH: u64 = 8 << 20;
 
-/// How lazy reads behave.
+/// How lazy reads behave: every knob and deadline of the engine, in one place.
+/// `[lazy]` and `[network]` in the configuration file set them.
 #[derive(Debug, Clone)]
 pub struct LazyOptions {
-    /// Longest one read may wait on the registry, retries included.
-    pub deadline: Duration,
+    /// Threads that decode and verify chunks (default: one per CPU).
+    pub workers: usize,
+    /// Background fetches (readahead) at once; readahead is skipped while all
+    /// are busy.
+    pub fetchers: usize,
     /// Bytes of the same file fetched ahead of a sequential reader (and the
     /// size up to which a file is fetched whole on its first read).
     pub readahead: u64,
-    /// Largest single range request when adjacent chunks are coalesced.
+    /// Largest single range request when adjacent chunks are coalesced, bytes.
     pub max_request: u64,
+    /// Verified chunks waiting to be written to the store, at most, in bytes.
+    pub write_queue: u64,
+    /// Longest one ranged read may take, retries included.
+    pub read_deadline: Duration,
+    /// Longest a whole-blob download may take (registries that refuse ranges).
+    pub whole_blob_deadline: Duration,
+    /// Longest a reader waits on another reader's ranged fetch.
+    pub wait_deadline: Duration,
+}
+
+impl LazyOptions {
+    /// The defaults with reads bounded by `read_deadline`; waiting on another
+    /// reader's fetch is bounded by twice that (its retries) plus a margin.
+    pub fn with_read_deadline(read_deadline: Duration) -> LazyOptions {
+        LazyOptions {
+            read_deadline,
+            wait_deadline: read_deadline * 2 + Duration::from_secs(5),
+            ..LazyOptions::default()
+        }
+    }
+
+    /// The options `config` sets: `[lazy]`, and `[network] read_timeout` as
+    /// the deadline of one ranged read.
+    pub fn from_config(config: &Config) -> LazyOptions {
+        let read_deadline = Duration::from_secs(config.network.read_timeout.max(1));
+        let lazy = &config.lazy;
+        let defaults = LazyOptions::with_read_deadline(read_deadline);
+        LazyOptions {
+            workers: lazy.workers.unwrap_or(defaults.workers).max(1),
+            fetchers: lazy.fetchers.unwrap_or(defaults.fetchers).max(1),
+            readahead: lazy.readahead.map_or(defaults.readahead, |r| r.as_u64()),
+            whole_blob_deadline: lazy
+                .whole_blob_timeout
+                .map_or(defaults.whole_blob_deadline, |s| {
+                    Duration::from_secs(s.max(1))
+                }),
+            ..defaults
+        }
+    }
 }
 
 impl Default for LazyOptions {
     fn default() -> Self {
+        let read_deadline = Duration::from_secs(30);
         LazyOptions {
-            deadline: Duration::from_secs(30),
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            fetchers: 4,
             readahead: 8 << 20,
             max_request: 16 << 20,
+            write_queue: 16 << 20,
+            read_deadline,
+            whole_blob_deadline: Duration::from_secs(600),
+            wait_deadline: read_deadline * 2 + Duration::from_secs(5),
         }
     }
 }
@@ -97,19 +150,40 @@ impl ImageContent {
         }
     }
 
+    /// The chunks of `blob` holding content `range`, as an index range.
+    fn chunk_range(blob: &LazyBlob, range: &Range<u64>) -> Range<usize> {
+        let chunks = &blob.chunks;
+        let first = chunks.partition_point(|c| c.content_offset + c.content_size <= range.start);
+        let last = chunks.partition_point(|c| c.content_offset < range.end);
+        first..last
+    }
+
+    /// Reads `range` of a chunked layer; with `ready_only`, answers only from
+    /// chunks at hand (`Ok(None)` otherwise, and nothing is remembered).
     fn read_chunked(
         &self,
         blob: &Arc<LazyBlob>,
         location: &ContentLocation,
-        range: std::ops::Range<u64>,
-    ) -> Result<Bytes> {
+        range: Range<u64>,
+        ready_only: bool,
+    ) -> Result<Option<Bytes>> {
         let fetcher = self
             .fetcher
             .as_ref()
             .expect("chunked layers come with a fetcher");
         let chunks = &blob.chunks;
-        let first = chunks.partition_point(|c| c.content_offset + c.content_size <= range.start);
-        let last = chunks.partition_point(|c| c.content_offset < range.end);
+        let Range {
+            start: first,
+            end: last,
+        } = Self::chunk_range(blob, &range);
+        let ready = if ready_only {
+            match fetcher.ready(blob, first..last) {
+                Some(pieces) => Some(pieces),
+                None => return Ok(None),
+            }
+        } else {
+            None
+        };
         // A small file comes whole with its first read. A file read from its
         // start or where the last read ended gets its next window with this
         // read (when none of it is on its way yet) and the one after that in
@@ -128,12 +202,20 @@ impl ImageContent {
         } else {
             last
         };
-        let with_this_read = if fetcher.is_idle(blob, last..ahead) {
-            ahead
-        } else {
-            last
+        let pieces = match ready {
+            Some(pieces) => {
+                fetcher.read_ahead(blob, last..ahead);
+                pieces
+            }
+            None => {
+                let with_this_read = if fetcher.is_idle(blob, last..ahead) {
+                    ahead
+                } else {
+                    last
+                };
+                fetcher.chunks(blob, first..last, with_this_read)?
+            }
         };
-        let pieces = fetcher.chunks(blob, first..last, with_this_read)?;
         if sequential {
             fetcher.read_ahead(blob, ahead..window_end(range.end + self.readahead));
         }
@@ -146,12 +228,42 @@ impl ImageContent {
             let from = (at - chunk.content_offset) as usize;
             let to = ((range.end - chunk.content_offset) as usize).min(piece.len());
             if pieces.len() == 1 {
-                return self.covered(piece.slice(from..to), range, blob);
+                return self.covered(piece.slice(from..to), range, blob).map(Some);
             }
             out.extend_from_slice(&piece[from..to]);
             at = chunk.content_offset + to as u64;
         }
-        self.covered(out.freeze(), range, blob)
+        self.covered(out.freeze(), range, blob).map(Some)
+    }
+
+    /// The file bytes `offset..offset + len` of `location` as a content-space
+    /// range of its layer, clamped to the file.
+    fn content_range(location: &ContentLocation, offset: u64, len: usize) -> Range<u64> {
+        let start = location.offset + offset.min(location.size);
+        let end = start + (len as u64).min(location.size - offset.min(location.size));
+        start..end
+    }
+
+    fn read_layer(
+        &self,
+        location: &ContentLocation,
+        offset: u64,
+        len: usize,
+        ready_only: bool,
+    ) -> Result<Option<Bytes>> {
+        let range = Self::content_range(location, offset, len);
+        let bytes = match &self.layers[location.layer as usize] {
+            LayerContent::Unpacked(tar) => tar.slice(range.start as usize..range.end as usize),
+            LayerContent::Chunked(blob) if range.start < range.end => {
+                match self.read_chunked(blob, location, range, ready_only)? {
+                    Some(bytes) => bytes,
+                    None => return Ok(None),
+                }
+            }
+            LayerContent::Chunked(_) => Bytes::new(),
+        };
+        self.stats.served(bytes.len() as u64);
+        Ok(Some(bytes))
     }
 
     /// Whether a read at `range` of the file at `location` continues the
@@ -166,16 +278,14 @@ impl ImageContent {
         sequential
     }
 
-    /// Checks the chunks covered the whole range: a gap means a broken index.
-    fn covered(&self, bytes: Bytes, range: std::ops::Range<u64>, blob: &LazyBlob) -> Result<Bytes> {
+    /// Checks the chunks covered the whole range: a gap means a broken map.
+    fn covered(&self, bytes: Bytes, range: Range<u64>, blob: &LazyBlob) -> Result<Bytes> {
         if bytes.len() as u64 != range.end - range.start {
-            return Err(Error::Layer {
+            return Err(Arc::new(ReadError::MapGap {
                 layer: blob.digest,
-                source: crate::layer::LayerError::Toc {
-                    format: "chunk map",
-                    reason: format!("no chunk holds bytes {range:?} of the content space"),
-                },
-            });
+                range,
+            })
+            .into());
         }
         Ok(bytes)
     }
@@ -183,17 +293,18 @@ impl ImageContent {
 
 impl ContentReader for ImageContent {
     fn read(&self, location: &ContentLocation, offset: u64, len: usize) -> Result<Bytes> {
-        let start = location.offset + offset.min(location.size);
-        let end = start + (len as u64).min(location.size - offset.min(location.size));
-        let bytes = match &self.layers[location.layer as usize] {
-            LayerContent::Unpacked(tar) => tar.slice(start as usize..end as usize),
-            LayerContent::Chunked(blob) if start < end => {
-                self.read_chunked(blob, location, start..end)?
-            }
-            LayerContent::Chunked(_) => Bytes::new(),
-        };
-        self.stats.served(bytes.len() as u64);
-        Ok(bytes)
+        Ok(self
+            .read_layer(location, offset, len, false)?
+            .expect("a read that may fetch always answers"))
+    }
+
+    fn read_ready(
+        &self,
+        location: &ContentLocation,
+        offset: u64,
+        len: usize,
+    ) -> Option<Result<Bytes>> {
+        self.read_layer(location, offset, len, true).transpose()
     }
 
     fn stats(&self) -> Option<StatsReport> {

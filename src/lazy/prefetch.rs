@@ -64,6 +64,17 @@ impl ContentReader for Recorder {
         self.inner.read(location, offset, len)
     }
 
+    fn read_ready(
+        &self,
+        location: &ContentLocation,
+        offset: u64,
+        len: usize,
+    ) -> Option<Result<Bytes>> {
+        let ready = self.inner.read_ready(location, offset, len)?;
+        self.note(location);
+        Some(ready)
+    }
+
     fn stats(&self) -> Option<StatsReport> {
         self.inner.stats()
     }

@@ -34,14 +34,17 @@ pub struct RegistryRanges {
     pub runtime: Handle,
     /// Longest a ranged read may take, retries included: a registry that stops
     /// answering turns into EIO for that read, not a hung reader.
-    pub deadline: Duration,
+    pub read_deadline: Duration,
+    /// Longest a whole-blob download may take; a stall inside it is cut sooner
+    /// by the client's read timeout.
+    pub whole_blob_deadline: Duration,
 }
 
 impl RegistryRanges {
-    fn timed_out(&self, what: &str) -> Error {
+    fn timed_out(&self, what: &str, deadline: Duration) -> Error {
         Error::Network {
             registry: self.registry.host().to_string(),
-            reason: format!("{what} took longer than {} s", self.deadline.as_secs()),
+            reason: format!("{what} took longer than {} s", deadline.as_secs()),
         }
     }
 }
@@ -52,8 +55,10 @@ impl RangeSource for RegistryRanges {
             .registry
             .fetch_range(&self.image.source, blob, range.clone());
         self.runtime
-            .block_on(async { tokio::time::timeout(self.deadline, fetch).await })
-            .map_err(|_| self.timed_out(&format!("bytes {range:?} of {blob}")))?
+            .block_on(async { tokio::time::timeout(self.read_deadline, fetch).await })
+            .map_err(|_| {
+                self.timed_out(&format!("bytes {range:?} of {blob}"), self.read_deadline)
+            })?
     }
 
     fn fetch_whole(&self, blob: &Digest, size: u64) -> Result<()> {
@@ -66,17 +71,25 @@ impl RangeSource for RegistryRanges {
             artifact_type: None,
         };
         let what = format!("layer {blob} of {}", self.image);
-        // No overall deadline: the blob streams, and the client's read timeout
-        // already bounds every silence.
+        let name = blob.to_string();
+        // An overall deadline as well as the client's read timeout (which cuts
+        // a silent stream): a trickling registry must not hold readers forever.
+        let download = pull::fetch_blob(
+            &self.store,
+            &self.registry,
+            &self.image,
+            &descriptor,
+            (&name, &what),
+            &Silent,
+        );
         self.runtime
-            .block_on(pull::fetch_blob(
-                &self.store,
-                &self.registry,
-                &self.image,
-                &descriptor,
-                (&blob.to_string(), &what),
-                &Silent,
-            ))
+            .block_on(async { tokio::time::timeout(self.whole_blob_deadline, download).await })
+            .map_err(|_| {
+                self.timed_out(
+                    &format!("downloading {blob} whole"),
+                    self.whole_blob_deadline,
+                )
+            })?
             .map(drop)
     }
 }

@@ -3,9 +3,10 @@
 
 use std::io::Write;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -35,7 +36,6 @@ fn gzip_blob(content: &[u8], chunk_size: usize) -> TestBlob {
             blob_offset: bytes.len() as u64,
             blob_size: member.len() as u64,
             codec: ChunkCodec::Gzip,
-            blob_digest: None,
             digest: Digest::of(piece),
         });
         bytes.extend_from_slice(&member);
@@ -55,13 +55,29 @@ struct FakeSource {
     down: AtomicBool,
     refuse_ranges: AtomicBool,
     slow: AtomicBool,
+    /// Milliseconds every fetch (ranged or whole) takes.
+    delay_ms: AtomicU64,
+    /// Whole-blob downloads fail (after their delay).
+    whole_down: AtomicBool,
+    /// The next ranged fetch panics (after its delay).
+    panic_next: AtomicBool,
     whole_fetches: AtomicUsize,
+}
+
+impl FakeSource {
+    fn delay(&self) {
+        std::thread::sleep(Duration::from_millis(self.delay_ms.load(Ordering::SeqCst)));
+    }
 }
 
 impl RangeSource for FakeSource {
     fn fetch_range(&self, _: &Digest, range: Range<u64>) -> crate::Result<Option<Bytes>> {
         if self.slow.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(50));
+        }
+        self.delay();
+        if self.panic_next.swap(false, Ordering::SeqCst) {
+            panic!("fetch panics on purpose");
         }
         if self.down.load(Ordering::SeqCst) {
             return Err(crate::Error::Network {
@@ -81,6 +97,13 @@ impl RangeSource for FakeSource {
 
     fn fetch_whole(&self, digest: &Digest, _: u64) -> crate::Result<()> {
         self.whole_fetches.fetch_add(1, Ordering::SeqCst);
+        self.delay();
+        if self.whole_down.load(Ordering::SeqCst) {
+            return Err(crate::Error::Network {
+                registry: "fake".into(),
+                reason: "download took longer than its deadline".into(),
+            });
+        }
         let store = self.store.lock().unwrap().clone().unwrap();
         store.put(*digest, &self.blob.lock().unwrap(), "whole blob")
     }
@@ -101,13 +124,13 @@ fn setup(blob: TestBlob, readahead: u64) -> Setup {
     *source.blob.lock().unwrap() = blob.bytes.clone();
     *source.store.lock().unwrap() = Some(Arc::clone(&store));
     let stats = Arc::new(Stats::default());
-    let fetcher = Arc::new(ChunkFetcher::new(
-        store,
-        source.clone(),
-        Arc::clone(&stats),
-        1 << 20,
-        Duration::from_secs(5),
-    ));
+    let options = LazyOptions {
+        max_request: 1 << 20,
+        readahead,
+        ..LazyOptions::with_read_deadline(Duration::from_secs(5))
+    };
+    let fetcher =
+        Arc::new(ChunkFetcher::new(store, source.clone(), Arc::clone(&stats), &options).unwrap());
     let lazy = LazyBlob {
         digest: Digest::of(&blob.bytes),
         size: blob.bytes.len() as u64,
@@ -232,7 +255,7 @@ fn a_changed_byte_fails_every_read_of_its_chunk_and_no_other() {
             .content
             .read(&s.location, 3 * 8_000 + 10, 100)
             .unwrap_err();
-        assert!(err.to_string().contains("verification failed"), "{err}");
+        assert!(err.to_string().contains("failed verification"), "{err}");
         let good = s.content.read(&s.location, 8_000, 100).unwrap();
         assert_eq!(&good[..], &s.blob.content[8_000..8_100]);
     }
@@ -303,4 +326,118 @@ fn sequential_reads_fetch_each_chunk_once_in_window_sized_requests() {
     let requests = s.source.requests.lock().unwrap().len();
     // A window (4 chunks) is claimed again once the reader is half way in.
     assert!(requests <= 64 / 2 + 2, "{requests} requests for 64 chunks");
+}
+
+/// Runs `readers` threads that each read `range` of the file once, released
+/// together; returns each one's outcome and how long it took.
+fn concurrent_reads(
+    s: &Setup,
+    readers: usize,
+    offset: u64,
+    len: usize,
+) -> Vec<(crate::Result<Bytes>, Duration)> {
+    let barrier = Barrier::new(readers);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..readers)
+            .map(|_| {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    barrier.wait();
+                    let started = Instant::now();
+                    let got = s.content.read(&s.location, offset, len);
+                    (got, started.elapsed())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn a_fetch_that_panics_releases_its_waiters_at_once_and_the_next_read_recovers() {
+    let s = setup(gzip_blob(&pseudo_random(64_000), 8_000), 0);
+    s.source.delay_ms.store(300, Ordering::SeqCst);
+    s.source.panic_next.store(true, Ordering::SeqCst);
+    std::thread::scope(|scope| {
+        let panicking = scope.spawn(|| s.content.read(&s.location, 0, 8_000));
+        // Let the first reader claim the chunk; the 8 others then wait on it.
+        std::thread::sleep(Duration::from_millis(100));
+        for (got, took) in concurrent_reads(&s, 8, 0, 8_000) {
+            let err = got.unwrap_err();
+            assert!(err.to_string().contains("abandoned"), "{err}");
+            assert!(took < Duration::from_secs(1), "a waiter took {took:?}");
+        }
+        assert!(panicking.join().is_err(), "the fetching reader panicked");
+    });
+    s.source.delay_ms.store(0, Ordering::SeqCst);
+    let got = s.content.read(&s.location, 0, 8_000).unwrap();
+    assert_eq!(&got[..], &s.blob.content[..8_000]);
+}
+
+#[test]
+fn concurrent_readers_of_a_layer_without_ranges_share_one_whole_download() {
+    let s = setup(gzip_blob(&pseudo_random(160_000), 8_000), 0);
+    s.source.refuse_ranges.store(true, Ordering::SeqCst);
+    s.source.delay_ms.store(200, Ordering::SeqCst);
+    // Each reader reads a different part, so their chunks differ: only the
+    // whole-blob download is shared.
+    let barrier = Barrier::new(16);
+    std::thread::scope(|scope| {
+        for reader in 0..16u64 {
+            let (s, barrier) = (&s, &barrier);
+            scope.spawn(move || {
+                barrier.wait();
+                let offset = reader * 10_000;
+                let got = s.content.read(&s.location, offset, 5_000).unwrap();
+                assert_eq!(
+                    &got[..],
+                    &s.blob.content[offset as usize..offset as usize + 5_000]
+                );
+            });
+        }
+    });
+    assert_eq!(s.source.whole_fetches.load(Ordering::SeqCst), 1);
+    assert_eq!(s.content.stats().unwrap().whole_blob_fallbacks, 1);
+}
+
+#[test]
+fn a_failed_whole_download_fails_its_waiters_and_a_later_read_recovers() {
+    let s = setup(gzip_blob(&pseudo_random(40_000), 8_000), 0);
+    s.source.refuse_ranges.store(true, Ordering::SeqCst);
+    s.source.delay_ms.store(300, Ordering::SeqCst);
+    s.source.whole_down.store(true, Ordering::SeqCst);
+    let outcomes = concurrent_reads(&s, 4, 0, 100);
+    assert!(outcomes.iter().all(|(got, _)| got.is_err()));
+    // The readers after the first waited on its download instead of starting
+    // their own: one download for four readers.
+    assert_eq!(s.source.whole_fetches.load(Ordering::SeqCst), 1);
+    s.source.whole_down.store(false, Ordering::SeqCst);
+    let got = s.content.read(&s.location, 0, 100).unwrap();
+    assert_eq!(&got[..], &s.blob.content[..100]);
+}
+
+#[test]
+fn cached_content_is_ready_while_other_reads_wait_on_the_registry() {
+    let s = setup(gzip_blob(&pseudo_random(64_000), 8_000), 0);
+    s.content.read(&s.location, 0, 8_000).unwrap();
+    s.source.delay_ms.store(2_000, Ordering::SeqCst);
+    std::thread::scope(|scope| {
+        for reader in 1..8u64 {
+            let s = &s;
+            scope.spawn(move || s.content.read(&s.location, reader * 8_000, 100).unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let started = Instant::now();
+        let ready = s
+            .content
+            .read_ready(&s.location, 0, 8_000)
+            .unwrap()
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_millis(50));
+        assert_eq!(&ready[..], &s.blob.content[..8_000]);
+        assert!(
+            s.content.read_ready(&s.location, 60_000, 100).is_none(),
+            "content not at hand is not ready"
+        );
+    });
 }

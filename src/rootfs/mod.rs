@@ -22,6 +22,20 @@ pub trait ContentReader: Send + Sync + 'static {
     /// into the file. Fewer bytes only at end of file.
     fn read(&self, location: &ContentLocation, offset: u64, len: usize) -> Result<Bytes>;
 
+    /// The same bytes as [`read`](Self::read) if they can be had without
+    /// waiting on the network (unpacked layers, stored or in-memory chunks);
+    /// `None` otherwise. Cheap enough to call on the FUSE loop, so reads of
+    /// cached content never queue behind reads waiting on a registry.
+    fn read_ready(
+        &self,
+        location: &ContentLocation,
+        offset: u64,
+        len: usize,
+    ) -> Option<Result<Bytes>> {
+        let _ = (location, offset, len);
+        None
+    }
+
     /// Transfer counters, for readers that fetch.
     fn stats(&self) -> Option<crate::lazy::StatsReport> {
         None

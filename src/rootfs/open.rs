@@ -117,13 +117,8 @@ pub fn open_image(
     let stats = Arc::new(Stats::default());
     let (fetcher, readahead) = match lazy {
         Some((source, options)) if kinds.contains('c') => {
-            let fetcher = ChunkFetcher::new(
-                Arc::clone(store),
-                source,
-                Arc::clone(&stats),
-                options.max_request,
-                options.deadline,
-            );
+            let fetcher =
+                ChunkFetcher::new(Arc::clone(store), source, Arc::clone(&stats), &options)?;
             (Some(Arc::new(fetcher)), options.readahead)
         }
         None if kinds.contains('c') => {
