@@ -23,7 +23,7 @@ use crate::registry::RegistryClient;
 use crate::rootfs::{self, RootFs};
 use crate::runtime::{self, Bind, RunSpec, Runtime};
 use crate::secret::Credentials;
-use crate::store::{Derived, Store};
+use crate::store::{DAEMON_LOG_MAX_AGE, Derived, Store};
 
 /// Set in the environment of the daemon `lazyimg mount` starts.
 const DAEMON_ENV: &str = "LAZYIMG_MOUNT_DAEMON";
@@ -106,8 +106,14 @@ pub(super) struct RunArgs {
     command: Vec<String>,
 }
 
+/// Whether this process is the daemon a `lazyimg mount` started (its stdout
+/// and stderr are its log file).
+pub(super) fn is_daemon() -> bool {
+    std::env::var_os(DAEMON_ENV).is_some()
+}
+
 pub(super) async fn mount(ctx: &Context, args: MountArgs) -> anyhow::Result<ExitCode> {
-    let daemon = std::env::var_os(DAEMON_ENV).is_some();
+    let daemon = is_daemon();
     clear_stale_mount(&args.mountpoint)?;
     let image = ctx.image(&args.reference)?;
     let credentials = ctx.credentials(&image, &args.registry)?;
@@ -341,11 +347,18 @@ fn start_daemon(
     mountpoint: &Path,
     credentials: Option<&Credentials>,
 ) -> anyhow::Result<ExitCode> {
-    let logs = store.root().join("logs");
+    let logs = store.logs_dir();
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
-    let log_path = logs.join(format!("mount-{}.log", std::process::id()));
-    let log = std::fs::File::create(&log_path)
-        .with_context(|| format!("cannot create {}", log_path.display()))?;
+    // Each mount adds a log: drop the old ones here too, so they stay few even
+    // where nobody runs `lazyimg cache prune`.
+    if let Err(e) = store.prune_logs(DAEMON_LOG_MAX_AGE) {
+        tracing::warn!("cannot prune old daemon logs: {e}");
+    }
+    // The daemon's pid is known only once it runs: its log is created under our
+    // pid (the daemon inherits it as stdout and stderr) and renamed after it.
+    let starting = logs.join(format!(".mount-starting-{}.log", std::process::id()));
+    let log = std::fs::File::create(&starting)
+        .with_context(|| format!("cannot create {}", starting.display()))?;
     let exe = std::env::current_exe().context("cannot find the lazyimg executable")?;
     let mut daemon = Command::new(exe);
     daemon
@@ -364,7 +377,26 @@ fn start_daemon(
             Ok(())
         });
     }
-    let mut child = daemon.spawn().context("cannot start the mount daemon")?;
+    let mut child = match daemon.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            let _ = std::fs::remove_file(&starting);
+            return Err(e).context("cannot start the mount daemon");
+        }
+    };
+    let log_path = store.daemon_log_path(child.id());
+    let log_path = match std::fs::rename(&starting, &log_path) {
+        Ok(()) => log_path,
+        Err(e) => {
+            // The log is still complete under its first name.
+            tracing::warn!(
+                "cannot rename {} to {}: {e}",
+                starting.display(),
+                log_path.display()
+            );
+            starting
+        }
+    };
     let mut stdin = child.stdin.take().expect("stdin is piped");
     if let Some(credentials) = credentials.filter(|_| passes_token_on_stdin()) {
         stdin
@@ -406,11 +438,14 @@ struct DaemonFailed {
 
 impl DaemonFailed {
     fn from_log(log: &str, path: &Path) -> DaemonFailed {
-        let error = log
-            .lines()
-            .rev()
-            .find_map(|l| l.strip_prefix("lazyimg: error: "));
-        let hint = log.lines().rev().find_map(|l| l.strip_prefix("hint: "));
+        // The daemon's lines start with the time (see `line_stamp`).
+        let lines = || {
+            log.lines()
+                .rev()
+                .map(|l| l.split_once(' ').map_or(l, |(_, rest)| rest))
+        };
+        let error = lines().find_map(|l| l.strip_prefix("lazyimg: error: "));
+        let hint = lines().find_map(|l| l.strip_prefix("hint: "));
         DaemonFailed {
             message: error
                 .unwrap_or("the mount daemon exited before mounting")
@@ -506,5 +541,15 @@ mod tests {
     fn mountinfo_escapes_are_undone() {
         assert_eq!(unescape_mountinfo(r"/tmp/a\040b\134c"), r"/tmp/a b\c");
         assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+
+    #[test]
+    fn the_daemon_error_and_hint_are_found_behind_their_timestamps() {
+        let log = "2026-01-02T03:04:05.678901Z  INFO pulling\n\
+                   2026-01-02T03:04:06.000001Z lazyimg: error: manifest unknown\n\
+                   2026-01-02T03:04:06.000002Z hint: check the tag\n";
+        let failed = DaemonFailed::from_log(log, Path::new("/x.log"));
+        assert_eq!(failed.message, "manifest unknown");
+        assert_eq!(failed.hint.as_deref(), Some("check the tag"));
     }
 }

@@ -6,6 +6,7 @@
 //! - `refs/`: image names → manifest digests, so a cached image opens offline.
 //! - `derived/`: layer indexes and merged trees, named by the digest they came from.
 //! - `tmp/`: downloads in progress; renamed into `blobs/` only once verified.
+//! - `logs/`: mount daemons' logs, `mount-<pid>.log`, pruned by [`Store::prune_logs`].
 //! - `lock`: held exclusively while evicting.
 //!
 //! Several lazyimg processes share one store: every write is a temp file that is
@@ -13,6 +14,7 @@
 //! even if another process evicts the file.
 
 mod derived;
+mod logs;
 mod recency;
 mod refs;
 mod writer;
@@ -29,6 +31,7 @@ use memmap2::Mmap;
 use crate::digest::{Digest, Hasher};
 use crate::error::{Error, Result};
 pub use derived::Derived;
+pub use logs::{DAEMON_LOG_MAX_AGE, LogPruneReport};
 use recency::OpenBlobs;
 pub use refs::ImageRecord;
 pub use writer::BlobWriter;
