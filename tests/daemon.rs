@@ -1,7 +1,8 @@
 //! The mount daemon's life: `lazyimg mount` against the real HTTPS + token
-//! upstream; its log is named after the daemon's pid, every line starts with
-//! an RFC 3339 UTC time, and `lazyimg cache prune` removes old logs of daemons
-//! no longer running.
+//! upstream, then SIGTERM, SIGINT or SIGHUP to the daemon must unmount within
+//! 2 s and leave a plain empty directory (no ENOTCONN); its log is named after
+//! the daemon's pid, every line starts with an RFC 3339 UTC time, and `lazyimg
+//! cache prune` removes old logs of daemons no longer running.
 //!
 //! Needs root, /dev/fuse and `scripts/testenv.sh`; without them these tests
 //! fail, they do not skip.
@@ -9,10 +10,14 @@
 mod support;
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use support::testenv::{Lazyimg, Mounted, authed, build_layout, testenv, unique_image};
+
+/// How long a signalled daemon may take to unmount (the acceptance).
+const UNMOUNT_LIMIT: Duration = Duration::from_secs(2);
 
 /// A small image of our own on the upstream, pushed once per test binary.
 fn image() -> &'static str {
@@ -74,6 +79,82 @@ fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration>
         std::thread::sleep(Duration::from_millis(10));
     }
     Some(start.elapsed())
+}
+
+fn signal_unmounts_cleanly(signal: i32, name: &str) {
+    let lazyimg = Lazyimg::new(testenv());
+    let daemon = mount(&lazyimg);
+    let mnt = &daemon.mounted.path;
+    let label = std::fs::read_to_string(mnt.join("layer1/label.txt")).unwrap();
+    assert!(label.contains("daemon"), "{label}");
+
+    assert_eq!(unsafe { libc::kill(daemon.pid, signal) }, 0);
+    let took = wait_for(UNMOUNT_LIMIT, || !is_mounted(mnt));
+    let log = std::fs::read_to_string(&daemon.log).unwrap_or_default();
+    assert!(
+        took.is_some(),
+        "{name}: still mounted after {UNMOUNT_LIMIT:?}; daemon log:\n{log}"
+    );
+    // A plain empty directory again: no ENOTCONN, nothing mounted.
+    let meta = std::fs::metadata(mnt)
+        .unwrap_or_else(|e| panic!("{name}: stat of the mount point: {e}; log:\n{log}"));
+    assert!(meta.is_dir());
+    assert_eq!(std::fs::read_dir(mnt).unwrap().count(), 0, "{name}");
+    let mountpoint = Command::new("mountpoint")
+        .arg("-q")
+        .arg(mnt)
+        .status()
+        .unwrap();
+    assert!(!mountpoint.success(), "{name}: mountpoint -q says mounted");
+    assert!(
+        wait_for(Duration::from_secs(5), || !is_running(daemon.pid)).is_some(),
+        "{name}: the daemon is still running after unmounting"
+    );
+}
+
+#[test]
+fn sigterm_unmounts_within_two_seconds_and_leaves_no_enotconn() {
+    signal_unmounts_cleanly(libc::SIGTERM, "SIGTERM");
+}
+
+#[test]
+fn sigint_unmounts_within_two_seconds_and_leaves_no_enotconn() {
+    signal_unmounts_cleanly(libc::SIGINT, "SIGINT");
+}
+
+#[test]
+fn sighup_unmounts_within_two_seconds_and_leaves_no_enotconn() {
+    signal_unmounts_cleanly(libc::SIGHUP, "SIGHUP");
+}
+
+#[test]
+fn sigterm_detaches_a_busy_mount_and_the_daemon_ends_when_it_is_let_go() {
+    let lazyimg = Lazyimg::new(testenv());
+    let daemon = mount(&lazyimg);
+    let mnt = &daemon.mounted.path;
+    // A process whose working directory is inside keeps the mount busy.
+    let mut user = Command::new("sleep")
+        .arg("60")
+        .current_dir(mnt.join("layer0"))
+        .spawn()
+        .unwrap();
+
+    assert_eq!(unsafe { libc::kill(daemon.pid, libc::SIGTERM) }, 0);
+    let detached = wait_for(UNMOUNT_LIMIT, || !is_mounted(mnt));
+    let still_serving = is_running(daemon.pid);
+    user.kill().unwrap();
+    user.wait().unwrap();
+    let log = std::fs::read_to_string(&daemon.log).unwrap_or_default();
+    assert!(detached.is_some(), "still mounted; log:\n{log}");
+    assert_eq!(std::fs::read_dir(mnt).unwrap().count(), 0);
+    assert!(
+        still_serving,
+        "the daemon left its busy mount's user behind"
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || !is_running(daemon.pid)).is_some(),
+        "the daemon did not end once its last user let go; log:\n{log}"
+    );
 }
 
 /// Whether `line` starts with a time as the daemon writes it:

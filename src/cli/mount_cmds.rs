@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::progress::Reporter;
 use super::{Context, RegistryArgs};
@@ -129,9 +130,55 @@ pub(super) async fn mount(ctx: &Context, args: MountArgs) -> anyhow::Result<Exit
         prepare(ctx, &image, &args.registry, &registry, args.mount.pull).await?;
     let rootfs = open(ctx, &store, &manifest, &image, registry, &args.mount)?;
     let options = mount_options(&args.mount, &image);
+    // Registered before the mount exists, so a signal sent as soon as it shows
+    // is not lost; one that came earlier killed us with nothing mounted.
+    let signals = UnmountSignals::register()?;
     tracing::info!("serving {image} at {}", args.mountpoint.display());
-    fuse::mount_foreground(rootfs, &args.mountpoint, &options)?;
+    fuse::mount_foreground_with(rootfs, &args.mountpoint, &options, |unmounter| {
+        tokio::spawn(signals.unmount_on_first(unmounter));
+    })?;
+    tracing::info!("unmounted {}", args.mountpoint.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM, SIGINT and SIGHUP, caught: their default action would kill the
+/// serving process and leave the mount point answering ENOTCONN until someone
+/// runs `fusermount3 -u`. Each of them unmounts instead, and the process then
+/// exits with status 0.
+struct UnmountSignals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl UnmountSignals {
+    /// Installs the handlers (from then on these signals no longer kill us).
+    ///
+    /// # Errors
+    /// When a handler cannot be installed (tokio's signal driver is missing).
+    fn register() -> anyhow::Result<UnmountSignals> {
+        let install = |kind: SignalKind| signal(kind).context("cannot handle signals");
+        Ok(UnmountSignals {
+            term: install(SignalKind::terminate())?,
+            int: install(SignalKind::interrupt())?,
+            hup: install(SignalKind::hangup())?,
+        })
+    }
+
+    /// Waits for the first of the signals, then unmounts.
+    async fn unmount_on_first(mut self, unmounter: fuse::Unmounter) {
+        let name = tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+            _ = self.hup.recv() => "SIGHUP",
+        };
+        tracing::info!("{name}: unmounting");
+        match tokio::task::spawn_blocking(|| unmounter.unmount()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("{name}: cannot unmount: {e}"),
+            Err(e) => tracing::error!("{name}: unmounting stopped: {e}"),
+        }
+    }
 }
 
 pub(super) fn umount(args: UmountArgs) -> anyhow::Result<ExitCode> {
