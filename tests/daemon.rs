@@ -263,7 +263,7 @@ fn cache_prune_removes_old_logs_of_finished_daemons_only() {
     let prune = lazyimg.run(&["cache", "prune"]).ok();
 
     assert!(
-        prune.stderr().contains("removed 1 old daemon logs"),
+        prune.stderr().contains(" and 1 old daemon logs"),
         "{}",
         prune.stderr()
     );

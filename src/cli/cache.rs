@@ -97,10 +97,12 @@ pub(super) fn run(ctx: &Context, command: CacheCommand) -> anyhow::Result<ExitCo
             let report = store.prune(max, &[])?;
             let logs = store.prune_logs(DAEMON_LOG_MAX_AGE)?;
             eprintln!(
-                "removed {} blobs ({}); {} remain; removed {} old daemon logs ({})",
+                "removed {} blobs ({}); {} remain; removed {} derived files of removed blobs \
+                 and {} old daemon logs ({})",
                 report.removed,
                 human(report.freed),
                 human(report.remaining),
+                report.derived_removed,
                 logs.removed,
                 human(logs.freed)
             );

@@ -96,6 +96,8 @@ pub struct PruneReport {
     pub removed: usize,
     pub freed: u64,
     pub remaining: u64,
+    /// Derived files removed because the blob they were derived from is gone.
+    pub derived_removed: usize,
 }
 
 impl Store {
@@ -249,7 +251,9 @@ impl Store {
     }
 
     /// Evicts least recently used blobs until the store holds at most `max_size`
-    /// bytes, never touching `keep` (content in use by the caller).
+    /// bytes, never touching `keep` (content in use by the caller); then removes
+    /// the layer indexes of uncompressed layers no longer stored (see
+    /// `prune_orphaned_layer_indexes` for why only those).
     pub fn prune(&self, max_size: u64, keep: &[Digest]) -> Result<PruneReport> {
         let lock_path = self.root.join("lock");
         let lock = File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
@@ -272,6 +276,7 @@ impl Store {
             report.remaining -= blob.size;
         }
         self.approx_size.store(report.remaining, Ordering::Relaxed);
+        report.derived_removed = self.prune_orphaned_layer_indexes()?;
         Ok(report)
     }
 
