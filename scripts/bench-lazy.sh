@@ -16,8 +16,9 @@
 #            podman pull RELAY/testuser/big:1 + podman run --rm ... hello
 #   lazyimg: empty lazyimg cache, relay counters reset, then timed:
 #            lazyimg mount RELAY/testuser/big:1 MNT + ch-run MNT -- hello
-#            + lazyimg umount MNT   (`lazyimg stats MNT --json` is read before the
-#            umount, outside the timing)
+#            + lazyimg umount MNT   (`lazyimg stats MNT --json` and the daemon's
+#            peak RSS, VmHWM from /proc/PID/status, are read before the umount,
+#            outside the timing)
 # Once, before the lazyimg runs and not through the relay: `lazyimg index
 # UPSTREAM/testuser/big:1 --push` (publishes the index a lazy mount reads).
 #
@@ -180,10 +181,12 @@ lazyimg_once() {
   unmount "$MNT"
   rm -rf "$WORK/cache"
   relay_reset "$STATS"
-  local t0 t1 secs umount_secs out
+  local t0 t1 secs umount_secs out pid
   t0=$(now)
-  lz -q mount "$relay_ref" "$MNT" >/dev/null
+  out=$(lz -q mount "$relay_ref" "$MNT" 2>&1 >/dev/null) || die "lazyimg mount failed: $out"
   t1=$(now)
+  pid=$(daemon_pid "$out")
+  [[ -n $pid ]] || die "no daemon pid in: $out"
   out=$(ch-run "$MNT" -- /usr/local/bin/hello)
   secs=$(since "$t0")
   lz_run+=("$(since "$t1")")
@@ -198,6 +201,7 @@ print(", ".join(f"{k} {s[k]}" for k in keys if k in s))' "$WORK/lazyimg-stats.js
   else
     stats_note="unavailable: $(first_error <"$WORK/lazyimg-stats.err")"
   fi
+  lz_rss+=("$(peak_rss_mib "$pid")")
   t1=$(now)
   lz umount "$MNT"
   umount_secs=$(since "$t1")
@@ -212,7 +216,7 @@ print(", ".join(f"{k} {s[k]}" for k in keys if k in s))' "$WORK/lazyimg-stats.js
 # --- the runs ---------------------------------------------------------------------
 
 podman_secs=() podman_run=() podman_down=() podman_up=()
-lz_secs=() lz_run=() lz_umount=() lz_down=() lz_up=()
+lz_secs=() lz_run=() lz_umount=() lz_down=() lz_up=() lz_rss=()
 if [[ -n $run_lazyimg ]]; then
   write_lazyimg_config
   log "lazyimg index $upstream_ref --push (once, untimed, direct)"
@@ -250,6 +254,7 @@ if [[ -n $run_lazyimg ]]; then
   printf '  lazyimg mount + ch-run + umount        %8ss   %s bytes down (%s, %s %% of blob bytes), %s up\n' \
     "$(med "${lz_secs[@]}")" "$ld" "$(mib "$ld")" "$(percent "$ld")" "$(med_int "${lz_up[@]}")"
   echo "    of which ch-run                    $(med "${lz_run[@]}")s, umount $(med "${lz_umount[@]}")s"
+  echo "    daemon peak RSS (VmHWM)            $(printf '%s\n' "${lz_rss[@]}" | maximum) MiB   (read before the umount; highest of the runs)"
   echo "    lazyimg stats --json (last run)    $stats_note"
   echo "    lazyimg index --push               $index_note"
 fi

@@ -34,7 +34,16 @@ need() {
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.3f", b - a}'; } # seconds since $1
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+maximum() { sort -g | tail -n1; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
+
+# The mount daemon's pid, from the message `lazyimg mount` prints on stderr:
+# "mounted REF at DIR (daemon pid PID, log PATH)". Empty when there is none.
+daemon_pid() { sed -n 's/.*(daemon pid \([0-9]*\),.*/\1/p' <<<"$1"; }
+# peak_rss_mib PID: the process's peak resident set so far (VmHWM in
+# /proc/PID/status), in MiB with one decimal. Read it just before unmounting:
+# the figure dies with the process.
+peak_rss_mib() { awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 
 # The common start of the benchmark scripts: the local registries (their addresses
 # exported as LAZYIMG_TEST_*), the tools the comparison needs, and a release build

@@ -6,6 +6,7 @@ use bytesize::ByteSize;
 use clap::{Args, Subcommand};
 
 use super::Context;
+use crate::store::DAEMON_LOG_MAX_AGE;
 
 #[derive(Subcommand, Debug)]
 pub(super) enum CacheCommand {
@@ -15,7 +16,9 @@ pub(super) enum CacheCommand {
     /// Re-hash every cached blob; corrupt ones are removed. Exits 1 if any were.
     #[command(after_help = "Example:\n  lazyimg cache verify")]
     Verify,
-    /// Evict least recently used blobs until the cache fits the size cap.
+    /// Evict least recently used blobs until the cache fits the size cap, and
+    /// remove mount daemons' logs last written over 7 days ago by daemons no
+    /// longer running.
     #[command(
         after_help = "Examples:\n  lazyimg cache prune\n  lazyimg cache prune --max-size 20GiB\n  \
         lazyimg cache prune --max-size 0     # empty the cache"
@@ -92,11 +95,16 @@ pub(super) fn run(ctx: &Context, command: CacheCommand) -> anyhow::Result<ExitCo
         CacheCommand::Prune(args) => {
             let max = args.max_size.map_or(store.max_size(), |s| s.as_u64());
             let report = store.prune(max, &[])?;
+            let logs = store.prune_logs(DAEMON_LOG_MAX_AGE)?;
             eprintln!(
-                "removed {} blobs ({}); {} remain",
+                "removed {} blobs ({}); {} remain; removed {} derived files of removed blobs \
+                 and {} old daemon logs ({})",
                 report.removed,
                 human(report.freed),
-                human(report.remaining)
+                human(report.remaining),
+                report.derived_removed,
+                logs.removed,
+                human(logs.freed)
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -16,6 +16,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::{FormatTime as _, SystemTime};
 
 use crate::config::Config;
 use crate::image::Platform;
@@ -270,7 +272,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// One line for the error (with its causes), then the library's hint if it has one.
 fn report(program: &str, err: &anyhow::Error) {
-    eprintln!("{program}: error: {}", one_line(err));
+    let stamp = line_stamp();
+    eprintln!("{stamp}{program}: error: {}", one_line(err));
     let hint = err.chain().find_map(|e| {
         e.downcast_ref::<crate::Error>()
             .and_then(crate::Error::hint)
@@ -280,7 +283,7 @@ fn report(program: &str, err: &anyhow::Error) {
             })
     });
     if let Some(hint) = hint {
-        eprintln!("hint: {hint}");
+        eprintln!("{stamp}hint: {hint}");
     }
 }
 
@@ -300,6 +303,9 @@ fn one_line(err: &anyhow::Error) -> String {
     line
 }
 
+/// Sets up `tracing` on stderr. A mount daemon's stderr is its log file, read
+/// long after the fact: there every line starts with the time (RFC 3339, UTC,
+/// microseconds); on a terminal the time is noise and is left out.
 fn init_logging(verbose: u8, quiet: bool) {
     let default = match (quiet, verbose) {
         (true, _) => "error",
@@ -309,13 +315,27 @@ fn init_logging(verbose: u8, quiet: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("LAZYIMG_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .without_time()
-        .init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if mount_cmds::is_daemon() {
+        subscriber.with_timer(SystemTime).init();
+    } else {
+        subscriber.without_time().init();
+    }
+}
+
+/// What starts each line this process writes to stderr outside `tracing`: the
+/// time as `tracing` writes it, plus a space, in a mount daemon (see
+/// [`init_logging`]); nothing elsewhere.
+fn line_stamp() -> String {
+    let mut stamp = String::new();
+    if mount_cmds::is_daemon() && SystemTime.format_time(&mut Writer::new(&mut stamp)).is_ok() {
+        stamp.push(' ');
+    }
+    stamp
 }
 
 #[cfg(test)]

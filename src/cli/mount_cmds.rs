@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::progress::Reporter;
 use super::{Context, RegistryArgs};
@@ -23,7 +24,7 @@ use crate::registry::RegistryClient;
 use crate::rootfs::{self, RootFs};
 use crate::runtime::{self, Bind, RunSpec, Runtime};
 use crate::secret::Credentials;
-use crate::store::{Derived, Store};
+use crate::store::{DAEMON_LOG_MAX_AGE, Derived, Store};
 
 /// Set in the environment of the daemon `lazyimg mount` starts.
 const DAEMON_ENV: &str = "LAZYIMG_MOUNT_DAEMON";
@@ -106,8 +107,14 @@ pub(super) struct RunArgs {
     command: Vec<String>,
 }
 
+/// Whether this process is the daemon a `lazyimg mount` started (its stdout
+/// and stderr are its log file).
+pub(super) fn is_daemon() -> bool {
+    std::env::var_os(DAEMON_ENV).is_some()
+}
+
 pub(super) async fn mount(ctx: &Context, args: MountArgs) -> anyhow::Result<ExitCode> {
-    let daemon = std::env::var_os(DAEMON_ENV).is_some();
+    let daemon = is_daemon();
     clear_stale_mount(&args.mountpoint)?;
     let image = ctx.image(&args.reference)?;
     let credentials = ctx.credentials(&image, &args.registry)?;
@@ -123,9 +130,55 @@ pub(super) async fn mount(ctx: &Context, args: MountArgs) -> anyhow::Result<Exit
         prepare(ctx, &image, &args.registry, &registry, args.mount.pull).await?;
     let rootfs = open(ctx, &store, &manifest, &image, registry, &args.mount)?;
     let options = mount_options(&args.mount, &image);
+    // Registered before the mount exists, so a signal sent as soon as it shows
+    // is not lost; one that came earlier killed us with nothing mounted.
+    let signals = UnmountSignals::register()?;
     tracing::info!("serving {image} at {}", args.mountpoint.display());
-    fuse::mount_foreground(rootfs, &args.mountpoint, &options)?;
+    fuse::mount_foreground_with(rootfs, &args.mountpoint, &options, |unmounter| {
+        tokio::spawn(signals.unmount_on_first(unmounter));
+    })?;
+    tracing::info!("unmounted {}", args.mountpoint.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM, SIGINT and SIGHUP, caught: their default action would kill the
+/// serving process and leave the mount point answering ENOTCONN until someone
+/// runs `fusermount3 -u`. Each of them unmounts instead, and the process then
+/// exits with status 0.
+struct UnmountSignals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl UnmountSignals {
+    /// Installs the handlers (from then on these signals no longer kill us).
+    ///
+    /// # Errors
+    /// When a handler cannot be installed (tokio's signal driver is missing).
+    fn register() -> anyhow::Result<UnmountSignals> {
+        let install = |kind: SignalKind| signal(kind).context("cannot handle signals");
+        Ok(UnmountSignals {
+            term: install(SignalKind::terminate())?,
+            int: install(SignalKind::interrupt())?,
+            hup: install(SignalKind::hangup())?,
+        })
+    }
+
+    /// Waits for the first of the signals, then unmounts.
+    async fn unmount_on_first(mut self, unmounter: fuse::Unmounter) {
+        let name = tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+            _ = self.hup.recv() => "SIGHUP",
+        };
+        tracing::info!("{name}: unmounting");
+        match tokio::task::spawn_blocking(|| unmounter.unmount()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("{name}: cannot unmount: {e}"),
+            Err(e) => tracing::error!("{name}: unmounting stopped: {e}"),
+        }
+    }
 }
 
 pub(super) fn umount(args: UmountArgs) -> anyhow::Result<ExitCode> {
@@ -338,11 +391,18 @@ fn start_daemon(
     mountpoint: &Path,
     credentials: Option<&Credentials>,
 ) -> anyhow::Result<ExitCode> {
-    let logs = store.root().join("logs");
+    let logs = store.logs_dir();
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
-    let log_path = logs.join(format!("mount-{}.log", std::process::id()));
-    let log = std::fs::File::create(&log_path)
-        .with_context(|| format!("cannot create {}", log_path.display()))?;
+    // Each mount adds a log: drop the old ones here too, so they stay few even
+    // where nobody runs `lazyimg cache prune`.
+    if let Err(e) = store.prune_logs(DAEMON_LOG_MAX_AGE) {
+        tracing::warn!("cannot prune old daemon logs: {e}");
+    }
+    // The daemon's pid is known only once it runs: its log is created under our
+    // pid (the daemon inherits it as stdout and stderr) and renamed after it.
+    let starting = logs.join(format!(".mount-starting-{}.log", std::process::id()));
+    let log = std::fs::File::create(&starting)
+        .with_context(|| format!("cannot create {}", starting.display()))?;
     let exe = std::env::current_exe().context("cannot find the lazyimg executable")?;
     let mut daemon = Command::new(exe);
     daemon
@@ -361,7 +421,26 @@ fn start_daemon(
             Ok(())
         });
     }
-    let mut child = daemon.spawn().context("cannot start the mount daemon")?;
+    let mut child = match daemon.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            let _ = std::fs::remove_file(&starting);
+            return Err(e).context("cannot start the mount daemon");
+        }
+    };
+    let log_path = store.daemon_log_path(child.id());
+    let log_path = match std::fs::rename(&starting, &log_path) {
+        Ok(()) => log_path,
+        Err(e) => {
+            // The log is still complete under its first name.
+            tracing::warn!(
+                "cannot rename {} to {}: {e}",
+                starting.display(),
+                log_path.display()
+            );
+            starting
+        }
+    };
     let mut stdin = child.stdin.take().expect("stdin is piped");
     if let Some(credentials) = credentials.filter(|_| passes_token_on_stdin()) {
         stdin
@@ -403,11 +482,14 @@ struct DaemonFailed {
 
 impl DaemonFailed {
     fn from_log(log: &str, path: &Path) -> DaemonFailed {
-        let error = log
-            .lines()
-            .rev()
-            .find_map(|l| l.strip_prefix("lazyimg: error: "));
-        let hint = log.lines().rev().find_map(|l| l.strip_prefix("hint: "));
+        // The daemon's lines start with the time (see `line_stamp`).
+        let lines = || {
+            log.lines()
+                .rev()
+                .map(|l| l.split_once(' ').map_or(l, |(_, rest)| rest))
+        };
+        let error = lines().find_map(|l| l.strip_prefix("lazyimg: error: "));
+        let hint = lines().find_map(|l| l.strip_prefix("hint: "));
         DaemonFailed {
             message: error
                 .unwrap_or("the mount daemon exited before mounting")
@@ -503,5 +585,15 @@ mod tests {
     fn mountinfo_escapes_are_undone() {
         assert_eq!(unescape_mountinfo(r"/tmp/a\040b\134c"), r"/tmp/a b\c");
         assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+
+    #[test]
+    fn the_daemon_error_and_hint_are_found_behind_their_timestamps() {
+        let log = "2026-01-02T03:04:05.678901Z  INFO pulling\n\
+                   2026-01-02T03:04:06.000001Z lazyimg: error: manifest unknown\n\
+                   2026-01-02T03:04:06.000002Z hint: check the tag\n";
+        let failed = DaemonFailed::from_log(log, Path::new("/x.log"));
+        assert_eq!(failed.message, "manifest unknown");
+        assert_eq!(failed.hint.as_deref(), Some("check the tag"));
     }
 }

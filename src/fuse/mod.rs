@@ -26,7 +26,8 @@ mod attr;
 mod errno;
 mod read_pool;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 
 use fuser::{BackgroundSession, Config, MountOption, Session, SessionACL};
@@ -69,9 +70,66 @@ pub fn spawn_mount(
 /// Mounts `rootfs` at `mountpoint` and serves it on this thread until the
 /// filesystem is unmounted (`fusermount3 -u`, `umount`).
 pub fn mount_foreground(rootfs: Arc<RootFs>, mountpoint: &Path, opts: &MountOptions) -> Result<()> {
-    session(rootfs, mountpoint, opts)?
-        .run()
-        .map_err(|e| Error::io(mountpoint, e))
+    mount_foreground_with(rootfs, mountpoint, opts, drop)
+}
+
+/// Like [`mount_foreground`], handing `on_mounted` an [`Unmounter`] once the
+/// filesystem is mounted, before serving starts, so that another thread (a
+/// signal handler) can end the mount; this function then returns `Ok`.
+pub fn mount_foreground_with(
+    rootfs: Arc<RootFs>,
+    mountpoint: &Path,
+    opts: &MountOptions,
+    on_mounted: impl FnOnce(Unmounter),
+) -> Result<()> {
+    let mut session = session(rootfs, mountpoint, opts)?;
+    on_mounted(Unmounter {
+        session: session.unmount_callable(),
+        mountpoint: mountpoint.to_path_buf(),
+    });
+    session.run().map_err(|e| Error::io(mountpoint, e))
+}
+
+/// Ends a mount served by [`mount_foreground_with`] from any thread.
+pub struct Unmounter {
+    session: fuser::SessionUnmounter,
+    mountpoint: PathBuf,
+}
+
+impl Unmounter {
+    /// Unmounts; when the mount is busy (a process has a file open or its
+    /// working directory inside), detaches it instead (`fusermount3 -u -z`):
+    /// the directory is an empty one again at once, and the session ends when
+    /// the last user lets go. Either way nothing is left answering ENOTCONN.
+    ///
+    /// # Errors
+    /// [`Error::Io`] on the mount point when neither works.
+    pub fn unmount(mut self) -> Result<()> {
+        match self.session.unmount() {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => detach(&self.mountpoint),
+            done => done.map_err(|e| Error::io(&self.mountpoint, e)),
+        }
+    }
+}
+
+/// Lazily unmounts `mountpoint` (`fusermount3 -u -z`, which works for root and
+/// for the user who mounted it alike).
+fn detach(mountpoint: &Path) -> Result<()> {
+    let out = Command::new("fusermount3")
+        .args(["-u", "-z"])
+        .arg(mountpoint)
+        .output()
+        .map_err(|e| Error::io(Path::new("fusermount3"), e))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(Error::io(
+        mountpoint,
+        std::io::Error::other(format!(
+            "fusermount3 -u -z: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+    ))
 }
 
 fn session(

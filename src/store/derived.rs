@@ -37,6 +37,48 @@ impl Derived {
 }
 
 impl Store {
+    /// Removes layer indexes whose uncompressed layer is no longer stored
+    /// (evicted): only that blob can use them, and opening it again rebuilds
+    /// its index. Returns how many were removed. Run under the eviction lock.
+    ///
+    /// The other kinds stay, because their names cannot tell whether their
+    /// source is gone: a chunk map is named after a layer blob that a lazy
+    /// mount never stores, a tree of a lazily read image after a digest of
+    /// several things, and a prefetch list is not fetched again when only its
+    /// manifest is (the layers' chunk maps are still there).
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the directory cannot be listed or a file not removed.
+    pub(super) fn prune_orphaned_layer_indexes(&self) -> Result<usize> {
+        let dir = self.root.join(Derived::LayerIndex.dir());
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(Error::io(&dir, e)),
+        };
+        let mut removed = 0;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(&dir, e))?;
+            // Anything not named by a digest is a temp file of a writer at work.
+            let Some(source) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| Digest::from_hex(n).ok())
+            else {
+                continue;
+            };
+            if self.contains(&source) {
+                continue;
+            }
+            match fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(entry.path(), e)),
+            }
+        }
+        Ok(removed)
+    }
+
     fn derived_path(&self, kind: Derived, source: &Digest) -> PathBuf {
         self.root.join(kind.dir()).join(source.hex())
     }

@@ -6,6 +6,7 @@
 //! - `refs/`: image names → manifest digests, so a cached image opens offline.
 //! - `derived/`: layer indexes and merged trees, named by the digest they came from.
 //! - `tmp/`: downloads in progress; renamed into `blobs/` only once verified.
+//! - `logs/`: mount daemons' logs, `mount-<pid>.log`, pruned by [`Store::prune_logs`].
 //! - `lock`: held exclusively while evicting.
 //!
 //! Several lazyimg processes share one store: every write is a temp file that is
@@ -13,6 +14,7 @@
 //! even if another process evicts the file.
 
 mod derived;
+mod logs;
 mod recency;
 mod refs;
 mod writer;
@@ -29,6 +31,7 @@ use memmap2::Mmap;
 use crate::digest::{Digest, Hasher};
 use crate::error::{Error, Result};
 pub use derived::Derived;
+pub use logs::{DAEMON_LOG_MAX_AGE, LogPruneReport};
 use recency::OpenBlobs;
 pub use refs::ImageRecord;
 pub use writer::BlobWriter;
@@ -93,6 +96,8 @@ pub struct PruneReport {
     pub removed: usize,
     pub freed: u64,
     pub remaining: u64,
+    /// Derived files removed because the blob they were derived from is gone.
+    pub derived_removed: usize,
 }
 
 impl Store {
@@ -246,7 +251,9 @@ impl Store {
     }
 
     /// Evicts least recently used blobs until the store holds at most `max_size`
-    /// bytes, never touching `keep` (content in use by the caller).
+    /// bytes, never touching `keep` (content in use by the caller); then removes
+    /// the layer indexes of uncompressed layers no longer stored (see
+    /// `prune_orphaned_layer_indexes` for why only those).
     pub fn prune(&self, max_size: u64, keep: &[Digest]) -> Result<PruneReport> {
         let lock_path = self.root.join("lock");
         let lock = File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
@@ -269,6 +276,7 @@ impl Store {
             report.remaining -= blob.size;
         }
         self.approx_size.store(report.remaining, Ordering::Relaxed);
+        report.derived_removed = self.prune_orphaned_layer_indexes()?;
         Ok(report)
     }
 

@@ -109,6 +109,55 @@ fn prune_evicts_least_recently_used_first_and_spares_kept() {
 }
 
 #[test]
+fn prune_drops_layer_indexes_of_evicted_layers_and_keeps_other_derived_data() {
+    let (_dir, store) = store(u64::MAX);
+    let (kept, evicted) = (Digest::of(b"kept tar"), Digest::of(b"evicted tar"));
+    store.put(kept, b"kept tar", "tar").unwrap();
+    store.put(evicted, b"evicted tar", "tar").unwrap();
+    age(&store, &evicted, 1000);
+    for tar in [kept, evicted] {
+        store
+            .write_derived(Derived::LayerIndex, &tar, b"index")
+            .unwrap();
+    }
+    // Named after layers a lazy mount never stores: kept whatever is evicted.
+    store
+        .write_derived(Derived::ChunkMap, &evicted, b"map")
+        .unwrap();
+    store
+        .write_derived(Derived::Tree, &evicted, b"tree")
+        .unwrap();
+
+    let report = store.prune(b"kept tar".len() as u64, &[]).unwrap();
+
+    assert_eq!((report.removed, report.derived_removed), (1, 1));
+    assert!(
+        store
+            .read_derived(Derived::LayerIndex, &kept)
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .read_derived(Derived::LayerIndex, &evicted)
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .read_derived(Derived::ChunkMap, &evicted)
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .read_derived(Derived::Tree, &evicted)
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[test]
 fn reading_refreshes_recency_on_disk() {
     let (dir, store) = store(u64::MAX);
     let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
