@@ -149,6 +149,12 @@ fn image_a_reads_every_file_after_indexed_image_b_with_its_base_layer_was_mounte
     drop(mounted);
     let mounted = Mounted::new(&lazyimg, &a.reference, &[]);
     assert_tree(&mounted.path, &a.oracle, "image A");
+    // Lazily: the windows came from B's repository, which holds them.
+    let base = &a.image.layers[0].digest;
+    assert!(
+        !lazyimg.cached_blobs().contains(base),
+        "the base layer {base} was read whole"
+    );
 }
 
 #[test]
