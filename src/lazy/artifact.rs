@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
-use super::prepare::{ChunkMap, MapSource};
+use super::prepare::{BlobHome, ChunkMap, MapSource};
 use crate::digest::{Digest, Hasher};
 use crate::error::{Error, Result};
 use crate::image::{Descriptor, ImageManifest, Manifest};
@@ -481,7 +481,10 @@ pub async fn find(
             });
         match checked {
             Ok(file) => {
-                let map = ChunkMap::new(MapSource::LazyimgIndex, file.chunked, file.gzip);
+                // The windows blob is in this image's repository, which other
+                // images sharing the layer (and so this map) may not be.
+                let map = ChunkMap::new(MapSource::LazyimgIndex, file.chunked, file.gzip)
+                    .kept_in(BlobHome::of(image));
                 maps.insert(layer.digest, map);
             }
             Err(reason) => {

@@ -17,7 +17,8 @@ use crate::registry::RegistryClient;
 use crate::store::{Derived, Store};
 
 /// Bumped whenever [`ChunkMap`]'s encoding changes; older maps are rebuilt.
-const CHUNK_MAP_VERSION: u32 = 1;
+/// 2: maps carry the repository holding their auxiliary blobs ([`BlobHome`]).
+const CHUNK_MAP_VERSION: u32 = 2;
 /// Layers whose table of contents is fetched at once.
 const PARALLEL_TOCS: usize = 4;
 
@@ -30,8 +31,28 @@ pub enum MapSource {
     LazyimgIndex,
 }
 
+/// A repository of a registry: where blobs that are not the layer itself can
+/// be fetched from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BlobHome {
+    /// The host (and port) blobs are fetched from, after registry mapping.
+    pub registry: String,
+    pub repository: String,
+}
+
+impl BlobHome {
+    /// The repository `image` is fetched from.
+    pub fn of(image: &ImageRef) -> BlobHome {
+        BlobHome {
+            registry: image.source.registry().to_string(),
+            repository: image.source.repository().to_string(),
+        }
+    }
+}
+
 /// Everything needed to read one layer lazily; kept as derived data under the
-/// layer's digest.
+/// layer's digest, so it is shared by every image holding the layer, whatever
+/// its repository: it must say itself where its other blobs are.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChunkMap {
     pub version: u32,
@@ -39,6 +60,10 @@ pub struct ChunkMap {
     pub layer: ChunkedLayer,
     /// For gzip layers read through a lazyimg index.
     pub gzip: Option<GzipResume>,
+    /// Where the map's auxiliary blobs (the gzip windows of a lazyimg index)
+    /// are: the repository whose index it came from. Other images sharing the
+    /// layer need not hold them. `None` for maps with no auxiliary blobs.
+    pub home: Option<BlobHome>,
 }
 
 impl ChunkMap {
@@ -48,7 +73,27 @@ impl ChunkMap {
             source,
             layer,
             gzip,
+            home: None,
         }
+    }
+
+    /// The same map, its auxiliary blobs held by `home`.
+    pub fn kept_in(self, home: BlobHome) -> ChunkMap {
+        ChunkMap {
+            home: Some(home),
+            ..self
+        }
+    }
+
+    /// Identifies the content space the map lays out: the sha256 of its layer
+    /// index (entries and their content offsets) as postcard encodes it. A tree
+    /// is built from layer indexes alone, so it fits any map of equal identity,
+    /// and only those: an eStargz TOC map and a lazyimg-index map of one blob
+    /// place the same file at different offsets.
+    pub fn content_identity(&self) -> Digest {
+        let bytes =
+            postcard::to_stdvec(&self.layer.index).expect("a layer index always serialises");
+        Digest::of(&bytes)
     }
 
     /// The map saved for `layer`, if there is a usable one.

@@ -1,13 +1,16 @@
 //! Where chunk bytes come from: ranges of a registry blob, fetched from the
 //! blocking FUSE workers through the async registry client.
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use oci_client::Reference;
 use tokio::runtime::Handle;
 
+use super::prepare::BlobHome;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::Descriptor;
@@ -24,9 +27,67 @@ pub trait RangeSource: Send + Sync + 'static {
 
     /// Downloads the whole blob into the store, verified against `blob`.
     fn fetch_whole(&self, blob: &Digest, size: u64) -> Result<()>;
+
+    /// Whether `blob` can be fetched here (asked of the registry, not read):
+    /// `false` when it has no such blob or denies access to it; an error when
+    /// it cannot be asked (a network failure). A source that cannot tell
+    /// says `true`.
+    fn holds(&self, blob: &Digest) -> Result<bool> {
+        let _ = blob;
+        Ok(true)
+    }
+
+    /// The same registry's repository `home`, for blobs this source's own
+    /// repository need not hold; `None` when `home` is this very repository or
+    /// out of this source's reach (another registry).
+    fn elsewhere(&self, home: &BlobHome) -> Option<Arc<dyn RangeSource>> {
+        let _ = home;
+        None
+    }
+}
+
+/// A source that fetches some blobs from other sources: the auxiliary blobs of
+/// chunk maps shared across repositories ([`crate::lazy::ChunkMap::home`]),
+/// from the repositories that hold them.
+pub struct Routed {
+    default: Arc<dyn RangeSource>,
+    routes: HashMap<Digest, Arc<dyn RangeSource>>,
+}
+
+impl Routed {
+    /// Blobs named in `routes` come from their source, all others from `default`.
+    pub fn new(
+        default: Arc<dyn RangeSource>,
+        routes: HashMap<Digest, Arc<dyn RangeSource>>,
+    ) -> Self {
+        Routed { default, routes }
+    }
+
+    fn source(&self, blob: &Digest) -> &dyn RangeSource {
+        self.routes.get(blob).unwrap_or(&self.default).as_ref()
+    }
+}
+
+impl RangeSource for Routed {
+    fn fetch_range(&self, blob: &Digest, range: Range<u64>) -> Result<Option<Bytes>> {
+        self.source(blob).fetch_range(blob, range)
+    }
+
+    fn fetch_whole(&self, blob: &Digest, size: u64) -> Result<()> {
+        self.source(blob).fetch_whole(blob, size)
+    }
+
+    fn holds(&self, blob: &Digest) -> Result<bool> {
+        self.source(blob).holds(blob)
+    }
+
+    fn elsewhere(&self, home: &BlobHome) -> Option<Arc<dyn RangeSource>> {
+        self.default.elsewhere(home)
+    }
 }
 
 /// The registry an image came from, reached from plain threads.
+#[derive(Clone)]
 pub struct RegistryRanges {
     pub registry: Arc<RegistryClient>,
     pub image: ImageRef,
@@ -91,5 +152,38 @@ impl RangeSource for RegistryRanges {
                 )
             })?
             .map(drop)
+    }
+
+    fn holds(&self, blob: &Digest) -> Result<bool> {
+        let asked = self.registry.blob_exists(&self.image.source, blob);
+        let answer = self
+            .runtime
+            .block_on(async { tokio::time::timeout(self.read_deadline, asked).await })
+            .map_err(|_| self.timed_out(&format!("asking for {blob}"), self.read_deadline))?;
+        match answer {
+            Ok(held) => Ok(held),
+            Err(Error::NotFound { .. } | Error::Denied { .. } | Error::Auth { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn elsewhere(&self, home: &BlobHome) -> Option<Arc<dyn RangeSource>> {
+        let own = &self.image.source;
+        if home.registry != own.registry() || home.repository == own.repository() {
+            return None;
+        }
+        // Only the repository matters for blob requests; the tag is a placeholder.
+        let source = Reference::with_tag(
+            home.registry.clone(),
+            home.repository.clone(),
+            "latest".into(),
+        );
+        Some(Arc::new(RegistryRanges {
+            image: ImageRef {
+                source,
+                ..self.image.clone()
+            },
+            ..self.clone()
+        }))
     }
 }

@@ -5,6 +5,7 @@
 //! layer's diff_id, and a layer's tar is stored under its diff_id only after it
 //! hashed to exactly that. So every byte served traces back to the manifest digest.
 
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::sync::Arc;
 
@@ -13,11 +14,9 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::Descriptor;
 use crate::image::{ImageConfig, Manifest};
-use crate::layer::Chunk;
 use crate::layer::{self, Compression, LayerIndex};
-use crate::lazy::artifact::GzipResume;
 use crate::lazy::decode::DeflateResume;
-use crate::lazy::source::RangeSource;
+use crate::lazy::source::{RangeSource, Routed};
 use crate::lazy::{
     ChunkFetcher, ChunkMap, GzipSpans, ImageContent, LayerContent, LazyBlob, LazyOptions, Stats,
 };
@@ -61,7 +60,10 @@ pub fn open_image(
     // Per layer: its verified tar (unpacking a stored blob first), else its chunk map.
     let mut plans = Vec::new();
     let mut indexes = Vec::new();
-    let mut kinds = String::new();
+    // What the tree is built from, layer by layer: `t` for a tar (its index
+    // follows from the diff_id, which the manifest names), else the map's
+    // content identity.
+    let mut layouts = String::new();
     for (layer, diff_id) in manifest.layers.iter().zip(&diff_ids) {
         let mut fresh_index = None;
         if !store.contains(diff_id) && store.contains(&layer.digest) {
@@ -82,20 +84,23 @@ pub fn open_image(
             };
             indexes.push(index);
             plans.push(Plan::Tar(tar));
-            kinds.push('t');
+            layouts.push_str(" t");
         } else if let Some(map) = ChunkMap::load(store, &layer.digest) {
-            indexes.push(map.layer.index);
-            plans.push(Plan::Chunked(layer, map.layer.chunks, map.gzip));
-            kinds.push('c');
+            layouts.push_str(&format!(" {}", map.content_identity()));
+            indexes.push(map.layer.index.clone());
+            plans.push(Plan::Chunked(layer, *diff_id, Box::new(map)));
         } else {
             return Err(Error::NotCached(layer.digest));
         }
     }
+    let chunked = plans.iter().any(|plan| matches!(plan, Plan::Chunked(..)));
 
-    // Chunk-mapped layers address content differently from tars: a tree is only
-    // reused for the same mix.
-    let tree_key = if kinds.contains('c') {
-        Digest::of(format!("{manifest_digest} {kinds}").as_bytes())
+    // Chunk maps lay content out differently from tars, and from each other
+    // (a TOC map and a lazyimg-index map of one blob): a tree is only reused
+    // for the same layouts. The map of a shared layer is replaced by whichever
+    // image stores one last, so this is checked at every open.
+    let tree_key = if chunked {
+        Digest::of(format!("{manifest_digest}{layouts}").as_bytes())
     } else {
         *manifest_digest
     };
@@ -115,31 +120,45 @@ pub fn open_image(
         }
     };
     let stats = Arc::new(Stats::default());
-    let (fetcher, readahead) = match lazy {
-        Some((source, options)) if kinds.contains('c') => {
-            let fetcher =
-                ChunkFetcher::new(Arc::clone(store), source, Arc::clone(&stats), &options)?;
-            (Some(Arc::new(fetcher)), options.readahead)
+    let (fetcher, source, readahead) = match lazy {
+        Some((source, options)) if chunked => {
+            let source = route_auxiliary_blobs(source, &plans);
+            let fetcher = ChunkFetcher::new(
+                Arc::clone(store),
+                Arc::clone(&source),
+                Arc::clone(&stats),
+                &options,
+            )?;
+            (Some(Arc::new(fetcher)), Some(source), options.readahead)
         }
-        None if kinds.contains('c') => {
+        None if chunked => {
             return Err(Error::NotCachedImage {
                 image: name.to_string(),
             });
         }
-        _ => (None, 0),
+        _ => (None, None, 0),
     };
     let layers = plans
         .into_iter()
         .map(|plan| match plan {
             Plan::Tar(tar) => LayerContent::Unpacked(tar),
-            Plan::Chunked(layer, chunks, gzip) => LayerContent::Chunked(Arc::new(LazyBlob {
-                digest: layer.digest,
-                size: layer.size,
-                deflate: gzip.zip(fetcher.clone()).map(|(resume, fetcher)| {
-                    Arc::new(GzipSpans::new(resume, &chunks, fetcher)) as Arc<dyn DeflateResume>
-                }),
-                chunks,
-            })),
+            Plan::Chunked(layer, diff_id, map) => {
+                let deflate = match (map.gzip, &fetcher, &source) {
+                    (Some(resume), Some(fetcher), Some(source)) => {
+                        let spans = GzipSpans::new(resume, &map.layer.chunks, Arc::clone(fetcher));
+                        let whole = whole_tar(store, source, layer, diff_id);
+                        Some(Arc::new(spans.or_whole(Arc::clone(source), whole))
+                            as Arc<dyn DeflateResume>)
+                    }
+                    _ => None,
+                };
+                LayerContent::Chunked(Arc::new(LazyBlob {
+                    digest: layer.digest,
+                    size: layer.size,
+                    deflate,
+                    chunks: map.layer.chunks,
+                }))
+            }
         })
         .collect();
     Ok(RootFs {
@@ -151,7 +170,52 @@ pub fn open_image(
 /// How one layer will be read.
 enum Plan<'m> {
     Tar(Blob),
-    Chunked(&'m Descriptor, Vec<Chunk>, Option<GzipResume>),
+    /// The layer, its diff_id and its map.
+    Chunked(&'m Descriptor, Digest, Box<ChunkMap>),
+}
+
+/// `source`, but fetching each map's auxiliary blobs from the repository that
+/// holds them ([`ChunkMap::home`]) where `source` can reach it: a map is
+/// shared by every image with its layer, whichever repository it came from.
+fn route_auxiliary_blobs(source: Arc<dyn RangeSource>, plans: &[Plan]) -> Arc<dyn RangeSource> {
+    let routes: HashMap<Digest, Arc<dyn RangeSource>> = plans
+        .iter()
+        .filter_map(|plan| match plan {
+            Plan::Chunked(_, _, map) => {
+                let windows = map.gzip.as_ref()?.windows_blob;
+                Some((windows, source.elsewhere(map.home.as_ref()?)?))
+            }
+            Plan::Tar(_) => None,
+        })
+        .collect();
+    if routes.is_empty() {
+        return source;
+    }
+    Arc::new(Routed::new(source, routes))
+}
+
+/// The verified uncompressed tar of gzip layer `layer`, made on demand: the
+/// layer is downloaded whole from `source` (verified against its digest)
+/// unless stored, then unpacked (verified against `diff_id`). Reads of a gzip
+/// layer whose windows are out of reach end here.
+fn whole_tar(
+    store: &Arc<Store>,
+    source: &Arc<dyn RangeSource>,
+    layer: &Descriptor,
+    diff_id: Digest,
+) -> impl Fn() -> Result<Blob> + Send + Sync + 'static {
+    let (store, source) = (Arc::clone(store), Arc::clone(source));
+    let (digest, size) = (layer.digest, layer.size);
+    move || {
+        if let Some(tar) = store.get(&diff_id)? {
+            return Ok(tar);
+        }
+        if !store.contains(&digest) {
+            source.fetch_whole(&digest, size)?;
+        }
+        unpack_layer(&store, &digest, Compression::Gzip, &diff_id)?;
+        store.require(&diff_id)
+    }
 }
 
 /// A tree saved by an earlier open; a damaged or outdated one is rebuilt.

@@ -81,7 +81,12 @@ pub fn build_estargz_layer(spec: &LayerSpec, chunk_size: usize) -> BuiltLayer {
     let toc_offset = writer.start_member();
     let mut toc_tar = tar::Builder::new(Vec::new());
     let mut header = tar::Header::new_ustar();
+    // As Go's writer (stargz-snapshotter's) fills them: an all-NUL numeric
+    // field is not a number to a strict tar reader (`lazyimg index` reads it).
     header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
     header.set_size(toc_json.len() as u64);
     toc_tar
         .append_data(&mut header, TOC_NAME, &toc_json[..])

@@ -297,7 +297,13 @@ pub struct Mounted {
 impl Mounted {
     /// `lazyimg mount [extra] REFERENCE DIR` with the test user's credentials.
     pub fn new(lazyimg: &Lazyimg, reference: &str, extra: &[&str]) -> Mounted {
-        let path = lazyimg.dir.path().join("mnt");
+        Self::at(lazyimg, reference, "mnt", extra)
+    }
+
+    /// [`Mounted::new`] on `name` under the sandbox, so one cache can serve
+    /// several mounts at once.
+    pub fn at(lazyimg: &Lazyimg, reference: &str, name: &str, extra: &[&str]) -> Mounted {
+        let path = lazyimg.dir.path().join(name);
         std::fs::create_dir_all(&path).unwrap();
         let mut args = vec!["mount"];
         args.extend_from_slice(extra);
