@@ -104,7 +104,7 @@ impl Default for LazyOptions {
             fetchers: 4,
             readahead: 8 << 20,
             max_request: 16 << 20,
-            write_queue: 16 << 20,
+            write_queue: 8 << 20,
             read_deadline,
             whole_blob_deadline: Duration::from_secs(600),
             wait_deadline: read_deadline * 2 + Duration::from_secs(5),

@@ -256,3 +256,18 @@ fn image_records_round_trip() {
     );
     assert_eq!(store.image_records().unwrap(), vec![record]);
 }
+
+#[test]
+fn open_mappings_are_bounded_in_bytes_so_reads_do_not_pin_resident_memory() {
+    let (_dir, store) = store(u64::MAX);
+    let chunk = vec![7u8; 1 << 20];
+    for n in 0..(3 * recency::OPEN_BYTES >> 20) as u32 {
+        let mut content = chunk.clone();
+        content[..4].copy_from_slice(&n.to_le_bytes());
+        let digest = Digest::of(&content);
+        store.put(digest, &content, "chunk").unwrap();
+        assert_eq!(store.require(&digest).unwrap().bytes(), &content[..]);
+        assert!(store.lock_open().mapped_bytes() <= recency::OPEN_BYTES);
+    }
+    assert!(store.lock_open().mapped_bytes() > 0);
+}
