@@ -261,7 +261,7 @@ fn image_records_round_trip() {
 fn open_mappings_are_bounded_in_bytes_so_reads_do_not_pin_resident_memory() {
     let (_dir, store) = store(u64::MAX);
     let chunk = vec![7u8; 1 << 20];
-    for n in 0..(3 * recency::OPEN_BYTES >> 20) as u32 {
+    for n in 0..((3 * recency::OPEN_BYTES) >> 20) as u32 {
         let mut content = chunk.clone();
         content[..4].copy_from_slice(&n.to_le_bytes());
         let digest = Digest::of(&content);
