@@ -14,7 +14,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
-use support::testenv::{Lazyimg, Mounted, authed, build_layout, testenv, unique_image};
+use support::testenv::{Daemon, Lazyimg, Mounted, authed, build_layout, testenv, unique_image};
 
 /// How long a signalled daemon may take to unmount (the acceptance).
 const UNMOUNT_LIMIT: Duration = Duration::from_secs(2);
@@ -31,31 +31,11 @@ fn image() -> &'static str {
     })
 }
 
-/// A running mount daemon, from `lazyimg mount`'s own message.
-struct Daemon {
-    mounted: Mounted,
-    pid: i32,
-    log: PathBuf,
-}
-
-fn mount(lazyimg: &Lazyimg) -> Daemon {
-    let path = lazyimg.dir.path().join("mnt");
-    std::fs::create_dir_all(&path).unwrap();
-    let run = authed(lazyimg, &["mount", image(), path.to_str().unwrap()]).ok();
-    let message = run.stderr();
-    // "mounted REF at DIR (daemon pid PID, log PATH)"
-    let (pid, log) = message
-        .split_once("(daemon pid ")
-        .and_then(|(_, rest)| rest.split_once(", log "))
-        .and_then(|(pid, rest)| Some((pid.parse().ok()?, rest.trim_end().strip_suffix(')')?)))
-        .unwrap_or_else(|| panic!("no daemon pid and log in: {message}"));
-    let mounted = Mounted { path };
-    assert!(is_mounted(&mounted.path), "{message}");
-    Daemon {
-        mounted,
-        pid,
-        log: PathBuf::from(log),
-    }
+/// Mounts the test image; the daemon as `lazyimg mount` reports it.
+fn mount(lazyimg: &Lazyimg) -> (Mounted, Daemon) {
+    let (mounted, daemon) = Mounted::with_daemon(lazyimg, image(), &[]);
+    assert!(is_mounted(&mounted.path), "{}", daemon.log());
+    (mounted, daemon)
 }
 
 fn is_mounted(path: &Path) -> bool {
@@ -83,8 +63,8 @@ fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration>
 
 fn signal_unmounts_cleanly(signal: i32, name: &str) {
     let lazyimg = Lazyimg::new(testenv());
-    let daemon = mount(&lazyimg);
-    let mnt = &daemon.mounted.path;
+    let (mounted, daemon) = mount(&lazyimg);
+    let mnt = &mounted.path;
     let label = std::fs::read_to_string(mnt.join("layer1/label.txt")).unwrap();
     assert!(label.contains("daemon"), "{label}");
 
@@ -130,8 +110,8 @@ fn sighup_unmounts_within_two_seconds_and_leaves_no_enotconn() {
 #[test]
 fn sigterm_detaches_a_busy_mount_and_the_daemon_ends_when_it_is_let_go() {
     let lazyimg = Lazyimg::new(testenv());
-    let daemon = mount(&lazyimg);
-    let mnt = &daemon.mounted.path;
+    let (mounted, daemon) = mount(&lazyimg);
+    let mnt = &mounted.path;
     // A process whose working directory is inside keeps the mount busy.
     let mut user = Command::new("sleep")
         .arg("60")
@@ -193,7 +173,7 @@ fn assert_every_line_timestamped(log_path: &Path) -> String {
 #[test]
 fn the_daemon_log_carries_the_daemon_pid_and_a_time_on_every_line() {
     let lazyimg = Lazyimg::new(testenv());
-    let daemon = mount(&lazyimg);
+    let (mounted, daemon) = mount(&lazyimg);
     assert_eq!(
         daemon.log,
         lazyimg
@@ -203,7 +183,7 @@ fn the_daemon_log_carries_the_daemon_pid_and_a_time_on_every_line() {
         "the log is named after the daemon's pid"
     );
     lazyimg
-        .run(&["umount", daemon.mounted.path.to_str().unwrap()])
+        .run(&["umount", mounted.path.to_str().unwrap()])
         .ok();
     assert!(wait_for(Duration::from_secs(5), || !is_running(daemon.pid)).is_some());
     let log = assert_every_line_timestamped(&daemon.log);
@@ -244,12 +224,12 @@ fn a_failing_daemon_still_reports_its_error_from_a_timestamped_log() {
 #[test]
 fn cache_prune_removes_old_logs_of_finished_daemons_only() {
     let lazyimg = Lazyimg::new(testenv());
-    let finished = mount(&lazyimg);
+    let (finished_mount, finished) = mount(&lazyimg);
     lazyimg
-        .run(&["umount", finished.mounted.path.to_str().unwrap()])
+        .run(&["umount", finished_mount.path.to_str().unwrap()])
         .ok();
     assert!(wait_for(Duration::from_secs(5), || !is_running(finished.pid)).is_some());
-    let running = mount(&lazyimg);
+    let (_running_mount, running) = mount(&lazyimg);
     let eight_days_ago = SystemTime::now() - Duration::from_secs(8 * 24 * 3600);
     for log in [&finished.log, &running.log] {
         std::fs::File::options()

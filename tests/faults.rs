@@ -6,7 +6,9 @@ mod support;
 
 use std::sync::{Arc, Mutex};
 
-use support::fake_registry::{FakeImage, FakeServer, Request, Response, range_start};
+use support::fake_registry::{
+    FakeImage, FakeServer, Request, Response, range_start, ranged_answer,
+};
 use support::layer::{LongNames, build_tar, file};
 use support::testenv::{Lazyimg, Run, testenv};
 use support::torture::prng_bytes;
@@ -66,15 +68,6 @@ fn ok(body: &[u8]) -> Response {
     Response::Full(200, vec![], body.to_vec())
 }
 
-fn partial(body: &[u8], start: usize) -> Response {
-    let range = format!("bytes {start}-{}/{}", body.len() - 1, body.len());
-    Response::Full(
-        206,
-        vec![("Content-Range".into(), range)],
-        body[start..].to_vec(),
-    )
-}
-
 #[test]
 fn blob_redirects_to_another_host_never_carry_the_credentials() {
     let image = Arc::new(image());
@@ -117,7 +110,7 @@ fn a_connection_cut_mid_blob_resumes_with_a_range_request() {
     let image = Arc::new(image());
     let half = image.layer.len() / 2;
     let registry = anonymous_registry(&image, move |image, req| match range_start(req) {
-        Some(start) => partial(&image.layer, start),
+        Some(_) => ranged_answer(&image.layer, req),
         None => Response::Cut {
             body: image.layer.clone(),
             sent: half,
@@ -188,13 +181,6 @@ fn a_401_mid_session_reauthenticates_once_and_carries_on() {
     assert!(lazyimg.cached_blobs().contains(&image.layer_digest));
 }
 
-/// `bytes=A-B` → A..B+1.
-fn asked_range(request: &Request) -> Option<std::ops::Range<usize>> {
-    let spec = request.headers.get("range")?.strip_prefix("bytes=")?;
-    let (start, end) = spec.split_once('-')?;
-    Some(start.parse().ok()?..end.parse::<usize>().ok()? + 1)
-}
-
 /// Ranged reads (what lazy mounts do) against the registry behaviours a real
 /// one cannot be made to show: a redirect to a signed CDN URL, 416, 501, and
 /// a 200 answer with the whole blob.
@@ -205,14 +191,7 @@ fn ranged_reads_follow_signed_redirects_and_give_up_on_refused_ranges() {
 
     let image = Arc::new(image());
     let layer = image.layer.clone();
-    let cdn = FakeServer::start(move |req| match asked_range(req) {
-        Some(range) => {
-            let content_range = format!("bytes {}-{}/{}", range.start, range.end - 1, layer.len());
-            let headers = vec![("Content-Range".into(), content_range)];
-            Response::Full(206, headers, layer[range].to_vec())
-        }
-        None => ok(&layer),
-    });
+    let cdn = FakeServer::start(move |req| ranged_answer(&layer, req));
     let cdn_addr = cdn.addr.clone();
     let answer = Arc::new(Mutex::new(307u16));
     let status = answer.clone();

@@ -12,13 +12,13 @@ use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use support::estargz::build_estargz_layer;
 use support::image::*;
 use support::listing::{diff_listings, listing};
 use support::registry::Registry;
 use support::testenv::{
-    Lazyimg, Mounted, TestEnv, authed, build_layout, nonce, testenv, unique_image,
+    Lazyimg, Mounted, TestEnv, authed, build_layout, build_layout_from_layers, nonce, testenv,
+    unique_image,
 };
 use support::tools::{push_layout, unpack_with_umoci};
 use support::zstd_chunked::convert_to_zstd_chunked;
@@ -43,13 +43,6 @@ fn push(env: &TestEnv, layout_dir: &Path, tag: &str, repo_tag: &str) -> String {
     format!("{}/{repo_tag}", env.upstream())
 }
 
-fn stats(lazyimg: &Lazyimg, mounted: &Mounted) -> Value {
-    let out = lazyimg
-        .run(&["stats", "--json", mounted.path.to_str().unwrap()])
-        .ok();
-    serde_json::from_str(&out.stdout()).expect("stats JSON")
-}
-
 /// Mounts `reference` with an empty cache and checks the lazy contract: the
 /// tree is served before any layer blob is fetched, no layer is fetched whole,
 /// every chunk verifies, and the tree equals `oracle`.
@@ -63,7 +56,7 @@ fn assert_mounts_lazily(reference: &str, layers: &[String], oracle: &[String]) {
             "layer {layer} was fetched at mount"
         );
     }
-    assert_eq!(stats(&lazyimg, &mounted)["bytes_fetched"], 0);
+    assert_eq!(lazyimg.stats(&mounted)["bytes_fetched"], 0);
 
     let tree = listing(&mounted.path).unwrap();
     let diffs = diff_listings(oracle, &tree);
@@ -73,7 +66,7 @@ fn assert_mounts_lazily(reference: &str, layers: &[String], oracle: &[String]) {
         diffs.join("\n")
     );
 
-    let after = stats(&lazyimg, &mounted);
+    let after = lazyimg.stats(&mounted);
     assert!(after["chunks_fetched"].as_u64().unwrap() > 0, "{after}");
     assert_eq!(after["verification_failures"], 0, "{after}");
     assert_eq!(after["whole_blob_fallbacks"], 0, "{after}");
@@ -188,10 +181,7 @@ fn unique_estargz_image(work: &Path, label: &str) -> (OciLayout, BuiltImage) {
         file("data/bystander.txt", format!("{label} {n}\n")),
     ])]);
     let layers = vec![build_estargz_layer(&spec.layers[0], ESTARGZ_CHUNK)];
-    let mut layout = OciLayout::create(&work.join(label));
-    let image = layout.add_image_from_layers(&spec, &layers);
-    layout.tag(label, &image.manifest);
-    (layout, image)
+    build_layout_from_layers(&work.join(label), &spec, &layers, label)
 }
 
 fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
@@ -227,7 +217,7 @@ fn a_changed_byte_in_the_registry_fails_that_file_with_eio_every_time() {
         let bystander = std::fs::read_to_string(mounted.path.join("data/bystander.txt")).unwrap();
         assert!(bystander.starts_with("corrupt "), "{bystander}");
     }
-    let report = stats(&lazyimg, &mounted);
+    let report = lazyimg.stats(&mounted);
     assert!(
         report["verification_failures"].as_u64().unwrap() >= 5,
         "{report}"
@@ -267,11 +257,11 @@ fn a_registry_that_hangs_or_dies_gives_eio_in_time_and_reads_recover() {
     assert!(read_file(&bystander).unwrap().starts_with(b"outage "));
 
     // Frozen: connections open but nothing answers.
-    signal(registry.pid(), libc::SIGSTOP);
+    registry.signal(libc::SIGSTOP);
     let started = Instant::now();
     let err = read_file(&victim).expect_err("no registry, no bytes");
     let waited = started.elapsed();
-    signal(registry.pid(), libc::SIGCONT);
+    registry.signal(libc::SIGCONT);
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     assert!(waited < Duration::from_secs(15), "EIO took {waited:?}");
     assert!(
@@ -283,7 +273,7 @@ fn a_registry_that_hangs_or_dies_gives_eio_in_time_and_reads_recover() {
     let lazyimg2 = Lazyimg::with_config(testenv(), &config);
     let mounted2 = Mounted::new(&lazyimg2, &reference, &[]);
     let victim2 = mounted2.path.join("data/victim.bin");
-    signal(registry.pid(), libc::SIGKILL);
+    registry.signal(libc::SIGKILL);
     let started = Instant::now();
     let err = read_file(&victim2).expect_err("no registry, no bytes");
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
@@ -294,15 +284,6 @@ fn a_registry_that_hangs_or_dies_gives_eio_in_time_and_reads_recover() {
     );
     registry.restart().unwrap();
     assert_eq!(read_file(&victim2).unwrap(), read_file(&victim).unwrap());
-}
-
-fn signal(pid: i32, signal: i32) {
-    // SAFETY: kill has no memory-safety preconditions.
-    assert_eq!(
-        unsafe { libc::kill(pid, signal) },
-        0,
-        "kill({pid}, {signal})"
-    );
 }
 
 #[test]
@@ -347,7 +328,7 @@ fn sixty_four_readers_of_one_cold_300_mib_file_get_identical_bytes_and_each_chun
             });
         }
     });
-    let report = stats(&lazyimg, &mounted);
+    let report = lazyimg.stats(&mounted);
     // Each span and each window fetched once: no more bytes than the layer
     // and its windows blob (about 32 KiB per span) hold.
     let layer_size = image.layers[0].size;
@@ -401,7 +382,7 @@ fn record_then_prefetch_and_background_fetch_keep_the_image_working_offline() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         std::thread::sleep(Duration::from_millis(500));
-        let fetched = stats(&lazyimg, &mounted)["bytes_fetched"].as_u64().unwrap();
+        let fetched = lazyimg.stats(&mounted)["bytes_fetched"].as_u64().unwrap();
         if fetched > 0 && fetched == last {
             break;
         }
@@ -414,7 +395,7 @@ fn record_then_prefetch_and_background_fetch_keep_the_image_working_offline() {
     drop(registry);
     let offline = listing(&mounted.path).expect("every file reads with the registry gone");
     assert!(offline.iter().any(|line| line.contains("victim.bin")));
-    assert_eq!(stats(&lazyimg, &mounted)["fetch_failures"], 0);
+    assert_eq!(lazyimg.stats(&mounted)["fetch_failures"], 0);
 }
 
 #[test]
@@ -447,7 +428,7 @@ fn a_prefetch_list_pushed_with_the_index_is_fetched_at_every_mount() {
     let mounted = Mounted::new(&lazyimg, &reference, &[]);
     let deadline = Instant::now() + Duration::from_secs(20);
     let fetched = loop {
-        let fetched = stats(&lazyimg, &mounted)["bytes_fetched"].as_u64().unwrap();
+        let fetched = lazyimg.stats(&mounted)["bytes_fetched"].as_u64().unwrap();
         if fetched > 0 {
             break fetched;
         }
@@ -457,7 +438,7 @@ fn a_prefetch_list_pushed_with_the_index_is_fetched_at_every_mount() {
     std::thread::sleep(Duration::from_millis(500));
     let data = read_file(&mounted.path.join("layer1/data.bin")).unwrap();
     assert_eq!(data, prng_bytes(8, 64 << 10));
-    let after = stats(&lazyimg, &mounted);
+    let after = lazyimg.stats(&mounted);
     assert_eq!(
         after["bytes_fetched"], fetched,
         "the listed file came from the cache: {after}"

@@ -26,6 +26,17 @@ pub const NO_PREFETCH_LANDMARK: &str = ".no.prefetch.landmark";
 /// decompressed stream (landmark and TOC entries included) and `diff_id` its
 /// sha256; the TOC digest is in `annotations` with `spec`'s own.
 pub fn build_estargz_layer(spec: &LayerSpec, chunk_size: usize) -> BuiltLayer {
+    build_estargz_layer_with_toc(spec, chunk_size, |_| {})
+}
+
+/// [`build_estargz_layer`], its TOC entries changed by `edit` before the TOC
+/// is written: a crafted TOC that its digest annotation still matches, so
+/// only lazyimg's own checks of the entries can refuse it.
+pub fn build_estargz_layer_with_toc(
+    spec: &LayerSpec,
+    chunk_size: usize,
+    edit: impl FnOnce(&mut Vec<Value>),
+) -> BuiltLayer {
     assert!(chunk_size > 0);
     let mut entries = vec![file(NO_PREFETCH_LANDMARK, [0xf])];
     entries.extend(spec.entries.iter().cloned());
@@ -76,6 +87,7 @@ pub fn build_estargz_layer(spec: &LayerSpec, chunk_size: usize) -> BuiltLayer {
     assert_eq!(count, entries.len(), "tar out of step");
     writer.write(&body[consumed..]);
 
+    edit(&mut toc_entries);
     let toc_json = serde_json::to_vec_pretty(&json!({"version": 1, "entries": toc_entries}))
         .expect("TOC JSON");
     let toc_offset = writer.start_member();

@@ -1,12 +1,17 @@
 //! A tiny in-process HTTP/1.1 server for faults a real registry cannot be made to
 //! produce on demand: redirects to another host, a connection cut mid-body, a
-//! Range request answered with 200, a 401 in the middle of a session.
-//! Everything else in the tests talks to the real distribution registry.
+//! Range request answered with 200, a 401 in the middle of a session, a
+//! download that stalls part-way. Everything else in the tests talks to the
+//! real distribution registry.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::layer::{BuiltLayer, Compression};
 
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -22,6 +27,15 @@ pub enum Response {
     /// Announces `total` bytes of body, sends the first `sent` of `body`, then
     /// closes the connection.
     Cut { body: Vec<u8>, sent: usize },
+    /// A 200 announcing all of `body`, its first `sent` bytes at once, then
+    /// one byte every `every` until the body is out or the client leaves: a
+    /// download that never ends by itself when `every` is long (a stall) and
+    /// never falls silent for a read timeout when it is short (a trickle).
+    Trickle {
+        body: Vec<u8>,
+        sent: usize,
+        every: Duration,
+    },
 }
 
 type Handler = dyn Fn(&Request) -> Response + Send + Sync;
@@ -108,6 +122,17 @@ fn serve(stream: TcpStream, handler: &Handler, log: &Mutex<Vec<Request>>) {
                 let _ = stream.shutdown(std::net::Shutdown::Both);
                 return;
             }
+            Response::Trickle { body, sent, every } => {
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(&body[..sent]);
+                for byte in body[sent..].chunks(1) {
+                    std::thread::sleep(every);
+                    if stream.write_all(byte).is_err() {
+                        return;
+                    }
+                }
+            }
         }
     }
 }
@@ -123,20 +148,33 @@ pub struct FakeImage {
 }
 
 impl FakeImage {
-    pub fn new(layer: Vec<u8>) -> FakeImage {
+    /// An image of one uncompressed tar layer.
+    pub fn new(tar: Vec<u8>) -> FakeImage {
+        FakeImage::of(&BuiltLayer::from_tar(
+            tar,
+            Compression::None,
+            BTreeMap::new(),
+        ))
+    }
+
+    /// An image of `layer`, its media type and annotations (an eStargz
+    /// layer's TOC digest) in the manifest.
+    pub fn of(layer: &BuiltLayer) -> FakeImage {
         use super::layer::sha256_digest;
-        let diff_id = sha256_digest(&layer);
         let config = serde_json::to_vec(&serde_json::json!({
             "architecture": "amd64", "os": "linux",
-            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+            "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
         }))
         .unwrap();
-        let (config_digest, layer_digest) = (sha256_digest(&config), sha256_digest(&layer));
+        let config_digest = sha256_digest(&config);
         let manifest = serde_json::to_vec(&serde_json::json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer.len()}],
+            "layers": [{
+                "mediaType": layer.media_type, "digest": layer.digest,
+                "size": layer.blob.len(), "annotations": layer.annotations,
+            }],
         }))
         .unwrap();
         FakeImage {
@@ -144,9 +182,14 @@ impl FakeImage {
             manifest,
             config,
             config_digest,
-            layer,
-            layer_digest,
+            layer: layer.blob.clone(),
+            layer_digest: layer.digest.clone(),
         }
+    }
+
+    /// Whether `request` is a GET of the layer blob.
+    pub fn is_layer_get(&self, request: &Request) -> bool {
+        request.method == "GET" && request.path.ends_with(&self.layer_digest)
     }
 
     /// The answer for manifest and config requests; `None` for anything else.
@@ -165,6 +208,30 @@ impl FakeImage {
             return Some(Response::Full(200, vec![], self.config.clone()));
         }
         None
+    }
+}
+
+/// `bytes=A-B` → A..B+1, `bytes=A-` → A..`total`; `None` without a Range header.
+pub fn asked_range(request: &Request, total: usize) -> Option<Range<usize>> {
+    let spec = request.headers.get("range")?.strip_prefix("bytes=")?;
+    let (start, end) = spec.split_once('-')?;
+    let end = match end {
+        "" => total,
+        end => end.parse::<usize>().ok()? + 1,
+    };
+    Some(start.parse().ok()?..end.min(total))
+}
+
+/// What a registry honouring ranges answers: 206 with the bytes asked for,
+/// or 200 with all of `body` when no range was asked.
+pub fn ranged_answer(body: &[u8], request: &Request) -> Response {
+    match asked_range(request, body.len()) {
+        Some(range) => {
+            let content_range = format!("bytes {}-{}/{}", range.start, range.end - 1, body.len());
+            let headers = vec![("Content-Range".into(), content_range)];
+            Response::Full(206, headers, body[range].to_vec())
+        }
+        None => Response::Full(200, vec![], body.to_vec()),
     }
 }
 

@@ -85,6 +85,14 @@ impl Registry {
         self.child.id() as i32
     }
 
+    /// Sends `signal` to the registry: SIGSTOP freezes it (connections are
+    /// accepted by the kernel, nothing answers), SIGCONT thaws it.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill has no memory-safety preconditions.
+        let sent = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(sent, 0, "kill({}, {signal})", self.pid());
+    }
+
     /// Kills the registry and starts it again on the same address and storage.
     pub fn restart(&mut self) -> Result<(), String> {
         let _ = self.child.kill();

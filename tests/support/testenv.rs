@@ -144,6 +144,19 @@ pub fn build_layout(
     (layout, image)
 }
 
+/// [`build_layout`] from layers already built (eStargz, crafted ones).
+pub fn build_layout_from_layers(
+    dir: &Path,
+    spec: &ImageSpec,
+    layers: &[super::layer::BuiltLayer],
+    tag: &str,
+) -> (OciLayout, super::image::BuiltImage) {
+    let mut layout = OciLayout::create(dir);
+    let image = layout.add_image_from_layers(spec, layers);
+    layout.tag(tag, &image.manifest);
+    (layout, image)
+}
+
 /// Unique per test run and process: for repositories and blobs nobody else has.
 pub fn nonce() -> String {
     let nanos = std::time::SystemTime::now()
@@ -275,6 +288,14 @@ impl Lazyimg {
         blobs
     }
 
+    /// `lazyimg stats --json` of `mounted`.
+    pub fn stats(&self, mounted: &Mounted) -> serde_json::Value {
+        let out = self
+            .run(&["stats", "--json", mounted.path.to_str().unwrap()])
+            .ok();
+        serde_json::from_str(&out.stdout()).expect("stats JSON")
+    }
+
     /// Files left in the cache's download area (must be none after any command).
     pub fn leftover_downloads(&self) -> usize {
         std::fs::read_dir(self.cache().join("tmp")).map_or(0, |d| d.count())
@@ -303,14 +324,64 @@ impl Mounted {
     /// [`Mounted::new`] on `name` under the sandbox, so one cache can serve
     /// several mounts at once.
     pub fn at(lazyimg: &Lazyimg, reference: &str, name: &str, extra: &[&str]) -> Mounted {
+        Self::mount(lazyimg, reference, name, extra).0
+    }
+
+    /// [`Mounted::new`], and the daemon serving it.
+    pub fn with_daemon(lazyimg: &Lazyimg, reference: &str, extra: &[&str]) -> (Mounted, Daemon) {
+        let (mounted, run) = Self::mount(lazyimg, reference, "mnt", extra);
+        (mounted, Daemon::from_message(&run.stderr()))
+    }
+
+    fn mount(lazyimg: &Lazyimg, reference: &str, name: &str, extra: &[&str]) -> (Mounted, Run) {
         let path = lazyimg.dir.path().join(name);
         std::fs::create_dir_all(&path).unwrap();
         let mut args = vec!["mount"];
         args.extend_from_slice(extra);
         args.push(reference);
         args.push(path.to_str().unwrap());
-        authed(lazyimg, &args).ok();
-        Mounted { path }
+        let run = authed(lazyimg, &args).ok();
+        (Mounted { path }, run)
+    }
+}
+
+/// A mount daemon, as `lazyimg mount` reports it.
+pub struct Daemon {
+    pub pid: i32,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// From `lazyimg mount`'s message: "mounted REF at DIR (daemon pid PID, log PATH)".
+    pub fn from_message(message: &str) -> Daemon {
+        let (pid, log) = message
+            .split_once("(daemon pid ")
+            .and_then(|(_, rest)| rest.split_once(", log "))
+            .and_then(|(pid, rest)| Some((pid.parse().ok()?, rest.trim_end().strip_suffix(')')?)))
+            .unwrap_or_else(|| panic!("no daemon pid and log in: {message}"));
+        Daemon {
+            pid,
+            log: PathBuf::from(log),
+        }
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Its peak resident memory (VmHWM), in bytes; the daemon must be running.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .unwrap_or_else(|e| panic!("daemon {} is gone: {e}", self.pid));
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.trim().strip_suffix("kB"))
+            .and_then(|kib| kib.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmHWM in /proc/{}/status:\n{status}", self.pid));
+        kib << 10
     }
 }
 
