@@ -39,6 +39,11 @@ const MAX_GAP: u64 = 64 * 1024;
 /// Extra time a reader waiting on another's whole-blob download allows for
 /// storing it after the download's own deadline.
 const WHOLE_BLOB_WAIT_SLACK: Duration = Duration::from_secs(5);
+/// How long a failed whole-blob download answers new readers with its error
+/// instead of starting again: the kernel retries a failed readahead read at
+/// once with a one-page read, and a second download would double the wait of
+/// the reader behind it (the whole deadline twice).
+const WHOLE_BLOB_RETRY_AFTER: Duration = Duration::from_secs(2);
 
 /// A layer blob read chunk by chunk.
 pub struct LazyBlob {
@@ -73,6 +78,8 @@ struct Shared {
     flights: Mutex<HashMap<Digest, Arc<Flight>>>,
     /// Whole-blob downloads under way (registries that refuse ranges).
     wholes: Mutex<HashMap<Digest, Arc<Flight>>>,
+    /// Whole-blob downloads that failed lately, with when and why.
+    whole_failures: Mutex<HashMap<Digest, (Instant, Arc<ReadError>)>>,
     /// Chunks seen in the store, so warm reads need no `stat` per chunk. One
     /// evicted since is caught when its read finds nothing, and forgotten.
     stored: Mutex<HashSet<Digest>>,
@@ -127,6 +134,7 @@ impl ChunkFetcher {
             stats,
             flights: Mutex::default(),
             wholes: Mutex::default(),
+            whole_failures: Mutex::default(),
             stored: Mutex::default(),
             writes: WriteQueue::new(options.write_queue),
         });
@@ -535,6 +543,11 @@ impl ChunkFetcher {
             if let Some(whole) = shared.store.get(&blob.digest).map_err(&failed)? {
                 return Ok(whole);
             }
+            if let Some((when, error)) = lock(&shared.whole_failures).get(&blob.digest)
+                && when.elapsed() < WHOLE_BLOB_RETRY_AFTER
+            {
+                return Err(Arc::clone(error));
+            }
             let mut wholes = lock(&shared.wholes);
             if let Some(flight) = wholes.get(&blob.digest).cloned() {
                 drop(wholes);
@@ -562,12 +575,15 @@ impl ChunkFetcher {
             match self.engine.source.fetch_whole(&blob.digest, blob.size) {
                 Ok(()) => {
                     shared.stats.fetched(blob.size, started.elapsed());
+                    lock(&shared.whole_failures).remove(&blob.digest);
                     claim.settle(Ok(Bytes::new()));
                 }
                 Err(e) => {
                     shared.stats.fetch_failed();
                     let error = failed(e);
                     tracing::error!("{error}");
+                    lock(&shared.whole_failures)
+                        .insert(blob.digest, (Instant::now(), Arc::clone(&error)));
                     claim.settle(Err(Arc::clone(&error)));
                     return Err(error);
                 }

@@ -411,7 +411,11 @@ fn a_failed_whole_download_fails_its_waiters_and_a_later_read_recovers() {
     // The readers after the first waited on its download instead of starting
     // their own: one download for four readers.
     assert_eq!(s.source.whole_fetches.load(Ordering::SeqCst), 1);
+    // The kernel's immediate retry gets the same error without a second download.
+    assert!(s.content.read(&s.location, 0, 100).is_err());
+    assert_eq!(s.source.whole_fetches.load(Ordering::SeqCst), 1);
     s.source.whole_down.store(false, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(2_100));
     let got = s.content.read(&s.location, 0, 100).unwrap();
     assert_eq!(&got[..], &s.blob.content[..100]);
 }
