@@ -37,7 +37,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use super::Tree;
 use super::TreeError;
-use super::build::{Merge, Meta, NodeId, NodeKind, ROOT, numbered};
+use super::build::{Merge, Meta, NodeId, NodeKind, ROOT, components, numbered};
 use crate::layer::path::split_parent;
 use crate::layer::{Device, LayerIndex, Timestamp, Whiteout};
 
@@ -167,22 +167,43 @@ impl Merge {
     /// Turns one OCI whiteout into its overlayfs form in `view` (module
     /// docs); returns the directory to mark opaque, if any.
     fn add_whiteout(&mut self, view: NodeId, whiteout: &Whiteout) -> Option<NodeId> {
-        match whiteout {
-            Whiteout::Opaque(dir) => Some(self.ensure_dir_in(view, dir.as_bytes(), Some(ROOT))),
+        let (dir, name) = match whiteout {
+            Whiteout::Opaque(dir) => (dir.as_bytes(), None),
             Whiteout::Remove(path) => {
                 let (parent, name) = split_parent(path.as_bytes())?;
-                let dir = self.ensure_dir_in(view, parent, Some(ROOT));
-                match self.child(dir, name) {
-                    Some(existing) => self.is_dir(existing).then_some(existing),
-                    None => {
-                        let device =
-                            self.push(whiteout_meta(), NodeKind::CharDevice(Device::default()));
-                        self.insert(dir, name, device);
-                        None
-                    }
-                }
+                (parent, Some(name))
+            }
+        };
+        if self.under_non_directory(view, dir) {
+            return None;
+        }
+        let dir = self.ensure_dir_in(view, dir, Some(ROOT));
+        let Some(name) = name else {
+            return Some(dir);
+        };
+        match self.child(dir, name) {
+            Some(existing) => self.is_dir(existing).then_some(existing),
+            None => {
+                let device = self.push(whiteout_meta(), NodeKind::CharDevice(Device::default()));
+                self.insert(dir, name, device);
+                None
             }
         }
+    }
+
+    /// Whether the layer put a non-directory at `path` or above it in
+    /// `view`: that already hides every lower path below it, and a whiteout
+    /// there must not turn it into a directory.
+    fn under_non_directory(&self, view: NodeId, path: &[u8]) -> bool {
+        let mut dir = view;
+        for name in components(path) {
+            match self.child(dir, name) {
+                Some(node) if self.is_dir(node) => dir = node,
+                Some(_) => return true,
+                None => return false,
+            }
+        }
+        false
     }
 }
 

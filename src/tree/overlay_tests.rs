@@ -123,6 +123,23 @@ fn whiteout_with_same_layer_entry() {
 }
 
 #[test]
+fn whiteouts_below_a_new_file_stay_out() {
+    let tree = views(
+        &mut [
+            TestTar::new().dir("a/").file("a/b", b"b"),
+            // `a` is a file now; the markers below it only delete lower paths.
+            TestTar::new()
+                .file("a", b"file")
+                .file("a/.wh.b", b"")
+                .file("a/.wh..wh..opq", b""),
+        ],
+        OverlayXattrs::Trusted,
+    );
+    assert_eq!(names(&tree, "1"), ["a"]);
+    assert_eq!(attr(&tree, "1/a").st_mode(), 0o100644);
+}
+
+#[test]
 fn opaque_markers_use_the_mount_namespace() {
     let layers = || {
         let mut lower = TestTar::new();
