@@ -1,4 +1,5 @@
-//! An image's merged root filesystem: the tree, plus where its file bytes come from.
+//! An image's merged root filesystem (or another [`View`] of it): the tree, plus
+//! where its file bytes come from.
 //!
 //! The FUSE adapter sees only this: [`Tree`] answers every metadata question and a
 //! [`ContentReader`] returns verified file bytes. How those bytes are found (whole
@@ -11,9 +12,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::error::Result;
-pub use open::open_image;
+pub use open::{open_image, open_view};
 
-use crate::tree::{ContentLocation, Tree};
+use crate::digest::Digest;
+use crate::layer::LayerIndex;
+use crate::tree::{ContentLocation, OverlayXattrs, Tree, TreeError};
 
 /// Reads regular-file content. Implementations return only verified bytes and may
 /// block (a read can wait on the network), so callers run them off the FUSE loop.
@@ -53,4 +56,38 @@ pub trait ContentReader: Send + Sync + 'static {
 pub struct RootFs {
     pub tree: Tree,
     pub content: Arc<dyn ContentReader>,
+}
+
+/// Which tree of an image a [`RootFs`] serves; every view reads file bytes
+/// through the image's one [`ContentReader`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// The image's root filesystem, layers merged ([`Tree::build`]).
+    Merged,
+    /// Every layer's own tree in overlayfs lower-layer format, layer `n` in
+    /// the root's directory [`crate::tree::layer_dir_name`]`(n)`, marked for
+    /// overlay mounts in this xattr namespace ([`Tree::overlay_layers`]):
+    /// what an overlay mount, a containerd snapshot or Podman's additional
+    /// layer store stacks.
+    Layers(OverlayXattrs),
+}
+
+impl View {
+    fn build(self, layers: &[LayerIndex]) -> std::result::Result<Tree, TreeError> {
+        match self {
+            View::Merged => Tree::build(layers),
+            View::Layers(xattrs) => Tree::overlay_layers(layers, xattrs),
+        }
+    }
+
+    /// Key of the view's cached tree, given the merged tree's key: each view
+    /// of one image is cached apart.
+    fn tree_key(self, merged: Digest) -> Digest {
+        match self {
+            View::Merged => merged,
+            View::Layers(xattrs) => {
+                Digest::of(format!("{merged} overlay layers {}", xattrs.prefix()).as_bytes())
+            }
+        }
+    }
 }

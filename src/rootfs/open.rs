@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 use std::sync::Arc;
 
-use super::RootFs;
+use super::{RootFs, View};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::Descriptor;
@@ -32,6 +32,17 @@ pub fn open_image(
     manifest_digest: &Digest,
     name: &str,
     lazy: Option<(Arc<dyn RangeSource>, LazyOptions)>,
+) -> Result<RootFs> {
+    open_view(store, manifest_digest, name, lazy, View::Merged)
+}
+
+/// [`open_image`], serving `view` of the image.
+pub fn open_view(
+    store: &Arc<Store>,
+    manifest_digest: &Digest,
+    name: &str,
+    lazy: Option<(Arc<dyn RangeSource>, LazyOptions)>,
+    view: View,
 ) -> Result<RootFs> {
     let manifest_bytes = store.require(manifest_digest)?;
     let Manifest::Image(manifest) = Manifest::parse(manifest_bytes.bytes(), name)? else {
@@ -99,15 +110,15 @@ pub fn open_image(
     // (a TOC map and a lazyimg-index map of one blob): a tree is only reused
     // for the same layouts. The map of a shared layer is replaced by whichever
     // image stores one last, so this is checked at every open.
-    let tree_key = if chunked {
+    let tree_key = view.tree_key(if chunked {
         Digest::of(format!("{manifest_digest}{layouts}").as_bytes())
     } else {
         *manifest_digest
-    };
+    });
     let tree = match cached_tree(store, &tree_key) {
         Some(tree) => tree,
         None => {
-            let tree = Tree::build(&indexes).map_err(|source| Error::Tree {
+            let tree = view.build(&indexes).map_err(|source| Error::Tree {
                 image: name.to_string(),
                 source,
             })?;

@@ -16,25 +16,37 @@ impl Tree {
     /// Merges `layers`, bottom layer first.
     pub fn build(layers: &[LayerIndex]) -> Result<Tree, TreeError> {
         let mut merged = Merge::new();
-        for (number, layer) in layers.iter().enumerate() {
-            let number = u32::try_from(number).map_err(|_| TreeError::TooManyLayers {
-                count: layers.len(),
-            })?;
+        for (number, layer) in numbered(layers)? {
             merged.apply_layer(number, layer)?;
         }
-        Ok(merged.freeze())
+        Ok(merged.freeze(ROOT))
     }
 }
 
-/// Index into `Merge::nodes`.
-type NodeId = usize;
+/// `layers` with their layer numbers, which must fit a [`ContentLocation`].
+pub(super) fn numbered(
+    layers: &[LayerIndex],
+) -> Result<impl Iterator<Item = (u32, &LayerIndex)>, TreeError> {
+    if u32::try_from(layers.len()).is_err() {
+        return Err(TreeError::TooManyLayers {
+            count: layers.len(),
+        });
+    }
+    Ok((0..).zip(layers))
+}
 
-const ROOT: NodeId = 0;
+/// Index into `Merge::nodes`.
+pub(super) type NodeId = usize;
+
+/// The merged image's root directory.
+pub(super) const ROOT: NodeId = 0;
 
 /// Mutable merge state. Replaced or deleted nodes simply become unreachable
 /// and are dropped by `freeze`; hardlinked names share one node, so nlink
 /// falls out of counting names at the end instead of being tracked here.
-struct Merge {
+/// Other trees may be grown in the same arena beside the merged one (see
+/// `overlay.rs`), sharing its non-directory nodes.
+pub(super) struct Merge {
     nodes: Vec<Node>,
 }
 
@@ -43,15 +55,16 @@ struct Node {
     kind: NodeKind,
 }
 
-struct Meta {
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime: Timestamp,
-    xattrs: Vec<(String, Vec<u8>)>,
+#[derive(Clone)]
+pub(super) struct Meta {
+    pub(super) mode: u32,
+    pub(super) uid: u32,
+    pub(super) gid: u32,
+    pub(super) mtime: Timestamp,
+    pub(super) xattrs: Vec<(String, Vec<u8>)>,
 }
 
-enum NodeKind {
+pub(super) enum NodeKind {
     Regular(ContentLocation),
     /// Sorted, so `freeze` emits readdir order without sorting.
     Directory(BTreeMap<OsString, NodeId>),
@@ -65,7 +78,7 @@ impl Meta {
     /// What tar unpackers give directories they create for a missing parent
     /// (and what the root has until a `./` entry says otherwise). The epoch
     /// keeps builds reproducible.
-    fn implicit_dir() -> Meta {
+    pub(super) fn implicit_dir() -> Meta {
         Meta {
             mode: 0o755,
             uid: 0,
@@ -75,7 +88,7 @@ impl Meta {
         }
     }
 
-    fn of(entry: &TarEntry) -> Meta {
+    pub(super) fn of(entry: &TarEntry) -> Meta {
         Meta {
             mode: entry.mode,
             uid: entry.uid,
@@ -86,7 +99,7 @@ impl Meta {
     }
 }
 
-fn components(path: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(super) fn components(path: &[u8]) -> impl Iterator<Item = &[u8]> {
     path.split(|&b| b == b'/').filter(|c| !c.is_empty())
 }
 
@@ -95,7 +108,7 @@ fn lossy(path: &OsString) -> String {
 }
 
 impl Merge {
-    fn new() -> Merge {
+    pub(super) fn new() -> Merge {
         Merge {
             nodes: vec![Node {
                 meta: Meta::implicit_dir(),
@@ -105,15 +118,20 @@ impl Merge {
     }
 
     fn apply_layer(&mut self, layer: u32, index: &LayerIndex) -> Result<(), TreeError> {
-        // Whiteouts only hide lower layers, so they go first; the layer's own
-        // entries then land regardless of where the markers sat in the tar.
-        for whiteout in &index.whiteouts {
-            self.apply_whiteout(whiteout);
-        }
+        self.apply_whiteouts(index);
         index
             .entries
             .iter()
-            .try_for_each(|entry| self.apply_entry(layer, entry))
+            .try_for_each(|entry| self.apply_entry(layer, entry).map(drop))
+    }
+
+    /// Whiteouts only hide lower layers, so they go before the layer's
+    /// entries; those then land regardless of where the markers sat in the
+    /// tar.
+    pub(super) fn apply_whiteouts(&mut self, index: &LayerIndex) {
+        for whiteout in &index.whiteouts {
+            self.apply_whiteout(whiteout);
+        }
     }
 
     fn apply_whiteout(&mut self, whiteout: &Whiteout) {
@@ -136,13 +154,20 @@ impl Merge {
         }
     }
 
-    fn apply_entry(&mut self, layer: u32, entry: &TarEntry) -> Result<(), TreeError> {
+    /// Applies one entry of layer `layer`; returns the node its path now
+    /// names when that is not a directory (a new node, or for a hardlink the
+    /// node it shares), else `None`.
+    pub(super) fn apply_entry(
+        &mut self,
+        layer: u32,
+        entry: &TarEntry,
+    ) -> Result<Option<NodeId>, TreeError> {
         let Some((parent, name)) = split_parent(entry.path.as_bytes()) else {
             // The root itself (`./`): only its metadata can change.
             return match entry.kind {
                 EntryKind::Directory => {
                     self.nodes[ROOT].meta = Meta::of(entry);
-                    Ok(())
+                    Ok(None)
                 }
                 _ => Err(TreeError::RootNotDirectory { layer }),
             };
@@ -154,7 +179,7 @@ impl Merge {
                 let node = self.hardlink_target(layer, entry, target)?;
                 let parent = self.ensure_dir(parent);
                 self.insert(parent, name, node);
-                return Ok(());
+                return Ok(Some(node));
             }
             EntryKind::Directory => NodeKind::Directory(BTreeMap::new()),
             &EntryKind::Regular { offset, size } => NodeKind::Regular(ContentLocation {
@@ -175,13 +200,14 @@ impl Merge {
             // A directory over a directory merges: children stay, metadata
             // is the new one.
             self.nodes[existing].meta = Meta::of(entry);
-            return Ok(());
+            return Ok(None);
         }
+        let is_dir = matches!(kind, NodeKind::Directory(_));
         let node = self.push(Meta::of(entry), kind);
         // Replaces whatever had this name, dropping a replaced directory's
         // whole subtree.
         self.insert(parent, name, node);
-        Ok(())
+        Ok((!is_dir).then_some(node))
     }
 
     fn hardlink_target(
@@ -210,7 +236,7 @@ impl Merge {
         components(path).try_fold(ROOT, |dir, name| self.child(dir, name))
     }
 
-    fn child(&self, dir: NodeId, name: &[u8]) -> Option<NodeId> {
+    pub(super) fn child(&self, dir: NodeId, name: &[u8]) -> Option<NodeId> {
         match &self.nodes[dir].kind {
             NodeKind::Directory(children) => children.get(OsStr::from_bytes(name)).copied(),
             _ => None,
@@ -224,7 +250,7 @@ impl Merge {
         }
     }
 
-    fn is_dir(&self, node: NodeId) -> bool {
+    pub(super) fn is_dir(&self, node: NodeId) -> bool {
         matches!(self.nodes[node].kind, NodeKind::Directory(_))
     }
 
@@ -233,13 +259,29 @@ impl Merge {
     /// overlay storage where each layer's implicit parents are real
     /// directories shadowing whatever lower layers had there.
     fn ensure_dir(&mut self, path: &[u8]) -> NodeId {
-        let mut dir = ROOT;
+        self.ensure_dir_in(ROOT, path, None)
+    }
+
+    /// `ensure_dir` for the tree below `root`; a component it creates copies
+    /// the metadata of the directory at the same path below `like`, where
+    /// there is one, instead of taking implicit metadata.
+    pub(super) fn ensure_dir_in(
+        &mut self,
+        root: NodeId,
+        path: &[u8],
+        mut like: Option<NodeId>,
+    ) -> NodeId {
+        let mut dir = root;
         for name in components(path) {
+            like = like
+                .and_then(|model| self.child(model, name))
+                .filter(|&model| self.is_dir(model));
             dir = match self.child(dir, name) {
                 Some(existing) if self.is_dir(existing) => existing,
                 _ => {
-                    let created =
-                        self.push(Meta::implicit_dir(), NodeKind::Directory(BTreeMap::new()));
+                    let meta = like
+                        .map_or_else(Meta::implicit_dir, |model| self.nodes[model].meta.clone());
+                    let created = self.push(meta, NodeKind::Directory(BTreeMap::new()));
                     self.insert(dir, name, created);
                     created
                 }
@@ -248,24 +290,39 @@ impl Merge {
         dir
     }
 
-    fn push(&mut self, meta: Meta, kind: NodeKind) -> NodeId {
+    pub(super) fn meta(&self, node: NodeId) -> &Meta {
+        &self.nodes[node].meta
+    }
+
+    pub(super) fn meta_mut(&mut self, node: NodeId) -> &mut Meta {
+        &mut self.nodes[node].meta
+    }
+
+    /// Every node's metadata, reachable or not, each once.
+    pub(super) fn for_each_meta(&mut self, f: impl FnMut(&mut Meta)) {
+        self.nodes.iter_mut().map(|node| &mut node.meta).for_each(f);
+    }
+
+    pub(super) fn push(&mut self, meta: Meta, kind: NodeKind) -> NodeId {
         self.nodes.push(Node { meta, kind });
         self.nodes.len() - 1
     }
 
-    /// `dir` always comes from `ensure_dir`, so it is a directory.
-    fn insert(&mut self, dir: NodeId, name: &[u8], node: NodeId) {
+    /// `dir` always comes from `ensure_dir` (or the view's equivalent), so
+    /// it is a directory.
+    pub(super) fn insert(&mut self, dir: NodeId, name: &[u8], node: NodeId) {
         if let Some(children) = self.children_mut(dir) {
             children.insert(OsString::from_vec(name.to_vec()), node);
         }
     }
 
-    /// Numbers reachable nodes breadth-first from the root (so a directory's
-    /// children get neighbouring inode numbers) and counts links.
-    fn freeze(self) -> Tree {
+    /// Numbers nodes reachable from `root`, which becomes the tree's root,
+    /// breadth-first (so a directory's children get neighbouring inode
+    /// numbers) and counts links.
+    pub(super) fn freeze(self, root: NodeId) -> Tree {
         let mut slots: Vec<Slot> = self.nodes.into_iter().map(Slot::Pending).collect();
         let mut table = Table::default();
-        if let Slot::Pending(root) = std::mem::replace(&mut slots[ROOT], Slot::Placed(ROOT_INO)) {
+        if let Slot::Pending(root) = std::mem::replace(&mut slots[root], Slot::Placed(ROOT_INO)) {
             table.place(root, ROOT_INO);
         }
         while let Some((dir_ino, children)) = table.queue.pop_front() {

@@ -1,6 +1,7 @@
 //! The merged, read-only view of an image: layer indexes applied bottom to
 //! top with the OCI changeset rules, frozen into an inode table that the
-//! FUSE adapter queries.
+//! FUSE adapter queries. [`Tree::overlay_layers`] freezes the layers'
+//! unmerged views in overlayfs lower-layer format instead.
 //!
 //! Conventions the adapter can rely on:
 //! - Inode numbers are dense, `ROOT_INO` (1) up to `inode_count()`; names of
@@ -16,6 +17,9 @@
 //!   number of names in the merged tree.
 
 mod build;
+mod overlay;
+#[cfg(test)]
+mod overlay_tests;
 mod persist;
 mod query;
 #[cfg(test)]
@@ -27,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::layer::{Device, Timestamp};
 
+pub use overlay::{OverlayXattrs, layer_dir_name};
 pub use persist::FORMAT_VERSION;
 
 pub type Ino = u64;
@@ -38,8 +43,8 @@ pub const DIR_SIZE: u64 = 4096;
 
 /// Where a regular file's bytes live: `size` bytes at `offset` of layer
 /// `layer`'s uncompressed tar stream (`layer` indexes the slice given to
-/// `Tree::build`, bottom layer first). Nothing else in the tree knows how
-/// content is addressed.
+/// `Tree::build` or `Tree::overlay_layers`, bottom layer first). Nothing
+/// else in the tree knows how content is addressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ContentLocation {
     pub layer: u32,
