@@ -313,7 +313,7 @@ fn lazy_source(layer: &Descriptor, indexed: &[String]) -> &'static str {
 /// Collects a small blob in memory; used only for image configs.
 struct ConfigSink<'a>(&'a mut Vec<u8>);
 
-impl crate::registry::BlobSink for ConfigSink<'_> {
+impl crate::store::BlobSink for ConfigSink<'_> {
     fn write(&mut self, bytes: &[u8]) -> crate::Result<()> {
         self.0.extend_from_slice(bytes);
         Ok(())

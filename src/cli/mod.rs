@@ -22,7 +22,7 @@ use tracing_subscriber::fmt::time::{FormatTime as _, SystemTime};
 use crate::config::Config;
 use crate::image::Platform;
 use crate::reference::ImageRef;
-use crate::registry::{RegistryClient, credentials};
+use crate::registry::{ClientOptions, RegistryClient, credentials};
 use crate::secret::{Credentials, Secret};
 use crate::store::Store;
 
@@ -188,7 +188,7 @@ impl Context {
         Ok(RegistryClient::new(
             &image.endpoint,
             creds,
-            &self.config.network.client_options(),
+            &ClientOptions::from_config(&self.config.network),
         )?)
     }
 

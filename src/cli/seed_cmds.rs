@@ -12,14 +12,15 @@ use clap::{Args, Parser};
 
 use super::Context;
 use super::progress::Reporter;
+use crate::config::SeedMode;
 use crate::fuse::{self, MountOptions};
 use crate::image::{Descriptor, LayerFormat, Manifest, Platform};
 use crate::lazy::artifact;
 use crate::reference::ImageRef;
-use crate::registry::{RegistryClient, credentials};
+use crate::registry::{ClientOptions, RegistryClient, credentials};
 use crate::runtime::{self, Runtime};
 use crate::secret::{Credentials, Secret};
-use crate::seed::{self, Mode, SeedReport, Seeder, Target};
+use crate::seed::{self, SeedReport, Seeder, Target};
 use crate::store::Store;
 
 #[derive(Args, Debug)]
@@ -47,7 +48,7 @@ pub(super) struct TargetArgs {
     /// push: upload to a registry that accepts pushes; pull-through: fetch everything
     /// through a pull-through cache of the source (default: `[seed] mode`, else push).
     #[arg(long, value_enum)]
-    mode: Option<Mode>,
+    mode: Option<SeedMode>,
     /// Blobs copied at once.
     #[arg(long, value_name = "N", default_value_t = seed::DEFAULT_JOBS)]
     jobs: usize,
@@ -210,7 +211,7 @@ async fn seed_image(
     let target_spec: Target = target_text.parse()?;
     let target = target_spec.image_ref(&image, &ctx.config)?;
     let store = ctx.open_store()?;
-    let options = ctx.config.network.client_options();
+    let options = ClientOptions::from_config(&ctx.config.network);
 
     // 2. Authenticate to the source (a wrong token stops here) and read every manifest.
     let source_credentials = match source_credentials {
@@ -245,7 +246,7 @@ async fn seed_image(
     let mut report = seeder.copy(&plan, &target, mode).await?;
     // 4. lazyimg's index beside the image, so GPU nodes mount it lazily. A pull-
     //    through proxy takes no pushes; an index that cannot be made costs only laziness.
-    if mode == Mode::Push {
+    if mode == SeedMode::Push {
         report.lazy_indexes = push_lazy_indexes(&store, &target_client, &target, &plan).await;
     }
     report.seconds = started.elapsed().as_secs_f64();

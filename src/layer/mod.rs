@@ -28,6 +28,13 @@ pub use compression::{Compression, decompress};
 pub use member::{MemberKind, MemberMeta};
 pub use tar_index::index_layer;
 
+/// The layer annotation naming an eStargz layer's TOC digest.
+pub const ESTARGZ_TOC_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";
+/// The layer annotation naming a zstd:chunked layer's TOC digest.
+pub const ZSTD_CHUNKED_TOC_ANNOTATION: &str = "io.github.containers.zstd-chunked.manifest-checksum";
+/// The key older containers/storage used, and skopeo 1.9 still writes.
+pub const ZSTD_CHUNKED_LEGACY_TOC_ANNOTATION: &str = "io.containers.zstd-chunked.manifest-checksum";
+
 /// Everything the tree needs from one layer, in tar order.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerIndex {

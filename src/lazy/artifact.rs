@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
-use super::prepare::{BlobHome, ChunkMap, MapSource};
+use crate::chunkmap::{BlobHome, ChunkMap, GzipResume, MapSource};
 use crate::digest::{Digest, Hasher};
 use crate::error::{Error, Result};
 use crate::image::{Descriptor, ImageManifest, Manifest};
@@ -52,18 +52,6 @@ pub struct LayerIndexFile {
     pub layer_size: u64,
     pub chunked: ChunkedLayer,
     pub gzip: Option<GzipResume>,
-}
-
-/// How to restart inflation at each checkpoint of a gzip layer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GzipResume {
-    pub checkpoints: Vec<Checkpoint>,
-    /// Per checkpoint, its window's index in `windows`; `None` at member starts.
-    pub window_of: Vec<Option<u32>>,
-    /// The windows blob, also an artifact layer, read chunk by chunk like a layer.
-    pub windows_blob: Digest,
-    pub windows_size: u64,
-    pub windows: Vec<Chunk>,
 }
 
 /// A built layer index and its windows blob (empty for tar layers).

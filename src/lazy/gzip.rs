@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 
-use super::artifact::GzipResume;
 use super::decode::DeflateResume;
 use super::fetch::{ChunkFetcher, LazyBlob};
 use super::source::RangeSource;
+use crate::chunkmap::GzipResume;
 use crate::digest::Digest;
 use crate::error::Result;
 use crate::layer::{Chunk, ChunkCodec, gzip_index};

@@ -32,7 +32,7 @@ use crate::store::Blob;
 use crate::tree::ContentLocation;
 pub use fetch::{ChunkFetcher, LazyBlob};
 pub use gzip::GzipSpans;
-pub use prepare::{ChunkMap, MapSource, pull_lazy};
+pub use prepare::pull_lazy;
 pub use stats::{Stats, StatsReport};
 
 /// How far from the last read's end a read still counts as sequential.

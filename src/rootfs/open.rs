@@ -10,6 +10,7 @@ use std::io::{self, Read};
 use std::sync::Arc;
 
 use super::RootFs;
+use crate::chunkmap::ChunkMap;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::Descriptor;
@@ -18,9 +19,9 @@ use crate::layer::{self, Compression, LayerIndex};
 use crate::lazy::decode::DeflateResume;
 use crate::lazy::source::{RangeSource, Routed};
 use crate::lazy::{
-    ChunkFetcher, ChunkMap, GzipSpans, ImageContent, LayerContent, LazyBlob, LazyOptions, Stats,
+    ChunkFetcher, GzipSpans, ImageContent, LayerContent, LazyBlob, LazyOptions, Stats,
 };
-use crate::registry::BlobSink;
+use crate::store::BlobSink;
 use crate::store::{Blob, BlobWriter, Derived, Store};
 use crate::tree::Tree;
 

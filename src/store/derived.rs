@@ -18,7 +18,7 @@ pub enum Derived {
     LayerIndex,
     /// A merged tree, by image manifest digest.
     Tree,
-    /// How to read a layer lazily (`lazy::ChunkMap`), by the layer's digest.
+    /// How to read a layer lazily (`chunkmap::ChunkMap`), by the layer's digest.
     ChunkMap,
     /// The files to fetch first when mounting, from the image's lazyimg index,
     /// by image manifest digest.

@@ -36,6 +36,14 @@ use recency::OpenBlobs;
 pub use refs::ImageRecord;
 pub use writer::BlobWriter;
 
+/// Where downloaded blob bytes go. The sink hashes them; a download that restarts
+/// from zero (the registry ignored a Range request) calls [`BlobSink::restart`].
+pub trait BlobSink: Send {
+    fn write(&mut self, bytes: &[u8]) -> Result<()>;
+    fn restart(&mut self) -> Result<()>;
+    fn written(&self) -> u64;
+}
+
 /// Leftover downloads of a crashed process older than this are removed.
 const STALE_TMP_AGE: Duration = Duration::from_secs(24 * 3600);
 

@@ -1,7 +1,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::*;
-use crate::registry::BlobSink;
+use crate::store::BlobSink;
 
 fn store(max: u64) -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
