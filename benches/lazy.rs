@@ -31,10 +31,8 @@ use lazyimg::layer::EntryKind;
 use lazyimg::lazy::artifact::{BuiltIndex, build_layer_index};
 use lazyimg::lazy::decode::DeflateResume;
 use lazyimg::lazy::source::RangeSource;
-use lazyimg::lazy::{
-    ChunkFetcher, GzipSpans, ImageContent, LayerContent, LazyBlob, LazyOptions, Stats,
-};
-use lazyimg::rootfs::ContentReader;
+use lazyimg::lazy::{ChunkFetcher, GzipSpans, ImageContent, LayerContent, LazyBlob, LazyOptions};
+use lazyimg::rootfs::{ContentReader, Stats};
 use lazyimg::store::Store;
 use lazyimg::tree::ContentLocation;
 

@@ -5,6 +5,7 @@
 //! cached layers today, ranged chunk fetches later) stays behind the trait.
 
 mod open;
+pub mod stats;
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use bytes::Bytes;
 
 use crate::error::Result;
 pub use open::open_image;
+pub use stats::{Stats, StatsReport};
 
 use crate::tree::{ContentLocation, Tree};
 
@@ -36,11 +38,6 @@ pub trait ContentReader: Send + Sync + 'static {
         None
     }
 
-    /// Transfer counters, for readers that fetch.
-    fn stats(&self) -> Option<crate::lazy::StatsReport> {
-        None
-    }
-
     /// Fetches everything not yet cached, at most `max_rate` bytes per second
     /// on average; returns the bytes fetched. Nothing to do for local content.
     fn fill(&self, max_rate: Option<u64>) -> Result<u64> {
@@ -53,4 +50,8 @@ pub trait ContentReader: Send + Sync + 'static {
 pub struct RootFs {
     pub tree: Tree,
     pub content: Arc<dyn ContentReader>,
+    /// What reading the content cost (`lazyimg stats`): a handle of its own,
+    /// shared with the readers that count into it; `None` for content that
+    /// keeps no counters.
+    pub stats: Option<Arc<Stats>>,
 }

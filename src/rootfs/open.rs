@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 use std::sync::Arc;
 
-use super::RootFs;
+use super::{RootFs, Stats};
 use crate::chunkmap::ChunkMap;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -18,9 +18,7 @@ use crate::image::{ImageConfig, Manifest};
 use crate::layer::{self, Compression, LayerIndex};
 use crate::lazy::decode::DeflateResume;
 use crate::lazy::source::{RangeSource, Routed};
-use crate::lazy::{
-    ChunkFetcher, GzipSpans, ImageContent, LayerContent, LazyBlob, LazyOptions, Stats,
-};
+use crate::lazy::{ChunkFetcher, GzipSpans, ImageContent, LayerContent, LazyBlob, LazyOptions};
 use crate::store::BlobSink;
 use crate::store::{Blob, BlobWriter, Derived, Store};
 use crate::tree::Tree;
@@ -164,7 +162,13 @@ pub fn open_image(
         .collect();
     Ok(RootFs {
         tree,
-        content: Arc::new(ImageContent::new(layers, fetcher, readahead, stats)),
+        content: Arc::new(ImageContent::new(
+            layers,
+            fetcher,
+            readahead,
+            Arc::clone(&stats),
+        )),
+        stats: Some(stats),
     })
 }
 
