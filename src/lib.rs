@@ -39,6 +39,7 @@ pub mod fuse;
 pub mod image;
 pub mod layer;
 pub mod lazy;
+pub mod mount;
 pub mod policy;
 pub mod pull;
 pub mod reference;

@@ -82,7 +82,7 @@ pub(super) async fn pull(ctx: &Context, args: PullArgs) -> anyhow::Result<std::p
     let (_, store, _, report) = approved_pull(ctx, &args.reference, &args.registry).await?;
     // Unpack and index the layers now, once, so the first mount is as quick as any.
     tokio::task::block_in_place(|| {
-        crate::rootfs::open_image(&store, &report.manifest, &report.name, None)
+        crate::mount::open_image(&store, &report.manifest, &report.name, None)
     })?;
     if !ctx.quiet {
         eprintln!(

@@ -320,7 +320,7 @@ fn init_logging(verbose: u8, quiet: bool) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if mount_cmds::is_daemon() {
+    if crate::mount::is_daemon() {
         subscriber.with_timer(SystemTime).init();
     } else {
         subscriber.without_time().init();
@@ -332,7 +332,7 @@ fn init_logging(verbose: u8, quiet: bool) {
 /// [`init_logging`]); nothing elsewhere.
 fn line_stamp() -> String {
     let mut stamp = String::new();
-    if mount_cmds::is_daemon() && SystemTime.format_time(&mut Writer::new(&mut stamp)).is_ok() {
+    if crate::mount::is_daemon() && SystemTime.format_time(&mut Writer::new(&mut stamp)).is_ok() {
         stamp.push(' ');
     }
     stamp

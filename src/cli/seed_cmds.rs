@@ -417,7 +417,7 @@ async fn write_squashfs(ctx: &Context, seeded: &Seeded, file: &Path) -> anyhow::
     .await?;
     let name = seeded.target.to_string();
     let rootfs = tokio::task::block_in_place(|| {
-        crate::rootfs::open_image(&seeded.store, &pulled.manifest, &name, None)
+        crate::mount::open_image(&seeded.store, &pulled.manifest, &name, None)
     })?;
     let mountpoint = tempfile::Builder::new()
         .prefix("lazyimg-squash-")

@@ -4,7 +4,6 @@
 //! [`ContentReader`] returns verified file bytes. How those bytes are found (whole
 //! cached layers today, ranged chunk fetches later) stays behind the trait.
 
-mod open;
 pub mod stats;
 
 use std::sync::Arc;
@@ -12,7 +11,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::error::Result;
-pub use open::open_image;
 pub use stats::{Stats, StatsReport};
 
 use crate::tree::{ContentLocation, Tree};

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 use std::sync::Arc;
 
-use super::{RootFs, Stats};
 use crate::chunkmap::ChunkMap;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -19,6 +18,7 @@ use crate::layer::{self, Compression, LayerIndex};
 use crate::lazy::decode::DeflateResume;
 use crate::lazy::source::{RangeSource, Routed};
 use crate::lazy::{ChunkFetcher, GzipSpans, ImageContent, LayerContent, LazyBlob, LazyOptions};
+use crate::rootfs::{RootFs, Stats};
 use crate::store::BlobSink;
 use crate::store::{Blob, BlobWriter, Derived, Store};
 use crate::tree::Tree;
