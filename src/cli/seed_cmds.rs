@@ -14,8 +14,7 @@ use super::Context;
 use super::progress::Reporter;
 use crate::config::SeedMode;
 use crate::fuse::{self, MountOptions};
-use crate::image::{Descriptor, LayerFormat, Manifest, Platform};
-use crate::lazy::artifact;
+use crate::image::Platform;
 use crate::reference::ImageRef;
 use crate::registry::{ClientOptions, RegistryClient, credentials};
 use crate::runtime::{self, Runtime};
@@ -243,12 +242,8 @@ async fn seed_image(
         progress: &reporter,
         jobs: args.jobs,
     };
-    let mut report = seeder.copy(&plan, &target, mode).await?;
-    // 4. lazyimg's index beside the image, so GPU nodes mount it lazily. A pull-
-    //    through proxy takes no pushes; an index that cannot be made costs only laziness.
-    if mode == SeedMode::Push {
-        report.lazy_indexes = push_lazy_indexes(&store, &target_client, &target, &plan).await;
-    }
+    // 4. lazyimg's index beside the image, so GPU nodes mount it lazily.
+    let mut report = seeder.copy_and_index(&plan, &target, mode).await?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(Seeded {
         image,
@@ -257,57 +252,6 @@ async fn seed_image(
         store,
         target_client,
     })
-}
-
-/// Builds and pushes a lazyimg index for every platform manifest of `plan` that
-/// has gzip or tar layers without a table of contents; returns the artifacts.
-async fn push_lazy_indexes(
-    store: &Store,
-    target_client: &RegistryClient,
-    target: &ImageRef,
-    plan: &seed::Plan,
-) -> Vec<String> {
-    let mut pushed = Vec::new();
-    for document in std::iter::once(&plan.top).chain(&plan.children) {
-        let Ok(Manifest::Image(manifest)) = Manifest::parse(&document.bytes, "seeded manifest")
-        else {
-            continue;
-        };
-        let result = async {
-            let mut built = Vec::new();
-            for layer in &manifest.layers {
-                if matches!(LayerFormat::of(layer), LayerFormat::Gzip | LayerFormat::Tar) {
-                    let index =
-                        tokio::task::block_in_place(|| artifact::build_layer_index(store, layer))?;
-                    built.extend(index);
-                }
-            }
-            if built.is_empty() {
-                return Ok(None);
-            }
-            let subject = Descriptor {
-                media_type: document.media_type.clone(),
-                digest: document.digest,
-                size: document.bytes.len() as u64,
-                annotations: Default::default(),
-                platform: None,
-                artifact_type: None,
-            };
-            artifact::push(store, target_client, target, &subject, &built, None)
-                .await
-                .map(Some)
-        }
-        .await;
-        match result {
-            Ok(Some(digest)) => pushed.push(digest.to_string()),
-            Ok(None) => {}
-            Err(e) => tracing::warn!(
-                "{target}: no lazyimg index for {} (mounts will fetch its layers whole): {e}",
-                document.digest
-            ),
-        }
-    }
-    pushed
 }
 
 fn summarise(ctx: &Context, r: &SeedReport) {

@@ -13,6 +13,7 @@
 //! the cache lacks. Manifests go last, with their exact bytes and media type (the
 //! tag last of all), and the tag is read back to check the digest.
 
+mod index_artifacts;
 mod locations;
 mod plan;
 mod tee;
