@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::error::Result;
-use crate::layer::gzip_index::Checkpoint;
+use crate::layer::gzip_checkpoints::Checkpoint;
 use crate::layer::{Chunk, ChunkedLayer};
 use crate::reference::ImageRef;
 use crate::store::{Derived, Store};
@@ -80,12 +80,12 @@ impl ChunkMap {
 
     /// Identifies the content space the map lays out: the sha256 of its layer
     /// index (entries and their content offsets) as postcard encodes it. A tree
-    /// is built from layer indexes alone, so it fits any map of equal identity,
+    /// is built from entry tables alone, so it fits any map of equal identity,
     /// and only those: an eStargz TOC map and a lazyimg-index map of one blob
     /// place the same file at different offsets.
     pub fn content_identity(&self) -> Digest {
         let bytes =
-            postcard::to_stdvec(&self.layer.index).expect("a layer index always serialises");
+            postcard::to_stdvec(&self.layer.table).expect("an entry table always serialises");
         Digest::of(&bytes)
     }
 

@@ -100,7 +100,7 @@ fn lazy_tree(image: &Image) -> (Tree, Vec<Vec<u8>>) {
             tar, layer.tar,
             "decompressed blob differs from the built tar"
         );
-        indexes.push(lazyimg::layer::index_layer(&tar[..]).expect("index layer"));
+        indexes.push(lazyimg::layer::read_entries(&tar[..]).expect("index layer"));
         tars.push(tar);
     }
     (Tree::build(&indexes).expect("build tree"), tars)

@@ -5,17 +5,17 @@
 //! coalescing, verification via [`decode`]) → the store → [`ImageContent`], the
 //! [`ContentReader`] the FUSE adapter calls.
 
-pub mod artifact;
 pub mod decode;
 pub mod fetch;
 mod gzip;
+pub mod index_artifact;
 mod pool;
 pub mod prefetch;
 pub mod prepare;
 pub mod source;
 #[cfg(test)]
 mod tests;
-mod toc;
+mod toc_fetch;
 mod write_queue;
 
 use std::ops::Range;

@@ -5,7 +5,7 @@
 
 use futures_util::{StreamExt, TryStreamExt};
 
-use super::artifact;
+use super::index_artifact;
 use crate::chunkmap::ChunkMap;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -110,7 +110,7 @@ pub async fn pull_lazy(
     let mut indexed = if needed.is_empty() {
         Default::default()
     } else {
-        artifact::find(store, registry, image, &resolved.manifest_digest, &needed).await?
+        index_artifact::find(store, registry, image, &resolved.manifest_digest, &needed).await?
     };
     let maps: Vec<(&Descriptor, Option<ChunkMap>)> = futures_util::stream::iter(needed)
         .map(|layer| {
@@ -161,8 +161,10 @@ async fn find_chunk_map(
     layer: &Descriptor,
 ) -> Result<Option<ChunkMap>> {
     match LayerFormat::of(layer) {
-        LayerFormat::Estargz => super::toc::estargz_map(registry, image, layer).await,
-        LayerFormat::ZstdChunked => super::toc::zstd_chunked_map(registry, image, layer).await,
+        LayerFormat::Estargz => super::toc_fetch::estargz_map(registry, image, layer).await,
+        LayerFormat::ZstdChunked => {
+            super::toc_fetch::zstd_chunked_map(registry, image, layer).await
+        }
         _ => Ok(None),
     }
 }

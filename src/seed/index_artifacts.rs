@@ -5,7 +5,7 @@ use super::{Plan, SeedReport, Seeder};
 use crate::config::SeedMode;
 use crate::error::Result;
 use crate::image::{Descriptor, LayerFormat, Manifest};
-use crate::lazy::artifact;
+use crate::lazy::index_artifact;
 use crate::reference::ImageRef;
 use crate::registry::RegistryClient;
 use crate::store::Store;
@@ -47,7 +47,7 @@ async fn push_index_artifacts(
             for layer in &manifest.layers {
                 if matches!(LayerFormat::of(layer), LayerFormat::Gzip | LayerFormat::Tar) {
                     let index =
-                        tokio::task::block_in_place(|| artifact::build_layer_index(store, layer))?;
+                        tokio::task::block_in_place(|| index_artifact::build_layer(store, layer))?;
                     built.extend(index);
                 }
             }
@@ -62,7 +62,7 @@ async fn push_index_artifacts(
                 platform: None,
                 artifact_type: None,
             };
-            artifact::push(store, target_client, target, &subject, &built, None)
+            index_artifact::push(store, target_client, target, &subject, &built, None)
                 .await
                 .map(Some)
         }

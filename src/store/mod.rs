@@ -4,7 +4,7 @@
 //! - `blobs/sha256/<hex>`: content whose sha256 is `<hex>`: whole blobs today, verified
 //!   chunks of blobs later (a chunk is content too, named by its own digest).
 //! - `refs/`: image names → manifest digests, so a cached image opens offline.
-//! - `derived/`: layer indexes and merged trees, named by the digest they came from.
+//! - `derived/`: entry tables and merged trees, named by the digest they came from.
 //! - `tmp/`: downloads in progress; renamed into `blobs/` only once verified.
 //! - `logs/`: mount daemons' logs, `mount-<pid>.log`, pruned by [`Store::prune_logs`].
 //! - `lock`: held exclusively while evicting.
@@ -260,7 +260,7 @@ impl Store {
 
     /// Evicts least recently used blobs until the store holds at most `max_size`
     /// bytes, never touching `keep` (content in use by the caller); then removes
-    /// the layer indexes of uncompressed layers no longer stored (see
+    /// the entry tables of uncompressed layers no longer stored (see
     /// `prune_orphaned_layer_indexes` for why only those).
     pub fn prune(&self, max_size: u64, keep: &[Digest]) -> Result<PruneReport> {
         let lock_path = self.root.join("lock");

@@ -1,4 +1,4 @@
-//! Applies layer indexes bottom to top (OCI image-spec changeset rules, as
+//! Applies layers' entry tables bottom to top (OCI image-spec changeset rules, as
 //! `umoci unpack` and podman's overlay storage produce), then freezes the
 //! result into the inode table.
 
@@ -10,11 +10,11 @@ use super::{
     ContentLocation, DirEntry, Directory, Ino, Inode, InodeKind, ROOT_INO, Tree, TreeError,
 };
 use crate::layer::path::split_parent;
-use crate::layer::{Device, EntryKind, LayerIndex, TarEntry, Timestamp, Whiteout};
+use crate::layer::{Device, EntryKind, EntryTable, TarEntry, Timestamp, Whiteout};
 
 impl Tree {
     /// Merges `layers`, bottom layer first.
-    pub fn build(layers: &[LayerIndex]) -> Result<Tree, TreeError> {
+    pub fn build(layers: &[EntryTable]) -> Result<Tree, TreeError> {
         let mut merged = Merge::new();
         for (number, layer) in layers.iter().enumerate() {
             let number = u32::try_from(number).map_err(|_| TreeError::TooManyLayers {
@@ -104,7 +104,7 @@ impl Merge {
         }
     }
 
-    fn apply_layer(&mut self, layer: u32, index: &LayerIndex) -> Result<(), TreeError> {
+    fn apply_layer(&mut self, layer: u32, index: &EntryTable) -> Result<(), TreeError> {
         // Whiteouts only hide lower layers, so they go first; the layer's own
         // entries then land regardless of where the markers sat in the tar.
         for whiteout in &index.whiteouts {
