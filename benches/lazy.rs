@@ -1,7 +1,7 @@
 //! Lazy loading without the network, each against what the same machine does
 //! without lazyimg, same run. Run with `cargo bench --bench lazy`.
 //!
-//! 1. Index build: `build_layer_index` over a ~256 MiB gzip layer (level 6) in
+//! 1. Index build: `build_layer` over a ~256 MiB gzip layer (level 6) in
 //!    the store, against `gzip -dc` (and flate2) decompressing the same blob: the
 //!    index pass inflates too, and hashes every span twice on top.
 //! 2. The first read of the layer's biggest file through that index, from the
@@ -28,13 +28,11 @@ use common::median;
 use lazyimg::digest::Digest;
 use lazyimg::image::Descriptor;
 use lazyimg::layer::EntryKind;
-use lazyimg::lazy::artifact::{BuiltIndex, build_layer_index};
 use lazyimg::lazy::decode::DeflateResume;
+use lazyimg::lazy::index_artifact::{BuiltLayer, build_layer};
 use lazyimg::lazy::source::RangeSource;
-use lazyimg::lazy::{
-    ChunkFetcher, GzipSpans, ImageContent, LayerContent, LazyBlob, LazyOptions, Stats,
-};
-use lazyimg::rootfs::ContentReader;
+use lazyimg::lazy::{ChunkFetcher, GzipSpans, ImageContent, LayerContent, LazyBlob, LazyOptions};
+use lazyimg::rootfs::{ContentReader, Stats};
 use lazyimg::store::Store;
 use lazyimg::tree::ContentLocation;
 
@@ -80,7 +78,7 @@ fn main() {
     });
     let mut built = None;
     let index = median(RUNS, || {
-        built = build_layer_index(&store, &descriptor).expect("index builds");
+        built = build_layer(&store, &descriptor).expect("index builds");
     });
     let built = built.expect("a gzip layer has an index");
 
@@ -100,7 +98,7 @@ fn main() {
         input_rate(flate2)
     );
     println!(
-        "  lazyimg build_layer_index      {:>8.1} MiB/s",
+        "  lazyimg build_layer      {:>8.1} MiB/s",
         input_rate(index)
     );
     println!(
@@ -285,7 +283,7 @@ impl RangeSource for NoRegistry {
 }
 
 /// The layer's content as a mount's `ImageContent` reads it, from `store`.
-fn image_content(store: &Arc<Store>, layer: &Descriptor, built: &BuiltIndex) -> ImageContent {
+fn image_content(store: &Arc<Store>, layer: &Descriptor, built: &BuiltLayer) -> ImageContent {
     let options = LazyOptions::default();
     let stats = Arc::new(Stats::default());
     let fetcher = Arc::new(
@@ -333,7 +331,7 @@ struct FirstRead {
 fn first_read(
     store: &Arc<Store>,
     layer: &Descriptor,
-    built: &BuiltIndex,
+    built: &BuiltLayer,
 ) -> (ContentLocation, FirstRead) {
     store
         .put(
@@ -350,7 +348,7 @@ fn first_read(
     let file = built
         .file
         .chunked
-        .index
+        .table
         .entries
         .iter()
         .filter_map(|entry| match entry.kind {
@@ -411,7 +409,7 @@ struct RandomReads {
 fn random_reads(
     store_root: &Path,
     layer: &Descriptor,
-    built: &BuiltIndex,
+    built: &BuiltLayer,
     file: &ContentLocation,
     plain: &Layer,
 ) -> RandomReads {

@@ -7,12 +7,9 @@
 use std::path::{Path, PathBuf};
 
 use bytesize::ByteSize;
-use serde::Deserialize;
-
-use std::time::Duration;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::registry::{ClientOptions, RetryPolicy};
 
 pub const SYSTEM_CONFIG: &str = "/etc/lazyimg/config.toml";
 const DEFAULT_CACHE_MAX: ByteSize = ByteSize::gib(50);
@@ -61,7 +58,27 @@ pub struct SeedConfig {
     /// `host[:port][/prefix]`, e.g. `tre-ghcr-proxy.nsh.loc:5000`.
     pub target: Option<String>,
     /// `push` (the target accepts pushes) or `pull-through` (it mirrors the source).
-    pub mode: Option<crate::seed::Mode>,
+    pub mode: Option<SeedMode>,
+}
+
+/// How the target registry gets a seeded image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum SeedMode {
+    /// Upload to a registry that accepts pushes.
+    #[default]
+    Push,
+    /// Fetch everything through a pull-through cache of the source, so it keeps it.
+    PullThrough,
+}
+
+impl std::fmt::Display for SeedMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SeedMode::Push => "push",
+            SeedMode::PullThrough => "pull-through",
+        })
+    }
 }
 
 /// `[network]`: how long to wait for registries, and how often to retry.
@@ -94,25 +111,10 @@ pub struct LazyConfig {
 
 impl Default for NetworkConfig {
     fn default() -> Self {
-        let defaults = ClientOptions::default();
         NetworkConfig {
-            connect_timeout: defaults.connect_timeout.as_secs(),
-            read_timeout: defaults.read_timeout.as_secs(),
-            attempts: defaults.retry.attempts,
-        }
-    }
-}
-
-impl NetworkConfig {
-    pub fn client_options(&self) -> ClientOptions {
-        let defaults = ClientOptions::default();
-        ClientOptions {
-            connect_timeout: Duration::from_secs(self.connect_timeout.max(1)),
-            read_timeout: Duration::from_secs(self.read_timeout.max(1)),
-            retry: RetryPolicy {
-                attempts: self.attempts.max(1),
-                ..defaults.retry
-            },
+            connect_timeout: 10,
+            read_timeout: 30,
+            attempts: 4,
         }
     }
 }
@@ -228,14 +230,8 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert_eq!(
-            config.network.client_options().read_timeout,
-            Duration::from_secs(5)
-        );
-        assert_eq!(
-            config.network.attempts,
-            ClientOptions::default().retry.attempts
-        );
+        assert_eq!(config.network.read_timeout, 5);
+        assert_eq!(config.network.attempts, NetworkConfig::default().attempts);
         assert_eq!(config.cache_dir(), Path::new("/var/cache/lazyimg"));
         assert_eq!(config.cache_max_size(), 50 * 1024 * 1024 * 1024);
         let reg = config.registry_for("ghcr.io/ns/name").unwrap();
@@ -285,7 +281,7 @@ mod tests {
                 .unwrap();
         let seed = config.seed.unwrap();
         assert_eq!(seed.target.as_deref(), Some("tre-ghcr-proxy.nsh.loc:5000"));
-        assert_eq!(seed.mode, Some(crate::seed::Mode::PullThrough));
+        assert_eq!(seed.mode, Some(SeedMode::PullThrough));
         let err = parse("[seed]\ntargte = \"x\"\n").unwrap_err().to_string();
         assert!(err.contains("targte"), "{err}");
         assert!(parse("[seed]\nmode = \"copy\"\n").is_err());

@@ -9,11 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-
-pub const ESTARGZ_TOC_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";
-pub const ZSTD_CHUNKED_TOC_ANNOTATION: &str = "io.github.containers.zstd-chunked.manifest-checksum";
-/// The key older containers/storage used, and skopeo 1.9 still writes.
-pub const ZSTD_CHUNKED_LEGACY_TOC_ANNOTATION: &str = "io.containers.zstd-chunked.manifest-checksum";
+use crate::layer::{
+    ESTARGZ_TOC_ANNOTATION, ZSTD_CHUNKED_LEGACY_TOC_ANNOTATION, ZSTD_CHUNKED_TOC_ANNOTATION,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

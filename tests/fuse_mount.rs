@@ -100,7 +100,7 @@ fn lazy_tree(image: &Image) -> (Tree, Vec<Vec<u8>>) {
             tar, layer.tar,
             "decompressed blob differs from the built tar"
         );
-        indexes.push(lazyimg::layer::index_layer(&tar[..]).expect("index layer"));
+        indexes.push(lazyimg::layer::read_entries(&tar[..]).expect("index layer"));
         tars.push(tar);
     }
     (Tree::build(&indexes).expect("build tree"), tars)
@@ -181,7 +181,11 @@ fn options(owner: Option<(u32, u32)>) -> MountOptions {
 
 fn mount(tree: Tree, content: Arc<dyn ContentReader>, opts: &MountOptions) -> Mounted {
     let dir = tempfile::tempdir().expect("mountpoint");
-    let rootfs = Arc::new(RootFs { tree, content });
+    let rootfs = Arc::new(RootFs {
+        tree,
+        content,
+        stats: None,
+    });
     let session = spawn_mount(rootfs, dir.path(), opts).expect("mount");
     Mounted {
         session,
@@ -597,6 +601,7 @@ fn foreground_mount_returns_once_unmounted() {
     let rootfs = Arc::new(RootFs {
         tree,
         content: Arc::new(MemReader { tars }),
+        stats: None,
     });
     let serving = {
         let mountpoint = mountpoint.clone();
@@ -633,6 +638,7 @@ fn mounting_on_a_missing_directory_is_an_error() {
     let rootfs = Arc::new(RootFs {
         tree,
         content: Arc::new(MemReader { tars }),
+        stats: None,
     });
     let missing = Path::new("/nonexistent/lazyimg-mountpoint");
     let err = spawn_mount(rootfs, missing, &options(None)).expect_err("mount must fail");

@@ -12,7 +12,7 @@ use std::io::Read;
 use lazyimg::digest::Digest;
 use lazyimg::image::{LayerFormat, Manifest};
 use lazyimg::layer::{
-    Chunk, ChunkCodec, ChunkedLayer, EntryKind, LayerIndex, TarEntry, estargz, index_layer,
+    Chunk, ChunkCodec, ChunkedLayer, EntryKind, EntryTable, TarEntry, estargz, read_entries,
     zstd_chunked,
 };
 use support::estargz::{
@@ -82,10 +82,10 @@ fn comparable(entry: &TarEntry, content_space: &[u8]) -> (TarEntry, Vec<u8>) {
 
 /// `layer`, parsed from a TOC, describes the same tree as `tar`.
 fn assert_same_as_tar(layer: &ChunkedLayer, blob: &[u8], tar: &[u8], what: &str) {
-    let expected: LayerIndex = index_layer(tar).unwrap();
+    let expected: EntryTable = read_entries(tar).unwrap();
     let space = content_space(blob, layer);
-    assert_eq!(layer.index.whiteouts, expected.whiteouts, "{what}");
-    let got: Vec<_> = (layer.index.entries.iter())
+    assert_eq!(layer.table.whiteouts, expected.whiteouts, "{what}");
+    let got: Vec<_> = (layer.table.entries.iter())
         .map(|e| comparable(e, &space))
         .collect();
     let want: Vec<_> = (expected.entries.iter())
@@ -99,7 +99,7 @@ fn assert_same_as_tar(layer: &ChunkedLayer, blob: &[u8], tar: &[u8], what: &str)
 
 /// The chunks holding regular file `path`.
 fn chunks_of<'l>(layer: &'l ChunkedLayer, path: &str) -> Vec<&'l Chunk> {
-    let entry = (layer.index.entries.iter())
+    let entry = (layer.table.entries.iter())
         .find(|e| e.path == path)
         .unwrap_or_else(|| panic!("no {path}"));
     let EntryKind::Regular { offset, size } = entry.kind else {

@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::progress::Reporter;
 use super::{Context, RegistryArgs};
 use crate::image::{Descriptor, ImageConfig, LayerFormat, Manifest};
-use crate::lazy::artifact;
+use crate::lazy::index_artifact;
 use crate::pull::{self, PullReport};
 use crate::reference::ImageRef;
 use crate::registry::RegistryClient;
@@ -82,7 +82,7 @@ pub(super) async fn pull(ctx: &Context, args: PullArgs) -> anyhow::Result<std::p
     let (_, store, _, report) = approved_pull(ctx, &args.reference, &args.registry).await?;
     // Unpack and index the layers now, once, so the first mount is as quick as any.
     tokio::task::block_in_place(|| {
-        crate::rootfs::open_image(&store, &report.manifest, &report.name, None)
+        crate::mount::open_image(&store, &report.manifest, &report.name, None)
     })?;
     if !ctx.quiet {
         eprintln!(
@@ -110,14 +110,14 @@ pub(super) async fn index(ctx: &Context, args: IndexArgs) -> anyhow::Result<Exit
     let started = Instant::now();
     let mut built = Vec::new();
     for layer in &manifest.layers {
-        let index = tokio::task::block_in_place(|| artifact::build_layer_index(&store, layer))?;
+        let index = tokio::task::block_in_place(|| index_artifact::build_layer(&store, layer))?;
         match index {
             Some(index) => {
                 eprintln!(
                     "  {}  {:<12} {:>6} entries, {:>5} chunks, {} of windows",
                     layer.digest,
                     LayerFormat::of(layer).to_string(),
-                    index.file.chunked.index.entries.len(),
+                    index.file.chunked.table.entries.len(),
                     index.file.chunked.chunks.len(),
                     ByteSize::b(index.windows.len() as u64).display().iec()
                 );
@@ -158,7 +158,7 @@ pub(super) async fn index(ctx: &Context, args: IndexArgs) -> anyhow::Result<Exit
             ),
             None => None,
         };
-        let pushed = artifact::push(
+        let pushed = index_artifact::push(
             &store,
             &registry,
             &image,
@@ -226,9 +226,9 @@ pub(super) async fn inspect(
             ImageConfig::parse(&config, &what)?.platform()
         }
     };
-    let indexed = match artifact::locate(&registry, &image, &resolved.manifest_digest).await {
+    let indexed = match index_artifact::locate(&registry, &image, &resolved.manifest_digest).await {
         Ok(found) => found
-            .map(|a| artifact::indexed_layers(&a))
+            .map(|a| index_artifact::indexed_layers(&a))
             .unwrap_or_default(),
         Err(e) => {
             tracing::warn!("cannot look for a lazyimg index: {e}");
@@ -313,7 +313,7 @@ fn lazy_source(layer: &Descriptor, indexed: &[String]) -> &'static str {
 /// Collects a small blob in memory; used only for image configs.
 struct ConfigSink<'a>(&'a mut Vec<u8>);
 
-impl crate::registry::BlobSink for ConfigSink<'_> {
+impl crate::store::BlobSink for ConfigSink<'_> {
     fn write(&mut self, bytes: &[u8]) -> crate::Result<()> {
         self.0.extend_from_slice(bytes);
         Ok(())

@@ -22,7 +22,7 @@ use tracing_subscriber::fmt::time::{FormatTime as _, SystemTime};
 use crate::config::Config;
 use crate::image::Platform;
 use crate::reference::ImageRef;
-use crate::registry::{RegistryClient, credentials};
+use crate::registry::{ClientOptions, RegistryClient, credentials};
 use crate::secret::{Credentials, Secret};
 use crate::store::Store;
 
@@ -188,7 +188,7 @@ impl Context {
         Ok(RegistryClient::new(
             &image.endpoint,
             creds,
-            &self.config.network.client_options(),
+            &ClientOptions::from_config(&self.config.network),
         )?)
     }
 
@@ -320,7 +320,7 @@ fn init_logging(verbose: u8, quiet: bool) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if mount_cmds::is_daemon() {
+    if crate::mount::is_daemon() {
         subscriber.with_timer(SystemTime).init();
     } else {
         subscriber.without_time().init();
@@ -332,7 +332,7 @@ fn init_logging(verbose: u8, quiet: bool) {
 /// [`init_logging`]); nothing elsewhere.
 fn line_stamp() -> String {
     let mut stamp = String::new();
-    if mount_cmds::is_daemon() && SystemTime.format_time(&mut Writer::new(&mut stamp)).is_ok() {
+    if crate::mount::is_daemon() && SystemTime.format_time(&mut Writer::new(&mut stamp)).is_ok() {
         stamp.push(' ');
     }
     stamp

@@ -12,14 +12,14 @@ use clap::{Args, Parser};
 
 use super::Context;
 use super::progress::Reporter;
+use crate::config::SeedMode;
 use crate::fuse::{self, MountOptions};
-use crate::image::{Descriptor, LayerFormat, Manifest, Platform};
-use crate::lazy::artifact;
+use crate::image::Platform;
 use crate::reference::ImageRef;
-use crate::registry::{RegistryClient, credentials};
+use crate::registry::{ClientOptions, RegistryClient, credentials};
 use crate::runtime::{self, Runtime};
 use crate::secret::{Credentials, Secret};
-use crate::seed::{self, Mode, SeedReport, Seeder, Target};
+use crate::seed::{self, SeedReport, Seeder, Target};
 use crate::store::Store;
 
 #[derive(Args, Debug)]
@@ -47,7 +47,7 @@ pub(super) struct TargetArgs {
     /// push: upload to a registry that accepts pushes; pull-through: fetch everything
     /// through a pull-through cache of the source (default: `[seed] mode`, else push).
     #[arg(long, value_enum)]
-    mode: Option<Mode>,
+    mode: Option<SeedMode>,
     /// Blobs copied at once.
     #[arg(long, value_name = "N", default_value_t = seed::DEFAULT_JOBS)]
     jobs: usize,
@@ -210,7 +210,7 @@ async fn seed_image(
     let target_spec: Target = target_text.parse()?;
     let target = target_spec.image_ref(&image, &ctx.config)?;
     let store = ctx.open_store()?;
-    let options = ctx.config.network.client_options();
+    let options = ClientOptions::from_config(&ctx.config.network);
 
     // 2. Authenticate to the source (a wrong token stops here) and read every manifest.
     let source_credentials = match source_credentials {
@@ -242,12 +242,8 @@ async fn seed_image(
         progress: &reporter,
         jobs: args.jobs,
     };
-    let mut report = seeder.copy(&plan, &target, mode).await?;
-    // 4. lazyimg's index beside the image, so GPU nodes mount it lazily. A pull-
-    //    through proxy takes no pushes; an index that cannot be made costs only laziness.
-    if mode == Mode::Push {
-        report.lazy_indexes = push_lazy_indexes(&store, &target_client, &target, &plan).await;
-    }
+    // 4. lazyimg's index beside the image, so GPU nodes mount it lazily.
+    let mut report = seeder.copy_and_index(&plan, &target, mode).await?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(Seeded {
         image,
@@ -256,57 +252,6 @@ async fn seed_image(
         store,
         target_client,
     })
-}
-
-/// Builds and pushes a lazyimg index for every platform manifest of `plan` that
-/// has gzip or tar layers without a table of contents; returns the artifacts.
-async fn push_lazy_indexes(
-    store: &Store,
-    target_client: &RegistryClient,
-    target: &ImageRef,
-    plan: &seed::Plan,
-) -> Vec<String> {
-    let mut pushed = Vec::new();
-    for document in std::iter::once(&plan.top).chain(&plan.children) {
-        let Ok(Manifest::Image(manifest)) = Manifest::parse(&document.bytes, "seeded manifest")
-        else {
-            continue;
-        };
-        let result = async {
-            let mut built = Vec::new();
-            for layer in &manifest.layers {
-                if matches!(LayerFormat::of(layer), LayerFormat::Gzip | LayerFormat::Tar) {
-                    let index =
-                        tokio::task::block_in_place(|| artifact::build_layer_index(store, layer))?;
-                    built.extend(index);
-                }
-            }
-            if built.is_empty() {
-                return Ok(None);
-            }
-            let subject = Descriptor {
-                media_type: document.media_type.clone(),
-                digest: document.digest,
-                size: document.bytes.len() as u64,
-                annotations: Default::default(),
-                platform: None,
-                artifact_type: None,
-            };
-            artifact::push(store, target_client, target, &subject, &built, None)
-                .await
-                .map(Some)
-        }
-        .await;
-        match result {
-            Ok(Some(digest)) => pushed.push(digest.to_string()),
-            Ok(None) => {}
-            Err(e) => tracing::warn!(
-                "{target}: no lazyimg index for {} (mounts will fetch its layers whole): {e}",
-                document.digest
-            ),
-        }
-    }
-    pushed
 }
 
 fn summarise(ctx: &Context, r: &SeedReport) {
@@ -416,7 +361,7 @@ async fn write_squashfs(ctx: &Context, seeded: &Seeded, file: &Path) -> anyhow::
     .await?;
     let name = seeded.target.to_string();
     let rootfs = tokio::task::block_in_place(|| {
-        crate::rootfs::open_image(&seeded.store, &pulled.manifest, &name, None)
+        crate::mount::open_image(&seeded.store, &pulled.manifest, &name, None)
     })?;
     let mountpoint = tempfile::Builder::new()
         .prefix("lazyimg-squash-")

@@ -10,7 +10,7 @@ use bytesize::ByteSize;
 use clap::Args;
 
 use crate::fuse::STATS_XATTR;
-use crate::lazy::StatsReport;
+use crate::rootfs::StatsReport;
 
 #[derive(Args, Debug)]
 pub(super) struct StatsArgs {

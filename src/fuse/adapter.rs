@@ -313,7 +313,7 @@ impl Filesystem for Adapter {
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         if ino.0 == ROOT_INO
             && name == STATS_XATTR
-            && let Some(stats) = self.rootfs.content.stats()
+            && let Some(stats) = self.rootfs.stats.as_ref().map(|s| s.report())
         {
             let json = serde_json::to_vec(&stats).expect("stats always serialise");
             return reply_xattr(reply, size, &json);

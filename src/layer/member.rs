@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use super::path::{PathProblem, join, normalize, split_parent};
-use super::{Device, EntryKind, LayerError, LayerIndex, TarEntry, Timestamp, Whiteout};
+use super::{Device, EntryKind, EntryTable, LayerError, TarEntry, Timestamp, Whiteout};
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
@@ -41,7 +41,7 @@ pub struct MemberMeta {
     pub xattrs: Vec<(String, Vec<u8>)>,
 }
 
-impl LayerIndex {
+impl EntryTable {
     /// Adds the member named `raw_path` (as the archive spells it): an entry, a
     /// whiteout, or nothing for reserved `.wh..wh.` names.
     pub fn add_member(

@@ -1,4 +1,4 @@
-//! Per-layer index: one streaming pass over a layer's uncompressed tar
+//! Per-layer entry table: one streaming pass over a layer's uncompressed tar
 //! stream records every entry's metadata and where regular-file bytes sit in
 //! that stream, so the mount can serve reads without unpacking anything.
 //!
@@ -7,10 +7,10 @@
 
 mod compression;
 pub mod estargz;
-pub mod gzip_index;
+pub mod gzip_checkpoints;
 mod member;
 pub(crate) mod path;
-mod tar_index;
+mod tar_entries;
 #[cfg(test)]
 pub(crate) mod test_tar;
 #[cfg(test)]
@@ -26,11 +26,18 @@ use crate::digest::Digest;
 
 pub use compression::{Compression, decompress};
 pub use member::{MemberKind, MemberMeta};
-pub use tar_index::index_layer;
+pub use tar_entries::read_entries;
+
+/// The layer annotation naming an eStargz layer's TOC digest.
+pub const ESTARGZ_TOC_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";
+/// The layer annotation naming a zstd:chunked layer's TOC digest.
+pub const ZSTD_CHUNKED_TOC_ANNOTATION: &str = "io.github.containers.zstd-chunked.manifest-checksum";
+/// The key older containers/storage used, and skopeo 1.9 still writes.
+pub const ZSTD_CHUNKED_LEGACY_TOC_ANNOTATION: &str = "io.containers.zstd-chunked.manifest-checksum";
 
 /// Everything the tree needs from one layer, in tar order.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LayerIndex {
+pub struct EntryTable {
     /// Non-whiteout entries in the order they appear in the tar.
     pub entries: Vec<TarEntry>,
     /// Whiteouts of this layer. They only affect lower layers, so their
@@ -46,7 +53,7 @@ pub struct LayerIndex {
 /// order. Regular entries of `index` point into that space.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkedLayer {
-    pub index: LayerIndex,
+    pub table: EntryTable,
     /// Sorted by `content_offset`, not overlapping. Bytes of the space no
     /// chunk covers belong to no file.
     pub chunks: Vec<Chunk>,

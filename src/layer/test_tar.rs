@@ -2,7 +2,7 @@
 
 use tar::{Builder, EntryType, Header};
 
-use super::{LayerIndex, index_layer};
+use super::{EntryTable, read_entries};
 
 pub(crate) const MTIME: u64 = 1_700_000_000;
 
@@ -111,7 +111,7 @@ impl TestTar {
         self.builder.get_ref().clone()
     }
 
-    pub(crate) fn index(&mut self) -> LayerIndex {
-        index_layer(&self.bytes()[..]).expect("index layer")
+    pub(crate) fn index(&mut self) -> EntryTable {
+        read_entries(&self.bytes()[..]).expect("index layer")
     }
 }

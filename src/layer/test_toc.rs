@@ -151,7 +151,7 @@ pub(crate) fn decode_all(blob: &[u8], layer: &ChunkedLayer) {
 
 /// The bytes of regular file `path`, gathered from its chunks.
 pub(crate) fn file_content(blob: &[u8], layer: &ChunkedLayer, path: &str) -> Vec<u8> {
-    let entry = (layer.index.entries.iter())
+    let entry = (layer.table.entries.iter())
         .find(|e| e.path == path)
         .unwrap_or_else(|| panic!("no entry {path}"));
     let EntryKind::Regular { offset, size } = entry.kind else {

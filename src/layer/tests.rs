@@ -6,7 +6,7 @@ use tar::{EntryType, Header};
 use super::test_tar::{MTIME, TestTar, header};
 use super::*;
 
-fn entry<'a>(index: &'a LayerIndex, path: &str) -> &'a TarEntry {
+fn entry<'a>(index: &'a EntryTable, path: &str) -> &'a TarEntry {
     index
         .entries
         .iter()
@@ -41,7 +41,7 @@ fn indexes_every_kind_with_metadata() {
         .device(EntryType::Block, "dev/sda", 8, 0)
         .dir_with(header(EntryType::Fifo, 0o600), "run/fifo");
     let raw = tar.bytes();
-    let index = index_layer(&raw[..]).unwrap();
+    let index = read_entries(&raw[..]).unwrap();
     assert!(index.whiteouts.is_empty());
 
     let paths: Vec<_> = index.entries.iter().map(|e| e.path.clone()).collect();
@@ -154,7 +154,7 @@ fn long_names_and_targets_gnu_and_pax() {
     tar.raw(ustar, b"pax-symlink", b"truncated", b"");
 
     let raw = tar.bytes();
-    let index = index_layer(&raw[..]).unwrap();
+    let index = read_entries(&raw[..]).unwrap();
     assert_eq!(content(&raw, entry(&index, &gnu_path)), b"gnu content");
     assert_eq!(content(&raw, entry(&index, &pax_path)), b"pax content");
     assert_eq!(
@@ -193,7 +193,7 @@ fn content_offsets_address_file_bytes() {
         .pax(&[("SCHILY.xattr.user.a", b"b")])
         .file("after-pax", b"tail");
     let raw = tar.bytes();
-    let index = index_layer(&raw[..]).unwrap();
+    let index = read_entries(&raw[..]).unwrap();
     assert_eq!(index.entries.len(), 4);
     for (path, expected) in [
         ("empty", &b""[..]),
@@ -230,7 +230,7 @@ fn whiteouts_are_recorded_not_listed() {
 
     let err = TestTar::new().file("a/.wh..", b"").bytes();
     assert!(matches!(
-        index_layer(&err[..]),
+        read_entries(&err[..]),
         Err(LayerError::InvalidWhiteout { .. })
     ));
 }
@@ -257,7 +257,7 @@ fn absolute_paths_are_made_relative() {
         b"",
     );
     let raw = tar.bytes();
-    let index = index_layer(&raw[..]).unwrap();
+    let index = read_entries(&raw[..]).unwrap();
     assert_eq!(content(&raw, entry(&index, "etc/hostname")), b"box");
     assert_eq!(
         entry(&index, "etc/alias").kind,
@@ -280,7 +280,7 @@ fn escaping_paths_are_rejected() {
     let escape = TestTar::new()
         .raw(file(), b"a/../../etc/passwd", b"", b"x")
         .bytes();
-    match index_layer(&escape[..]) {
+    match read_entries(&escape[..]) {
         Err(e @ LayerError::PathEscapes { .. }) => {
             assert!(e.to_string().contains("a/../../etc/passwd"))
         }
@@ -294,7 +294,7 @@ fn escaping_paths_are_rejected() {
             b"",
         )
         .bytes();
-    match index_layer(&link[..]) {
+    match read_entries(&link[..]) {
         Err(e @ LayerError::HardlinkEscapes { .. }) => {
             let msg = e.to_string();
             assert!(
@@ -325,7 +325,7 @@ fn nul_in_pax_path_is_rejected() {
         .file("x", b"")
         .bytes();
     assert!(matches!(
-        index_layer(&raw[..]),
+        read_entries(&raw[..]),
         Err(LayerError::NulByte { .. })
     ));
 }
@@ -337,13 +337,13 @@ fn truncated_and_garbage_tars_are_malformed() {
         .file("second", &[7u8; 2000])
         .bytes();
     for cut in [700, 1100, 1600] {
-        match index_layer(&raw[..cut]) {
+        match read_entries(&raw[..cut]) {
             Err(LayerError::MalformedTar { .. }) => {}
             other => panic!("cut at {cut}: expected MalformedTar, got {other:?}"),
         }
     }
     let garbage: Vec<u8> = (0..2048u32).map(|i| (i * 7 + 1) as u8).collect();
-    match index_layer(&garbage[..]) {
+    match read_entries(&garbage[..]) {
         Err(e @ LayerError::MalformedTar { .. }) => assert!(e.to_string().contains("cksum")),
         other => panic!("expected MalformedTar, got {other:?}"),
     }
@@ -361,7 +361,7 @@ fn source_errors_are_not_called_malformed() {
         }
     }
     assert!(matches!(
-        index_layer(Failing),
+        read_entries(Failing),
         Err(LayerError::Read { offset: 0, .. })
     ));
 }
@@ -374,7 +374,7 @@ fn sparse_and_exotic_entries_are_rejected() {
         .expect("gnu header")
         .set_real_size(0);
     let gnu_sparse = TestTar::new().dir_with(sparse_header, "holes").bytes();
-    match index_layer(&gnu_sparse[..]) {
+    match read_entries(&gnu_sparse[..]) {
         Err(e @ LayerError::UnsupportedSparse { .. }) => assert!(e.to_string().contains("holes")),
         other => panic!("expected UnsupportedSparse, got {other:?}"),
     }
@@ -383,14 +383,14 @@ fn sparse_and_exotic_entries_are_rejected() {
         .file("GNUSparseFile.0/holes", b"")
         .bytes();
     assert!(matches!(
-        index_layer(&pax_sparse[..]),
+        read_entries(&pax_sparse[..]),
         Err(LayerError::UnsupportedSparse { .. })
     ));
     let volume = TestTar::new()
         .dir_with(header(EntryType::new(b'V'), 0o644), "label")
         .bytes();
     assert!(matches!(
-        index_layer(&volume[..]),
+        read_entries(&volume[..]),
         Err(LayerError::UnsupportedEntryType {
             type_byte: b'V',
             ..
@@ -407,5 +407,5 @@ fn index_serializes_compactly() {
         .file(".wh.gone", b"")
         .index();
     let bytes = postcard::to_allocvec(&index).unwrap();
-    assert_eq!(postcard::from_bytes::<LayerIndex>(&bytes).unwrap(), index);
+    assert_eq!(postcard::from_bytes::<EntryTable>(&bytes).unwrap(), index);
 }

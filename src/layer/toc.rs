@@ -192,13 +192,13 @@ impl Builder<'_> {
         }
         let kind = member_kind(entry, self.content_end).map_err(err)?;
         let meta = member_meta(entry).map_err(err)?;
-        let entries_before = self.layer.index.entries.len();
+        let entries_before = self.layer.table.entries.len();
         self.layer
-            .index
+            .table
             .add_member(entry.name.as_bytes(), kind, meta)?;
         // Whiteouts and reserved names add no entry: any payload of theirs
         // belongs to no file and gets no content space.
-        let added = self.layer.index.entries.len() > entries_before;
+        let added = self.layer.table.entries.len() > entries_before;
         if added && entry.kind == "reg" && entry.size > 0 {
             let content_end = (self.content_end.checked_add(entry.size))
                 .ok_or_else(|| err("sizes overflow".into()))?;

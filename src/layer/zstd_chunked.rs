@@ -15,9 +15,11 @@
 use std::collections::BTreeMap;
 
 use super::toc::{Format, chunked_layer};
-use super::{ChunkCodec, ChunkedLayer, LayerError};
+use super::{
+    ChunkCodec, ChunkedLayer, LayerError, ZSTD_CHUNKED_LEGACY_TOC_ANNOTATION,
+    ZSTD_CHUNKED_TOC_ANNOTATION,
+};
 use crate::digest::Digest;
-use crate::image::{ZSTD_CHUNKED_LEGACY_TOC_ANNOTATION, ZSTD_CHUNKED_TOC_ANNOTATION};
 
 const FORMAT: Format = Format {
     name: "zstd:chunked",

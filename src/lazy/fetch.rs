@@ -27,11 +27,11 @@ use super::LazyOptions;
 use super::decode::{self, DeflateResume};
 use super::pool::Workers;
 use super::source::RangeSource;
-use super::stats::Stats;
 use super::write_queue::WriteQueue;
 use crate::digest::Digest;
 use crate::error::{Error, ReadError, Result};
 use crate::layer::{Chunk, ChunkCodec};
+use crate::rootfs::Stats;
 use crate::store::{Blob, Store};
 
 /// Gaps up to this size between chunks are fetched rather than split into two requests.

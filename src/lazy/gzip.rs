@@ -12,13 +12,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 
-use super::artifact::GzipResume;
 use super::decode::DeflateResume;
 use super::fetch::{ChunkFetcher, LazyBlob};
 use super::source::RangeSource;
+use crate::chunkmap::GzipResume;
 use crate::digest::Digest;
 use crate::error::Result;
-use crate::layer::{Chunk, ChunkCodec, gzip_index};
+use crate::layer::{Chunk, ChunkCodec, gzip_checkpoints};
 use crate::store::Blob;
 
 pub struct GzipSpans {
@@ -167,12 +167,12 @@ impl DeflateResume for GzipSpans {
             return slice_of(tar, content);
         }
         let Some(w) = *window_of else {
-            return gzip_index::inflate_span(point, &[], compressed, out_len);
+            return gzip_checkpoints::inflate_span(point, &[], compressed, out_len);
         };
         let w = w as usize;
         let size = self.windows.chunks[w].content_size as usize;
         if let Some(before) = window.filter(|c| c.len() >= size) {
-            return gzip_index::inflate_span(
+            return gzip_checkpoints::inflate_span(
                 point,
                 &before[before.len() - size..],
                 compressed,
@@ -185,7 +185,7 @@ impl DeflateResume for GzipSpans {
             .window_from_previous_span(k, w)
             .or_else(|| self.fetcher.peek(&self.windows.chunks[w].digest))
         {
-            Some(window) => gzip_index::inflate_span(point, &window, compressed, out_len),
+            Some(window) => gzip_checkpoints::inflate_span(point, &window, compressed, out_len),
             None => {
                 let failed = io::Error::new(
                     io::ErrorKind::NotFound,

@@ -5,18 +5,17 @@
 //! coalescing, verification via [`decode`]) → the store → [`ImageContent`], the
 //! [`ContentReader`] the FUSE adapter calls.
 
-pub mod artifact;
 pub mod decode;
 pub mod fetch;
 mod gzip;
+pub mod index_artifact;
 mod pool;
 pub mod prefetch;
 pub mod prepare;
 pub mod source;
-pub mod stats;
 #[cfg(test)]
 mod tests;
-mod toc;
+mod toc_fetch;
 mod write_queue;
 
 use std::ops::Range;
@@ -27,13 +26,12 @@ use bytes::{Bytes, BytesMut};
 
 use crate::config::Config;
 use crate::error::{ReadError, Result};
-use crate::rootfs::ContentReader;
+use crate::rootfs::{ContentReader, Stats};
 use crate::store::Blob;
 use crate::tree::ContentLocation;
 pub use fetch::{ChunkFetcher, LazyBlob};
 pub use gzip::GzipSpans;
-pub use prepare::{ChunkMap, MapSource, pull_lazy};
-pub use stats::{Stats, StatsReport};
+pub use prepare::pull_lazy;
 
 /// How far from the last read's end a read still counts as sequential.
 const SEQUENTIAL_SLACK: u64 = 1 << 20;
@@ -305,10 +303,6 @@ impl ContentReader for ImageContent {
         len: usize,
     ) -> Option<Result<Bytes>> {
         self.read_layer(location, offset, len, true).transpose()
-    }
-
-    fn stats(&self) -> Option<StatsReport> {
-        Some(self.stats.report())
     }
 
     fn fill(&self, max_rate: Option<u64>) -> Result<u64> {

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::StatsReport;
 use crate::error::{Error, Result};
 use crate::rootfs::{ContentReader, RootFs};
 use crate::tree::{ContentLocation, Ino, InodeKind, ROOT_INO, Tree};
@@ -73,10 +72,6 @@ impl ContentReader for Recorder {
         let ready = self.inner.read_ready(location, offset, len)?;
         self.note(location);
         Some(ready)
-    }
-
-    fn stats(&self) -> Option<StatsReport> {
-        self.inner.stats()
     }
 
     fn fill(&self, max_rate: Option<u64>) -> Result<u64> {

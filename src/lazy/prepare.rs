@@ -4,111 +4,19 @@
 //! none is fetched whole, and the user is told how to make it lazy next time.
 
 use futures_util::{StreamExt, TryStreamExt};
-use serde::{Deserialize, Serialize};
 
-use super::artifact::{self, GzipResume};
+use super::index_artifact;
+use crate::chunkmap::ChunkMap;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::{Descriptor, ImageConfig, LayerFormat, Manifest, Platform};
-use crate::layer::ChunkedLayer;
 use crate::pull::{self, Gate, Progress, PullPolicy, PullReport};
 use crate::reference::ImageRef;
 use crate::registry::RegistryClient;
-use crate::store::{Derived, Store};
+use crate::store::Store;
 
-/// Bumped whenever [`ChunkMap`]'s encoding changes; older maps are rebuilt.
-/// 2: maps carry the repository holding their auxiliary blobs ([`BlobHome`]).
-const CHUNK_MAP_VERSION: u32 = 2;
 /// Layers whose table of contents is fetched at once.
 const PARALLEL_TOCS: usize = 4;
-
-/// Where a layer's chunk map came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MapSource {
-    Estargz,
-    ZstdChunked,
-    /// A lazyimg index artifact pushed beside the image.
-    LazyimgIndex,
-}
-
-/// A repository of a registry: where blobs that are not the layer itself can
-/// be fetched from.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct BlobHome {
-    /// The host (and port) blobs are fetched from, after registry mapping.
-    pub registry: String,
-    pub repository: String,
-}
-
-impl BlobHome {
-    /// The repository `image` is fetched from.
-    pub fn of(image: &ImageRef) -> BlobHome {
-        BlobHome {
-            registry: image.source.registry().to_string(),
-            repository: image.source.repository().to_string(),
-        }
-    }
-}
-
-/// Everything needed to read one layer lazily; kept as derived data under the
-/// layer's digest, so it is shared by every image holding the layer, whatever
-/// its repository: it must say itself where its other blobs are.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ChunkMap {
-    pub version: u32,
-    pub source: MapSource,
-    pub layer: ChunkedLayer,
-    /// For gzip layers read through a lazyimg index.
-    pub gzip: Option<GzipResume>,
-    /// Where the map's auxiliary blobs (the gzip windows of a lazyimg index)
-    /// are: the repository whose index it came from. Other images sharing the
-    /// layer need not hold them. `None` for maps with no auxiliary blobs.
-    pub home: Option<BlobHome>,
-}
-
-impl ChunkMap {
-    pub fn new(source: MapSource, layer: ChunkedLayer, gzip: Option<GzipResume>) -> ChunkMap {
-        ChunkMap {
-            version: CHUNK_MAP_VERSION,
-            source,
-            layer,
-            gzip,
-            home: None,
-        }
-    }
-
-    /// The same map, its auxiliary blobs held by `home`.
-    pub fn kept_in(self, home: BlobHome) -> ChunkMap {
-        ChunkMap {
-            home: Some(home),
-            ..self
-        }
-    }
-
-    /// Identifies the content space the map lays out: the sha256 of its layer
-    /// index (entries and their content offsets) as postcard encodes it. A tree
-    /// is built from layer indexes alone, so it fits any map of equal identity,
-    /// and only those: an eStargz TOC map and a lazyimg-index map of one blob
-    /// place the same file at different offsets.
-    pub fn content_identity(&self) -> Digest {
-        let bytes =
-            postcard::to_stdvec(&self.layer.index).expect("a layer index always serialises");
-        Digest::of(&bytes)
-    }
-
-    /// The map saved for `layer`, if there is a usable one.
-    pub fn load(store: &Store, layer: &Digest) -> Option<ChunkMap> {
-        let bytes = store.read_derived(Derived::ChunkMap, layer).ok()??;
-        postcard::from_bytes::<ChunkMap>(&bytes)
-            .ok()
-            .filter(|map| map.version == CHUNK_MAP_VERSION)
-    }
-
-    pub fn save(&self, store: &Store, layer: &Digest) -> Result<()> {
-        let bytes = postcard::to_stdvec(self).expect("a chunk map always serialises");
-        store.write_derived(Derived::ChunkMap, layer, &bytes)
-    }
-}
 
 /// The manifest digest of `image` for `wanted`, made mountable by
 /// [`pull_lazy`] first when `policy` and the cache say so. `gate` judges the
@@ -202,7 +110,7 @@ pub async fn pull_lazy(
     let mut indexed = if needed.is_empty() {
         Default::default()
     } else {
-        artifact::find(store, registry, image, &resolved.manifest_digest, &needed).await?
+        index_artifact::find(store, registry, image, &resolved.manifest_digest, &needed).await?
     };
     let maps: Vec<(&Descriptor, Option<ChunkMap>)> = futures_util::stream::iter(needed)
         .map(|layer| {
@@ -253,8 +161,10 @@ async fn find_chunk_map(
     layer: &Descriptor,
 ) -> Result<Option<ChunkMap>> {
     match LayerFormat::of(layer) {
-        LayerFormat::Estargz => super::toc::estargz_map(registry, image, layer).await,
-        LayerFormat::ZstdChunked => super::toc::zstd_chunked_map(registry, image, layer).await,
+        LayerFormat::Estargz => super::toc_fetch::estargz_map(registry, image, layer).await,
+        LayerFormat::ZstdChunked => {
+            super::toc_fetch::zstd_chunked_map(registry, image, layer).await
+        }
         _ => Ok(None),
     }
 }

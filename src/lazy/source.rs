@@ -10,7 +10,7 @@ use bytes::Bytes;
 use oci_client::Reference;
 use tokio::runtime::Handle;
 
-use super::prepare::BlobHome;
+use crate::chunkmap::BlobHome;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::Descriptor;
@@ -47,7 +47,7 @@ pub trait RangeSource: Send + Sync + 'static {
 }
 
 /// A source that fetches some blobs from other sources: the auxiliary blobs of
-/// chunk maps shared across repositories ([`crate::lazy::ChunkMap::home`]),
+/// chunk maps shared across repositories ([`crate::chunkmap::ChunkMap::home`]),
 /// from the repositories that hold them.
 pub struct Routed {
     default: Arc<dyn RangeSource>,

@@ -14,6 +14,7 @@ use super::source::RangeSource;
 use super::*;
 use crate::digest::Digest;
 use crate::layer::{Chunk, ChunkCodec};
+use crate::rootfs::Stats;
 use crate::store::Store;
 
 /// A blob made of one gzip member per chunk, like eStargz.
@@ -113,6 +114,7 @@ struct Setup {
     _dir: tempfile::TempDir,
     source: Arc<FakeSource>,
     content: ImageContent,
+    stats: Arc<Stats>,
     blob: TestBlob,
     location: ContentLocation,
 }
@@ -146,12 +148,13 @@ fn setup(blob: TestBlob, readahead: u64) -> Setup {
         vec![LayerContent::Chunked(Arc::new(lazy))],
         Some(fetcher),
         readahead,
-        stats,
+        Arc::clone(&stats),
     );
     Setup {
         _dir: dir,
         source,
         content,
+        stats,
         blob,
         location,
     }
@@ -187,7 +190,7 @@ fn reads_across_chunks_return_exactly_the_content() {
             "{offset}+{len}"
         );
     }
-    let stats = s.content.stats().unwrap();
+    let stats = s.stats.report();
     assert_eq!(stats.verification_failures, 0);
     assert!(stats.cache_hits + stats.chunks_fetched >= 15);
 }
@@ -229,7 +232,7 @@ fn concurrent_readers_share_one_fetch_per_chunk() {
             });
         }
     });
-    let stats = s.content.stats().unwrap();
+    let stats = s.stats.report();
     assert_eq!(stats.chunks_fetched, 16, "each chunk fetched once");
     let fetched: u64 = s
         .source
@@ -259,7 +262,7 @@ fn a_changed_byte_fails_every_read_of_its_chunk_and_no_other() {
         let good = s.content.read(&s.location, 8_000, 100).unwrap();
         assert_eq!(&good[..], &s.blob.content[8_000..8_100]);
     }
-    let stats = s.content.stats().unwrap();
+    let stats = s.stats.report();
     assert_eq!(stats.verification_failures, 5);
 }
 
@@ -272,7 +275,7 @@ fn a_registry_that_is_down_fails_the_read_and_the_next_read_recovers() {
     s.source.down.store(false, Ordering::SeqCst);
     let got = s.content.read(&s.location, 0, 100).unwrap();
     assert_eq!(&got[..], &s.blob.content[..100]);
-    assert_eq!(s.content.stats().unwrap().fetch_failures, 1);
+    assert_eq!(s.stats.report().fetch_failures, 1);
 }
 
 #[test]
@@ -287,7 +290,7 @@ fn a_registry_that_ignores_ranges_gets_one_whole_verified_download() {
         );
     }
     assert_eq!(s.source.whole_fetches.load(Ordering::SeqCst), 1);
-    assert_eq!(s.content.stats().unwrap().whole_blob_fallbacks, 1);
+    assert_eq!(s.stats.report().whole_blob_fallbacks, 1);
 }
 
 #[test]
@@ -308,7 +311,7 @@ fn chunks_are_served_from_the_store_once_cached() {
     s.source.down.store(true, Ordering::SeqCst);
     let got = s.content.read(&s.location, 0, 40_000).unwrap();
     assert_eq!(&got[..], &s.blob.content[..]);
-    assert!(s.content.stats().unwrap().cache_hits >= 5);
+    assert!(s.stats.report().cache_hits >= 5);
 }
 
 #[test]
@@ -321,7 +324,7 @@ fn sequential_reads_fetch_each_chunk_once_in_window_sized_requests() {
             &s.blob.content[offset as usize..offset as usize + 4_000]
         );
     }
-    let stats = s.content.stats().unwrap();
+    let stats = s.stats.report();
     assert_eq!(stats.chunks_fetched, 64, "{stats:?}");
     let requests = s.source.requests.lock().unwrap().len();
     // A window (4 chunks) is claimed again once the reader is half way in.
@@ -397,7 +400,7 @@ fn concurrent_readers_of_a_layer_without_ranges_share_one_whole_download() {
         }
     });
     assert_eq!(s.source.whole_fetches.load(Ordering::SeqCst), 1);
-    assert_eq!(s.content.stats().unwrap().whole_blob_fallbacks, 1);
+    assert_eq!(s.stats.report().whole_blob_fallbacks, 1);
 }
 
 #[test]

@@ -21,10 +21,12 @@ use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 
+use crate::config::NetworkConfig;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::reference::Endpoint;
 use crate::secret::Credentials;
+use crate::store::BlobSink;
 pub use retry::RetryPolicy;
 
 /// Media types lazyimg asks for: OCI and Docker v2 schema 2, single and multi-platform.
@@ -44,21 +46,24 @@ pub struct ClientOptions {
 }
 
 impl Default for ClientOptions {
+    /// `[network]`'s defaults.
     fn default() -> Self {
-        ClientOptions {
-            connect_timeout: Duration::from_secs(10),
-            read_timeout: Duration::from_secs(30),
-            retry: RetryPolicy::default(),
-        }
+        ClientOptions::from_config(&NetworkConfig::default())
     }
 }
 
-/// Where downloaded blob bytes go. The sink hashes them; a download that restarts
-/// from zero (the registry ignored a Range request) calls [`BlobSink::restart`].
-pub trait BlobSink: Send {
-    fn write(&mut self, bytes: &[u8]) -> Result<()>;
-    fn restart(&mut self) -> Result<()>;
-    fn written(&self) -> u64;
+impl ClientOptions {
+    /// The options `[network]` sets; zero timeouts and tries count as one.
+    pub fn from_config(network: &NetworkConfig) -> ClientOptions {
+        ClientOptions {
+            connect_timeout: Duration::from_secs(network.connect_timeout.max(1)),
+            read_timeout: Duration::from_secs(network.read_timeout.max(1)),
+            retry: RetryPolicy {
+                attempts: network.attempts.max(1),
+                ..RetryPolicy::default()
+            },
+        }
+    }
 }
 
 /// A connection to one registry host with one set of credentials.

@@ -5,17 +5,17 @@
 //! [`ContentReader`] returns verified file bytes. How those bytes are found (whole
 //! cached layers today, ranged chunk fetches later) stays behind the trait.
 
-mod open;
+pub mod stats;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::error::Result;
-pub use open::{open_image, open_view};
+pub use stats::{Stats, StatsReport};
 
 use crate::digest::Digest;
-use crate::layer::LayerIndex;
+use crate::layer::EntryTable;
 use crate::tree::{ContentLocation, OverlayXattrs, Tree, TreeError};
 
 /// Reads regular-file content. Implementations return only verified bytes and may
@@ -39,11 +39,6 @@ pub trait ContentReader: Send + Sync + 'static {
         None
     }
 
-    /// Transfer counters, for readers that fetch.
-    fn stats(&self) -> Option<crate::lazy::StatsReport> {
-        None
-    }
-
     /// Fetches everything not yet cached, at most `max_rate` bytes per second
     /// on average; returns the bytes fetched. Nothing to do for local content.
     fn fill(&self, max_rate: Option<u64>) -> Result<u64> {
@@ -56,6 +51,10 @@ pub trait ContentReader: Send + Sync + 'static {
 pub struct RootFs {
     pub tree: Tree,
     pub content: Arc<dyn ContentReader>,
+    /// What reading the content cost (`lazyimg stats`): a handle of its own,
+    /// shared with the readers that count into it; `None` for content that
+    /// keeps no counters.
+    pub stats: Option<Arc<Stats>>,
 }
 
 /// Which tree of an image a [`RootFs`] serves; every view reads file bytes
@@ -73,7 +72,9 @@ pub enum View {
 }
 
 impl View {
-    fn build(self, layers: &[LayerIndex]) -> std::result::Result<Tree, TreeError> {
+    /// This view's tree of an image whose layers have these entry tables,
+    /// bottom layer first.
+    pub fn build(self, layers: &[EntryTable]) -> std::result::Result<Tree, TreeError> {
         match self {
             View::Merged => Tree::build(layers),
             View::Layers(xattrs) => Tree::overlay_layers(layers, xattrs),
@@ -82,7 +83,7 @@ impl View {
 
     /// Key of the view's cached tree, given the merged tree's key: each view
     /// of one image is cached apart.
-    fn tree_key(self, merged: Digest) -> Digest {
+    pub fn tree_key(self, merged: Digest) -> Digest {
         match self {
             View::Merged => merged,
             View::Layers(xattrs) => {

@@ -4,8 +4,8 @@
 //! Two steps, so the approved-image policy can look at the digest in between:
 //! [`plan`] fetches and verifies every manifest (an index and all of its platforms,
 //! as `skopeo copy --all` does) and lists the blobs; [`Seeder::copy`] then either
-//! pushes them ([`Mode::Push`]) or fetches them through a pull-through cache so it
-//! keeps them ([`Mode::PullThrough`]).
+//! pushes them ([`SeedMode::Push`]) or fetches them through a pull-through cache so it
+//! keeps them ([`SeedMode::PullThrough`]).
 //!
 //! Pushing is resumable: each blob already at the target (HEAD) is skipped, one the
 //! target holds in another repository is mounted from there, and the rest are
@@ -13,6 +13,7 @@
 //! the cache lacks. Manifests go last, with their exact bytes and media type (the
 //! tag last of all), and the tag is read back to check the digest.
 
+mod index_artifacts;
 mod locations;
 mod plan;
 mod tee;
@@ -24,15 +25,16 @@ use std::time::Instant;
 
 use futures_util::{StreamExt, TryStreamExt};
 use oci_client::{Reference, RegistryOperation};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+use crate::config::SeedMode;
 use crate::digest::{Digest, Hasher};
 use crate::error::{Error, Result};
 use crate::image::Descriptor;
 use crate::pull::{Progress, ProgressTask};
 use crate::reference::ImageRef;
-use crate::registry::{BlobSink, RegistryClient};
-use crate::store::Store;
+use crate::registry::RegistryClient;
+use crate::store::{BlobSink, Store};
 pub use locations::Locations;
 pub use plan::{Document, Plan, PlannedBlob, plan};
 
@@ -42,26 +44,6 @@ const STREAM_THROUGH_MIN: u64 = 1 << 20;
 
 /// Blobs copied at once unless told otherwise.
 pub const DEFAULT_JOBS: usize = 4;
-
-/// How the target registry gets the image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    /// Upload to a registry that accepts pushes.
-    #[default]
-    Push,
-    /// Fetch everything through a pull-through cache of the source, so it keeps it.
-    PullThrough,
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mode::Push => "push",
-            Mode::PullThrough => "pull-through",
-        })
-    }
-}
 
 /// Where images are seeded: `host[:port][/prefix]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,7 +106,7 @@ impl Target {
 pub struct SeedReport {
     pub image: String,
     pub target: String,
-    pub mode: Mode,
+    pub mode: SeedMode,
     pub digest: String,
     pub manifests: usize,
     pub blobs: usize,
@@ -165,11 +147,11 @@ pub struct Seeder<'a> {
 
 impl Seeder<'_> {
     /// Copies what `plan` lists to `target` (the image's name at the target).
-    pub async fn copy(&self, plan: &Plan, target: &ImageRef, mode: Mode) -> Result<SeedReport> {
+    pub async fn copy(&self, plan: &Plan, target: &ImageRef, mode: SeedMode) -> Result<SeedReport> {
         let started = Instant::now();
         let outcomes = match mode {
-            Mode::Push => self.push(plan, target).await?,
-            Mode::PullThrough => self.warm(plan, target).await?,
+            SeedMode::Push => self.push(plan, target).await?,
+            SeedMode::PullThrough => self.warm(plan, target).await?,
         };
         let mut report = SeedReport {
             image: plan.image.to_string(),

@@ -20,7 +20,7 @@ use futures_util::Stream;
 use tokio::sync::Notify;
 
 use crate::error::{Error, Result};
-use crate::registry::BlobSink;
+use crate::store::BlobSink;
 use crate::store::{Blob, BlobWriter};
 
 /// Bytes queued for the upload at most, per blob.

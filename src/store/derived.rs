@@ -1,4 +1,4 @@
-//! Data derived from verified content (layer indexes, merged trees), kept beside
+//! Data derived from verified content (entry tables, merged trees), kept beside
 //! the blobs and named by the digest of what it was derived from.
 //!
 //! Derived files are caches, not content: a missing or unreadable one is simply
@@ -14,11 +14,11 @@ use crate::error::{Error, Result};
 /// What a derived file holds; each kind has its own directory.
 #[derive(Debug, Clone, Copy)]
 pub enum Derived {
-    /// A layer's tar index, by the layer's uncompressed digest (diff_id).
-    LayerIndex,
+    /// A layer's entry table, by the layer's uncompressed digest (diff_id).
+    EntryTable,
     /// A merged tree, by image manifest digest.
     Tree,
-    /// How to read a layer lazily (`lazy::ChunkMap`), by the layer's digest.
+    /// How to read a layer lazily (`chunkmap::ChunkMap`), by the layer's digest.
     ChunkMap,
     /// The files to fetch first when mounting, from the image's lazyimg index,
     /// by image manifest digest.
@@ -28,7 +28,7 @@ pub enum Derived {
 impl Derived {
     fn dir(self) -> &'static str {
         match self {
-            Derived::LayerIndex => "derived/layer-index",
+            Derived::EntryTable => "derived/layer-index",
             Derived::Tree => "derived/tree",
             Derived::ChunkMap => "derived/chunk-map",
             Derived::PrefetchList => "derived/prefetch",
@@ -37,9 +37,9 @@ impl Derived {
 }
 
 impl Store {
-    /// Removes layer indexes whose uncompressed layer is no longer stored
+    /// Removes entry tables whose uncompressed layer is no longer stored
     /// (evicted): only that blob can use them, and opening it again rebuilds
-    /// its index. Returns how many were removed. Run under the eviction lock.
+    /// its entry table. Returns how many were removed. Run under the eviction lock.
     ///
     /// The other kinds stay, because their names cannot tell whether their
     /// source is gone: a chunk map is named after a layer blob that a lazy
@@ -50,7 +50,7 @@ impl Store {
     /// # Errors
     /// [`Error::Io`] when the directory cannot be listed or a file not removed.
     pub(super) fn prune_orphaned_layer_indexes(&self) -> Result<usize> {
-        let dir = self.root.join(Derived::LayerIndex.dir());
+        let dir = self.root.join(Derived::EntryTable.dir());
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),

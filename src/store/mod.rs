@@ -4,7 +4,7 @@
 //! - `blobs/sha256/<hex>`: content whose sha256 is `<hex>`: whole blobs today, verified
 //!   chunks of blobs later (a chunk is content too, named by its own digest).
 //! - `refs/`: image names → manifest digests, so a cached image opens offline.
-//! - `derived/`: layer indexes and merged trees, named by the digest they came from.
+//! - `derived/`: entry tables and merged trees, named by the digest they came from.
 //! - `tmp/`: downloads in progress; renamed into `blobs/` only once verified.
 //! - `logs/`: mount daemons' logs, `mount-<pid>.log`, pruned by [`Store::prune_logs`].
 //! - `lock`: held exclusively while evicting.
@@ -35,6 +35,14 @@ pub use logs::{DAEMON_LOG_MAX_AGE, LogPruneReport};
 use recency::OpenBlobs;
 pub use refs::ImageRecord;
 pub use writer::BlobWriter;
+
+/// Where downloaded blob bytes go. The sink hashes them; a download that restarts
+/// from zero (the registry ignored a Range request) calls [`BlobSink::restart`].
+pub trait BlobSink: Send {
+    fn write(&mut self, bytes: &[u8]) -> Result<()>;
+    fn restart(&mut self) -> Result<()>;
+    fn written(&self) -> u64;
+}
 
 /// Leftover downloads of a crashed process older than this are removed.
 const STALE_TMP_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -252,7 +260,7 @@ impl Store {
 
     /// Evicts least recently used blobs until the store holds at most `max_size`
     /// bytes, never touching `keep` (content in use by the caller); then removes
-    /// the layer indexes of uncompressed layers no longer stored (see
+    /// the entry tables of uncompressed layers no longer stored (see
     /// `prune_orphaned_layer_indexes` for why only those).
     pub fn prune(&self, max_size: u64, keep: &[Digest]) -> Result<PruneReport> {
         let lock_path = self.root.join("lock");

@@ -1,7 +1,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::*;
-use crate::registry::BlobSink;
+use crate::store::BlobSink;
 
 fn store(max: u64) -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
@@ -117,7 +117,7 @@ fn prune_drops_layer_indexes_of_evicted_layers_and_keeps_other_derived_data() {
     age(&store, &evicted, 1000);
     for tar in [kept, evicted] {
         store
-            .write_derived(Derived::LayerIndex, &tar, b"index")
+            .write_derived(Derived::EntryTable, &tar, b"index")
             .unwrap();
     }
     // Named after layers a lazy mount never stores: kept whatever is evicted.
@@ -133,13 +133,13 @@ fn prune_drops_layer_indexes_of_evicted_layers_and_keeps_other_derived_data() {
     assert_eq!((report.removed, report.derived_removed), (1, 1));
     assert!(
         store
-            .read_derived(Derived::LayerIndex, &kept)
+            .read_derived(Derived::EntryTable, &kept)
             .unwrap()
             .is_some()
     );
     assert!(
         store
-            .read_derived(Derived::LayerIndex, &evicted)
+            .read_derived(Derived::EntryTable, &evicted)
             .unwrap()
             .is_none()
     );

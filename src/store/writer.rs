@@ -6,10 +6,10 @@ use std::io::{BufWriter, Seek, Write};
 
 use tempfile::NamedTempFile;
 
+use super::BlobSink;
 use super::Store;
 use crate::digest::{Digest, Hasher};
 use crate::error::{Error, Result};
-use crate::registry::BlobSink;
 
 pub struct BlobWriter<'a> {
     store: &'a Store,

@@ -1,4 +1,4 @@
-//! Applies layer indexes bottom to top (OCI image-spec changeset rules, as
+//! Applies layers' entry tables bottom to top (OCI image-spec changeset rules, as
 //! `umoci unpack` and podman's overlay storage produce), then freezes the
 //! result into the inode table.
 
@@ -10,11 +10,11 @@ use super::{
     ContentLocation, DirEntry, Directory, Ino, Inode, InodeKind, ROOT_INO, Tree, TreeError,
 };
 use crate::layer::path::split_parent;
-use crate::layer::{Device, EntryKind, LayerIndex, TarEntry, Timestamp, Whiteout};
+use crate::layer::{Device, EntryKind, EntryTable, TarEntry, Timestamp, Whiteout};
 
 impl Tree {
     /// Merges `layers`, bottom layer first.
-    pub fn build(layers: &[LayerIndex]) -> Result<Tree, TreeError> {
+    pub fn build(layers: &[EntryTable]) -> Result<Tree, TreeError> {
         let mut merged = Merge::new();
         for (number, layer) in numbered(layers)? {
             merged.apply_layer(number, layer)?;
@@ -25,8 +25,8 @@ impl Tree {
 
 /// `layers` with their layer numbers, which must fit a [`ContentLocation`].
 pub(super) fn numbered(
-    layers: &[LayerIndex],
-) -> Result<impl Iterator<Item = (u32, &LayerIndex)>, TreeError> {
+    layers: &[EntryTable],
+) -> Result<impl Iterator<Item = (u32, &EntryTable)>, TreeError> {
     if u32::try_from(layers.len()).is_err() {
         return Err(TreeError::TooManyLayers {
             count: layers.len(),
@@ -117,7 +117,7 @@ impl Merge {
         }
     }
 
-    fn apply_layer(&mut self, layer: u32, index: &LayerIndex) -> Result<(), TreeError> {
+    fn apply_layer(&mut self, layer: u32, index: &EntryTable) -> Result<(), TreeError> {
         self.apply_whiteouts(index);
         index
             .entries
@@ -128,7 +128,7 @@ impl Merge {
     /// Whiteouts only hide lower layers, so they go before the layer's
     /// entries; those then land regardless of where the markers sat in the
     /// tar.
-    pub(super) fn apply_whiteouts(&mut self, index: &LayerIndex) {
+    pub(super) fn apply_whiteouts(&mut self, index: &EntryTable) {
         for whiteout in &index.whiteouts {
             self.apply_whiteout(whiteout);
         }

@@ -1,4 +1,4 @@
-//! The merged, read-only view of an image: layer indexes applied bottom to
+//! The merged, read-only view of an image: layers' entry tables applied bottom to
 //! top with the OCI changeset rules, frozen into an inode table that the
 //! FUSE adapter queries. [`Tree::overlay_layers`] freezes the layers'
 //! unmerged views in overlayfs lower-layer format instead.

@@ -39,7 +39,7 @@ use super::Tree;
 use super::TreeError;
 use super::build::{Merge, Meta, NodeId, NodeKind, ROOT, components, numbered};
 use crate::layer::path::split_parent;
-use crate::layer::{Device, LayerIndex, Timestamp, Whiteout};
+use crate::layer::{Device, EntryTable, Timestamp, Whiteout};
 
 /// The xattr namespace overlayfs reads its markers from, which the mount
 /// chooses: `trusted.overlay.*` by default, `user.overlay.*` with the
@@ -94,7 +94,7 @@ impl Tree {
     /// the root's directories [`layer_dir_name`]; see the module docs.
     /// Mounting them with `lowerdir=N:…:1:0` (top layer first) shows what
     /// [`Tree::build`] of `layers` shows.
-    pub fn overlay_layers(layers: &[LayerIndex], xattrs: OverlayXattrs) -> Result<Tree, TreeError> {
+    pub fn overlay_layers(layers: &[EntryTable], xattrs: OverlayXattrs) -> Result<Tree, TreeError> {
         // The merged tree grows alongside the views, in the same arena: it
         // resolves hardlinks and supplies implied directories' metadata,
         // and its non-directory nodes are the views' nodes.
@@ -131,7 +131,7 @@ impl Merge {
     fn add_layer_view(
         &mut self,
         layer: u32,
-        index: &LayerIndex,
+        index: &EntryTable,
         opaque: &mut Vec<NodeId>,
     ) -> Result<NodeId, TreeError> {
         self.apply_whiteouts(index);

@@ -5,10 +5,10 @@ use tar::EntryType;
 
 use super::*;
 use crate::layer::test_tar::{TestTar, header};
-use crate::layer::{EntryKind, LayerIndex, TarEntry, index_layer};
+use crate::layer::{EntryKind, EntryTable, TarEntry, read_entries};
 
 fn build(layers: &mut [&mut TestTar]) -> Tree {
-    let indexes: Vec<LayerIndex> = layers.iter_mut().map(|tar| tar.index()).collect();
+    let indexes: Vec<EntryTable> = layers.iter_mut().map(|tar| tar.index()).collect();
     Tree::build(&indexes).expect("build tree")
 }
 
@@ -50,7 +50,7 @@ fn single_layer_queries() {
         .device(EntryType::Block, "dev/big", 259, 300)
         .dir_with(header(EntryType::Fifo, 0o600), "dev/fifo");
     let raw = tar.bytes();
-    let tree = Tree::build(&[index_layer(&raw[..]).unwrap()]).unwrap();
+    let tree = Tree::build(&[read_entries(&raw[..]).unwrap()]).unwrap();
 
     let root = tree.attr(ROOT_INO).unwrap();
     assert_eq!((root.mode, root.uid, root.st_mode()), (0o700, 7, 0o040700));
@@ -288,7 +288,7 @@ fn bad_hardlinks_name_both_paths() {
 
 #[test]
 fn root_entry_must_be_a_directory() {
-    let index = LayerIndex {
+    let index = EntryTable {
         entries: vec![TarEntry {
             path: OsString::new(),
             kind: EntryKind::Fifo,
@@ -363,7 +363,7 @@ fn large_tree_lookups_are_fast() {
             entries.push(entry(format!("d{d}/f{f}"), kind));
         }
     }
-    let layer = LayerIndex {
+    let layer = EntryTable {
         entries,
         whiteouts: Vec::new(),
     };

@@ -56,7 +56,7 @@ fn toc_error(result: Result<ChunkedLayer, LayerError>) -> String {
 }
 
 fn entry<'a>(layer: &'a ChunkedLayer, path: &str) -> &'a crate::layer::TarEntry {
-    (layer.index.entries.iter())
+    (layer.table.entries.iter())
         .find(|e| e.path == path)
         .unwrap_or_else(|| panic!("no entry {path}"))
 }
@@ -103,7 +103,7 @@ fn every_kind_of_entry_and_multi_chunk_files() {
     let (blob, toc_digest) = estargz(&payload);
 
     let layer = open(&blob, &toc_digest).unwrap();
-    let paths: Vec<_> = layer.index.entries.iter().map(|e| e.path.clone()).collect();
+    let paths: Vec<_> = layer.table.entries.iter().map(|e| e.path.clone()).collect();
     let expected = [
         "",
         "bin",
@@ -118,7 +118,7 @@ fn every_kind_of_entry_and_multi_chunk_files() {
         "zz-last",
     ];
     assert_eq!(paths, expected.map(os));
-    assert!(layer.index.whiteouts.is_empty());
+    assert!(layer.table.whiteouts.is_empty());
 
     let sh = entry(&layer, "bin/sh");
     assert_eq!((sh.mode, sh.uid, sh.gid), (0o4755, 1000, 50));
@@ -209,14 +209,14 @@ fn whiteouts_become_whiteouts_and_take_no_content() {
     let (blob, toc_digest) = estargz(&payload);
     let layer = open(&blob, &toc_digest).unwrap();
     assert_eq!(
-        layer.index.whiteouts,
+        layer.table.whiteouts,
         [
             Whiteout::Remove(os("etc/passwd")),
             Whiteout::Opaque(os("opt")),
             Whiteout::Remove(os("var/cache")),
         ]
     );
-    assert_eq!(layer.index.entries.len(), 1);
+    assert_eq!(layer.table.entries.len(), 1);
     assert_eq!(layer.chunks.len(), 1);
     assert_eq!(file_content(&blob, &layer, "kept"), b"kept");
 }

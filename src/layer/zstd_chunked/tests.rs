@@ -81,10 +81,10 @@ fn files_chunks_zeros_links_xattrs_and_whiteouts() {
     let (blob, annotations) = zstd_chunked(&payload);
 
     let layer = open(&blob, &annotations).unwrap();
-    let paths: Vec<_> = layer.index.entries.iter().map(|e| e.path.clone()).collect();
+    let paths: Vec<_> = layer.table.entries.iter().map(|e| e.path.clone()).collect();
     assert_eq!(paths, ["", "small", "holey", "rolled", "hl"].map(os));
-    assert_eq!(layer.index.whiteouts, [Whiteout::Remove(os("etc/gone"))]);
-    let small = &layer.index.entries[1];
+    assert_eq!(layer.table.whiteouts, [Whiteout::Remove(os("etc/gone"))]);
+    let small = &layer.table.entries[1];
     assert_eq!(
         small.mtime,
         Timestamp {
@@ -95,7 +95,7 @@ fn files_chunks_zeros_links_xattrs_and_whiteouts() {
     assert_eq!(small.xattrs, [("user.foo".to_owned(), b"bar".to_vec())]);
     assert_eq!((small.mode, small.uid), (0o644, 1000));
     assert_eq!(
-        layer.index.entries[4].kind,
+        layer.table.entries[4].kind,
         EntryKind::Hardlink {
             target: os("small")
         }

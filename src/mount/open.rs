@@ -1,5 +1,5 @@
 //! Opening a pulled image as a [`RootFs`]: every layer's uncompressed tar kept in
-//! the store under its diff_id, indexed once, merged once, then served by mmap.
+//! the store under its diff_id, its entries read once, merged once, then served by mmap.
 //!
 //! Trust chain: the manifest digest names the config, the config lists each
 //! layer's diff_id, and a layer's tar is stored under its diff_id only after it
@@ -9,18 +9,17 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 use std::sync::Arc;
 
-use super::{RootFs, View};
+use crate::chunkmap::ChunkMap;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::Descriptor;
 use crate::image::{ImageConfig, Manifest};
-use crate::layer::{self, Compression, LayerIndex};
+use crate::layer::{self, Compression, EntryTable};
 use crate::lazy::decode::DeflateResume;
 use crate::lazy::source::{RangeSource, Routed};
-use crate::lazy::{
-    ChunkFetcher, ChunkMap, GzipSpans, ImageContent, LayerContent, LazyBlob, LazyOptions, Stats,
-};
-use crate::registry::BlobSink;
+use crate::lazy::{ChunkFetcher, GzipSpans, ImageContent, LayerContent, LazyBlob, LazyOptions};
+use crate::rootfs::{RootFs, Stats, View};
+use crate::store::BlobSink;
 use crate::store::{Blob, BlobWriter, Derived, Store};
 use crate::tree::Tree;
 
@@ -70,13 +69,13 @@ pub fn open_view(
 
     // Per layer: its verified tar (unpacking a stored blob first), else its chunk map.
     let mut plans = Vec::new();
-    let mut indexes = Vec::new();
-    // What the tree is built from, layer by layer: `t` for a tar (its index
+    let mut tables = Vec::new();
+    // What the tree is built from, layer by layer: `t` for a tar (its entry table
     // follows from the diff_id, which the manifest names), else the map's
     // content identity.
     let mut layouts = String::new();
     for (layer, diff_id) in manifest.layers.iter().zip(&diff_ids) {
-        let mut fresh_index = None;
+        let mut fresh_table = None;
         if !store.contains(diff_id) && store.contains(&layer.digest) {
             let compression =
                 Compression::from_media_type(&layer.media_type).ok_or_else(|| Error::Manifest {
@@ -86,19 +85,19 @@ pub fn open_view(
                         layer.digest, layer.media_type
                     ),
                 })?;
-            fresh_index = Some(unpack_layer(store, &layer.digest, compression, diff_id)?);
+            fresh_table = Some(unpack_layer(store, &layer.digest, compression, diff_id)?);
         }
         if let Some(tar) = store.get(diff_id)? {
-            let index = match fresh_index {
-                Some(index) => index,
-                None => layer_index(store, diff_id, &tar)?,
+            let table = match fresh_table {
+                Some(table) => table,
+                None => entry_table(store, diff_id, &tar)?,
             };
-            indexes.push(index);
+            tables.push(table);
             plans.push(Plan::Tar(tar));
             layouts.push_str(" t");
         } else if let Some(map) = ChunkMap::load(store, &layer.digest) {
             layouts.push_str(&format!(" {}", map.content_identity()));
-            indexes.push(map.layer.index.clone());
+            tables.push(map.layer.table.clone());
             plans.push(Plan::Chunked(layer, *diff_id, Box::new(map)));
         } else {
             return Err(Error::NotCached(layer.digest));
@@ -107,7 +106,7 @@ pub fn open_view(
     let chunked = plans.iter().any(|plan| matches!(plan, Plan::Chunked(..)));
 
     // Chunk maps lay content out differently from tars, and from each other
-    // (a TOC map and a lazyimg-index map of one blob): a tree is only reused
+    // (a TOC map and an index-artifact map of one blob): a tree is only reused
     // for the same layouts. The map of a shared layer is replaced by whichever
     // image stores one last, so this is checked at every open.
     let tree_key = view.tree_key(if chunked {
@@ -118,7 +117,7 @@ pub fn open_view(
     let tree = match cached_tree(store, &tree_key) {
         Some(tree) => tree,
         None => {
-            let tree = view.build(&indexes).map_err(|source| Error::Tree {
+            let tree = view.build(&tables).map_err(|source| Error::Tree {
                 image: name.to_string(),
                 source,
             })?;
@@ -174,7 +173,13 @@ pub fn open_view(
         .collect();
     Ok(RootFs {
         tree,
-        content: Arc::new(ImageContent::new(layers, fetcher, readahead, stats)),
+        content: Arc::new(ImageContent::new(
+            layers,
+            fetcher,
+            readahead,
+            Arc::clone(&stats),
+        )),
+        stats: Some(stats),
     })
 }
 
@@ -237,34 +242,34 @@ fn cached_tree(store: &Store, manifest_digest: &Digest) -> Option<Tree> {
         .ok()
 }
 
-/// The index of a stored uncompressed layer, from the derived cache or rebuilt.
-fn layer_index(store: &Store, diff_id: &Digest, tar: &Blob) -> Result<LayerIndex> {
-    if let Some(bytes) = store.read_derived(Derived::LayerIndex, diff_id)?
-        && let Ok(index) = postcard::from_bytes(&bytes)
+/// The entry table of a stored uncompressed layer, from the derived cache or rebuilt.
+fn entry_table(store: &Store, diff_id: &Digest, tar: &Blob) -> Result<EntryTable> {
+    if let Some(bytes) = store.read_derived(Derived::EntryTable, diff_id)?
+        && let Ok(table) = postcard::from_bytes(&bytes)
     {
-        return Ok(index);
+        return Ok(table);
     }
-    let index = layer::index_layer(tar.bytes()).map_err(|source| Error::Layer {
+    let table = layer::read_entries(tar.bytes()).map_err(|source| Error::Layer {
         layer: *diff_id,
         source,
     })?;
-    save_index(store, diff_id, &index)?;
-    Ok(index)
+    save_entry_table(store, diff_id, &table)?;
+    Ok(table)
 }
 
-fn save_index(store: &Store, diff_id: &Digest, index: &LayerIndex) -> Result<()> {
-    let bytes = postcard::to_stdvec(index).expect("a layer index always serialises");
-    store.write_derived(Derived::LayerIndex, diff_id, &bytes)
+fn save_entry_table(store: &Store, diff_id: &Digest, table: &EntryTable) -> Result<()> {
+    let bytes = postcard::to_stdvec(table).expect("an entry table always serialises");
+    store.write_derived(Derived::EntryTable, diff_id, &bytes)
 }
 
-/// Decompresses stored layer `digest` into the store under `diff_id`, indexing the
-/// tar in the same pass. Nothing is stored unless the tar hashes to `diff_id`.
+/// Decompresses stored layer `digest` into the store under `diff_id`, reading its
+/// entry table in the same pass. Nothing is stored unless the tar hashes to `diff_id`.
 fn unpack_layer(
     store: &Store,
     digest: &Digest,
     compression: Compression,
     diff_id: &Digest,
-) -> Result<LayerIndex> {
+) -> Result<EntryTable> {
     let blob = store.require(digest)?;
     let what = format!("uncompressed layer {digest}");
     let decompressed = layer::decompress(compression, blob.bytes()).map_err(|e| Error::Layer {
@@ -279,13 +284,13 @@ fn unpack_layer(
         writer: store.writer(*diff_id, None, &what)?,
         failed: None,
     };
-    let indexed = layer::index_layer(&mut tee);
+    let read = layer::read_entries(&mut tee);
     // The tar reader stops at the end-of-archive marker; the digest covers the padding after it.
-    let drained = indexed.is_ok() && io::copy(&mut tee, &mut io::sink()).is_ok();
+    let drained = read.is_ok() && io::copy(&mut tee, &mut io::sink()).is_ok();
     if let Some(store_error) = tee.failed {
         return Err(store_error);
     }
-    let index = indexed.map_err(|source| Error::Layer {
+    let table = read.map_err(|source| Error::Layer {
         layer: *digest,
         source,
     })?;
@@ -301,8 +306,8 @@ fn unpack_layer(
         });
     }
     tee.writer.commit()?;
-    save_index(store, diff_id, &index)?;
-    Ok(index)
+    save_entry_table(store, diff_id, &table)?;
+    Ok(table)
 }
 
 /// Copies everything read from `inner` into a store writer.

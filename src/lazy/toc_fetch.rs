@@ -3,11 +3,12 @@
 
 use bytes::Bytes;
 
-use super::prepare::{ChunkMap, MapSource, unusable};
+use super::prepare::unusable;
+use crate::chunkmap::{ChunkMap, MapSource};
 use crate::digest::Digest;
 use crate::error::Result;
-use crate::image::{Descriptor, ESTARGZ_TOC_ANNOTATION};
-use crate::layer::{LayerError, estargz, zstd_chunked};
+use crate::image::Descriptor;
+use crate::layer::{ESTARGZ_TOC_ANNOTATION, LayerError, estargz, zstd_chunked};
 use crate::reference::ImageRef;
 use crate::registry::RegistryClient;
 

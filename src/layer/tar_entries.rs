@@ -1,4 +1,4 @@
-//! Streaming tar indexer: reads each header once, skips file data, unpacks
+//! Streaming tar reader for entry tables: reads each header once, skips file data, unpacks
 //! nothing.
 
 use std::cell::Cell;
@@ -7,20 +7,20 @@ use std::io::{self, Read};
 use tar::{Archive, Entry, EntryType};
 
 use super::member::{MemberKind, MemberMeta};
-use super::{Device, LayerError, LayerIndex, Timestamp};
+use super::{Device, EntryTable, LayerError, Timestamp};
 
 const XATTR_PREFIX: &[u8] = b"SCHILY.xattr.";
 /// PAX keys used by GNU tar's sparse formats 0.x and 1.0.
 const PAX_SPARSE_PREFIX: &[u8] = b"GNU.sparse.";
 
 /// Indexes a layer from its uncompressed tar stream in one pass.
-pub fn index_layer(reader: impl Read) -> Result<LayerIndex, LayerError> {
+pub fn read_entries(reader: impl Read) -> Result<EntryTable, LayerError> {
     let state = StreamState::default();
     let mut archive = Archive::new(TrackedReader {
         inner: reader,
         state: &state,
     });
-    let mut index = LayerIndex::default();
+    let mut index = EntryTable::default();
     // Names the last good entry so stream-level errors have context.
     let mut last_path = String::from("start of archive");
     let entries = archive.entries().map_err(|e| state.error(e, &last_path))?;
@@ -108,7 +108,7 @@ impl Context {
 
 fn index_entry<R: Read>(
     entry: &mut Entry<'_, R>,
-    index: &mut LayerIndex,
+    index: &mut EntryTable,
 ) -> Result<(), LayerError> {
     let raw_path = entry.path_bytes().into_owned();
     let cx = Context {

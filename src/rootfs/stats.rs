@@ -1,4 +1,4 @@
-//! Counters a lazy mount keeps about itself, for `lazyimg stats`.
+//! Counters a mount keeps about reading its content, for `lazyimg stats`.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,6 +1,6 @@
 //! Random access into ordinary gzip layer blobs: the zran / SOCI technique.
 //!
-//! Streaming a blob once through [`GzipIndexer`] records checkpoints about
+//! Streaming a blob once through [`GzipCheckpointer`] records checkpoints about
 //! every `span` compressed bytes, at deflate block boundaries or gzip member
 //! starts: the compressed bit position where inflation can restart and, in
 //! [`GzipCheckpoints::windows`], the up-to-32 KiB of output before it (the
@@ -37,7 +37,7 @@ const GZIP_TRAILER_LEN: usize = 8;
 /// Deflate's densest code is a 258-byte match in 2 bits: no input byte
 /// decodes to more output than this, whatever a (corrupt) index claims.
 const MAX_DEFLATE_RATIO: u64 = 1032;
-/// [`GzipIndexer::new`] caps a span's output at this multiple of `span`, so
+/// [`GzipCheckpointer::new`] caps a span's output at this multiple of `span`, so
 /// highly compressible stretches (zero-filled files) stay cheap to decode.
 const DEFAULT_OUT_SPAN_RATIO: u64 = 8;
 
@@ -56,7 +56,7 @@ pub struct Checkpoint {
     pub member_start: bool,
 }
 
-/// The index of one gzip blob, as [`GzipIndexer::finish`] returns it.
+/// The index of one gzip blob, as [`GzipCheckpointer::finish`] returns it.
 ///
 /// Checkpoint `out` offsets strictly increase and every span has output
 /// (bar the one span of an empty stream).
@@ -193,7 +193,7 @@ pub fn inflate_span(
 ///
 /// Reading it through [`BufRead`] avoids one copy of the output. Windows are
 /// kept in memory until `finish`: up to 32 KiB per checkpoint.
-pub struct GzipIndexer<R> {
+pub struct GzipCheckpointer<R> {
     inner: R,
     span: u64,
     out_span: u64,
@@ -231,7 +231,7 @@ enum State {
     Done,
 }
 
-impl<R: Read> GzipIndexer<R> {
+impl<R: Read> GzipCheckpointer<R> {
     /// Checkpoints about every `span` compressed bytes, and at least every
     /// `8 * span` uncompressed bytes.
     pub fn new(inner: R, span: u64) -> Self {
@@ -241,7 +241,7 @@ impl<R: Read> GzipIndexer<R> {
     /// Checkpoints once a span reaches `span` compressed or `out_span`
     /// uncompressed bytes, at the next block boundary or member start.
     pub fn with_out_span(inner: R, span: u64, out_span: u64) -> Self {
-        GzipIndexer {
+        GzipCheckpointer {
             inner,
             span,
             out_span,
@@ -438,7 +438,7 @@ impl<R: Read> GzipIndexer<R> {
     }
 }
 
-impl<R: Read> BufRead for GzipIndexer<R> {
+impl<R: Read> BufRead for GzipCheckpointer<R> {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
         self.fill()?;
         Ok(&self.out[self.out_pos..self.out_end])
@@ -449,7 +449,7 @@ impl<R: Read> BufRead for GzipIndexer<R> {
     }
 }
 
-impl<R: Read> Read for GzipIndexer<R> {
+impl<R: Read> Read for GzipCheckpointer<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let pending = self.fill_buf()?;
         let n = pending.len().min(buf.len());

@@ -123,7 +123,7 @@ fn footer_member() -> Vec<u8> {
 }
 
 fn build(blob: &[u8], span: u64) -> (Vec<u8>, GzipCheckpoints) {
-    let mut indexer = GzipIndexer::new(blob, span);
+    let mut indexer = GzipCheckpointer::new(blob, span);
     let mut out = Vec::new();
     indexer.read_to_end(&mut out).unwrap();
     (out, indexer.finish().unwrap())
@@ -320,7 +320,7 @@ fn trailing_zeros_are_padding_other_bytes_an_error() {
     for tail in [&b"\0\0\0x"[..], b"garbage", b"\x1f"] {
         let mut bad = blob.clone();
         bad.extend_from_slice(tail);
-        let mut indexer = GzipIndexer::new(&bad[..], 10_000);
+        let mut indexer = GzipCheckpointer::new(&bad[..], 10_000);
         let err = io::copy(&mut indexer, &mut io::sink()).unwrap_err();
         assert!(
             matches!(
@@ -337,7 +337,7 @@ fn corrupt_streams_fail_indexing() {
     let data = mixed(7, 300_000);
     let blob = gzip(&data, 6);
     let fails = |bytes: &[u8]| {
-        GzipIndexer::new(bytes, 1000)
+        GzipCheckpointer::new(bytes, 1000)
             .finish()
             .expect_err("indexing should fail")
             .kind()
@@ -485,7 +485,7 @@ fn index_is_deterministic() {
     }
     let (expected, index) = build(&blob, 8000);
 
-    let mut indexer = GzipIndexer::new(
+    let mut indexer = GzipCheckpointer::new(
         Chunked {
             data: &blob,
             rng: Rng(13),
@@ -521,7 +521,7 @@ fn checkpoints_are_known_before_their_output() {
     let (_, index) = build(&blob, 2000);
     assert!(index.checkpoints.len() > 20);
 
-    let mut indexer = GzipIndexer::new(&blob[..], 2000);
+    let mut indexer = GzipCheckpointer::new(&blob[..], 2000);
     let mut position = 0u64;
     let mut buf = [0; 777];
     loop {
@@ -550,7 +550,7 @@ fn checkpoints_are_known_before_their_output() {
 fn out_span_caps_highly_compressible_spans() {
     let data = vec![0; 48 << 20];
     let blob = gzip(&data, 6);
-    let index = GzipIndexer::with_out_span(&blob[..], 1 << 20, 4 << 20)
+    let index = GzipCheckpointer::with_out_span(&blob[..], 1 << 20, 4 << 20)
         .finish()
         .unwrap();
     assert!(index.checkpoints.len() >= 6, "{}", index.checkpoints.len());
@@ -563,7 +563,7 @@ fn out_span_caps_highly_compressible_spans() {
     }
     // Without the cap the compressed span alone governs: one span.
     assert_eq!(
-        GzipIndexer::with_out_span(&blob[..], 1 << 20, u64::MAX)
+        GzipCheckpointer::with_out_span(&blob[..], 1 << 20, u64::MAX)
             .finish()
             .unwrap()
             .checkpoints
@@ -619,5 +619,5 @@ fn malformed_requests_are_rejected() {
 #[test]
 fn indexer_is_send() {
     fn assert_send<T: Send>() {}
-    assert_send::<GzipIndexer<std::fs::File>>();
+    assert_send::<GzipCheckpointer<std::fs::File>>();
 }

@@ -1,0 +1,192 @@
+//! Building a layer's part of an index artifact from its stored blob.
+
+use std::io::{self, Read};
+
+use super::{ArtifactLayer, FORMAT_VERSION, GZIP_SPAN, TAR_CHUNK};
+use crate::chunkmap::GzipResume;
+use crate::digest::{Digest, Hasher};
+use crate::error::{Error, Result};
+use crate::image::Descriptor;
+use crate::layer::gzip_checkpoints::{self, Checkpoint, GzipCheckpointer};
+use crate::layer::{self, Chunk, ChunkCodec, ChunkedLayer, Compression};
+use crate::store::Store;
+
+/// One layer's part of an index artifact, built, and its windows blob (empty for tar layers).
+pub struct BuiltLayer {
+    pub file: ArtifactLayer,
+    pub windows: Vec<u8>,
+}
+
+/// Indexes stored layer `layer` in one pass; `None` for layers that cannot be
+/// read piecewise (plain zstd is one frame).
+pub fn build_layer(store: &Store, layer: &Descriptor) -> Result<Option<BuiltLayer>> {
+    let blob = store.require(&layer.digest)?;
+    let bytes = blob.bytes();
+    let layer_error = |source| Error::Layer {
+        layer: layer.digest,
+        source,
+    };
+    let (chunked, gzip, windows) = match Compression::from_media_type(&layer.media_type) {
+        Some(Compression::None) => {
+            let table = layer::read_entries(bytes).map_err(layer_error)?;
+            let chunks = (0..bytes.len() as u64)
+                .step_by(TAR_CHUNK as usize)
+                .map(|start| {
+                    let end = (start + TAR_CHUNK).min(bytes.len() as u64);
+                    let piece = &bytes[start as usize..end as usize];
+                    Chunk {
+                        content_offset: start,
+                        content_size: end - start,
+                        blob_offset: start,
+                        blob_size: end - start,
+                        codec: ChunkCodec::Stored,
+                        digest: Digest::of(piece),
+                    }
+                })
+                .collect();
+            (ChunkedLayer { table, chunks }, None, Vec::new())
+        }
+        Some(Compression::Gzip) => {
+            let mut reader = SpanHashing::new(GzipCheckpointer::new(bytes, GZIP_SPAN));
+            let table = layer::read_entries(&mut reader).map_err(layer_error)?;
+            let (points, span_digests) = reader.finish().map_err(|e| {
+                layer_error(layer::LayerError::Read {
+                    offset: 0,
+                    source: e,
+                })
+            })?;
+            let chunks = (0..points.checkpoints.len())
+                .map(|k| {
+                    let blob_range = gzip_checkpoints::span_range(&points, k);
+                    let out = gzip_checkpoints::span_out_range(&points, k);
+                    Chunk {
+                        content_offset: out.start,
+                        content_size: out.end - out.start,
+                        blob_offset: blob_range.start,
+                        blob_size: blob_range.end - blob_range.start,
+                        codec: ChunkCodec::Deflate {
+                            checkpoint: k as u32,
+                        },
+                        digest: span_digests[k],
+                    }
+                })
+                .collect();
+            let (resume, windows) = pack_windows(points.checkpoints, points.windows)?;
+            (ChunkedLayer { table, chunks }, Some(resume), windows)
+        }
+        Some(Compression::Zstd) | None => return Ok(None),
+    };
+    Ok(Some(BuiltLayer {
+        file: ArtifactLayer {
+            version: FORMAT_VERSION,
+            layer: layer.digest,
+            layer_size: layer.size,
+            chunked,
+            gzip,
+        },
+        windows,
+    }))
+}
+
+/// Windows, each zstd-compressed on its own so a read fetches only the one it needs.
+fn pack_windows(
+    checkpoints: Vec<Checkpoint>,
+    windows: Vec<Vec<u8>>,
+) -> Result<(GzipResume, Vec<u8>)> {
+    let mut blob = Vec::new();
+    let mut chunks = Vec::new();
+    let mut window_of = Vec::with_capacity(windows.len());
+    let mut content_offset = 0;
+    for window in windows {
+        if window.is_empty() {
+            window_of.push(None);
+            continue;
+        }
+        let packed = zstd::bulk::compress(&window, 3).map_err(|e| Error::io("zstd", e))?;
+        window_of.push(Some(chunks.len() as u32));
+        chunks.push(Chunk {
+            content_offset,
+            content_size: window.len() as u64,
+            blob_offset: blob.len() as u64,
+            blob_size: packed.len() as u64,
+            codec: ChunkCodec::Zstd,
+            digest: Digest::of(&window),
+        });
+        content_offset += window.len() as u64;
+        blob.extend_from_slice(&packed);
+    }
+    let resume = GzipResume {
+        checkpoints,
+        window_of,
+        windows_blob: Digest::of(&blob),
+        windows_size: blob.len() as u64,
+        windows: chunks,
+    };
+    Ok((resume, blob))
+}
+
+/// Passes a gzip layer's uncompressed stream through, hashing it span by span
+/// as the indexer places its checkpoints.
+struct SpanHashing<R> {
+    inner: GzipCheckpointer<R>,
+    position: u64,
+    hasher: Hasher,
+    digests: Vec<Digest>,
+    /// The next checkpoint whose offset ends a span (checkpoint 0 ends none).
+    next: usize,
+}
+
+impl<R: Read> SpanHashing<R> {
+    fn new(inner: GzipCheckpointer<R>) -> Self {
+        SpanHashing {
+            inner,
+            position: 0,
+            hasher: Hasher::new(),
+            digests: Vec::new(),
+            next: 1,
+        }
+    }
+
+    fn finish(mut self) -> io::Result<(gzip_checkpoints::GzipCheckpoints, Vec<Digest>)> {
+        // Drain through `read` so the tail is hashed too.
+        io::copy(&mut self, &mut io::sink())?;
+        let mut digests = self.digests;
+        digests.push(self.hasher.finish());
+        let points = self.inner.finish()?;
+        if digests.len() != points.checkpoints.len() {
+            return Err(io::Error::other(format!(
+                "{} span digests for {} checkpoints",
+                digests.len(),
+                points.checkpoints.len()
+            )));
+        }
+        Ok((points, digests))
+    }
+}
+
+impl<R: Read> Read for SpanHashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut piece = &buf[..n];
+        // A checkpoint is placed before any output past it exists, so every
+        // boundary inside this piece is already known.
+        while let Some(cut) = self
+            .inner
+            .checkpoints()
+            .get(self.next)
+            .map(|cp| cp.out.saturating_sub(self.position))
+            .filter(|&cut| cut < piece.len() as u64)
+        {
+            let (head, tail) = piece.split_at(cut as usize);
+            self.hasher.update(head);
+            let done = std::mem::take(&mut self.hasher);
+            self.digests.push(done.finish());
+            self.position += cut;
+            piece = tail;
+            self.next += 1;
+        }
+        self.hasher.update(piece);
+        self.position += piece.len() as u64;
+        Ok(n)
+    }
+}

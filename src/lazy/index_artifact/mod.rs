@@ -1,0 +1,39 @@
+//! lazyimg's index artifact: for each gzip or plain tar layer of an image, its
+//! entries and a chunk map (gzip: deflate checkpoints every ~1 MiB of compressed
+//! data, with the sha256 of every span's decompressed bytes), pushed
+//! beside the image as an OCI artifact whose `subject` is the image manifest.
+//!
+//! Trust: the artifact is found through its subject and fetched by digest; each
+//! artifact layer names the layer digest it describes and must match the image's
+//! manifest; every span's content is verified before it is served (inflating
+//! unverified compressed bytes can only yield content that fails that check).
+//! A check that fails drops the index, never the mount.
+//!
+//! [`format`]: the artifact's encoding and the checks a fetched one must
+//! pass; [`build`]: making one from stored layers; [`registry`]: pushing it
+//! beside an image and finding it again.
+
+mod build;
+mod format;
+mod registry;
+
+pub use build::{BuiltLayer, build_layer};
+pub use format::ArtifactLayer;
+pub use registry::{find, indexed_layers, locate, push};
+
+pub const ARTIFACT_TYPE: &str = "application/vnd.lazyimg.index.v1";
+const INDEX_MEDIA_TYPE: &str = "application/vnd.lazyimg.layer-index.v1+zstd";
+const WINDOWS_MEDIA_TYPE: &str = "application/vnd.lazyimg.gzip-windows.v1";
+/// The files a typical run reads first, one path per line (`mount --record`).
+const PREFETCH_MEDIA_TYPE: &str = "application/vnd.lazyimg.prefetch.v1+text";
+const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
+const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+const INDEX_MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+/// On each artifact layer: the image layer it describes.
+const LAYER_ANNOTATION: &str = "dev.lazyimg.layer";
+/// 2: spans no longer carry a digest of their compressed bytes.
+const FORMAT_VERSION: u32 = 2;
+/// Compressed bytes between gzip checkpoints: about what one cold random read fetches.
+pub const GZIP_SPAN: u64 = 1 << 20;
+/// Chunk size of uncompressed tar layers.
+const TAR_CHUNK: u64 = 1 << 20;

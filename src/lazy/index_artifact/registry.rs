@@ -1,0 +1,254 @@
+//! Pushing an index artifact beside its image, and finding it again.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+
+use super::format::check_file;
+use super::{
+    ARTIFACT_TYPE, ArtifactLayer, BuiltLayer, EMPTY_MEDIA_TYPE, INDEX_MANIFEST_MEDIA_TYPE,
+    INDEX_MEDIA_TYPE, LAYER_ANNOTATION, MANIFEST_MEDIA_TYPE, PREFETCH_MEDIA_TYPE,
+    WINDOWS_MEDIA_TYPE,
+};
+use crate::chunkmap::{BlobHome, ChunkMap, MapSource};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::image::{Descriptor, ImageManifest, Manifest};
+use crate::pull::{self, Silent};
+use crate::reference::ImageRef;
+use crate::registry::RegistryClient;
+use crate::store::{Derived, Store};
+
+/// Pushes the indexes of `built`, and the prefetch list if given, as an
+/// artifact for image manifest `subject`, and lists it under the `sha256-<hex>`
+/// referrers tag for registries without the referrers API. Returns the
+/// artifact's digest.
+pub async fn push(
+    store: &Store,
+    registry: &RegistryClient,
+    image: &ImageRef,
+    subject: &Descriptor,
+    built: &[BuiltLayer],
+    prefetch: Option<&[u8]>,
+) -> Result<Digest> {
+    let empty_config = Bytes::from_static(b"{}");
+    let mut layers = Vec::new();
+    let mut blobs = vec![(Digest::of(&empty_config), empty_config.clone())];
+    for index in built {
+        let annotations =
+            BTreeMap::from([(LAYER_ANNOTATION.to_string(), index.file.layer.to_string())]);
+        let encoded = Bytes::from(index.file.encode()?);
+        layers.push(descriptor(INDEX_MEDIA_TYPE, &encoded, annotations.clone()));
+        blobs.push((Digest::of(&encoded), encoded));
+        if !index.windows.is_empty() {
+            let windows = Bytes::copy_from_slice(&index.windows);
+            layers.push(descriptor(WINDOWS_MEDIA_TYPE, &windows, annotations));
+            blobs.push((Digest::of(&windows), windows));
+        }
+    }
+    if let Some(list) = prefetch {
+        let list = Bytes::copy_from_slice(list);
+        layers.push(descriptor(PREFETCH_MEDIA_TYPE, &list, BTreeMap::new()));
+        blobs.push((Digest::of(&list), list));
+    }
+    for (digest, bytes) in &blobs {
+        store.put(*digest, bytes, "lazyimg index blob")?;
+        if !registry.blob_exists(&image.source, digest).await? {
+            let blob = store.require(digest)?;
+            registry
+                .push_blob(&image.source, digest, &blob, std::sync::Arc::new(|_| {}))
+                .await?;
+        }
+    }
+    let manifest = ImageManifest {
+        schema_version: 2,
+        media_type: Some(MANIFEST_MEDIA_TYPE.into()),
+        config: descriptor(EMPTY_MEDIA_TYPE, &empty_config, BTreeMap::new()),
+        layers,
+        annotations: BTreeMap::new(),
+        artifact_type: Some(ARTIFACT_TYPE.into()),
+        subject: Some(subject.clone()),
+    };
+    let manifest_bytes = Bytes::from(serde_json::to_vec(&manifest).expect("manifests serialise"));
+    let artifact = Digest::of(&manifest_bytes);
+    let by_digest = image.source.clone_with_digest(artifact.to_string());
+    registry
+        .push_manifest(&by_digest, &manifest_bytes, MANIFEST_MEDIA_TYPE)
+        .await?;
+    update_referrers_tag(registry, image, subject, &manifest_bytes).await?;
+    Ok(artifact)
+}
+
+fn descriptor(media_type: &str, bytes: &[u8], annotations: BTreeMap<String, String>) -> Descriptor {
+    Descriptor {
+        media_type: media_type.into(),
+        digest: Digest::of(bytes),
+        size: bytes.len() as u64,
+        annotations,
+        platform: None,
+        artifact_type: None,
+    }
+}
+
+/// Adds the artifact to the referrers index at tag `sha256-<hex>`, replacing
+/// earlier lazyimg indexes and keeping other tools' entries.
+async fn update_referrers_tag(
+    registry: &RegistryClient,
+    image: &ImageRef,
+    subject: &Descriptor,
+    artifact_bytes: &[u8],
+) -> Result<()> {
+    let tag = subject.digest.to_string().replace(':', "-");
+    let tagged = oci_client::Reference::with_tag(
+        image.source.registry().to_string(),
+        image.source.repository().to_string(),
+        tag,
+    );
+    let mut manifests = match registry.fetch_manifest(&tagged).await {
+        Ok(bytes) => match Manifest::parse(&bytes, "referrers index") {
+            Ok(Manifest::Index(index)) => index.manifests,
+            _ => Vec::new(),
+        },
+        Err(Error::NotFound { .. }) => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    manifests.retain(|m| m.artifact_type.as_deref() != Some(ARTIFACT_TYPE));
+    let mut entry = descriptor(MANIFEST_MEDIA_TYPE, artifact_bytes, BTreeMap::new());
+    entry.artifact_type = Some(ARTIFACT_TYPE.into());
+    manifests.push(entry);
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": INDEX_MANIFEST_MEDIA_TYPE,
+        "manifests": manifests,
+    });
+    let bytes = Bytes::from(serde_json::to_vec(&index).expect("indexes serialise"));
+    registry
+        .push_manifest(&tagged, &bytes, INDEX_MANIFEST_MEDIA_TYPE)
+        .await
+}
+
+/// The image's lazyimg index artifact, if one is listed for `manifest_digest`
+/// and it checks out (fetched by digest, subject matching); else `None`, with a
+/// warning when one was there but failed a check.
+pub async fn locate(
+    registry: &RegistryClient,
+    image: &ImageRef,
+    manifest_digest: &Digest,
+) -> Result<Option<ImageManifest>> {
+    let ignore = |reason: String| {
+        tracing::warn!("{image}: ignoring its lazyimg index: {reason}");
+        Ok(None)
+    };
+    let referrers = match registry
+        .referrers(&image.source, manifest_digest, Some(ARTIFACT_TYPE))
+        .await
+    {
+        Ok(list) => list,
+        Err(e @ (Error::Auth { .. } | Error::Denied { .. } | Error::Network { .. })) => {
+            return Err(e);
+        }
+        Err(e) => return ignore(format!("cannot list referrers: {e}")),
+    };
+    let Some(entry) = referrers
+        .iter()
+        .rev()
+        .find(|d| d.artifact_type.as_deref() == Some(ARTIFACT_TYPE))
+    else {
+        return Ok(None);
+    };
+    let what = format!("lazyimg index {} of {image}", entry.digest);
+    let bytes = registry
+        .fetch_manifest(&image.source.clone_with_digest(entry.digest.to_string()))
+        .await?;
+    if let Err(e) = pull::check_descriptor(entry, &bytes, &what) {
+        return ignore(e.to_string());
+    }
+    let artifact = match Manifest::parse(&bytes, &what) {
+        Ok(Manifest::Image(artifact)) => artifact,
+        Ok(Manifest::Index(_)) => return ignore("it is an index".into()),
+        Err(e) => return ignore(e.to_string()),
+    };
+    if artifact.subject.as_ref().map(|s| s.digest) != Some(*manifest_digest) {
+        return ignore(format!("its subject is not {manifest_digest}"));
+    }
+    Ok(Some(artifact))
+}
+
+/// The image layers an index artifact has an index for.
+pub fn indexed_layers(artifact: &ImageManifest) -> Vec<String> {
+    artifact
+        .layers
+        .iter()
+        .filter(|d| d.media_type == INDEX_MEDIA_TYPE)
+        .filter_map(|d| d.annotations.get(LAYER_ANNOTATION).cloned())
+        .collect()
+}
+
+/// Chunk maps from the image's lazyimg index, for those of `layers` it covers
+/// and that pass every check; its prefetch list, if any, is kept for the mount
+/// ([`Derived::PrefetchList`]). Anything wrong with the index is a warning.
+pub async fn find(
+    store: &Store,
+    registry: &RegistryClient,
+    image: &ImageRef,
+    manifest_digest: &Digest,
+    layers: &[&Descriptor],
+) -> Result<BTreeMap<Digest, ChunkMap>> {
+    let Some(artifact) = locate(registry, image, manifest_digest).await? else {
+        return Ok(BTreeMap::new());
+    };
+    let annotated = |layer: &Descriptor, media_type: &str| {
+        artifact.layers.iter().find(|d| {
+            d.media_type == media_type
+                && d.annotations.get(LAYER_ANNOTATION) == Some(&layer.digest.to_string())
+        })
+    };
+    // One round trip for all of them, not one per layer: links can be slow.
+    let wanted: Vec<(&Descriptor, &Descriptor)> = layers
+        .iter()
+        .filter_map(|layer| Some((*layer, annotated(layer, INDEX_MEDIA_TYPE)?)))
+        .collect();
+    let prefetch = artifact
+        .layers
+        .iter()
+        .find(|d| d.media_type == PREFETCH_MEDIA_TYPE);
+    let blobs: Vec<(&Descriptor, String)> = wanted
+        .iter()
+        .map(|(layer, index)| (*index, format!("lazyimg index of layer {}", layer.digest)))
+        .chain(prefetch.map(|list| (list, "lazyimg prefetch list".to_string())))
+        .collect();
+    futures_util::stream::iter(&blobs)
+        .map(|(blob, what)| pull::fetch_blob(store, registry, image, blob, (what, what), &Silent))
+        .buffer_unordered(blobs.len().max(1))
+        .try_collect::<Vec<u64>>()
+        .await?;
+    if let Some(list) = prefetch {
+        let bytes = store.require(&list.digest)?;
+        store.write_derived(Derived::PrefetchList, manifest_digest, bytes.bytes())?;
+    }
+    let mut maps = BTreeMap::new();
+    for (layer, index) in wanted {
+        let checked =
+            ArtifactLayer::decode(store.require(&index.digest)?.bytes()).and_then(|file| {
+                check_file(&file, layer, annotated(layer, WINDOWS_MEDIA_TYPE)).map(|()| file)
+            });
+        match checked {
+            Ok(file) => {
+                // The windows blob is in this image's repository, which other
+                // images sharing the layer (and so this map) may not be.
+                let map = ChunkMap::new(MapSource::LazyimgIndex, file.chunked, file.gzip)
+                    .kept_in(BlobHome::of(image));
+                maps.insert(layer.digest, map);
+            }
+            Err(reason) => {
+                tracing::warn!(
+                    "lazyimg index of layer {}: ignoring it: {reason}",
+                    layer.digest
+                );
+                return Ok(BTreeMap::new());
+            }
+        }
+    }
+    Ok(maps)
+}

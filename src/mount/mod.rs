@@ -1,0 +1,138 @@
+//! Assembling a mount: an image's tree and content put together as a
+//! [`RootFs`] (lazily read layers wired to the registry, recording and
+//! prefetching), served over FUSE until a signal, and the daemon that
+//! `lazyimg mount` leaves behind.
+//!
+//! Sits above [`rootfs`](crate::rootfs) (the contract) and [`lazy`](crate::lazy)
+//! (the engine): neither knows the other's wiring; only this module does.
+
+mod daemon;
+mod open;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+
+use crate::config::Config;
+use crate::digest::Digest;
+use crate::image::{ImageConfig, Manifest};
+use crate::lazy::LazyOptions;
+use crate::lazy::prefetch::{Recorder, prefetch_files};
+use crate::lazy::source::{RangeSource, RegistryRanges};
+use crate::reference::ImageRef;
+use crate::registry::RegistryClient;
+use crate::rootfs::RootFs;
+use crate::store::{Derived, Store};
+pub use daemon::{
+    DaemonFailed, Started, clear_stale_mount, is_daemon, serve_until_signalled, start_daemon,
+    umount,
+};
+pub use open::{open_image, open_view};
+
+/// What a mount records and fetches ahead of its readers.
+#[derive(Debug, Clone, Default)]
+pub struct Prefetching {
+    /// Write the path of every file read, in the order first read, here.
+    pub record: Option<PathBuf>,
+    /// Fetch the files this list names first (else the list pushed with the
+    /// image's lazyimg index, if any).
+    pub list: Option<PathBuf>,
+    /// Then fetch the rest of the image in the background.
+    pub background: bool,
+    /// Limit the background fetch to this many bytes per second.
+    pub max_rate: Option<u64>,
+}
+
+/// Opens the prepared image `manifest` of `image`; layers not in the cache
+/// are read lazily from `registry`, as `config` says. Starts the prefetching
+/// `prefetching` asks for.
+pub fn open_lazy(
+    config: &Config,
+    store: &Arc<Store>,
+    manifest: &Digest,
+    image: &ImageRef,
+    registry: Arc<RegistryClient>,
+    prefetching: &Prefetching,
+) -> anyhow::Result<Arc<RootFs>> {
+    let options = LazyOptions::from_config(config);
+    let source = RegistryRanges {
+        registry,
+        image: image.clone(),
+        store: Arc::clone(store),
+        runtime: tokio::runtime::Handle::current(),
+        read_deadline: options.read_deadline,
+        whole_blob_deadline: options.whole_blob_deadline,
+    };
+    let lazy: (Arc<dyn RangeSource>, LazyOptions) = (Arc::new(source), options);
+    // Decompressing and indexing layers is blocking work the first time.
+    let mut rootfs = tokio::task::block_in_place(|| {
+        open_image(store, manifest, &image.to_string(), Some(lazy))
+    })?;
+    if let Some(list) = &prefetching.record {
+        let recorder = Recorder::new(&rootfs.tree, Arc::clone(&rootfs.content), list)?;
+        rootfs.content = Arc::new(recorder);
+    }
+    let rootfs = Arc::new(rootfs);
+    // A list given here wins over the one pushed with the image's index.
+    let list = match &prefetching.list {
+        Some(path) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("cannot read the prefetch list {}", path.display()))?,
+        ),
+        None => store.read_derived(Derived::PrefetchList, manifest)?,
+    };
+    start_prefetch(&rootfs, list, prefetching);
+    Ok(rootfs)
+}
+
+/// Runs the prefetch `list` and the background fetch on a thread of their
+/// own: the mount serves meanwhile, and reads of what is being fetched wait for it.
+fn start_prefetch(rootfs: &Arc<RootFs>, list: Option<Vec<u8>>, prefetching: &Prefetching) {
+    if list.is_none() && !prefetching.background {
+        return;
+    }
+    let max_rate = prefetching.max_rate;
+    let background = prefetching.background;
+    let rootfs = Arc::clone(rootfs);
+    let spawned = std::thread::Builder::new()
+        .name("lazyimg-prefetch".into())
+        .spawn(move || {
+            if let Some(list) = list {
+                let done = prefetch_files(&rootfs, &list);
+                tracing::info!(
+                    "prefetched {} files ({} bytes); {} listed paths skipped",
+                    done.files,
+                    done.bytes,
+                    done.skipped
+                );
+            }
+            if background {
+                match rootfs.content.fill(max_rate) {
+                    Ok(bytes) => tracing::info!("background fetch done: {bytes} bytes fetched"),
+                    Err(e) => tracing::warn!("background fetch stopped: {e}"),
+                }
+            }
+        });
+    // Prefetching only saves time later; the mount works without it.
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start prefetching: {e}");
+    }
+}
+
+/// The config of the image whose manifest `manifest` is in `store`.
+pub fn image_config(
+    store: &Store,
+    manifest: &Digest,
+    image: &ImageRef,
+) -> anyhow::Result<ImageConfig> {
+    let what = image.to_string();
+    let Manifest::Image(manifest) = Manifest::parse(store.require(manifest)?.bytes(), &what)?
+    else {
+        bail!("{what}: the cached manifest is an index");
+    };
+    Ok(ImageConfig::parse(
+        store.require(&manifest.config.digest)?.bytes(),
+        &what,
+    )?)
+}

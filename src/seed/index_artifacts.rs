@@ -1,0 +1,80 @@
+//! Seeding, then indexing: after an image is pushed to the site registry,
+//! lazyimg's index artifact goes beside it, so GPU nodes mount it lazily.
+
+use super::{Plan, SeedReport, Seeder};
+use crate::config::SeedMode;
+use crate::error::Result;
+use crate::image::{Descriptor, LayerFormat, Manifest};
+use crate::lazy::index_artifact;
+use crate::reference::ImageRef;
+use crate::registry::RegistryClient;
+use crate::store::Store;
+
+impl Seeder<'_> {
+    /// [`copy`](Self::copy), then (pushing) a lazyimg index artifact for each
+    /// platform manifest, listed in the report. A pull-through proxy takes no
+    /// pushes; an index that cannot be made costs only laziness, never the seed.
+    pub async fn copy_and_index(
+        &self,
+        plan: &Plan,
+        target: &ImageRef,
+        mode: SeedMode,
+    ) -> Result<SeedReport> {
+        let mut report = self.copy(plan, target, mode).await?;
+        if mode == SeedMode::Push {
+            report.lazy_indexes = push_index_artifacts(self.store, self.target, target, plan).await;
+        }
+        Ok(report)
+    }
+}
+
+/// Builds and pushes a lazyimg index for every platform manifest of `plan` that
+/// has gzip or tar layers without a table of contents; returns the artifacts.
+async fn push_index_artifacts(
+    store: &Store,
+    target_client: &RegistryClient,
+    target: &ImageRef,
+    plan: &Plan,
+) -> Vec<String> {
+    let mut pushed = Vec::new();
+    for document in std::iter::once(&plan.top).chain(&plan.children) {
+        let Ok(Manifest::Image(manifest)) = Manifest::parse(&document.bytes, "seeded manifest")
+        else {
+            continue;
+        };
+        let result = async {
+            let mut built = Vec::new();
+            for layer in &manifest.layers {
+                if matches!(LayerFormat::of(layer), LayerFormat::Gzip | LayerFormat::Tar) {
+                    let index =
+                        tokio::task::block_in_place(|| index_artifact::build_layer(store, layer))?;
+                    built.extend(index);
+                }
+            }
+            if built.is_empty() {
+                return Ok(None);
+            }
+            let subject = Descriptor {
+                media_type: document.media_type.clone(),
+                digest: document.digest,
+                size: document.bytes.len() as u64,
+                annotations: Default::default(),
+                platform: None,
+                artifact_type: None,
+            };
+            index_artifact::push(store, target_client, target, &subject, &built, None)
+                .await
+                .map(Some)
+        }
+        .await;
+        match result {
+            Ok(Some(digest)) => pushed.push(digest.to_string()),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                "{target}: no lazyimg index for {} (mounts will fetch its layers whole): {e}",
+                document.digest
+            ),
+        }
+    }
+    pushed
+}
