@@ -448,3 +448,27 @@ fn cached_content_is_ready_while_other_reads_wait_on_the_registry() {
         );
     });
 }
+
+#[test]
+fn the_lazy_table_sets_the_engine_options() {
+    let config = crate::config::Config::parse(
+        "[network]\nread_timeout = 7\n[lazy]\nworkers = 1\nfetchers = 2\nreadahead = \"4MiB\"\nwhole_blob_timeout = 60\n",
+        std::path::Path::new("/etc/lazyimg/test.toml"),
+    )
+    .unwrap();
+    let options = LazyOptions::from_config(&config);
+    assert_eq!(options.workers, 1);
+    assert_eq!(options.fetchers, 2);
+    assert_eq!(options.readahead, 4 << 20);
+    assert_eq!(options.whole_blob_deadline, Duration::from_secs(60));
+    assert_eq!(options.read_deadline, Duration::from_secs(7));
+    assert_eq!(options.wait_deadline, Duration::from_secs(19));
+    let defaults = LazyOptions::from_config(&crate::config::Config::default());
+    assert!(defaults.workers >= 1);
+    assert_eq!(defaults.readahead, LazyOptions::default().readahead);
+    let unknown = crate::config::Config::parse(
+        "[lazy]\nthreads = 3\n",
+        std::path::Path::new("/etc/lazyimg/test.toml"),
+    );
+    assert!(unknown.unwrap_err().to_string().contains("threads"));
+}
