@@ -419,18 +419,33 @@ impl ChunkFetcher {
         }
         for claim in run {
             let fetched = piece(&claim);
-            let fetcher = self.clone();
-            let blob = Arc::clone(blob);
-            self.engine.decoders.submit(
-                urgent,
-                Box::new(move || {
-                    let chunk = &blob.chunks[claim.index];
-                    let outcome = decode::decode(chunk, fetched, blob.deflate.as_deref(), None)
-                        .and_then(|content| decode::verify(chunk, content));
-                    fetcher.settle_decoded(&blob, claim, outcome);
-                }),
-            );
+            self.settle_on_decoder(blob, claim, urgent, move |blob, chunk| {
+                decode::decode(chunk, fetched, blob.deflate.as_deref(), None)
+                    .and_then(|content| decode::verify(chunk, content))
+            });
         }
+    }
+
+    /// Queues a claimed chunk's last step on the decoders: `step` gives its
+    /// verified content (or why there is none), and the claim settles with it.
+    fn settle_on_decoder(
+        &self,
+        blob: &Arc<LazyBlob>,
+        claim: Claim,
+        urgent: bool,
+        step: impl FnOnce(&LazyBlob, &Chunk) -> std::result::Result<Bytes, decode::Rejected>
+        + Send
+        + 'static,
+    ) {
+        let fetcher = self.clone();
+        let blob = Arc::clone(blob);
+        self.engine.decoders.submit(
+            urgent,
+            Box::new(move || {
+                let outcome = step(&blob, &blob.chunks[claim.index]);
+                fetcher.settle_decoded(&blob, claim, outcome);
+            }),
+        );
     }
 
     /// Inflates consecutive gzip spans in order (each one's window is the
@@ -447,16 +462,9 @@ impl ChunkFetcher {
             match decode::decode(chunk, fetched, blob.deflate.as_deref(), window) {
                 Ok(content) => {
                     previous = Some((claim.index, content.clone()));
-                    let fetcher = self.clone();
-                    let blob = Arc::clone(blob);
-                    self.engine.decoders.submit(
-                        urgent,
-                        Box::new(move || {
-                            let chunk = &blob.chunks[claim.index];
-                            let outcome = decode::verify(chunk, content);
-                            fetcher.settle_decoded(&blob, claim, outcome);
-                        }),
-                    );
+                    self.settle_on_decoder(blob, claim, urgent, move |_, chunk| {
+                        decode::verify(chunk, content)
+                    });
                 }
                 Err(rejected) => {
                     previous = None;

@@ -4,29 +4,13 @@ use std::ffi::OsStr;
 
 use tar::EntryType;
 
+use super::tests::{attr, ino, names};
 use super::*;
 use crate::layer::test_tar::{TestTar, header};
 
 fn views(layers: &mut [&mut TestTar], xattrs: OverlayXattrs) -> Tree {
     let indexes: Vec<_> = layers.iter_mut().map(|tar| tar.index()).collect();
     Tree::overlay_layers(&indexes, xattrs).expect("overlay views")
-}
-
-fn ino(tree: &Tree, path: &str) -> Ino {
-    tree.resolve_path(path)
-        .unwrap_or_else(|| panic!("{path} missing"))
-}
-
-fn attr<'a>(tree: &'a Tree, path: &str) -> &'a Inode {
-    tree.attr(ino(tree, path)).expect("attr")
-}
-
-fn names(tree: &Tree, path: &str) -> Vec<String> {
-    tree.children(ino(tree, path))
-        .expect("directory")
-        .iter()
-        .map(|e| e.name.to_string_lossy().into_owned())
-        .collect()
 }
 
 fn xattr_names(tree: &Tree, path: &str) -> Vec<String> {

@@ -12,16 +12,16 @@ fn build(layers: &mut [&mut TestTar]) -> Tree {
     Tree::build(&indexes).expect("build tree")
 }
 
-fn ino(tree: &Tree, path: &str) -> Ino {
+pub(super) fn ino(tree: &Tree, path: &str) -> Ino {
     tree.resolve_path(path)
         .unwrap_or_else(|| panic!("{path} missing"))
 }
 
-fn attr<'a>(tree: &'a Tree, path: &str) -> &'a Inode {
+pub(super) fn attr<'a>(tree: &'a Tree, path: &str) -> &'a Inode {
     tree.attr(ino(tree, path)).expect("attr")
 }
 
-fn names(tree: &Tree, path: &str) -> Vec<String> {
+pub(super) fn names(tree: &Tree, path: &str) -> Vec<String> {
     tree.children(ino(tree, path))
         .expect("directory")
         .iter()
