@@ -1,6 +1,7 @@
 //! The command line: argument parsing, wiring, and turning errors into one line
 //! plus a hint. Everything below this module returns typed errors.
 
+mod browse_cmds;
 mod cache;
 mod image_cmds;
 mod mount_cmds;
@@ -67,6 +68,23 @@ enum Command {
         lazyimg index ghcr.io/example-lab/cuda-sample:nbody-cuda11.7.1\n  \
         lazyimg index --push tre-ghcr-proxy.nsh.loc:5000/example-lab/cuda-sample:nbody-cuda11.7.1")]
     Index(image_cmds::IndexArgs),
+    /// List an image's files from its metadata alone: no content fetched, no
+    /// FUSE or root needed.
+    #[command(after_help = "Examples:\n  \
+        lazyimg ls ghcr.io/example-lab/cuda-sample:nbody-cuda11.7.1 /usr/local\n  \
+        lazyimg ls -l -R --json tre-ghcr-proxy.nsh.loc:5000/alice/tool:1.0 /opt")]
+    Ls(browse_cmds::LsArgs),
+    /// Print files of an image, fetched lazily and verified; symlinks resolve
+    /// inside the image, never on the host.
+    #[command(after_help = "Example:\n  lazyimg cat ghcr.io/alice/tool:1.0 /etc/os-release")]
+    Cat(browse_cmds::CatArgs),
+    /// Search an image's files by type, name, size, date, xattr or setuid bit,
+    /// from its metadata alone.
+    #[command(after_help = "Examples:\n  \
+        lazyimg find ghcr.io/alice/tool:1.0 --setuid\n  \
+        lazyimg find ghcr.io/alice/tool:1.0 / --xattr security.capability\n  \
+        lazyimg find ghcr.io/alice/tool:1.0 /data --type f --size +100M --json")]
+    Find(browse_cmds::FindArgs),
     /// Mount an image's merged root filesystem read-only; file contents are
     /// fetched when first read.
     #[command(after_help = "Examples:\n  \
@@ -256,6 +274,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pull(args) => runtime.block_on(image_cmds::pull(&ctx, args)),
         Command::Inspect(args) => runtime.block_on(image_cmds::inspect(&ctx, args)),
         Command::Index(args) => runtime.block_on(image_cmds::index(&ctx, args)),
+        Command::Ls(args) => runtime.block_on(browse_cmds::ls(&ctx, args)),
+        Command::Cat(args) => runtime.block_on(browse_cmds::cat(&ctx, args)),
+        Command::Find(args) => runtime.block_on(browse_cmds::find(&ctx, args)),
         Command::Mount(args) => runtime.block_on(mount_cmds::mount(&ctx, args)),
         Command::Umount(args) => mount_cmds::umount(args),
         Command::Stats(args) => stats_cmd::stats(args),

@@ -189,7 +189,7 @@ pub(super) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<ExitCode
 
 /// Makes sure `image` is mountable (pulling lazily as `policy` says): returns the
 /// store and the image's manifest digest.
-async fn prepare(
+pub(super) async fn prepare(
     ctx: &Context,
     image: &ImageRef,
     registry_args: &RegistryArgs,

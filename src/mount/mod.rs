@@ -55,20 +55,7 @@ pub fn open_lazy(
     registry: Arc<RegistryClient>,
     prefetching: &Prefetching,
 ) -> anyhow::Result<Arc<RootFs>> {
-    let options = LazyOptions::from_config(config);
-    let source = RegistryRanges {
-        registry,
-        image: image.clone(),
-        store: Arc::clone(store),
-        runtime: tokio::runtime::Handle::current(),
-        read_deadline: options.read_deadline,
-        whole_blob_deadline: options.whole_blob_deadline,
-    };
-    let lazy: (Arc<dyn RangeSource>, LazyOptions) = (Arc::new(source), options);
-    // Decompressing and indexing layers is blocking work the first time.
-    let mut rootfs = tokio::task::block_in_place(|| {
-        open_image(store, manifest, &image.to_string(), Some(lazy))
-    })?;
+    let mut rootfs = open_reading(config, store, manifest, image, registry)?;
     if let Some(list) = &prefetching.record {
         let recorder = Recorder::new(&rootfs.tree, Arc::clone(&rootfs.content), list)?;
         rootfs.content = Arc::new(recorder);
@@ -84,6 +71,33 @@ pub fn open_lazy(
     };
     start_prefetch(&rootfs, list, prefetching);
     Ok(rootfs)
+}
+
+/// Opens the prepared image `manifest` of `image` for reading only what is
+/// asked: layers not in the cache are read lazily from `registry`, nothing is
+/// prefetched or recorded (what `lazyimg ls`, `cat` and `find` need). Call
+/// from a tokio runtime's thread: reads use that runtime.
+pub fn open_reading(
+    config: &Config,
+    store: &Arc<Store>,
+    manifest: &Digest,
+    image: &ImageRef,
+    registry: Arc<RegistryClient>,
+) -> anyhow::Result<RootFs> {
+    let options = LazyOptions::from_config(config);
+    let source = RegistryRanges {
+        registry,
+        image: image.clone(),
+        store: Arc::clone(store),
+        runtime: tokio::runtime::Handle::current(),
+        read_deadline: options.read_deadline,
+        whole_blob_deadline: options.whole_blob_deadline,
+    };
+    let lazy: (Arc<dyn RangeSource>, LazyOptions) = (Arc::new(source), options);
+    // Decompressing and indexing layers is blocking work the first time.
+    Ok(tokio::task::block_in_place(|| {
+        open_image(store, manifest, &image.to_string(), Some(lazy))
+    })?)
 }
 
 /// Runs the prefetch `list` and the background fetch on a thread of their

@@ -17,6 +17,7 @@
 //!   number of names in the merged tree.
 
 mod build;
+mod find;
 mod overlay;
 #[cfg(test)]
 mod overlay_tests;
@@ -24,6 +25,11 @@ mod persist;
 mod query;
 #[cfg(test)]
 mod tests;
+mod walk;
+pub use find::{FileType, FindQuery, SizeTest};
+pub use walk::{MAX_SYMLINKS, ResolveError};
+#[cfg(test)]
+mod walk_tests;
 
 use std::ffi::OsString;
 
