@@ -28,6 +28,14 @@ pub struct Config {
     /// `[lazy]`: how lazy reads use threads and memory.
     #[serde(default)]
     pub lazy: LazyConfig,
+    /// Public keys (PEM files) whose signature a lazyimg index artifact must
+    /// carry to be used; empty: indexes are trusted on the registry's write
+    /// access alone.
+    #[serde(default)]
+    pub trusted_index_keys: Vec<PathBuf>,
+    /// `[index_signing]`: the key the seeding step signs index artifacts with.
+    #[serde(default)]
+    pub index_signing: Option<IndexSigningConfig>,
     /// `[seed]`: where `lazyimg seed` and `ces-pull` copy images to.
     #[serde(default)]
     pub seed: Option<SeedConfig>,
@@ -91,6 +99,16 @@ pub struct NetworkConfig {
     pub read_timeout: u64,
     /// Tries per request for transient failures (connection errors, 5xx, 429).
     pub attempts: u32,
+}
+
+/// `[index_signing]`: how the seeding step (`lazyimg seed`, `ces-pull`,
+/// `lazyimg index --push`) signs the index artifacts it pushes.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IndexSigningConfig {
+    /// The private key (PKCS#8 PEM from `lazyimg key generate`), readable only
+    /// by the account that runs the seeding step.
+    pub key_file: PathBuf,
 }
 
 /// `[lazy]`: the lazy-read engine's knobs; absent keys take the defaults of

@@ -18,6 +18,7 @@
 //! 2. [`layer`], [`tree`]: layer formats (tar, gzip, eStargz, zstd:chunked)
 //!    and the merged tree, pure data with no I/O of their own;
 //! 3. [`error`]: the crate's error type;
+//! 3. [`signing`]: ed25519 keys and signatures of index artifacts;
 //! 4. [`config`], [`image`], [`reference`]: plain data: configuration, OCI
 //!    documents, image references;
 //! 5. [`store`]: the content-addressed cache;
@@ -48,6 +49,7 @@ pub mod rootfs;
 pub mod runtime;
 pub mod secret;
 pub mod seed;
+pub mod signing;
 pub mod store;
 pub mod tree;
 

@@ -17,6 +17,7 @@ use crate::lazy::index_artifact;
 use crate::pull::{self, PullReport};
 use crate::reference::ImageRef;
 use crate::registry::RegistryClient;
+use crate::signing::TrustedKeys;
 use crate::store::Store;
 
 #[derive(Args, Debug)]
@@ -158,6 +159,7 @@ pub(super) async fn index(ctx: &Context, args: IndexArgs) -> anyhow::Result<Exit
             ),
             None => None,
         };
+        let signer = ctx.index_signer()?;
         let pushed = index_artifact::push(
             &store,
             &registry,
@@ -165,6 +167,7 @@ pub(super) async fn index(ctx: &Context, args: IndexArgs) -> anyhow::Result<Exit
             &subject,
             &built,
             prefetch.as_deref(),
+            signer.as_ref(),
         )
         .await?;
         eprintln!("pushed lazyimg index {pushed} for {}", report.name);
@@ -226,15 +229,17 @@ pub(super) async fn inspect(
             ImageConfig::parse(&config, &what)?.platform()
         }
     };
-    let indexed = match index_artifact::locate(&registry, &image, &resolved.manifest_digest).await {
-        Ok(found) => found
-            .map(|a| index_artifact::indexed_layers(&a))
-            .unwrap_or_default(),
-        Err(e) => {
-            tracing::warn!("cannot look for a lazyimg index: {e}");
-            Vec::new()
-        }
-    };
+    let trust = TrustedKeys::load(&ctx.config.trusted_index_keys)?;
+    let indexed =
+        match index_artifact::locate(&registry, &image, &resolved.manifest_digest, &trust).await {
+            Ok(found) => found
+                .map(|a| index_artifact::indexed_layers(&a))
+                .unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!("cannot look for a lazyimg index: {e}");
+                Vec::new()
+            }
+        };
     let inspection = Inspection {
         name: image.to_string(),
         source: image.source.whole(),

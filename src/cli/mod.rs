@@ -4,6 +4,7 @@
 mod browse_cmds;
 mod cache;
 mod image_cmds;
+mod key_cmds;
 mod mount_cmds;
 mod policy_cmds;
 mod progress;
@@ -121,6 +122,9 @@ enum Command {
         lazyimg policy list"
     )]
     Policy(policy_cmds::PolicyCommand),
+    /// Keys that sign lazyimg indexes (`[index_signing]`, `trusted_index_keys`).
+    #[command(subcommand)]
+    Key(key_cmds::KeyCommand),
     /// Copy an image (every platform, byte for byte) into the site proxy registry.
     #[command(after_help = "Examples:\n  \
         lazyimg seed ghcr.io/example-lab/cuda-sample:nbody-cuda11.7.1\n  \
@@ -160,6 +164,14 @@ struct Context {
 }
 
 impl Context {
+    /// The key `[index_signing]` names, if any: the seeding step signs with it.
+    fn index_signer(&self) -> anyhow::Result<Option<crate::signing::IndexSigner>> {
+        Ok(match &self.config.index_signing {
+            Some(signing) => Some(crate::signing::IndexSigner::load(&signing.key_file)?),
+            None => None,
+        })
+    }
+
     fn open_store(&self) -> anyhow::Result<Arc<Store>> {
         Ok(Arc::new(Store::open(
             &self.config.cache_dir(),
@@ -286,6 +298,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(policy_cmds::check(&ctx, args))
         }
         Command::Policy(policy_cmds::PolicyCommand::List(args)) => policy_cmds::list(&ctx, args),
+        Command::Key(key_cmds::KeyCommand::Generate(args)) => key_cmds::generate(args),
         Command::Seed(args) => runtime.block_on(seed_cmds::seed(&ctx, args)),
         Command::CesPull(args) => runtime.block_on(seed_cmds::ces_pull(&ctx, args)),
     }

@@ -208,6 +208,7 @@ pub(super) async fn prepare(
         registry,
         &reporter,
         &crate::policy::gate(approval.as_ref()),
+        &crate::signing::TrustedKeys::load(&ctx.config.trusted_index_keys)?,
     )
     .await?;
     Ok((store, manifest))

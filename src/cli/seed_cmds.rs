@@ -235,12 +235,14 @@ async fn seed_image(
     let target_client =
         RegistryClient::new(&target.endpoint, target_credentials.as_ref(), &options)?;
     let reporter = Reporter::new(ctx.quiet);
+    let signer = ctx.index_signer()?;
     let seeder = Seeder {
         store: &store,
         source: &source,
         target: &target_client,
         progress: &reporter,
         jobs: args.jobs,
+        signer: signer.as_ref(),
     };
     // 4. lazyimg's index beside the image, so GPU nodes mount it lazily.
     let mut report = seeder.copy_and_index(&plan, &target, mode).await?;

@@ -13,6 +13,7 @@ use crate::image::{Descriptor, ImageConfig, LayerFormat, Manifest, Platform};
 use crate::pull::{self, Gate, Progress, PullPolicy, PullReport};
 use crate::reference::ImageRef;
 use crate::registry::RegistryClient;
+use crate::signing::TrustedKeys;
 use crate::store::Store;
 
 /// Layers whose table of contents is fetched at once.
@@ -21,7 +22,8 @@ const PARALLEL_TOCS: usize = 4;
 /// The manifest digest of `image` for `wanted`, made mountable by
 /// [`pull_lazy`] first when `policy` and the cache say so. `gate` judges the
 /// cached image's digests or, when pulling, the resolved ones before anything
-/// is stored.
+/// is stored. A lazyimg index is used only if `trust` accepts it.
+#[allow(clippy::too_many_arguments)]
 pub async fn ensure_mountable(
     store: &Store,
     image: &ImageRef,
@@ -30,6 +32,7 @@ pub async fn ensure_mountable(
     registry: &RegistryClient,
     progress: &dyn Progress,
     gate: Gate<'_>,
+    trust: &TrustedKeys,
 ) -> Result<Digest> {
     if policy != PullPolicy::Always
         && let Some(record) = store.image_record(&image.to_string(), &wanted.to_string())?
@@ -44,7 +47,7 @@ pub async fn ensure_mountable(
             image: image.to_string(),
         });
     }
-    let report = pull_lazy(store, registry, image, wanted, progress, gate).await?;
+    let report = pull_lazy(store, registry, image, wanted, progress, gate, trust).await?;
     Ok(report.manifest)
 }
 
@@ -85,6 +88,7 @@ pub async fn pull_lazy(
     wanted: &Platform,
     progress: &dyn Progress,
     gate: Gate<'_>,
+    trust: &TrustedKeys,
 ) -> Result<PullReport> {
     let resolved = pull::fetch_metadata(store, registry, image, wanted, gate).await?;
     let name = image.to_string();
@@ -110,7 +114,15 @@ pub async fn pull_lazy(
     let mut indexed = if needed.is_empty() {
         Default::default()
     } else {
-        index_artifact::find(store, registry, image, &resolved.manifest_digest, &needed).await?
+        index_artifact::find(
+            store,
+            registry,
+            image,
+            &resolved.manifest_digest,
+            &needed,
+            trust,
+        )
+        .await?
     };
     let maps: Vec<(&Descriptor, Option<ChunkMap>)> = futures_util::stream::iter(needed)
         .map(|layer| {

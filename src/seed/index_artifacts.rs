@@ -8,6 +8,7 @@ use crate::image::{Descriptor, LayerFormat, Manifest};
 use crate::lazy::index_artifact;
 use crate::reference::ImageRef;
 use crate::registry::RegistryClient;
+use crate::signing::IndexSigner;
 use crate::store::Store;
 
 impl Seeder<'_> {
@@ -22,7 +23,8 @@ impl Seeder<'_> {
     ) -> Result<SeedReport> {
         let mut report = self.copy(plan, target, mode).await?;
         if mode == SeedMode::Push {
-            report.lazy_indexes = push_index_artifacts(self.store, self.target, target, plan).await;
+            report.lazy_indexes =
+                push_index_artifacts(self.store, self.target, target, plan, self.signer).await;
         }
         Ok(report)
     }
@@ -35,6 +37,7 @@ async fn push_index_artifacts(
     target_client: &RegistryClient,
     target: &ImageRef,
     plan: &Plan,
+    signer: Option<&IndexSigner>,
 ) -> Vec<String> {
     let mut pushed = Vec::new();
     for document in std::iter::once(&plan.top).chain(&plan.children) {
@@ -62,7 +65,7 @@ async fn push_index_artifacts(
                 platform: None,
                 artifact_type: None,
             };
-            index_artifact::push(store, target_client, target, &subject, &built, None)
+            index_artifact::push(store, target_client, target, &subject, &built, None, signer)
                 .await
                 .map(Some)
         }

@@ -143,6 +143,8 @@ pub struct Seeder<'a> {
     pub progress: &'a dyn Progress,
     /// Blobs in flight at once.
     pub jobs: usize,
+    /// Signs the lazyimg index artifacts pushed beside the image (`[index_signing]`).
+    pub signer: Option<&'a crate::signing::IndexSigner>,
 }
 
 impl Seeder<'_> {

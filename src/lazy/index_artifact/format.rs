@@ -6,7 +6,7 @@ use super::FORMAT_VERSION;
 use crate::chunkmap::GzipResume;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::image::Descriptor;
+use crate::image::{Descriptor, ImageManifest};
 use crate::layer::{self, Chunk, ChunkCodec, ChunkedLayer};
 
 /// One layer's chunk map and entry table, as stored in the artifact (postcard, then zstd).
@@ -106,4 +106,88 @@ fn check_chunks(chunks: &[Chunk], blob_size: u64) -> std::result::Result<(), Str
         content_end = chunk.content_offset.saturating_add(chunk.content_size);
     }
     Ok(())
+}
+
+/// What an index artifact's signature covers: the image it describes and every
+/// blob it lists (media type, digest, and the image layer it belongs to), one
+/// line each, in manifest order. The blobs are fetched by digest and checked,
+/// so the signature binds their content; nothing else in the manifest decides
+/// what a node serves.
+pub(super) fn signed_payload(artifact: &ImageManifest) -> Vec<u8> {
+    let subject = artifact
+        .subject
+        .as_ref()
+        .map_or_else(|| "-".to_string(), |s| s.digest.to_string());
+    let mut text = format!("lazyimg index signature v1\nsubject {subject}\n");
+    for blob in &artifact.layers {
+        let layer = blob
+            .annotations
+            .get(super::LAYER_ANNOTATION)
+            .map_or("-", String::as_str);
+        text += &format!("blob {} {} {layer}\n", blob.media_type, blob.digest);
+    }
+    text.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::signing::{self, IndexSigner, TrustedKeys, Untrusted};
+
+    fn artifact() -> ImageManifest {
+        let blob = |media_type: &str, content: &[u8], layer: &str| Descriptor {
+            media_type: media_type.into(),
+            digest: Digest::of(content),
+            size: content.len() as u64,
+            annotations: BTreeMap::from([(super::super::LAYER_ANNOTATION.into(), layer.into())]),
+            platform: None,
+            artifact_type: None,
+        };
+        ImageManifest {
+            schema_version: 2,
+            media_type: None,
+            config: blob(super::super::EMPTY_MEDIA_TYPE, b"{}", "-"),
+            layers: vec![
+                blob(super::super::INDEX_MEDIA_TYPE, b"index", "sha256:layer"),
+                blob(super::super::WINDOWS_MEDIA_TYPE, b"windows", "sha256:layer"),
+            ],
+            annotations: BTreeMap::new(),
+            artifact_type: None,
+            subject: Some(blob("m", b"image manifest", "-")),
+        }
+    }
+
+    /// A signature over one index never verifies another: every blob's digest,
+    /// media type and layer, and the subject, are in the payload.
+    #[test]
+    fn a_signature_covers_the_subject_and_every_blob() {
+        let keys = tempfile::tempdir().unwrap();
+        let id = signing::generate(keys.path()).unwrap();
+        let signer = IndexSigner::load(&keys.path().join(signing::PRIVATE_KEY_FILE)).unwrap();
+        let trusted = TrustedKeys::load(&[keys.path().join(signing::PUBLIC_KEY_FILE)]).unwrap();
+        let original = artifact();
+        let signature = signer.sign(&signed_payload(&original));
+        let check =
+            |a: &ImageManifest| trusted.check(&signed_payload(a), Some(&id), Some(&signature));
+        assert_eq!(check(&original), Ok(()));
+
+        let mut other_blob = artifact();
+        other_blob.layers[0].digest = Digest::of(b"rogue index");
+        let mut other_layer = artifact();
+        other_layer.layers[1]
+            .annotations
+            .insert(super::super::LAYER_ANNOTATION.into(), "sha256:other".into());
+        let mut other_subject = artifact();
+        other_subject.subject.as_mut().unwrap().digest = Digest::of(b"another image");
+        let mut dropped = artifact();
+        dropped.layers.pop();
+        for changed in [other_blob, other_layer, other_subject, dropped] {
+            assert!(matches!(
+                check(&changed),
+                Err(Untrusted::BadSignature { .. })
+            ));
+        }
+    }
 }

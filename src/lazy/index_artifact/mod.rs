@@ -3,7 +3,10 @@
 //! data, with the sha256 of every span's decompressed bytes), pushed
 //! beside the image as an OCI artifact whose `subject` is the image manifest.
 //!
-//! Trust: the artifact is found through its subject and fetched by digest; each
+//! Trust: with `trusted_index_keys` configured, an artifact is used only if it
+//! carries a valid ed25519 signature by one of those keys (the seeding step
+//! signs with `[index_signing] key_file`); without, it is trusted on the
+//! registry's write access alone. Then: it is found through its subject and fetched by digest; each
 //! artifact layer names the layer digest it describes and must match the image's
 //! manifest; every span's content is verified before it is served (inflating
 //! unverified compressed bytes can only yield content that fails that check).
@@ -31,6 +34,10 @@ const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 const INDEX_MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 /// On each artifact layer: the image layer it describes.
 const LAYER_ANNOTATION: &str = "dev.lazyimg.layer";
+/// On a signed artifact: the base64 ed25519 signature of its signed payload
+/// (`format::signed_payload`), and the id of the key that made it.
+const SIGNATURE_ANNOTATION: &str = "dev.lazyimg.signature";
+const SIGNATURE_KEY_ANNOTATION: &str = "dev.lazyimg.signature.key";
 /// 2: spans no longer carry a digest of their compressed bytes.
 const FORMAT_VERSION: u32 = 2;
 /// Compressed bytes between gzip checkpoints: about what one cold random read fetches.

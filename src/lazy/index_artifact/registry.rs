@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 
-use super::format::check_file;
+use super::format::{check_file, signed_payload};
 use super::{
     ARTIFACT_TYPE, ArtifactLayer, BuiltLayer, EMPTY_MEDIA_TYPE, INDEX_MANIFEST_MEDIA_TYPE,
     INDEX_MEDIA_TYPE, LAYER_ANNOTATION, MANIFEST_MEDIA_TYPE, PREFETCH_MEDIA_TYPE,
-    WINDOWS_MEDIA_TYPE,
+    SIGNATURE_ANNOTATION, SIGNATURE_KEY_ANNOTATION, WINDOWS_MEDIA_TYPE,
 };
 use crate::chunkmap::{BlobHome, ChunkMap, MapSource};
 use crate::digest::Digest;
@@ -18,12 +18,13 @@ use crate::image::{Descriptor, ImageManifest, Manifest};
 use crate::pull::{self, Silent};
 use crate::reference::ImageRef;
 use crate::registry::RegistryClient;
+use crate::signing::{IndexSigner, TrustedKeys};
 use crate::store::{Derived, Store};
 
 /// Pushes the indexes of `built`, and the prefetch list if given, as an
-/// artifact for image manifest `subject`, and lists it under the `sha256-<hex>`
-/// referrers tag for registries without the referrers API. Returns the
-/// artifact's digest.
+/// artifact for image manifest `subject`, signed by `signer` when given, and
+/// lists it under the `sha256-<hex>` referrers tag for registries without the
+/// referrers API. Returns the artifact's digest.
 pub async fn push(
     store: &Store,
     registry: &RegistryClient,
@@ -31,6 +32,7 @@ pub async fn push(
     subject: &Descriptor,
     built: &[BuiltLayer],
     prefetch: Option<&[u8]>,
+    signer: Option<&IndexSigner>,
 ) -> Result<Digest> {
     let empty_config = Bytes::from_static(b"{}");
     let mut layers = Vec::new();
@@ -61,7 +63,7 @@ pub async fn push(
                 .await?;
         }
     }
-    let manifest = ImageManifest {
+    let mut manifest = ImageManifest {
         schema_version: 2,
         media_type: Some(MANIFEST_MEDIA_TYPE.into()),
         config: descriptor(EMPTY_MEDIA_TYPE, &empty_config, BTreeMap::new()),
@@ -70,6 +72,13 @@ pub async fn push(
         artifact_type: Some(ARTIFACT_TYPE.into()),
         subject: Some(subject.clone()),
     };
+    if let Some(signer) = signer {
+        let signature = signer.sign(&signed_payload(&manifest));
+        manifest.annotations = BTreeMap::from([
+            (SIGNATURE_ANNOTATION.to_string(), signature),
+            (SIGNATURE_KEY_ANNOTATION.to_string(), signer.key_id()),
+        ]);
+    }
     let manifest_bytes = Bytes::from(serde_json::to_vec(&manifest).expect("manifests serialise"));
     let artifact = Digest::of(&manifest_bytes);
     let by_digest = image.source.clone_with_digest(artifact.to_string());
@@ -129,12 +138,14 @@ async fn update_referrers_tag(
 }
 
 /// The image's lazyimg index artifact, if one is listed for `manifest_digest`
-/// and it checks out (fetched by digest, subject matching); else `None`, with a
-/// warning when one was there but failed a check.
+/// and it checks out (fetched by digest, subject matching, signed by a key of
+/// `trust` when it holds any); else `None`, with a warning when one was there
+/// but failed a check.
 pub async fn locate(
     registry: &RegistryClient,
     image: &ImageRef,
     manifest_digest: &Digest,
+    trust: &TrustedKeys,
 ) -> Result<Option<ImageManifest>> {
     let ignore = |reason: String| {
         tracing::warn!("{image}: ignoring its lazyimg index: {reason}");
@@ -172,6 +183,29 @@ pub async fn locate(
     if artifact.subject.as_ref().map(|s| s.digest) != Some(*manifest_digest) {
         return ignore(format!("its subject is not {manifest_digest}"));
     }
+    if trust.is_empty() {
+        tracing::warn!(
+            "{image}: using lazyimg index {} without a signature check (no trusted_index_keys): \
+             it is trusted because of who can push to {}",
+            entry.digest,
+            image.source.repository()
+        );
+    } else if let Err(untrusted) = trust.check(
+        &signed_payload(&artifact),
+        artifact
+            .annotations
+            .get(SIGNATURE_KEY_ANNOTATION)
+            .map(String::as_str),
+        artifact
+            .annotations
+            .get(SIGNATURE_ANNOTATION)
+            .map(String::as_str),
+    ) {
+        return ignore(format!(
+            "{} is not trusted: {untrusted}; its layers are read whole, verified by their digests",
+            entry.digest
+        ));
+    }
     Ok(Some(artifact))
 }
 
@@ -194,8 +228,9 @@ pub async fn find(
     image: &ImageRef,
     manifest_digest: &Digest,
     layers: &[&Descriptor],
+    trust: &TrustedKeys,
 ) -> Result<BTreeMap<Digest, ChunkMap>> {
-    let Some(artifact) = locate(registry, image, manifest_digest).await? else {
+    let Some(artifact) = locate(registry, image, manifest_digest, trust).await? else {
         return Ok(BTreeMap::new());
     };
     let annotated = |layer: &Descriptor, media_type: &str| {

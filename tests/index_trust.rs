@@ -1,0 +1,267 @@
+//! Signed lazyimg indexes: a node that trusts the site's key mounts lazily
+//! through an index the seeding step signed, and ignores (reading the layer
+//! whole, verified) an index that is unsigned, signed by another key, or a
+//! rogue one that maps file names to other files' bytes.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use lazyimg::config::Config;
+use lazyimg::image::Descriptor;
+use lazyimg::layer::EntryKind;
+use lazyimg::lazy::index_artifact;
+use lazyimg::reference::ImageRef;
+use lazyimg::registry::{ClientOptions, RegistryClient};
+use lazyimg::store::Store;
+use support::image::*;
+use support::registry::Registry;
+use support::testenv::{Lazyimg, Mounted, build_layout, run, testenv};
+use support::tools::push_layout;
+
+/// Size of the big file: a small read fetches one ~1 MiB gzip span of it,
+/// under 3 % of the layer.
+const BIG: usize = 48 << 20;
+
+/// Two files of one size and different content (a rogue index swaps them),
+/// and a big one so that a lazy mount's fetch is a small part of the layer.
+fn spec() -> ImageSpec {
+    ImageSpec::new(vec![LayerSpec::new(vec![
+        dir("data"),
+        file("data/a.txt", b"A".repeat(5000)),
+        file("data/b.txt", b"B".repeat(5000)),
+        file("data/big.bin", prng_bytes(7, BIG)),
+    ])])
+}
+
+struct Site {
+    registry: Registry,
+    reference: String,
+    keys: tempfile::TempDir,
+}
+
+impl Site {
+    fn new() -> Site {
+        let registry = Registry::start().unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let (layout, _) = build_layout(&work.path().join("img"), &spec(), "1");
+        let reference = registry.reference("trust/image:1");
+        push_layout(&layout.dir, "1", &reference, registry.push_opts()).unwrap();
+        let keys = tempfile::tempdir().unwrap();
+        for name in ["site", "other"] {
+            lazyimg(&registry, "")
+                .run(&["key", "generate", keys.path().join(name).to_str().unwrap()])
+                .ok();
+        }
+        Site {
+            registry,
+            reference,
+            keys,
+        }
+    }
+
+    fn key(&self, name: &str, file: &str) -> PathBuf {
+        self.keys.path().join(name).join(file)
+    }
+
+    /// `lazyimg index --push`, signed by key `name` (or unsigned).
+    fn push_index(&self, signed_by: Option<&str>) {
+        let extra = signed_by.map_or(String::new(), |name| {
+            format!(
+                "[index_signing]\nkey_file = {:?}\n",
+                self.key(name, "index.key")
+            )
+        });
+        lazyimg(&self.registry, &extra)
+            .run(&["index", "--push", &self.reference])
+            .ok();
+    }
+
+    /// A node that trusts the site key.
+    fn trusting_node(&self) -> Lazyimg {
+        let extra = format!(
+            "trusted_index_keys = [{:?}]\n",
+            self.key("site", "index.pub")
+        );
+        lazyimg(&self.registry, &extra)
+    }
+}
+
+/// `extra` goes first in the file, so top-level keys stay top-level.
+fn lazyimg(registry: &Registry, extra: &str) -> Lazyimg {
+    let config = format!(
+        "{extra}\n[[registry]]\nprefix = {:?}\ninsecure = true\n",
+        registry.addr
+    );
+    Lazyimg::with_config(testenv(), &config)
+}
+
+fn read(mounted: &Mounted, path: &str) -> Vec<u8> {
+    std::fs::read(mounted.path.join(path)).unwrap()
+}
+
+fn layer_cached_whole(node: &Lazyimg) -> bool {
+    // The image has one layer; a blob over 6 MiB can only be the layer.
+    node.cached_blobs().iter().any(|digest| {
+        let path = node
+            .cache()
+            .join("blobs/sha256")
+            .join(&digest["sha256:".len()..]);
+        std::fs::metadata(path).is_ok_and(|m| m.len() > 6 << 20)
+    })
+}
+
+#[test]
+fn generated_keys_are_openssl_pem() {
+    let keys = tempfile::tempdir().unwrap();
+    let registry = Registry::start().unwrap();
+    let dir = keys.path().join("k");
+    lazyimg(&registry, "")
+        .run(&["key", "generate", dir.to_str().unwrap()])
+        .ok();
+    let public = run(Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(dir.join("index.key")))
+    .ok();
+    assert_eq!(
+        public.stdout(),
+        std::fs::read_to_string(dir.join("index.pub")).unwrap()
+    );
+    let again = lazyimg(&registry, "").run(&["key", "generate", dir.to_str().unwrap()]);
+    assert!(!again.success(), "an existing key was overwritten");
+}
+
+#[test]
+fn a_signed_index_is_used_lazily_by_a_node_that_trusts_its_key() {
+    let site = Site::new();
+    site.push_index(Some("site"));
+    let node = site.trusting_node();
+    let (mounted, daemon) = Mounted::with_daemon(&node, &site.reference, &[]);
+    assert_eq!(read(&mounted, "data/a.txt"), b"A".repeat(5000));
+    let stats = node.stats(&mounted);
+    assert!(
+        stats["bytes_fetched"].as_u64().unwrap() < (BIG as u64) * 3 / 100,
+        "{stats}"
+    );
+    assert!(!layer_cached_whole(&node));
+    assert!(
+        !daemon.log().contains("ignoring its lazyimg index"),
+        "{}",
+        daemon.log()
+    );
+}
+
+#[test]
+fn unsigned_and_foreign_signed_indexes_are_ignored_and_the_layer_read_whole() {
+    let site = Site::new();
+    for (signed_by, reason) in [
+        (None, "carries no signature"),
+        (Some("other"), "which is not in trusted_index_keys"),
+    ] {
+        site.push_index(signed_by);
+        let node = site.trusting_node();
+        let (mounted, daemon) = Mounted::with_daemon(&node, &site.reference, &[]);
+        assert_eq!(read(&mounted, "data/b.txt"), b"B".repeat(5000));
+        assert!(
+            layer_cached_whole(&node),
+            "{signed_by:?}: the layer was not read whole"
+        );
+        let log = daemon.log();
+        assert!(
+            log.contains("ignoring its lazyimg index") && log.contains(reason),
+            "{log}"
+        );
+    }
+}
+
+/// Pushes, unsigned, an index of the image whose entry table swaps the
+/// contents of `data/a.txt` and `data/b.txt`: chunk digests all check out, so
+/// only the signature can tell it from the real one.
+fn push_rogue_index(site: &Site) {
+    let node = lazyimg(&site.registry, "");
+    node.run(&["pull", &site.reference]).ok();
+    let config = Config::from_file(&node_config(&node)).unwrap();
+    let store = Store::open(&node.cache(), u64::MAX).unwrap();
+    let image = ImageRef::parse(&site.reference, &config).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = RegistryClient::new(&image.endpoint, None, &ClientOptions::default()).unwrap();
+    let manifest_bytes = runtime
+        .block_on(client.fetch_manifest(&image.source))
+        .unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest_bytes).unwrap();
+    let layer: Descriptor = serde_json::from_value(manifest["layers"][0].clone()).unwrap();
+    let mut built = index_artifact::build_layer(&store, &layer)
+        .unwrap()
+        .unwrap();
+    let entries = &mut built.file.chunked.table.entries;
+    let offset = |entries: &[lazyimg::layer::TarEntry], name: &str| {
+        entries
+            .iter()
+            .position(|e| e.path.to_str() == Some(name))
+            .unwrap()
+    };
+    let (a, b) = (offset(entries, "data/a.txt"), offset(entries, "data/b.txt"));
+    let (EntryKind::Regular { offset: at_a, .. }, EntryKind::Regular { offset: at_b, .. }) =
+        (entries[a].kind.clone(), entries[b].kind.clone())
+    else {
+        panic!("a.txt and b.txt are regular files");
+    };
+    let set = |entry: &mut lazyimg::layer::TarEntry, to: u64| {
+        if let EntryKind::Regular { offset, .. } = &mut entry.kind {
+            *offset = to;
+        }
+    };
+    set(&mut entries[a], at_b);
+    set(&mut entries[b], at_a);
+    let subject = Descriptor {
+        media_type: manifest["mediaType"].as_str().unwrap().to_string(),
+        digest: lazyimg::digest::Digest::of(&manifest_bytes),
+        size: manifest_bytes.len() as u64,
+        annotations: Default::default(),
+        platform: None,
+        artifact_type: None,
+    };
+    runtime
+        .block_on(index_artifact::push(
+            &store,
+            &client,
+            &image,
+            &subject,
+            &[built],
+            None,
+            None,
+        ))
+        .unwrap();
+}
+
+fn node_config(node: &Lazyimg) -> PathBuf {
+    node.cache().parent().unwrap().join("config.toml")
+}
+
+#[test]
+fn a_rogue_index_serves_no_wrong_byte_on_a_node_that_trusts_the_site_key() {
+    let site = Site::new();
+    push_rogue_index(&site);
+
+    // The rogue index is what an unchecking node would use: a.txt shows B.
+    let unchecking = lazyimg(&site.registry, "");
+    let (mounted, _) = Mounted::with_daemon(&unchecking, &site.reference, &[]);
+    assert_eq!(
+        read(&mounted, "data/a.txt"),
+        b"B".repeat(5000),
+        "the rogue index took no effect"
+    );
+    drop(mounted);
+
+    let node = site.trusting_node();
+    let (mounted, daemon) = Mounted::with_daemon(&node, &site.reference, &[]);
+    assert_eq!(read(&mounted, "data/a.txt"), b"A".repeat(5000));
+    assert_eq!(read(&mounted, "data/b.txt"), b"B".repeat(5000));
+    assert!(layer_cached_whole(&node));
+    assert!(
+        daemon.log().contains("carries no signature"),
+        "{}",
+        daemon.log()
+    );
+}
