@@ -191,7 +191,19 @@ fn push_rogue_index(site: &Site) {
         .unwrap();
     let manifest: serde_json::Value = serde_json::from_slice(&manifest_bytes).unwrap();
     let layer: Descriptor = serde_json::from_value(manifest["layers"][0].clone()).unwrap();
-    let mut built = index_artifact::build_layer(&store, &layer)
+    let config_digest = manifest["config"]["digest"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(store.require(&config_digest).unwrap().bytes()).unwrap();
+    let diff_id = config["rootfs"]["diff_ids"][0]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut built = index_artifact::build_layer(&store, &layer, &diff_id)
         .unwrap()
         .unwrap();
     let entries = &mut built.file.chunked.table.entries;

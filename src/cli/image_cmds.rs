@@ -108,10 +108,26 @@ pub(super) async fn index(ctx: &Context, args: IndexArgs) -> anyhow::Result<Exit
     let Manifest::Image(manifest) = Manifest::parse(manifest_bytes.bytes(), &report.name)? else {
         anyhow::bail!("{}: the resolved manifest is an index", report.name);
     };
+    let diff_ids = ImageConfig::parse(
+        store.require(&manifest.config.digest)?.bytes(),
+        &report.name,
+    )?
+    .rootfs
+    .map(|r| r.diff_ids)
+    .unwrap_or_default();
+    if diff_ids.len() != manifest.layers.len() {
+        anyhow::bail!(
+            "{}: its config lists {} diff_ids for {} layers",
+            report.name,
+            diff_ids.len(),
+            manifest.layers.len()
+        );
+    }
     let started = Instant::now();
     let mut built = Vec::new();
-    for layer in &manifest.layers {
-        let index = tokio::task::block_in_place(|| index_artifact::build_layer(&store, layer))?;
+    for (layer, diff_id) in manifest.layers.iter().zip(&diff_ids) {
+        let index =
+            tokio::task::block_in_place(|| index_artifact::build_layer(&store, layer, diff_id))?;
         match index {
             Some(index) => {
                 eprintln!(

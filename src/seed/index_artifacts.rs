@@ -4,7 +4,7 @@
 use super::{Plan, SeedReport, Seeder};
 use crate::config::SeedMode;
 use crate::error::Result;
-use crate::image::{Descriptor, LayerFormat, Manifest};
+use crate::image::{Descriptor, ImageConfig, LayerFormat, Manifest};
 use crate::lazy::index_artifact;
 use crate::reference::ImageRef;
 use crate::registry::RegistryClient;
@@ -46,11 +46,19 @@ async fn push_index_artifacts(
             continue;
         };
         let result = async {
+            let diff_ids = ImageConfig::parse(
+                store.require(&manifest.config.digest)?.bytes(),
+                "seeded image config",
+            )?
+            .rootfs
+            .map(|r| r.diff_ids)
+            .unwrap_or_default();
             let mut built = Vec::new();
-            for layer in &manifest.layers {
+            for (layer, diff_id) in manifest.layers.iter().zip(&diff_ids) {
                 if matches!(LayerFormat::of(layer), LayerFormat::Gzip | LayerFormat::Tar) {
-                    let index =
-                        tokio::task::block_in_place(|| index_artifact::build_layer(store, layer))?;
+                    let index = tokio::task::block_in_place(|| {
+                        index_artifact::build_layer(store, layer, diff_id)
+                    })?;
                     built.extend(index);
                 }
             }

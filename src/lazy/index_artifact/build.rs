@@ -19,15 +19,36 @@ pub struct BuiltLayer {
 
 /// Indexes stored layer `layer` in one pass; `None` for layers that cannot be
 /// read piecewise (plain zstd is one frame).
-pub fn build_layer(store: &Store, layer: &Descriptor) -> Result<Option<BuiltLayer>> {
+///
+/// Errors: [`Error::DigestMismatch`] when the uncompressed bytes do not hash
+/// to `diff_id` (the image config's), exactly as `pull` and a whole-layer
+/// mount refuse such a layer: an index is never the one path that accepts it.
+pub fn build_layer(
+    store: &Store,
+    layer: &Descriptor,
+    diff_id: &Digest,
+) -> Result<Option<BuiltLayer>> {
     let blob = store.require(&layer.digest)?;
     let bytes = blob.bytes();
     let layer_error = |source| Error::Layer {
         layer: layer.digest,
         source,
     };
+    let check_diff_id = |actual: Digest| {
+        if actual == *diff_id {
+            Ok(())
+        } else {
+            Err(Error::DigestMismatch {
+                what: format!("uncompressed layer {} (its diff_id)", layer.digest),
+                expected: *diff_id,
+                actual,
+            })
+        }
+    };
     let (chunked, gzip, windows) = match Compression::from_media_type(&layer.media_type) {
         Some(Compression::None) => {
+            // The stored blob matched the layer digest, which is then its diff_id.
+            check_diff_id(layer.digest)?;
             let table = layer::read_entries(bytes).map_err(layer_error)?;
             let chunks = (0..bytes.len() as u64)
                 .step_by(TAR_CHUNK as usize)
@@ -49,12 +70,13 @@ pub fn build_layer(store: &Store, layer: &Descriptor) -> Result<Option<BuiltLaye
         Some(Compression::Gzip) => {
             let mut reader = SpanHashing::new(GzipCheckpointer::new(bytes, GZIP_SPAN));
             let table = layer::read_entries(&mut reader).map_err(layer_error)?;
-            let (points, span_digests) = reader.finish().map_err(|e| {
+            let (points, span_digests, whole) = reader.finish().map_err(|e| {
                 layer_error(layer::LayerError::Read {
                     offset: 0,
                     source: e,
                 })
             })?;
+            check_diff_id(whole)?;
             let chunks = (0..points.checkpoints.len())
                 .map(|k| {
                     let blob_range = gzip_checkpoints::span_range(&points, k);
@@ -131,6 +153,8 @@ struct SpanHashing<R> {
     inner: GzipCheckpointer<R>,
     position: u64,
     hasher: Hasher,
+    /// Of the whole uncompressed stream: the layer's diff_id.
+    whole: Hasher,
     digests: Vec<Digest>,
     /// The next checkpoint whose offset ends a span (checkpoint 0 ends none).
     next: usize,
@@ -142,12 +166,14 @@ impl<R: Read> SpanHashing<R> {
             inner,
             position: 0,
             hasher: Hasher::new(),
+            whole: Hasher::new(),
             digests: Vec::new(),
             next: 1,
         }
     }
 
-    fn finish(mut self) -> io::Result<(gzip_checkpoints::GzipCheckpoints, Vec<Digest>)> {
+    /// The checkpoints, each span's digest, and the whole stream's digest.
+    fn finish(mut self) -> io::Result<(gzip_checkpoints::GzipCheckpoints, Vec<Digest>, Digest)> {
         // Drain through `read` so the tail is hashed too.
         io::copy(&mut self, &mut io::sink())?;
         let mut digests = self.digests;
@@ -160,13 +186,14 @@ impl<R: Read> SpanHashing<R> {
                 points.checkpoints.len()
             )));
         }
-        Ok((points, digests))
+        Ok((points, digests, self.whole.finish()))
     }
 }
 
 impl<R: Read> Read for SpanHashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
+        self.whole.update(&buf[..n]);
         let mut piece = &buf[..n];
         // A checkpoint is placed before any output past it exists, so every
         // boundary inside this piece is already known.
@@ -188,5 +215,53 @@ impl<R: Read> Read for SpanHashing<R> {
         self.hasher.update(piece);
         self.position += piece.len() as u64;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::layer::test_tar::TestTar;
+
+    fn stored(store: &Store, media_type: &str, blob: &[u8]) -> Descriptor {
+        let digest = Digest::of(blob);
+        store.put(digest, blob, "test layer").unwrap();
+        Descriptor {
+            media_type: media_type.into(),
+            digest,
+            size: blob.len() as u64,
+            annotations: Default::default(),
+            platform: None,
+            artifact_type: None,
+        }
+    }
+
+    /// An index is never the one path that accepts a layer `pull` refuses.
+    #[test]
+    fn a_layer_that_misses_its_diff_id_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), u64::MAX).unwrap();
+        let tar = TestTar::new().file("f", b"content").bytes();
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(&tar).unwrap();
+        let gzip = stored(
+            &store,
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            &encoder.finish().unwrap(),
+        );
+        let plain = stored(&store, "application/vnd.oci.image.layer.v1.tar", &tar);
+        let right = Digest::of(&tar);
+        let wrong = Digest::of(b"another tar");
+        for layer in [&gzip, &plain] {
+            assert!(build_layer(&store, layer, &right).unwrap().is_some());
+            match build_layer(&store, layer, &wrong) {
+                Err(Error::DigestMismatch {
+                    expected, actual, ..
+                }) => assert_eq!((expected, actual), (wrong, right)),
+                other => panic!("{}: {:?}", layer.media_type, other.map(|_| ())),
+            }
+        }
     }
 }
