@@ -28,6 +28,9 @@ pub struct Config {
     /// `[lazy]`: how lazy reads use threads and memory.
     #[serde(default)]
     pub lazy: LazyConfig,
+    /// A chunk cache on a filesystem many nodes share (NFS, Lustre, GPFS):
+    /// read (and verified) before the registry is asked, written after.
+    pub shared_cache_dir: Option<PathBuf>,
     /// Public keys (PEM files) whose signature a lazyimg index artifact must
     /// carry to be used; empty: indexes are trusted on the registry's write
     /// access alone.

@@ -36,6 +36,7 @@ pub(super) fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
     );
     println!("served to readers      {}", ByteSize(report.bytes_served));
     println!("chunks from cache      {}", report.cache_hits);
+    println!("chunks from shared     {}", report.shared_cache_hits);
     println!("verification failures  {}", report.verification_failures);
     println!("fetch failures         {}", report.fetch_failures);
     println!("whole-blob fallbacks   {}", report.whole_blob_fallbacks);

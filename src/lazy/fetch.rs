@@ -32,7 +32,7 @@ use crate::digest::Digest;
 use crate::error::{Error, ReadError, Result};
 use crate::layer::{Chunk, ChunkCodec};
 use crate::rootfs::Stats;
-use crate::store::{Blob, Store};
+use crate::store::{Blob, SharedCache, Store};
 
 /// Gaps up to this size between chunks are fetched rather than split into two requests.
 const MAX_GAP: u64 = 64 * 1024;
@@ -84,6 +84,8 @@ struct Shared {
     /// evicted since is caught when its read finds nothing, and forgotten.
     stored: Mutex<HashSet<Digest>>,
     writes: WriteQueue,
+    /// Where other nodes leave verified chunks, and this one too.
+    shared_cache: Option<SharedCache>,
 }
 
 #[derive(Default)]
@@ -137,6 +139,7 @@ impl ChunkFetcher {
             whole_failures: Mutex::default(),
             stored: Mutex::default(),
             writes: WriteQueue::new(options.write_queue),
+            shared_cache: options.shared_cache.as_deref().map(SharedCache::new),
         });
         let writer = Arc::clone(&shared);
         std::thread::Builder::new()
@@ -341,7 +344,8 @@ impl ChunkFetcher {
     /// Fetches the claimed chunks, a run per request, and hands each run to
     /// the decoders. Returns once every request is answered; the claims settle
     /// as their chunks verify (or at once, when a request failed).
-    fn fetch_claimed(&self, blob: &Arc<LazyBlob>, mut claims: Vec<Claim>, urgent: bool) {
+    fn fetch_claimed(&self, blob: &Arc<LazyBlob>, claims: Vec<Claim>, urgent: bool) {
+        let mut claims = self.take_from_shared_cache(blob, claims);
         // Chunks with nothing to fetch (runs of zeros) decode from nothing.
         let (empty, to_fetch): (Vec<Claim>, Vec<Claim>) = claims
             .drain(..)
@@ -379,6 +383,35 @@ impl ChunkFetcher {
                 }
             }
         }
+    }
+
+    /// Settles the claims whose chunk another node left in the shared cache
+    /// (verified here, before anyone sees it; a bad copy is discarded and its
+    /// chunk fetched as if it were missing); returns the others.
+    fn take_from_shared_cache(&self, blob: &LazyBlob, claims: Vec<Claim>) -> Vec<Claim> {
+        let shared = &self.engine.shared;
+        let Some(cache) = &shared.shared_cache else {
+            return claims;
+        };
+        let mut missing = Vec::with_capacity(claims.len());
+        for claim in claims {
+            let chunk = &blob.chunks[claim.index];
+            let Some(bytes) = cache.get(&chunk.digest, chunk.content_size) else {
+                missing.push(claim);
+                continue;
+            };
+            match decode::verify(chunk, Bytes::from(bytes)) {
+                Ok(content) => {
+                    shared.stats.shared_cache_hit();
+                    claim.settle(Ok(content));
+                }
+                Err(_) => {
+                    cache.discard(&chunk.digest);
+                    missing.push(claim);
+                }
+            }
+        }
+        missing
     }
 
     /// Hands a fetched run (`bytes` start at blob offset `start`) to the
@@ -677,6 +710,9 @@ impl Shared {
                     lock(&self.stored).insert(digest);
                 }
                 Err(e) => tracing::warn!("cannot cache chunk {digest}: {e}"),
+            }
+            if let Some(cache) = &self.shared_cache {
+                cache.put(&digest, &content);
             }
             self.flights().remove(&digest);
             self.writes.done(content.len() as u64);

@@ -61,6 +61,8 @@ pub struct LazyOptions {
     pub whole_blob_deadline: Duration,
     /// Longest a reader waits on another reader's ranged fetch.
     pub wait_deadline: Duration,
+    /// A second-level chunk cache many nodes share (`shared_cache_dir`).
+    pub shared_cache: Option<std::path::PathBuf>,
 }
 
 impl LazyOptions {
@@ -106,6 +108,7 @@ impl Default for LazyOptions {
             read_deadline,
             whole_blob_deadline: Duration::from_secs(600),
             wait_deadline: read_deadline * 2 + Duration::from_secs(5),
+            shared_cache: None,
         }
     }
 }

@@ -472,3 +472,74 @@ fn the_lazy_table_sets_the_engine_options() {
     );
     assert!(unknown.unwrap_err().to_string().contains("threads"));
 }
+
+/// A fetcher over `blob` whose shared cache is `shared`, with its own store.
+fn setup_shared(blob: &TestBlob, shared: &std::path::Path) -> Setup {
+    let mut s = setup(
+        TestBlob {
+            bytes: blob.bytes.clone(),
+            content: blob.content.clone(),
+            chunks: blob.chunks.clone(),
+        },
+        0,
+    );
+    let options = LazyOptions {
+        shared_cache: Some(shared.to_path_buf()),
+        ..LazyOptions::with_read_deadline(Duration::from_secs(5))
+    };
+    let store = Arc::new(Store::open(&s._dir.path().join("shared-node"), u64::MAX).unwrap());
+    *s.source.store.lock().unwrap() = Some(Arc::clone(&store));
+    let fetcher = Arc::new(
+        ChunkFetcher::new(store, s.source.clone(), Arc::clone(&s.stats), &options).unwrap(),
+    );
+    let lazy = LazyBlob {
+        digest: Digest::of(&blob.bytes),
+        size: blob.bytes.len() as u64,
+        chunks: blob.chunks.clone(),
+        deflate: None,
+    };
+    s.content = ImageContent::new(
+        vec![LayerContent::Chunked(Arc::new(lazy))],
+        Some(fetcher),
+        0,
+        Arc::clone(&s.stats),
+    );
+    s
+}
+
+#[test]
+fn a_shared_cache_serves_other_nodes_chunks_and_bad_copies_are_refetched() {
+    let shared = tempfile::tempdir().unwrap();
+    let blob = gzip_blob(&pseudo_random(64_000), 8_000);
+    // Node 1 fetches everything from the registry and leaves it in the shared cache.
+    let first = setup_shared(&blob, shared.path());
+    first.content.read(&first.location, 0, 64_000).unwrap();
+    let cached = shared.path().join("blobs/sha256");
+    for _ in 0..200 {
+        if std::fs::read_dir(&cached).map_or(0, |d| d.count()) == blob.chunks.len() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Node 2, registry down: every chunk comes from the shared cache, but one
+    // copy was damaged there; it is refetched once the registry answers.
+    let bad = cached.join(blob.chunks[2].digest.hex());
+    let mut damaged = std::fs::read(&bad).unwrap();
+    damaged[0] ^= 1;
+    std::fs::write(&bad, damaged).unwrap();
+    let second = setup_shared(&blob, shared.path());
+    second.source.down.store(true, Ordering::SeqCst);
+    let good = second.content.read(&second.location, 0, 16_000).unwrap();
+    assert_eq!(&good[..], &blob.content[..16_000]);
+    assert!(second.content.read(&second.location, 16_000, 100).is_err());
+    assert!(!bad.exists(), "the damaged copy was removed");
+    second.source.down.store(false, Ordering::SeqCst);
+    let refetched = second
+        .content
+        .read(&second.location, 16_000, 8_000)
+        .unwrap();
+    assert_eq!(&refetched[..], &blob.content[16_000..24_000]);
+    let report = second.stats.report();
+    assert_eq!(report.shared_cache_hits, 2, "{report:?}");
+    assert_eq!(report.verification_failures, 0, "{report:?}");
+}

@@ -16,6 +16,7 @@ pub struct Stats {
     bytes_served: AtomicU64,
     chunks_fetched: AtomicU64,
     cache_hits: AtomicU64,
+    shared_cache_hits: AtomicU64,
     verification_failures: AtomicU64,
     fetch_failures: AtomicU64,
     whole_blob_fallbacks: AtomicU64,
@@ -40,6 +41,9 @@ pub struct StatsReport {
     pub chunks_fetched: u64,
     /// Chunks found already verified in the local store.
     pub cache_hits: u64,
+    /// Chunks found (and verified) in the shared cache (`shared_cache_dir`).
+    #[serde(default)]
+    pub shared_cache_hits: u64,
     pub verification_failures: u64,
     pub fetch_failures: u64,
     /// Times a registry would not serve a range and the whole blob was fetched.
@@ -82,6 +86,10 @@ impl Stats {
         self.cache_hits.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn shared_cache_hit(&self) {
+        self.shared_cache_hits.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn served(&self, bytes: u64) {
         self.bytes_served.fetch_add(bytes, Ordering::Relaxed);
     }
@@ -113,6 +121,7 @@ impl Stats {
             bytes_served: get(&self.bytes_served),
             chunks_fetched: get(&self.chunks_fetched),
             cache_hits: get(&self.cache_hits),
+            shared_cache_hits: get(&self.shared_cache_hits),
             verification_failures: get(&self.verification_failures),
             fetch_failures: get(&self.fetch_failures),
             whole_blob_fallbacks: get(&self.whole_blob_fallbacks),

@@ -17,6 +17,7 @@ mod derived;
 mod logs;
 mod recency;
 mod refs;
+mod shared;
 mod writer;
 
 use std::fs::{self, File};
@@ -34,6 +35,7 @@ pub use derived::Derived;
 pub use logs::{DAEMON_LOG_MAX_AGE, LogPruneReport};
 use recency::OpenBlobs;
 pub use refs::ImageRecord;
+pub use shared::SharedCache;
 pub use writer::BlobWriter;
 
 /// Where downloaded blob bytes go. The sink hashes them; a download that restarts
