@@ -8,7 +8,16 @@ apt_install() { # PACKAGE...
     apt-get update -qq
     APT_UPDATED=1
   fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  # No service starts during the install (nginx would take port 80): a
+  # policy-rc.d that refuses, unless the host has one of its own.
+  local policy=/usr/sbin/policy-rc.d own_policy=
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 0755 "$policy" && own_policy=1
+  fi
+  local status=0
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null || status=$?
+  [[ -z $own_policy ]] || rm -f "$policy"
+  return "$status"
 }
 
 # need PROBE:PACKAGE... installs each PACKAGE whose PROBE (a command, or an

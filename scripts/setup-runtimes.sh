@@ -2,7 +2,8 @@
 # Prepare this host for running lazyimg images with container runtimes.
 #
 #   * installs (only when missing) podman, runc, charliecloud-runtime (ch-run),
-#     fuse3, uidmap, debootstrap, umoci, skopeo, squashfuse, squashfs-tools, attr;
+#     fuse3, uidmap, debootstrap, umoci, skopeo, squashfuse, squashfs-tools, attr,
+#     nginx-light (the blob-range cache tests; its service is not started);
 #   * writes $STATE/containers.conf for this host: runc (crun fails on hybrid
 #     cgroup hosts: "cgroups in hybrid mode not supported") and no default
 #     ulimits (runc cannot setrlimit them inside some sandboxes);
@@ -40,8 +41,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 need podman:podman runc:runc ch-run:charliecloud-runtime fusermount3:fuse3 newuidmap:uidmap \
   debootstrap:debootstrap umoci:umoci skopeo:skopeo squashfuse:squashfuse \
-  mksquashfs:squashfs-tools getfattr:attr
-for c in podman runc ch-run newuidmap debootstrap umoci skopeo squashfuse mksquashfs getfattr fusermount3; do
+  mksquashfs:squashfs-tools getfattr:attr nginx:nginx-light
+for c in podman runc ch-run newuidmap debootstrap umoci skopeo squashfuse mksquashfs getfattr fusermount3 nginx; do
   command -v "$c" >/dev/null 2>&1 || die "$c is still missing after installing packages"
 done
 

@@ -24,12 +24,15 @@ struct Indexed {
     image: BuiltImage,
     /// umoci's unpack of the same image: the oracle for `find`.
     unpacked: tempfile::TempDir,
+    /// Bytes of the registry's log once the image and its index were pushed
+    /// (indexing pulled the layers): later requests are the test's.
+    log_mark: usize,
 }
 
 /// The gzip torture image on a fresh plain registry, with its lazyimg index
 /// pushed beside it, and umoci's unpack of it.
 fn indexed_torture_image() -> Indexed {
-    let registry = Registry::start().unwrap();
+    let registry = Registry::start_logging().unwrap();
     let work = tempfile::tempdir().unwrap();
     let (layout, image) = build_layout(
         &work.path().join("img"),
@@ -45,11 +48,13 @@ fn indexed_torture_image() -> Indexed {
     let rootfs = unpack_with_umoci(&layout.dir, "gz", &unpacked.path().join("bundle"))
         .expect("umoci unpack");
     assert_eq!(rootfs, unpacked.path().join("bundle/rootfs"));
+    let log_mark = registry.log().len();
     Indexed {
         registry,
         reference,
         image,
         unpacked,
+        log_mark,
     }
 }
 
@@ -61,21 +66,22 @@ fn lazyimg_for(registry: &Registry) -> Lazyimg {
     Lazyimg::with_config(testenv(), &config)
 }
 
-/// Registry log lines that fetched one of the image's layer blobs.
+/// Registry log lines that fetched one of the image's layer blobs since the
+/// image was pushed and indexed.
 fn layer_gets(indexed: &Indexed) -> Vec<String> {
-    let log = indexed.registry.log();
-    indexed
+    let gets: Vec<String> = indexed
         .image
         .layers
         .iter()
-        .flat_map(|layer| {
-            let wanted = format!("GET /v2/browse/torture/blobs/{}", layer.digest);
-            log.lines()
-                .filter(move |line| line.contains(&wanted))
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-        })
-        .collect()
+        .flat_map(|layer| indexed.registry.blob_gets(&layer.digest, indexed.log_mark))
+        .collect();
+    // The log is on, and the test's command fetched the manifest: no empty check.
+    let since = indexed.registry.log()[indexed.log_mark..].to_string();
+    assert!(
+        since.contains("\"GET /v2/browse/torture/manifests/"),
+        "{since}"
+    );
+    gets
 }
 
 /// `ls -l -R --json` output as lines of tests/support/listing.rs's format,

@@ -6,6 +6,7 @@ mod cache;
 mod image_cmds;
 mod key_cmds;
 mod mount_cmds;
+mod nginx_cmd;
 mod policy_cmds;
 mod progress;
 mod seed_cmds;
@@ -122,6 +123,14 @@ enum Command {
         lazyimg policy list"
     )]
     Policy(policy_cmds::PolicyCommand),
+    /// Print an nginx.conf for a blob-range cache in front of the site proxy, so
+    /// many nodes starting one image fetch each piece of it upstream once.
+    #[command(after_help = "Example:\n  \
+        lazyimg nginx-config --upstream http://tre-ghcr-proxy.nsh.loc:5000 \\\n    \
+        --listen 0.0.0.0:5001 --cache-dir /var/cache/lazyimg-nginx > /etc/lazyimg/nginx.conf\n  \
+        nginx -c /etc/lazyimg/nginx.conf\n\n\
+        Nodes then reach it with [[registry]] prefix = \"tre-ghcr-proxy.nsh.loc:5000\" location = \"HOST:5001\".")]
+    NginxConfig(nginx_cmd::NginxConfigArgs),
     /// Keys that sign lazyimg indexes (`[index_signing]`, `trusted_index_keys`).
     #[command(subcommand)]
     Key(key_cmds::KeyCommand),
@@ -299,6 +308,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Policy(policy_cmds::PolicyCommand::List(args)) => policy_cmds::list(&ctx, args),
         Command::Key(key_cmds::KeyCommand::Generate(args)) => key_cmds::generate(args),
+        Command::NginxConfig(args) => nginx_cmd::nginx_config(args),
         Command::Seed(args) => runtime.block_on(seed_cmds::seed(&ctx, args)),
         Command::CesPull(args) => runtime.block_on(seed_cmds::ces_pull(&ctx, args)),
     }

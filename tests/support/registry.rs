@@ -16,6 +16,9 @@ pub struct RegistryOpts {
     /// Serve HTTPS with a fresh self-signed certificate for 127.0.0.1 /
     /// localhost (made by the `openssl` CLI); see [`Registry::cert_dir`].
     pub tls: bool,
+    /// Log every request (combined log format, `"GET /v2/… HTTP/1.1"`) to
+    /// [`Registry::log`], for tests that count what reached the registry.
+    pub access_log: bool,
 }
 
 /// Running registry; `Drop` kills it and removes its storage.
@@ -34,6 +37,26 @@ impl Registry {
     /// Plain-HTTP registry without auth.
     pub fn start() -> Result<Registry, String> {
         Registry::start_with(&RegistryOpts::default())
+    }
+
+    /// Plain-HTTP registry without auth that logs every request.
+    pub fn start_logging() -> Result<Registry, String> {
+        Registry::start_with(&RegistryOpts {
+            access_log: true,
+            ..RegistryOpts::default()
+        })
+    }
+
+    /// The access-log lines of GET requests for blob `digest` (`sha256:…`)
+    /// after the first `from` bytes of the log (see [`Registry::log`]).
+    pub fn blob_gets(&self, digest: &str, from: usize) -> Vec<String> {
+        let log = self.log();
+        log.get(from..)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"GET /v2/") && l.contains(&format!("/blobs/{digest} ")))
+            .map(str::to_string)
+            .collect()
     }
 
     pub fn start_with(opts: &RegistryOpts) -> Result<Registry, String> {
@@ -128,9 +151,10 @@ fn try_start(opts: &RegistryOpts) -> Result<Registry, String> {
     let addr = format!("127.0.0.1:{port}");
     let storage = dir.path().join("storage");
     let mut cfg = format!(
-        "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n\
+        "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: {}\n\
          storage:\n  filesystem:\n    rootdirectory: \"{}\"\n  delete:\n    enabled: true\n\
          http:\n  addr: \"{addr}\"\n",
+        !opts.access_log,
         storage.display()
     );
     if opts.tls {
