@@ -4,6 +4,7 @@
 //! none is fetched whole, and the user is told how to make it lazy next time.
 
 use futures_util::{StreamExt, TryStreamExt};
+use tracing::Instrument as _;
 
 use super::index_artifact;
 use crate::chunkmap::ChunkMap;
@@ -14,6 +15,7 @@ use crate::pull::{self, Gate, Progress, PullPolicy, PullReport};
 use crate::reference::ImageRef;
 use crate::registry::RegistryClient;
 use crate::store::Store;
+use crate::timeline;
 
 /// Layers whose table of contents is fetched at once.
 const PARALLEL_TOCS: usize = 4;
@@ -31,10 +33,16 @@ pub async fn ensure_mountable(
     progress: &dyn Progress,
     gate: Gate<'_>,
 ) -> Result<Digest> {
-    if policy != PullPolicy::Always
-        && let Some(record) = store.image_record(&image.to_string(), &wanted.to_string())?
-        && is_mountable(store, &record.manifest)
-    {
+    let cached = {
+        let _phase = timeline::phase("cache lookup").entered();
+        match policy {
+            PullPolicy::Always => None,
+            _ => store
+                .image_record(&image.to_string(), &wanted.to_string())?
+                .filter(|record| is_mountable(store, &record.manifest)),
+        }
+    };
+    if let Some(record) = cached {
         tracing::debug!("{image}: using cached {}", record.manifest);
         gate(&record.digest, &record.manifest)?;
         return Ok(record.manifest);
@@ -86,7 +94,9 @@ pub async fn pull_lazy(
     progress: &dyn Progress,
     gate: Gate<'_>,
 ) -> Result<PullReport> {
-    let resolved = pull::fetch_metadata(store, registry, image, wanted, gate).await?;
+    let resolved = pull::fetch_metadata(store, registry, image, wanted, gate)
+        .instrument(timeline::phase("manifest"))
+        .await?;
     let name = image.to_string();
     let config = ImageConfig::parse(
         store.require(&resolved.manifest.config.digest)?.bytes(),
@@ -125,6 +135,7 @@ pub async fn pull_lazy(
         })
         .buffered(PARALLEL_TOCS)
         .try_collect()
+        .instrument(timeline::phase("tables of contents"))
         .await?;
     let mut whole = Vec::new();
     for (layer, map) in maps {
@@ -150,6 +161,7 @@ pub async fn pull_lazy(
         })
         .buffer_unordered(PARALLEL_TOCS)
         .try_collect()
+        .instrument(timeline::phase("whole layers"))
         .await?;
     pull::record(store, image, &resolved, wanted, fetched.iter().sum(), 0)
 }

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
+use tracing::Instrument as _;
 
 use super::format::check_file;
 use super::{
@@ -19,6 +20,7 @@ use crate::pull::{self, Silent};
 use crate::reference::ImageRef;
 use crate::registry::RegistryClient;
 use crate::store::{Derived, Store};
+use crate::timeline;
 
 /// Pushes the indexes of `built`, and the prefetch list if given, as an
 /// artifact for image manifest `subject`, and lists it under the `sha256-<hex>`
@@ -195,7 +197,10 @@ pub async fn find(
     manifest_digest: &Digest,
     layers: &[&Descriptor],
 ) -> Result<BTreeMap<Digest, ChunkMap>> {
-    let Some(artifact) = locate(registry, image, manifest_digest).await? else {
+    let discovered = locate(registry, image, manifest_digest)
+        .instrument(timeline::phase("index discovery"))
+        .await?;
+    let Some(artifact) = discovered else {
         return Ok(BTreeMap::new());
     };
     let annotated = |layer: &Descriptor, media_type: &str| {
@@ -222,6 +227,7 @@ pub async fn find(
         .map(|(blob, what)| pull::fetch_blob(store, registry, image, blob, (what, what), &Silent))
         .buffer_unordered(blobs.len().max(1))
         .try_collect::<Vec<u64>>()
+        .instrument(timeline::phase("index blobs"))
         .await?;
     if let Some(list) = prefetch {
         let bytes = store.require(&list.digest)?;
