@@ -425,6 +425,7 @@ fn push_to_registry_with_tls_and_basic_auth() {
     let opts = RegistryOpts {
         basic_auth: Some(("tester".into(), "s3cret".into())),
         tls: true,
+        ..Default::default()
     };
     let reg = Registry::start_with(&opts).unwrap();
     assert_eq!(reg.scheme, "https");

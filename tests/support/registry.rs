@@ -16,6 +16,9 @@ pub struct RegistryOpts {
     /// Serve HTTPS with a fresh self-signed certificate for 127.0.0.1 /
     /// localhost (made by the `openssl` CLI); see [`Registry::cert_dir`].
     pub tls: bool,
+    /// Log every request (Apache combined format, in [`Registry::log`]), so a
+    /// test can tell which requests reached the registry and when.
+    pub access_log: bool,
 }
 
 /// Running registry; `Drop` kills it and removes its storage.
@@ -128,9 +131,10 @@ fn try_start(opts: &RegistryOpts) -> Result<Registry, String> {
     let addr = format!("127.0.0.1:{port}");
     let storage = dir.path().join("storage");
     let mut cfg = format!(
-        "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n\
+        "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: {}\n\
          storage:\n  filesystem:\n    rootdirectory: \"{}\"\n  delete:\n    enabled: true\n\
          http:\n  addr: \"{addr}\"\n",
+        !opts.access_log,
         storage.display()
     );
     if opts.tls {
