@@ -134,7 +134,14 @@ pub(super) async fn mount(ctx: &Context, args: MountArgs) -> anyhow::Result<Exit
     let registry = Arc::new(ctx.registry_with(&image, credentials.as_ref())?);
     let (store, manifest) =
         prepare(ctx, &image, &args.registry, &registry, args.mount.pull).await?;
-    let rootfs = open(ctx, &store, &manifest, &image, registry, &args.mount)?;
+    let rootfs = open(
+        ctx,
+        &store,
+        &manifest,
+        &image,
+        Arc::clone(&registry),
+        &args.mount,
+    )?;
     let options = mount_options(&args.mount, &image);
     tracing::info!("serving {image} at {}", args.mountpoint.display());
     mount::serve_until_signalled(rootfs, &args.mountpoint, &options, || {
@@ -144,6 +151,9 @@ pub(super) async fn mount(ctx: &Context, args: MountArgs) -> anyhow::Result<Exit
         } else {
             print_timeline(&[], &timeline);
         }
+        // The first read of content not cached should not also wait for the
+        // CA store; an error here is the first request's to report.
+        tokio::task::spawn_blocking(move || registry.make_ready());
     })?;
     tracing::info!("unmounted {}", args.mountpoint.display());
     Ok(ExitCode::SUCCESS)

@@ -114,6 +114,16 @@ impl RegistryClient {
         })
     }
 
+    /// Makes the HTTP client now (loading the CA store), contacting nobody,
+    /// so that the first request does not wait for it: a mount calls this
+    /// once it is live, off the path of its readers.
+    ///
+    /// # Errors
+    /// As the first request would fail (see [`Self::client`]).
+    pub fn make_ready(&self) -> Result<()> {
+        self.client().map(|_| ())
+    }
+
     /// The HTTP client, made on the first call.
     ///
     /// # Errors
