@@ -10,6 +10,7 @@ pub mod retry;
 
 use std::future::Future;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -80,6 +81,8 @@ pub struct RegistryClient {
     endpoint: Endpoint,
     options: ClientOptions,
     auth: RegistryAuth,
+    /// Whether [`Self::authenticate`] has succeeded once.
+    authenticated: AtomicBool,
     host: String,
     retry: RetryPolicy,
 }
@@ -109,6 +112,7 @@ impl RegistryClient {
             endpoint: endpoint.clone(),
             options: options.clone(),
             auth,
+            authenticated: AtomicBool::new(false),
             host: endpoint.host.clone(),
             retry: options.retry.clone(),
         })
@@ -154,13 +158,28 @@ impl RegistryClient {
             .with_retries(reference, || client.auth(reference, &self.auth, op))
             .await;
         match result {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.authenticated.store(true, Ordering::Relaxed);
+                Ok(())
+            }
             Err(Error::Auth { registry, reason }) if anonymous => Err(Error::Auth {
                 registry,
                 reason: format!("{reason} (no credentials were found for {})", self.host),
             }),
             Err(e) => Err(e),
         }
+    }
+
+    /// With credentials, a client's first request authenticates before it
+    /// is sent: a request without a token costs a 401 and a retry, one round
+    /// trip more (a mount of a cached image makes its first request on a read).
+    async fn authenticate_first(&self, reference: &Reference, op: RegistryOperation) -> Result<()> {
+        if matches!(self.auth, RegistryAuth::Anonymous)
+            || self.authenticated.load(Ordering::Relaxed)
+        {
+            return Ok(());
+        }
+        self.authenticate(reference, op).await
     }
 
     /// The raw manifest bytes for `reference`. The caller checks the digest.
@@ -186,6 +205,8 @@ impl RegistryClient {
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<()> {
         let digest_text = digest.to_string();
+        self.authenticate_first(reference, RegistryOperation::Pull)
+            .await?;
         let mut attempt = 1;
         let mut reauthed = false;
         loop {
@@ -458,6 +479,7 @@ impl RegistryClient {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, OciDistributionError>>,
     {
+        self.authenticate_first(reference, operation).await?;
         let mut reauthed = false;
         loop {
             match self.with_retries_classified(reference, &mut op).await {
