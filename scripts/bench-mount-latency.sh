@@ -56,7 +56,8 @@ TOML
 export REGISTRY_AUTH_FILE=$LAZYIMG_TEST_AUTH_FILE
 
 log "lazyimg index --push $ref (once, untimed)"
-"$LAZYIMG_BIN" --config "$(config "$WORK/indexer")" -q index --push "$ref" >/dev/null
+"$LAZYIMG_BIN" --config "$(config "$WORK/indexer")" -q index --push "$ref" >"$WORK/index.log" 2>&1 ||
+  { cat "$WORK/index.log" >&2; exit 1; }
 
 # The cache a second mount finds: a first mount's metadata, no contents.
 rm -rf "$WORK/seed"
