@@ -30,8 +30,9 @@ pub fn phase(name: &'static str) -> tracing::Span {
     tracing::info_span!(target: TARGET, PHASE, name)
 }
 
-/// Reports one request to a registry (each attempt counts), made in the
-/// current phase.
+/// Reports one registry call made in the current phase: each attempt counts;
+/// an authentication counts once, though it is a ping and a token request
+/// on a registry with a token service.
 pub fn request() {
     tracing::trace!(target: TARGET, requests = 1u64);
 }
@@ -47,7 +48,7 @@ pub struct Phase {
     pub name: String,
     /// From the span's creation to its close.
     pub wall: Duration,
-    /// Registry requests made inside it (0 for a local phase).
+    /// Registry calls made inside it (0 for a local phase; see [`request`]).
     pub requests: u64,
     /// Response body bytes received inside it.
     pub bytes: u64,
