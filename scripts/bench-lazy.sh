@@ -210,13 +210,14 @@ print(", ".join(f"{k} {s[k]}" for k in keys if k in s))' "$WORK/lazyimg-stats.js
   lz_umount+=("$umount_secs")
   lz_down+=("$(relay_field "$STATS" down_bytes)")
   lz_up+=("$(relay_field "$STATS" up_bytes)")
+  lz_conns+=("$(relay_field "$STATS" connections)")
   log "lazyimg: ${lz_secs[-1]}s, $(mib "${lz_down[-1]}") down through the relay"
 }
 
 # --- the runs ---------------------------------------------------------------------
 
 podman_secs=() podman_run=() podman_down=() podman_up=()
-lz_secs=() lz_run=() lz_umount=() lz_down=() lz_up=() lz_rss=()
+lz_secs=() lz_run=() lz_umount=() lz_down=() lz_up=() lz_rss=() lz_conns=()
 if [[ -n $run_lazyimg ]]; then
   write_lazyimg_config
   log "lazyimg index $upstream_ref --push (once, untimed, direct)"
@@ -254,6 +255,7 @@ if [[ -n $run_lazyimg ]]; then
   printf '  lazyimg mount + ch-run + umount        %8ss   %s bytes down (%s, %s %% of blob bytes), %s up\n' \
     "$(med "${lz_secs[@]}")" "$ld" "$(mib "$ld")" "$(percent "$ld")" "$(med_int "${lz_up[@]}")"
   echo "    of which ch-run                    $(med "${lz_run[@]}")s, umount $(med "${lz_umount[@]}")s"
+  echo "    connections through the relay      $(med_int "${lz_conns[@]}")   (TLS: the relay cannot count requests; \`lazyimg -v mount\` does)"
   echo "    daemon peak RSS (VmHWM)            $(printf '%s\n' "${lz_rss[@]}" | maximum) MiB   (read before the umount; highest of the runs)"
   echo "    lazyimg stats --json (last run)    $stats_note"
   echo "    lazyimg index --push               $index_note"

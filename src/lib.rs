@@ -14,7 +14,8 @@
 //! Bottom to top. A module uses modules of its own layer or below, never one
 //! above, and no two modules use each other (`tests/layering.rs` checks both):
 //!
-//! 1. [`digest`], [`secret`]: sha256 digests, tokens that never print;
+//! 1. [`digest`], [`secret`], [`timeline`]: sha256 digests, tokens that never
+//!    print, the phases a start spends its time in;
 //! 2. [`layer`], [`tree`]: layer formats (tar, gzip, eStargz, zstd:chunked)
 //!    and the merged tree, pure data with no I/O of their own;
 //! 3. [`error`]: the crate's error type;
@@ -51,6 +52,7 @@ pub mod secret;
 pub mod seed;
 pub mod signing;
 pub mod store;
+pub mod timeline;
 pub mod tree;
 
 pub use error::{Error, Result};

@@ -28,6 +28,7 @@ use crate::reference::ImageRef;
 use crate::registry::{ClientOptions, RegistryClient, credentials};
 use crate::secret::{Credentials, Secret};
 use crate::store::Store;
+use crate::timeline::Recorder;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -250,6 +251,7 @@ fn read_secret_from_stdin(option: &str) -> anyhow::Result<Secret> {
 
 /// Parses the command line and runs it; the process's whole life.
 pub fn main() -> ExitCode {
+    started();
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     finish("lazyimg", run(cli))
@@ -285,7 +287,10 @@ fn finish(program: &str, result: anyhow::Result<ExitCode>) -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = Config::load(cli.config.as_deref())?;
+    let config = {
+        let _phase = crate::timeline::phase("config").entered();
+        Config::load(cli.config.as_deref())?
+    };
     let ctx = Context {
         config,
         quiet: cli.quiet,
@@ -347,10 +352,15 @@ fn one_line(err: &anyhow::Error) -> String {
     line
 }
 
-/// Sets up `tracing` on stderr. A mount daemon's stderr is its log file, read
-/// long after the fact: there every line starts with the time (RFC 3339, UTC,
-/// microseconds); on a terminal the time is noise and is left out.
+/// Sets up `tracing` on stderr, and the [`timeline`](crate::timeline) recorder
+/// ([`phases`]). A mount daemon's stderr is its log file, read long after the
+/// fact: there every line starts with the time (RFC 3339, UTC, microseconds);
+/// on a terminal the time is noise and is left out.
 fn init_logging(verbose: u8, quiet: bool) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
     let default = match (quiet, verbose) {
         (true, _) => "error",
         (false, 0) => "lazyimg=info,warn",
@@ -359,16 +369,44 @@ fn init_logging(verbose: u8, quiet: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("LAZYIMG_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if crate::mount::is_daemon() {
-        subscriber.with_timer(SystemTime).init();
+    let log = if crate::mount::is_daemon() {
+        log.with_timer(SystemTime).boxed()
     } else {
-        subscriber.without_time().init();
-    }
+        log.without_time().boxed()
+    };
+    // The log shows phase spans like any other; the recorder sees nothing else.
+    let log = log.with_filter(
+        filter.add_directive(
+            format!("{}=off", crate::timeline::TARGET)
+                .parse()
+                .expect("a valid directive"),
+        ),
+    );
+    let recorder = RECORDER.get_or_init(Recorder::default).clone().with_filter(
+        tracing_subscriber::filter::Targets::new()
+            .with_target(crate::timeline::TARGET, tracing::Level::TRACE),
+    );
+    tracing_subscriber::registry()
+        .with(log)
+        .with(recorder)
+        .init();
+}
+
+/// The phases this process has finished so far (see [`crate::timeline`]).
+fn phases() -> Vec<crate::timeline::Phase> {
+    RECORDER.get().map(Recorder::phases).unwrap_or_default()
+}
+
+static RECORDER: std::sync::OnceLock<Recorder> = std::sync::OnceLock::new();
+
+/// When this process started (the first call, first thing in [`main`]).
+fn started() -> std::time::Instant {
+    static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(std::time::Instant::now)
 }
 
 /// What starts each line this process writes to stderr outside `tracing`: the

@@ -17,6 +17,7 @@ use crate::reference::ImageRef;
 use crate::registry::RegistryClient;
 use crate::runtime::{self, Bind, RunSpec, Runtime};
 use crate::store::Store;
+use crate::timeline::{self, Phase};
 
 #[derive(Args, Debug)]
 pub(super) struct MountArgs {
@@ -96,17 +97,30 @@ pub(super) struct RunArgs {
 
 pub(super) async fn mount(ctx: &Context, args: MountArgs) -> anyhow::Result<ExitCode> {
     let daemon = mount::is_daemon();
+    if daemon {
+        mount::claim_status_pipe();
+    }
     mount::clear_stale_mount(&args.mountpoint)?;
     let image = ctx.image(&args.reference)?;
-    let credentials = ctx.credentials(&image, &args.registry)?;
+    let credentials = {
+        let _phase = timeline::phase("credentials").entered();
+        ctx.credentials(&image, &args.registry)?
+    };
     if !(args.foreground || daemon) {
         // Refuse an unapproved image here, where the user sees it. The daemon does
         // the rest, so metadata and contents share its connections and token.
-        crate::policy::enforce(&ctx.config, &image)?;
+        {
+            let _phase = timeline::phase("policy").entered();
+            crate::policy::enforce(&ctx.config, &image)?;
+        }
         let store = ctx.open_store()?;
-        let started = mount::start_daemon(&store, &args.mountpoint, credentials.as_ref(), |log| {
-            eprintln!("still preparing {image}; see {}", log.display())
-        })?;
+        let started = {
+            let _phase = timeline::phase("daemon").entered();
+            mount::start_daemon(&store, credentials.as_ref(), |log| {
+                eprintln!("still preparing {image}; see {}", log.display())
+            })?
+        };
+        print_timeline(&super::phases(), &started.timeline);
         eprintln!(
             "mounted {image} at {} (daemon pid {}, log {})",
             args.mountpoint.display(),
@@ -115,15 +129,49 @@ pub(super) async fn mount(ctx: &Context, args: MountArgs) -> anyhow::Result<Exit
         );
         return Ok(ExitCode::SUCCESS);
     }
+    // Made now, connecting nowhere: the first request that needs the registry
+    // (never, for a cached image whose contents are all cached) connects.
     let registry = Arc::new(ctx.registry_with(&image, credentials.as_ref())?);
     let (store, manifest) =
         prepare(ctx, &image, &args.registry, &registry, args.mount.pull).await?;
-    let rootfs = open(ctx, &store, &manifest, &image, registry, &args.mount)?;
+    let rootfs = open(
+        ctx,
+        &store,
+        &manifest,
+        &image,
+        Arc::clone(&registry),
+        &args.mount,
+    )?;
     let options = mount_options(&args.mount, &image);
     tracing::info!("serving {image} at {}", args.mountpoint.display());
-    mount::serve_until_signalled(rootfs, &args.mountpoint, &options)?;
+    mount::serve_until_signalled(rootfs, &args.mountpoint, &options, || {
+        let timeline: Vec<String> = super::phases().iter().map(Phase::line).collect();
+        if daemon {
+            mount::report_live(&timeline);
+        } else {
+            print_timeline(&[], &timeline);
+        }
+        // The first read of content not cached should not also wait for the
+        // CA store; an error here is the first request's to report.
+        tokio::task::spawn_blocking(move || registry.make_ready());
+    })?;
     tracing::info!("unmounted {}", args.mountpoint.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The start-up timeline at debug level (`-v`): this process's phases, then
+/// the daemon's (as it reported them), then how long until the mount was live.
+fn print_timeline(own: &[Phase], daemon: &[String]) {
+    for phase in own {
+        tracing::debug!("timeline: {}", phase.line());
+    }
+    for line in daemon {
+        tracing::debug!("timeline: daemon: {line}");
+    }
+    tracing::debug!(
+        "timeline: live after {:.1} ms",
+        super::started().elapsed().as_secs_f64() * 1e3
+    );
 }
 
 pub(super) fn umount(args: UmountArgs) -> anyhow::Result<ExitCode> {
@@ -197,7 +245,10 @@ pub(super) async fn prepare(
     policy: PullPolicy,
 ) -> anyhow::Result<(Arc<Store>, Digest)> {
     // Refuse unapproved images before touching the cache or the registry.
-    let approval = crate::policy::enforce(&ctx.config, image)?;
+    let approval = {
+        let _phase = timeline::phase("policy").entered();
+        crate::policy::enforce(&ctx.config, image)?
+    };
     let store = ctx.open_store()?;
     let reporter = Reporter::new(ctx.quiet);
     let manifest = crate::lazy::prepare::ensure_mountable(

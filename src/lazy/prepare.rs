@@ -4,6 +4,7 @@
 //! none is fetched whole, and the user is told how to make it lazy next time.
 
 use futures_util::{StreamExt, TryStreamExt};
+use tracing::Instrument as _;
 
 use super::index_artifact;
 use crate::chunkmap::ChunkMap;
@@ -15,6 +16,7 @@ use crate::reference::ImageRef;
 use crate::registry::RegistryClient;
 use crate::signing::TrustedKeys;
 use crate::store::Store;
+use crate::timeline;
 
 /// Layers whose table of contents is fetched at once.
 const PARALLEL_TOCS: usize = 4;
@@ -34,10 +36,16 @@ pub async fn ensure_mountable(
     gate: Gate<'_>,
     trust: &TrustedKeys,
 ) -> Result<Digest> {
-    if policy != PullPolicy::Always
-        && let Some(record) = store.image_record(&image.to_string(), &wanted.to_string())?
-        && is_mountable(store, &record.manifest)
-    {
+    let cached = {
+        let _phase = timeline::phase("cache lookup").entered();
+        match policy {
+            PullPolicy::Always => None,
+            _ => store
+                .image_record(&image.to_string(), &wanted.to_string())?
+                .filter(|record| is_mountable(store, &record.manifest)),
+        }
+    };
+    if let Some(record) = cached {
         tracing::debug!("{image}: using cached {}", record.manifest);
         gate(&record.digest, &record.manifest)?;
         return Ok(record.manifest);
@@ -90,7 +98,9 @@ pub async fn pull_lazy(
     gate: Gate<'_>,
     trust: &TrustedKeys,
 ) -> Result<PullReport> {
-    let resolved = pull::fetch_metadata(store, registry, image, wanted, gate).await?;
+    let resolved = pull::fetch_metadata(store, registry, image, wanted, gate)
+        .instrument(timeline::phase("manifest"))
+        .await?;
     let name = image.to_string();
     let config = ImageConfig::parse(
         store.require(&resolved.manifest.config.digest)?.bytes(),
@@ -137,6 +147,7 @@ pub async fn pull_lazy(
         })
         .buffered(PARALLEL_TOCS)
         .try_collect()
+        .instrument(timeline::phase("tables of contents"))
         .await?;
     let mut whole = Vec::new();
     for (layer, map) in maps {
@@ -162,6 +173,7 @@ pub async fn pull_lazy(
         })
         .buffer_unordered(PARALLEL_TOCS)
         .try_collect()
+        .instrument(timeline::phase("whole layers"))
         .await?;
     pull::record(store, image, &resolved, wanted, fetched.iter().sum(), 0)
 }

@@ -2,11 +2,12 @@
 //! waits until the daemon serves the tree (or reports the error from its
 //! log), and the daemon serves until SIGTERM, SIGINT or SIGHUP unmounts it.
 
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -28,17 +29,23 @@ pub fn is_daemon() -> bool {
 }
 
 /// Serves `rootfs` at `mountpoint` in this process until it is unmounted,
-/// by anyone or by SIGTERM, SIGINT or SIGHUP.
+/// by anyone or by SIGTERM, SIGINT or SIGHUP. `on_live` is called once the
+/// mount is live (mounted; the kernel holds requests until FUSE init is
+/// answered, which serving does next), after the `fuse mount` phase.
 pub fn serve_until_signalled(
     rootfs: Arc<RootFs>,
     mountpoint: &Path,
     options: &MountOptions,
+    on_live: impl FnOnce(),
 ) -> anyhow::Result<()> {
     // Registered before the mount exists, so a signal sent as soon as it shows
     // is not lost; one that came earlier killed us with nothing mounted.
     let signals = UnmountSignals::register()?;
+    let mounting = crate::timeline::phase("fuse mount");
     fuse::mount_foreground_with(rootfs, mountpoint, options, |unmounter| {
+        drop(mounting);
         tokio::spawn(signals.unmount_on_first(unmounter));
+        on_live();
     })?;
     Ok(())
 }
@@ -106,15 +113,17 @@ pub struct Started {
     pub pid: u32,
     /// Its log file.
     pub log: PathBuf,
+    /// Its start-up phases, one line each (see [`crate::timeline::Phase::line`]).
+    pub timeline: Vec<String>,
 }
 
 /// Starts this command line again as a detached daemon (its own session,
-/// logging to a file in the cache, [`is_daemon`] true) and returns once it
-/// serves the tree at `mountpoint`, or with its log if it fails. `waiting` is
-/// called with the log's path every so often while the daemon prepares.
+/// logging to a file in the cache, [`is_daemon`] true) and returns the moment
+/// it reports, through a pipe, that its mount is live ([`report_live`]), or
+/// with its log if it fails. `waiting` is called with the log's path every so
+/// often while the daemon prepares.
 pub fn start_daemon(
     store: &Store,
-    mountpoint: &Path,
     credentials: Option<&Credentials>,
     mut waiting: impl FnMut(&Path),
 ) -> anyhow::Result<Started> {
@@ -130,25 +139,35 @@ pub fn start_daemon(
     let starting = logs.join(format!(".mount-starting-{}.log", std::process::id()));
     let log = std::fs::File::create(&starting)
         .with_context(|| format!("cannot create {}", starting.display()))?;
+    let (status, status_writer) = status_pipe_pair()?;
+    let writer_fd = status_writer.as_raw_fd();
     let exe = std::env::current_exe().context("cannot find the lazyimg executable")?;
     let mut daemon = Command::new(exe);
     daemon
         .args(std::env::args_os().skip(1))
         .env(DAEMON_ENV, "1")
+        .env(STATUS_FD_ENV, writer_fd.to_string())
         // A token given on our standard input goes to the daemon's the same way:
         // never through its arguments or environment.
         .stdin(Stdio::piped())
         .stdout(log.try_clone()?)
         .stderr(log);
-    // SAFETY: setsid is async-signal-safe; it detaches the daemon from our terminal
-    // so closing the shell does not unmount the image.
+    // SAFETY: setsid and fcntl are async-signal-safe. setsid detaches the daemon
+    // from our terminal so closing the shell does not unmount the image; the
+    // status pipe's write end is the one descriptor it inherits on purpose.
     unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut daemon, || {
+        std::os::unix::process::CommandExt::pre_exec(&mut daemon, move || {
             libc::setsid();
+            if libc::fcntl(writer_fd, libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }
-    let mut child = match daemon.spawn() {
+    let spawned = daemon.spawn();
+    // Only the daemon may hold the write end: its exit is then our end of file.
+    drop(status_writer);
+    let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {
             let _ = std::fs::remove_file(&starting);
@@ -175,24 +194,160 @@ pub fn start_daemon(
             .context("cannot hand the token to the mount daemon")?;
     }
     drop(stdin);
-    let mut next_note = Instant::now() + PREPARE_NOTE;
+    let mut status = StatusReader::new(status);
     loop {
-        if is_mounted(mountpoint) {
-            return Ok(Started {
-                pid: child.id(),
-                log: log_path,
-            });
+        // Fetching layers that cannot be read lazily can take a while: say so
+        // every PREPARE_NOTE.
+        match status.next_line(PREPARE_NOTE)? {
+            StatusLine::Timeout => waiting(&log_path),
+            StatusLine::Line(line) if line == LIVE => {
+                return Ok(Started {
+                    pid: child.id(),
+                    log: log_path,
+                    timeline: status.phases,
+                });
+            }
+            StatusLine::Line(line) => match line.strip_prefix(PHASE_PREFIX) {
+                Some(phase) => status.phases.push(phase.to_string()),
+                None => tracing::debug!("mount daemon status: {line}"),
+            },
+            StatusLine::End => {
+                // Its log is complete once it has exited.
+                child.wait()?;
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                return Err(DaemonFailed::from_log(&log, &log_path).into());
+            }
         }
-        if child.try_wait()?.is_some() {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            return Err(DaemonFailed::from_log(&log, &log_path).into());
+    }
+}
+
+/// Set in the daemon's environment: the descriptor of the status pipe's write
+/// end, on which it reports its phases and then [`LIVE`].
+const STATUS_FD_ENV: &str = "LAZYIMG_MOUNT_STATUS_FD";
+/// The status pipe's last line: the mount is live.
+const LIVE: &str = "live";
+/// Starts a status line carrying one phase of the timeline.
+const PHASE_PREFIX: &str = "phase ";
+
+/// A pipe whose both ends are closed on exec (the daemon's end is opened up
+/// in its child only): (read end, write end).
+fn status_pipe_pair() -> anyhow::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
+        return Err(std::io::Error::last_os_error()).context("cannot create the status pipe");
+    }
+    // SAFETY: pipe2 succeeded, so both are open descriptors owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Reads the daemon's status pipe line by line, with a timeout.
+struct StatusReader {
+    pipe: std::fs::File,
+    pending: Vec<u8>,
+    phases: Vec<String>,
+}
+
+enum StatusLine {
+    Line(String),
+    /// Nothing arrived in time.
+    Timeout,
+    /// The daemon closed the pipe (it exited) without reporting the mount live.
+    End,
+}
+
+impl StatusReader {
+    fn new(pipe: OwnedFd) -> StatusReader {
+        StatusReader {
+            pipe: pipe.into(),
+            pending: Vec::new(),
+            phases: Vec::new(),
         }
-        // Fetching layers that cannot be read lazily can take a while: say so.
-        if Instant::now() >= next_note {
-            waiting(&log_path);
-            next_note += PREPARE_NOTE;
+    }
+
+    /// The next complete line, waiting at most `timeout` for more bytes.
+    fn next_line(&mut self, timeout: Duration) -> anyhow::Result<StatusLine> {
+        loop {
+            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                let line = String::from_utf8_lossy(&line[..end]).into_owned();
+                return Ok(StatusLine::Line(line));
+            }
+            let mut poll = libc::pollfd {
+                fd: self.pipe.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+            // SAFETY: one valid pollfd, for the length given.
+            match unsafe { libc::poll(&mut poll, 1, millis) } {
+                0 => return Ok(StatusLine::Timeout),
+                -1 => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() == std::io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return Err(e).context("cannot wait for the mount daemon");
+                }
+                _ => {}
+            }
+            let mut buf = [0; 4096];
+            match self.pipe.read(&mut buf) {
+                Ok(0) => return Ok(StatusLine::End),
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e).context("cannot read the mount daemon's status"),
+            }
         }
-        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The status pipe the starter handed this daemon, if any: taken from the
+/// environment once, and closed on exec from then on, so that children
+/// (fusermount3) do not hold it open after the daemon is gone.
+fn status_pipe() -> &'static Mutex<Option<std::fs::File>> {
+    static PIPE: OnceLock<Mutex<Option<std::fs::File>>> = OnceLock::new();
+    PIPE.get_or_init(|| {
+        let fd = std::env::var(STATUS_FD_ENV)
+            .ok()
+            .and_then(|v| v.parse::<RawFd>().ok())
+            .filter(|_| is_daemon())
+            // SAFETY: F_SETFD on any number is harmless; it fails unless open.
+            .filter(|&fd| unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == 0);
+        // SAFETY: the starter opened this descriptor for this daemon alone, and
+        // nothing else in the process knows its number.
+        Mutex::new(fd.map(|fd| unsafe { std::fs::File::from_raw_fd(fd) }))
+    })
+}
+
+/// Takes the status pipe out of the environment's reach (see [`status_pipe`]);
+/// the daemon calls this before it starts any other process.
+pub fn claim_status_pipe() {
+    status_pipe();
+}
+
+/// Tells the starter that the mount is live, with the start-up `timeline`
+/// (one line per phase), and closes the status pipe: the starter returns at
+/// once. Does nothing outside a daemon, or the second time.
+pub fn report_live(timeline: &[String]) {
+    let Some(mut pipe) = status_pipe()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    else {
+        return;
+    };
+    let mut text = String::new();
+    for line in timeline {
+        text.push_str(PHASE_PREFIX);
+        text.push_str(line);
+        text.push('\n');
+    }
+    text.push_str(LIVE);
+    text.push('\n');
+    // A starter that is gone (killed) reads nothing: the mount serves anyway.
+    if let Err(e) = pipe.write_all(text.as_bytes()) {
+        tracing::warn!("cannot tell the starter the mount is live: {e}");
     }
 }
 
@@ -241,47 +396,6 @@ fn passes_token_on_stdin() -> bool {
     std::env::args_os().any(|arg| arg == "--password-stdin")
 }
 
-/// Whether a FUSE filesystem is mounted at `path` (per /proc/self/mountinfo).
-fn is_mounted(path: &Path) -> bool {
-    let Ok(path) = path.canonicalize() else {
-        return false;
-    };
-    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    mountinfo.lines().any(|line| {
-        let mut fields = line.split(' ');
-        let mount_point = fields.nth(4).map(unescape_mountinfo);
-        let fs_type = line
-            .split(" - ")
-            .nth(1)
-            .and_then(|rest| rest.split(' ').next());
-        mount_point.as_deref() == Some(path.as_os_str().to_str().unwrap_or_default())
-            && fs_type.is_some_and(|t| t.starts_with("fuse"))
-    })
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(field: &str) -> String {
-    let mut out = String::new();
-    let mut rest = field;
-    while let Some(pos) = rest.find('\\') {
-        out.push_str(&rest[..pos]);
-        match u8::from_str_radix(rest.get(pos + 1..pos + 4).unwrap_or(""), 8) {
-            Ok(byte) => {
-                out.push(byte as char);
-                rest = &rest[pos + 4..];
-            }
-            Err(_) => {
-                out.push('\\');
-                rest = &rest[pos + 1..];
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
 /// A daemon killed with SIGKILL leaves its mount point answering ENOTCONN; unmount
 /// it so the new mount can take its place.
 pub fn clear_stale_mount(mountpoint: &Path) -> anyhow::Result<()> {
@@ -302,12 +416,6 @@ pub fn clear_stale_mount(mountpoint: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape_mountinfo(r"/tmp/a\040b\134c"), r"/tmp/a b\c");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
-    }
 
     #[test]
     fn the_daemon_error_and_hint_are_found_behind_their_timestamps() {

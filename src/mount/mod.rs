@@ -25,8 +25,8 @@ use crate::registry::RegistryClient;
 use crate::rootfs::RootFs;
 use crate::store::{Derived, Store};
 pub use daemon::{
-    DaemonFailed, Started, clear_stale_mount, is_daemon, serve_until_signalled, start_daemon,
-    umount,
+    DaemonFailed, Started, claim_status_pipe, clear_stale_mount, is_daemon, report_live,
+    serve_until_signalled, start_daemon, umount,
 };
 pub use open::{open_image, open_view};
 

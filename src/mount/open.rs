@@ -43,6 +43,7 @@ pub fn open_view(
     lazy: Option<(Arc<dyn RangeSource>, LazyOptions)>,
     view: View,
 ) -> Result<RootFs> {
+    let layers_phase = crate::timeline::phase("layer maps").entered();
     let manifest_bytes = store.require(manifest_digest)?;
     let Manifest::Image(manifest) = Manifest::parse(manifest_bytes.bytes(), name)? else {
         return Err(Error::Manifest {
@@ -104,6 +105,7 @@ pub fn open_view(
         }
     }
     let chunked = plans.iter().any(|plan| matches!(plan, Plan::Chunked(..)));
+    drop(layers_phase);
 
     // Chunk maps lay content out differently from tars, and from each other
     // (a TOC map and an index-artifact map of one blob): a tree is only reused
@@ -114,6 +116,7 @@ pub fn open_view(
     } else {
         *manifest_digest
     });
+    let tree_phase = crate::timeline::phase("tree load").entered();
     let tree = match cached_tree(store, &tree_key) {
         Some(tree) => tree,
         None => {
@@ -129,6 +132,7 @@ pub fn open_view(
             tree
         }
     };
+    drop(tree_phase);
     let stats = Arc::new(Stats::default());
     let (fetcher, source, readahead) = match lazy {
         Some((source, options)) if chunked => {

@@ -10,6 +10,8 @@ pub mod retry;
 
 use std::future::Future;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -27,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::reference::Endpoint;
 use crate::secret::Credentials;
 use crate::store::BlobSink;
+use crate::timeline;
 pub use retry::RetryPolicy;
 
 /// Media types lazyimg asks for: OCI and Docker v2 schema 2, single and multi-platform.
@@ -67,9 +70,19 @@ impl ClientOptions {
 }
 
 /// A connection to one registry host with one set of credentials.
+///
+/// The HTTP client (and with it the system CA store, read and parsed) is made
+/// on the first request, once: a mount of a cached image may never need one
+/// (issue 10).
 pub struct RegistryClient {
-    client: Client,
+    client: OnceLock<Client>,
+    /// Held while the client is made, so concurrent first requests make one.
+    making: Mutex<()>,
+    endpoint: Endpoint,
+    options: ClientOptions,
     auth: RegistryAuth,
+    /// Whether [`Self::authenticate`] has succeeded once.
+    authenticated: AtomicBool,
     host: String,
     retry: RetryPolicy,
 }
@@ -81,52 +94,55 @@ enum Failure {
 }
 
 impl RegistryClient {
+    /// A client for `endpoint` that authenticates with `credentials` (anonymous
+    /// without). Reads nothing and connects nowhere: the HTTP client is made on
+    /// first use, so an unreadable `ca_file` is reported by the first request.
     pub fn new(
         endpoint: &Endpoint,
         credentials: Option<&Credentials>,
         options: &ClientOptions,
     ) -> Result<Self> {
-        install_crypto_provider();
-        let mut extra_root_certificates = Vec::new();
-        if let Some(ca_file) = &endpoint.ca_file {
-            let data = std::fs::read(ca_file).map_err(|e| Error::io(ca_file, e))?;
-            extra_root_certificates.push(Certificate {
-                encoding: CertificateEncoding::Pem,
-                data,
-            });
-        }
-        let protocol = if endpoint.insecure {
-            ClientProtocol::HttpsExcept(vec![endpoint.host.clone()])
-        } else {
-            ClientProtocol::Https
-        };
-        let config = ClientConfig {
-            protocol,
-            extra_root_certificates,
-            // lazyimg resolves indexes itself so it can report what it chose.
-            platform_resolver: None,
-            connect_timeout: Some(options.connect_timeout),
-            read_timeout: Some(options.read_timeout),
-            user_agent: concat!("lazyimg/", env!("CARGO_PKG_VERSION")),
-            // Uploads are one streamed PUT per blob (seeding): a single request to
-            // finish or retry, rather than one PATCH per chunk.
-            use_monolithic_push: true,
-            ..Default::default()
-        };
-        let client = Client::try_from(config).map_err(|e| Error::Registry {
-            registry: endpoint.host.clone(),
-            reason: format!("cannot set up the HTTP client: {e}"),
-        })?;
         let auth = match credentials {
             Some(c) => RegistryAuth::Basic(c.username.clone(), c.secret.expose().to_string()),
             None => RegistryAuth::Anonymous,
         };
         Ok(RegistryClient {
-            client,
+            client: OnceLock::new(),
+            making: Mutex::new(()),
+            endpoint: endpoint.clone(),
+            options: options.clone(),
             auth,
+            authenticated: AtomicBool::new(false),
             host: endpoint.host.clone(),
             retry: options.retry.clone(),
         })
+    }
+
+    /// Makes the HTTP client now (loading the CA store), contacting nobody,
+    /// so that the first request does not wait for it: a mount calls this
+    /// once it is live, off the path of its readers.
+    ///
+    /// # Errors
+    /// As the first request would fail (see [`Self::client`]).
+    pub fn make_ready(&self) -> Result<()> {
+        self.client().map(|_| ())
+    }
+
+    /// The HTTP client, made on the first call.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the endpoint's `ca_file` cannot be read,
+    /// [`Error::Registry`] when the client cannot be set up (a bad certificate).
+    fn client(&self) -> Result<&Client> {
+        if let Some(client) = self.client.get() {
+            return Ok(client);
+        }
+        let _making = self.making.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = self.client.get() {
+            return Ok(client);
+        }
+        let made = make_client(&self.endpoint, &self.options)?;
+        Ok(self.client.get_or_init(|| made))
     }
 
     pub fn host(&self) -> &str {
@@ -137,11 +153,15 @@ impl RegistryClient {
     /// otherwise swallow the failure and surface a bare 401 later.
     pub async fn authenticate(&self, reference: &Reference, op: RegistryOperation) -> Result<()> {
         let anonymous = matches!(self.auth, RegistryAuth::Anonymous);
+        let client = self.client()?;
         let result = self
-            .with_retries(reference, || self.client.auth(reference, &self.auth, op))
+            .with_retries(reference, || client.auth(reference, &self.auth, op))
             .await;
         match result {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.authenticated.store(true, Ordering::Relaxed);
+                Ok(())
+            }
             Err(Error::Auth { registry, reason }) if anonymous => Err(Error::Auth {
                 registry,
                 reason: format!("{reason} (no credentials were found for {})", self.host),
@@ -150,14 +170,27 @@ impl RegistryClient {
         }
     }
 
+    /// With credentials, a client's first request authenticates before it
+    /// is sent: a request without a token costs a 401 and a retry, one round
+    /// trip more (a mount of a cached image makes its first request on a read).
+    async fn authenticate_first(&self, reference: &Reference, op: RegistryOperation) -> Result<()> {
+        if matches!(self.auth, RegistryAuth::Anonymous)
+            || self.authenticated.load(Ordering::Relaxed)
+        {
+            return Ok(());
+        }
+        self.authenticate(reference, op).await
+    }
+
     /// The raw manifest bytes for `reference`. The caller checks the digest.
     pub async fn fetch_manifest(&self, reference: &Reference) -> Result<Bytes> {
+        let client = self.client()?;
         let (bytes, _) = self
             .call(reference, || {
-                self.client
-                    .pull_manifest_raw(reference, &self.auth, MANIFEST_MEDIA_TYPES)
+                client.pull_manifest_raw(reference, &self.auth, MANIFEST_MEDIA_TYPES)
             })
             .await?;
+        timeline::received(bytes.len() as u64);
         Ok(bytes)
     }
 
@@ -172,6 +205,8 @@ impl RegistryClient {
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<()> {
         let digest_text = digest.to_string();
+        self.authenticate_first(reference, RegistryOperation::Pull)
+            .await?;
         let mut attempt = 1;
         let mut reauthed = false;
         loop {
@@ -219,9 +254,9 @@ impl RegistryClient {
     ) -> Result<Option<Bytes>> {
         let digest = digest.to_string();
         let length = range.end - range.start;
+        let client = self.client()?;
         self.call(reference, || async {
-            let response = self
-                .client
+            let response = client
                 .pull_blob_stream_partial(reference, digest.as_str(), range.start, Some(length))
                 .await;
             let mut stream = match response {
@@ -247,6 +282,7 @@ impl RegistryClient {
                 )
                 .into());
             }
+            timeline::received(length);
             Ok(Some(body.freeze()))
         })
         .await
@@ -262,9 +298,10 @@ impl RegistryClient {
         artifact_type: Option<&str>,
     ) -> Result<Vec<crate::image::Descriptor>> {
         let subject_ref = reference.clone_with_digest(subject.to_string());
+        let client = self.client()?;
         let index = self
             .call(reference, || {
-                self.client.pull_referrers(&subject_ref, artifact_type)
+                client.pull_referrers(&subject_ref, artifact_type)
             })
             .await?;
         // Round-trip through JSON into lazyimg's own types, which check digests.
@@ -280,7 +317,8 @@ impl RegistryClient {
     /// Whether the registry has blob `digest` in `reference`'s repository (HEAD).
     pub async fn blob_exists(&self, reference: &Reference, digest: &Digest) -> Result<bool> {
         let digest = digest.to_string();
-        self.call(reference, || self.client.blob_exists(reference, &digest))
+        let client = self.client()?;
+        self.call(reference, || client.blob_exists(reference, &digest))
             .await
     }
 
@@ -299,9 +337,10 @@ impl RegistryClient {
             from_repository.to_string(),
             digest.clone(),
         );
+        let client = self.client()?;
         let result = self
             .call_as(reference, RegistryOperation::Push, || {
-                self.client.mount_blob(reference, &source, &digest)
+                client.mount_blob(reference, &source, &digest)
             })
             .await;
         match result {
@@ -327,6 +366,7 @@ impl RegistryClient {
         const CHUNK: usize = 1 << 20;
         let digest_text = digest.to_string();
         let size = blob.bytes().len();
+        let client = self.client()?;
         self.call_as(reference, RegistryOperation::Push, || {
             let blob = blob.clone();
             let progress = std::sync::Arc::clone(&progress);
@@ -335,8 +375,7 @@ impl RegistryClient {
                 progress(chunk.len() as u64);
                 Ok::<Bytes, OciDistributionError>(chunk)
             });
-            self.client
-                .push_blob_stream(reference, chunks, &digest_text, Some(size as u64))
+            client.push_blob_stream(reference, chunks, &digest_text, Some(size as u64))
         })
         .await
         .map(|_| ())
@@ -358,7 +397,7 @@ impl RegistryClient {
         let chunks =
             chunks.map(|c| c.map_err(|e| OciDistributionError::GenericError(Some(e.to_string()))));
         match self
-            .client
+            .client()?
             .push_blob_stream(reference, chunks, &digest.to_string(), Some(size))
             .await
         {
@@ -382,10 +421,10 @@ impl RegistryClient {
                 reason: format!("media type {media_type:?} is not a valid header value"),
             });
         }
+        let client = self.client()?;
         self.call_as(reference, RegistryOperation::Push, || {
             let content_type = media_type.parse().expect("checked: printable ASCII");
-            self.client
-                .push_manifest_raw(reference, bytes.clone(), content_type)
+            client.push_manifest_raw(reference, bytes.clone(), content_type)
         })
         .await
         .map(|_| ())
@@ -399,11 +438,12 @@ impl RegistryClient {
         sink: &mut dyn BlobSink,
     ) -> Result<SizedStream, Failure> {
         let offset = sink.written();
+        let client = self.client().map_err(Failure::Fatal)?;
+        timeline::request();
         let response = if offset == 0 {
-            self.client.pull_blob_stream(reference, digest).await
+            client.pull_blob_stream(reference, digest).await
         } else {
-            match self
-                .client
+            match client
                 .pull_blob_stream_partial(reference, digest, offset, None)
                 .await
             {
@@ -439,6 +479,7 @@ impl RegistryClient {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, OciDistributionError>>,
     {
+        self.authenticate_first(reference, operation).await?;
         let mut reauthed = false;
         loop {
             match self.with_retries_classified(reference, &mut op).await {
@@ -474,6 +515,7 @@ impl RegistryClient {
     {
         let mut attempt = 1;
         loop {
+            timeline::request();
             match op().await.map_err(|e| self.classify(reference, e)) {
                 Err(Failure::Retry(e)) if attempt < self.retry.attempts => {
                     tracing::warn!("{e}; retrying");
@@ -631,6 +673,49 @@ impl RegistryClient {
     }
 }
 
+/// The oci-client for `endpoint`: loads the system CA store (oci-client builds
+/// two reqwest clients, so it is read twice) plus the endpoint's `ca_file`.
+fn make_client(endpoint: &Endpoint, options: &ClientOptions) -> Result<Client> {
+    install_crypto_provider();
+    let started = std::time::Instant::now();
+    let mut extra_root_certificates = Vec::new();
+    if let Some(ca_file) = &endpoint.ca_file {
+        let data = std::fs::read(ca_file).map_err(|e| Error::io(ca_file, e))?;
+        extra_root_certificates.push(Certificate {
+            encoding: CertificateEncoding::Pem,
+            data,
+        });
+    }
+    let protocol = if endpoint.insecure {
+        ClientProtocol::HttpsExcept(vec![endpoint.host.clone()])
+    } else {
+        ClientProtocol::Https
+    };
+    let config = ClientConfig {
+        protocol,
+        extra_root_certificates,
+        // lazyimg resolves indexes itself so it can report what it chose.
+        platform_resolver: None,
+        connect_timeout: Some(options.connect_timeout),
+        read_timeout: Some(options.read_timeout),
+        user_agent: concat!("lazyimg/", env!("CARGO_PKG_VERSION")),
+        // Uploads are one streamed PUT per blob (seeding): a single request to
+        // finish or retry, rather than one PATCH per chunk.
+        use_monolithic_push: true,
+        ..Default::default()
+    };
+    let client = Client::try_from(config).map_err(|e| Error::Registry {
+        registry: endpoint.host.clone(),
+        reason: format!("cannot set up the HTTP client: {e}"),
+    })?;
+    tracing::debug!(
+        "{}: HTTP client ready (CA store loaded) in {:.1} ms",
+        endpoint.host,
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(client)
+}
+
 /// reqwest is built without a default rustls provider (ring keeps the build light);
 /// one must be installed before the first client exists.
 fn install_crypto_provider() {
@@ -654,6 +739,7 @@ async fn copy_stream(
     // reqwest's read timeout bounds each silence, so a stalled registry ends this loop.
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(StreamError::Transport)?;
+        timeline::received(chunk.len() as u64);
         sink.write(&chunk).map_err(StreamError::Sink)?;
         progress(chunk.len() as u64);
     }

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
+use tracing::Instrument as _;
 
 use super::format::{check_file, signed_payload};
 use super::{
@@ -20,6 +21,7 @@ use crate::reference::ImageRef;
 use crate::registry::RegistryClient;
 use crate::signing::{IndexSigner, TrustedKeys};
 use crate::store::{Derived, Store};
+use crate::timeline;
 
 /// Pushes the indexes of `built`, and the prefetch list if given, as an
 /// artifact for image manifest `subject`, signed by `signer` when given, and
@@ -230,7 +232,10 @@ pub async fn find(
     layers: &[&Descriptor],
     trust: &TrustedKeys,
 ) -> Result<BTreeMap<Digest, ChunkMap>> {
-    let Some(artifact) = locate(registry, image, manifest_digest, trust).await? else {
+    let discovered = locate(registry, image, manifest_digest, trust)
+        .instrument(timeline::phase("index discovery"))
+        .await?;
+    let Some(artifact) = discovered else {
         return Ok(BTreeMap::new());
     };
     let annotated = |layer: &Descriptor, media_type: &str| {
@@ -257,6 +262,7 @@ pub async fn find(
         .map(|(blob, what)| pull::fetch_blob(store, registry, image, blob, (what, what), &Silent))
         .buffer_unordered(blobs.len().max(1))
         .try_collect::<Vec<u64>>()
+        .instrument(timeline::phase("index blobs"))
         .await?;
     if let Some(list) = prefetch {
         let bytes = store.require(&list.digest)?;
