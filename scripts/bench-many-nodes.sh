@@ -74,6 +74,10 @@ nginx_start() { # a fresh, empty cache
   "$LAZYIMG_BIN" nginx-config --upstream "https://$LAZYIMG_TEST_UPSTREAM" --listen "$NGINX_ADDR" \
     --cache-dir "$NGINX_DIR" >"$NGINX_DIR/nginx.conf"
   nginx -c "$NGINX_DIR/nginx.conf"
+  # Credentials are looked up by the host a node talks to: the cache.
+  local auth
+  auth=$(printf '%s:%s' "$LAZYIMG_TEST_USER" "$LAZYIMG_TEST_TOKEN" | base64 -w0)
+  printf '{"auths": {"%s": {"auth": "%s"}}}\n' "$NGINX_ADDR" "$auth" >"$WORK/nodes-auth.json"
 }
 
 # --- nodes ------------------------------------------------------------------------
@@ -104,7 +108,7 @@ node_run() { # I [BARRIER]: mount, read the start-up files and the slice; second
   fi
   local t0
   t0=$(now)
-  REGISTRY_AUTH_FILE=$LAZYIMG_TEST_AUTH_FILE "$LAZYIMG_BIN" --config "$dir/config.toml" -q \
+  REGISTRY_AUTH_FILE=$WORK/nodes-auth.json "$LAZYIMG_BIN" --config "$dir/config.toml" -q \
     mount "$LAZYIMG_TEST_UPSTREAM/$repo_tag" "$dir/mnt" 2>"$dir/mount.err"
   cat "$dir/mnt/usr/local/bin/hello" "$dir/mnt/etc/os-release" >/dev/null
   dd if="$dir/mnt$largest" of=/dev/null bs=1M skip=$SLICE_SKIP_MIB count=$SLICE_MIB 2>/dev/null
@@ -149,7 +153,7 @@ touch "$barrier"
 for pid in "${pids[@]}"; do wait "$pid" || die "a node failed (see $WORK/node-*/mount.err)"; done
 read -r many_requests many_bytes < <(upstream_since "$mark")
 read -r hits misses < <(cache_counts)
-secs=$(for i in $(seq 1 "$N"); do cat "$WORK/node-$i/secs"; done)
+secs=$(for i in $(seq 1 "$N"); do cat "$WORK/node-$i/secs"; echo; done)
 p50=$(median <<<"$secs")
 p99=$(maximum <<<"$secs") # with N <= 100 nodes, p99 is the slowest
 fetched_total=$(for i in $(seq 1 "$N"); do
