@@ -13,6 +13,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::fuse::{self, MountOptions};
 use crate::rootfs::RootFs;
+use crate::rootfs::layer_store::LayerStore;
 use crate::secret::Credentials;
 use crate::store::{DAEMON_LOG_MAX_AGE, Store};
 
@@ -34,12 +35,33 @@ pub fn serve_until_signalled(
     mountpoint: &Path,
     options: &MountOptions,
 ) -> anyhow::Result<()> {
+    until_signalled(|on_mounted| {
+        fuse::mount_foreground_with(rootfs, mountpoint, options, on_mounted)
+    })
+}
+
+/// [`serve_until_signalled`] for Podman's additional layer store `store`.
+pub fn serve_layer_store_until_signalled(
+    store: Arc<LayerStore>,
+    mountpoint: &Path,
+    options: &MountOptions,
+) -> anyhow::Result<()> {
+    until_signalled(|on_mounted| {
+        fuse::mount_layer_store_with(store, mountpoint, options, on_mounted)
+    })
+}
+
+/// Runs `serve`, which mounts, hands its argument the mount's unmounter and
+/// serves until unmounted; the first of the signals unmounts.
+fn until_signalled(
+    serve: impl FnOnce(Box<dyn FnOnce(fuse::Unmounter)>) -> crate::Result<()>,
+) -> anyhow::Result<()> {
     // Registered before the mount exists, so a signal sent as soon as it shows
     // is not lost; one that came earlier killed us with nothing mounted.
     let signals = UnmountSignals::register()?;
-    fuse::mount_foreground_with(rootfs, mountpoint, options, |unmounter| {
+    serve(Box::new(|unmounter| {
         tokio::spawn(signals.unmount_on_first(unmounter));
-    })?;
+    }))?;
     Ok(())
 }
 

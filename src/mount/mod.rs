@@ -7,6 +7,7 @@
 //! (the engine): neither knows the other's wiring; only this module does.
 
 mod daemon;
+mod layer_store;
 mod open;
 
 use std::path::PathBuf;
@@ -25,9 +26,10 @@ use crate::registry::RegistryClient;
 use crate::rootfs::RootFs;
 use crate::store::{Derived, Store};
 pub use daemon::{
-    DaemonFailed, Started, clear_stale_mount, is_daemon, serve_until_signalled, start_daemon,
-    umount,
+    DaemonFailed, Started, clear_stale_mount, is_daemon, serve_layer_store_until_signalled,
+    serve_until_signalled, start_daemon, umount,
 };
+pub use layer_store::RegistryImages;
 pub use open::{open_image, open_view};
 
 /// What a mount records and fetches ahead of its readers.
@@ -55,16 +57,14 @@ pub fn open_lazy(
     registry: Arc<RegistryClient>,
     prefetching: &Prefetching,
 ) -> anyhow::Result<Arc<RootFs>> {
-    let options = LazyOptions::from_config(config);
-    let source = RegistryRanges {
+    let (source, options) = lazy_source(
+        config,
+        store,
+        image,
         registry,
-        image: image.clone(),
-        store: Arc::clone(store),
-        runtime: tokio::runtime::Handle::current(),
-        read_deadline: options.read_deadline,
-        whole_blob_deadline: options.whole_blob_deadline,
-    };
-    let lazy: (Arc<dyn RangeSource>, LazyOptions) = (Arc::new(source), options);
+        tokio::runtime::Handle::current(),
+    );
+    let lazy: (Arc<dyn RangeSource>, LazyOptions) = (source, options);
     // Decompressing and indexing layers is blocking work the first time.
     let mut rootfs = tokio::task::block_in_place(|| {
         open_image(store, manifest, &image.to_string(), Some(lazy))
@@ -84,6 +84,27 @@ pub fn open_lazy(
     };
     start_prefetch(&rootfs, list, prefetching);
     Ok(rootfs)
+}
+
+/// Where `image`'s lazily read layers come from: `registry`, reached from
+/// plain threads through `runtime`, with the limits `config` sets.
+fn lazy_source(
+    config: &Config,
+    store: &Arc<Store>,
+    image: &ImageRef,
+    registry: Arc<RegistryClient>,
+    runtime: tokio::runtime::Handle,
+) -> (Arc<RegistryRanges>, LazyOptions) {
+    let options = LazyOptions::from_config(config);
+    let source = RegistryRanges {
+        registry,
+        image: image.clone(),
+        store: Arc::clone(store),
+        runtime,
+        read_deadline: options.read_deadline,
+        whole_blob_deadline: options.whole_blob_deadline,
+    };
+    (Arc::new(source), options)
 }
 
 /// Runs the prefetch `list` and the background fetch on a thread of their

@@ -1,0 +1,169 @@
+//! The images Podman's additional layer store serves, resolved exactly as
+//! `lazyimg mount` resolves an image: the approved list checked, the
+//! manifest, config and each layer's chunk map (lazyimg index or table of
+//! contents) fetched and verified, then opened as per-layer overlay views.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+
+use super::lazy_source;
+use super::open::open_view;
+use crate::config::Config;
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::image::{ImageConfig, Manifest, Platform};
+use crate::layer::Compression;
+use crate::lazy::prepare::ensure_mountable;
+use crate::lazy::source::{RangeSource, RegistryRanges};
+use crate::policy;
+use crate::pull::{PullPolicy, Silent};
+use crate::reference::ImageRef;
+use crate::registry::{ClientOptions, RegistryClient, credentials};
+use crate::rootfs::View;
+use crate::rootfs::layer_store::{BlobReader, ImageResolver, LayerInfo, StoreImage, StoreLayer};
+use crate::store::Store;
+use crate::tree::{OverlayXattrs, ROOT_INO, layer_dir_name};
+
+/// Resolves references against their registries (credentials from the
+/// auth files, as `lazyimg mount` finds them), into one cache.
+pub struct RegistryImages {
+    pub config: Config,
+    pub store: Arc<Store>,
+    pub platform: Platform,
+    /// Where registry requests run; resolving happens on FUSE threads.
+    pub runtime: tokio::runtime::Handle,
+    /// `trusted.overlay.*` for root's Podman, `user.overlay.*` for rootless.
+    pub xattrs: OverlayXattrs,
+}
+
+impl ImageResolver for RegistryImages {
+    fn resolve(&self, reference: &str) -> Result<StoreImage> {
+        let image = ImageRef::parse(reference, &self.config)?;
+        let approval = policy::enforce(&self.config, &image)?;
+        let found = credentials::lookup(
+            &credentials::auth_files(),
+            &image.endpoint.host,
+            image.source.repository(),
+        )?;
+        let registry = Arc::new(RegistryClient::new(
+            &image.endpoint,
+            found.as_ref(),
+            &ClientOptions::from_config(&self.config.network),
+        )?);
+        let manifest = self.runtime.block_on(ensure_mountable(
+            &self.store,
+            &image,
+            &self.platform,
+            PullPolicy::Missing,
+            &registry,
+            &Silent,
+            &policy::gate(approval.as_ref()),
+        ))?;
+        let name = image.to_string();
+        let (source, options) = lazy_source(
+            &self.config,
+            &self.store,
+            &image,
+            registry,
+            self.runtime.clone(),
+        );
+        let lazy: Arc<dyn RangeSource> = source.clone();
+        let view = View::Layers(self.xattrs);
+        let rootfs = open_view(&self.store, &manifest, &name, Some((lazy, options)), view)?;
+        let layers = store_layers(&self.store, &manifest, &name, &rootfs.tree)?;
+        Ok(StoreImage {
+            rootfs: Arc::new(rootfs),
+            layers,
+            blobs: Arc::new(WholeBlobs {
+                store: Arc::clone(&self.store),
+                source,
+                downloading: Mutex::new(()),
+            }),
+        })
+    }
+}
+
+/// Every layer of the image `manifest` names, with its view in `tree` and
+/// its `info` record.
+fn store_layers(
+    store: &Store,
+    manifest: &Digest,
+    name: &str,
+    tree: &crate::tree::Tree,
+) -> Result<Vec<StoreLayer>> {
+    let Manifest::Image(manifest) = Manifest::parse(store.require(manifest)?.bytes(), name)? else {
+        return Err(Error::Manifest {
+            what: name.to_string(),
+            reason: format!("{manifest} is an index, not an image manifest"),
+        });
+    };
+    let config = ImageConfig::parse(
+        store.require(&manifest.config.digest)?.bytes(),
+        &format!("config of {name}"),
+    )?;
+    let diff_ids = config.rootfs.map(|r| r.diff_ids).unwrap_or_default();
+    // open_view checked that there is one diff_id per layer, and a tar
+    // media type for every layer it had to unpack.
+    manifest
+        .layers
+        .iter()
+        .zip(&diff_ids)
+        .zip(0u32..)
+        .map(|((layer, diff_id), n)| {
+            let compression =
+                Compression::from_media_type(&layer.media_type).ok_or_else(|| Error::Manifest {
+                    what: name.to_string(),
+                    reason: format!(
+                        "layer {} has unsupported media type {}",
+                        layer.digest, layer.media_type
+                    ),
+                })?;
+            let view = tree
+                .lookup(ROOT_INO, &layer_dir_name(n))
+                .expect("a layer view tree holds a directory per layer");
+            Ok(StoreLayer {
+                digest: layer.digest,
+                size: layer.size,
+                view,
+                info: LayerInfo::new(&layer.digest, layer.size, compression, diff_id).to_json(),
+            })
+        })
+        .collect()
+}
+
+/// A layer's compressed blob, for `podman save` and `push`, which read it
+/// whole: its bytes can only be verified whole (against the layer digest),
+/// so the first read downloads the blob into the store, verified, and every
+/// read is answered from there.
+struct WholeBlobs {
+    store: Arc<Store>,
+    source: Arc<RegistryRanges>,
+    /// One download at a time, so concurrent first reads fetch a blob once.
+    downloading: Mutex<()>,
+}
+
+impl BlobReader for WholeBlobs {
+    fn read(&self, digest: &Digest, size: u64, offset: u64, len: usize) -> Result<Bytes> {
+        let blob = match self.store.get(digest)? {
+            Some(blob) => blob,
+            None => {
+                let _one = self
+                    .downloading
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if !self.store.contains(digest) {
+                    tracing::info!("layer store: downloading blob {digest} whole for Podman");
+                    self.source.fetch_whole(digest, size)?;
+                }
+                self.store.require(digest)?
+            }
+        };
+        let bytes = blob.bytes();
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
+        let end = start.saturating_add(len).min(bytes.len());
+        Ok(Bytes::copy_from_slice(&bytes[start..end]))
+    }
+}
