@@ -1,0 +1,248 @@
+//! `lazyimg layer-store` as Podman 4.3.1's additional layer store: the real
+//! Podman (runc, CONTAINERS_CONF from scripts/setup-runtimes.sh) pulls from
+//! the local plain registry with the store configured, and must take every
+//! layer from the store instead of the registry, then run the image.
+//!
+//! Needs root (podman, FUSE). A missing tool makes these tests fail, never skip.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use support::site::{containers_conf, demo_layout, plain_log_len, plain_log_since};
+use support::testenv::{Daemon, Lazyimg, TestEnv, authed, nonce, testenv};
+use support::tools::skopeo_inspect;
+
+/// The demo image (busybox) plus a layer of its own holding `/work`, owned by
+/// 1000:1000, and a config naming that user, workdir and an env variable;
+/// pushed to the plain registry. Returns the reference and the label that
+/// `/work/label.txt` and `$GREETING` hold.
+fn push_image(env: &TestEnv, work: &Path) -> (String, String) {
+    let label = format!("als-{}", nonce());
+    let layout = demo_layout(work);
+    let script = format!(
+        "set -e; cd {work}; umoci unpack --image oci:v1 bundle >/dev/null; \
+         mkdir -p bundle/rootfs/work; echo {label} > bundle/rootfs/work/label.txt; \
+         chown -R 1000:1000 bundle/rootfs/work; \
+         umoci repack --image oci:v1 bundle; \
+         umoci config --image oci:v1 --config.user 1000:1000 --config.workingdir /work \
+           --config.env GREETING={label}; \
+         umoci gc --layout oci",
+        work = work.display()
+    );
+    assert_eq!(layout, work.join("oci"));
+    sh(&script);
+    let reference = format!("{}/als/{label}:v1", env.plain());
+    sh(&format!(
+        "skopeo copy --quiet --dest-tls-verify=false oci:{}:v1 docker://{reference}",
+        layout.display()
+    ));
+    (reference, label)
+}
+
+fn sh(script: &str) {
+    let out = Command::new("sh").args(["-c", script]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{script}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The image's layer digests, as the registry's manifest names them.
+fn layers(reference: &str) -> Vec<String> {
+    let info = skopeo_inspect(&format!("docker://{reference}"), &["--tls-verify=false"])
+        .expect("skopeo inspect");
+    info["Layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A running `lazyimg layer-store DIR`; stopped with SIGTERM when dropped.
+struct LayerStore {
+    dir: tempfile::TempDir,
+    daemon: Daemon,
+}
+
+impl LayerStore {
+    fn start(lazyimg: &Lazyimg) -> LayerStore {
+        let dir = tempfile::Builder::new()
+            .prefix("lazyimg-als-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let started = lazyimg
+            .run(&["layer-store", dir.path().to_str().unwrap()])
+            .ok();
+        LayerStore {
+            daemon: Daemon::from_message(&started.stderr()),
+            dir,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Sends SIGTERM and waits for the daemon to unmount and exit.
+    fn stop(&self) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.daemon.pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Path::new(&format!("/proc/{}", self.daemon.pid)).exists() {
+            assert!(Instant::now() < deadline, "the layer store did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for LayerStore {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Podman with its own store in `root`, using `als` as its additional layer store.
+struct Podman {
+    root: tempfile::TempDir,
+    als: PathBuf,
+}
+
+impl Podman {
+    fn new(als: &Path) -> Podman {
+        Podman {
+            root: tempfile::tempdir().unwrap(),
+            als: als.to_path_buf(),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new("podman")
+            .env("CONTAINERS_CONF", containers_conf())
+            .arg("--root")
+            .arg(self.root.path().join("root"))
+            .arg("--runroot")
+            .arg(self.root.path().join("run"))
+            .args(["--storage-driver", "overlay", "--storage-opt"])
+            .arg(format!(
+                "overlay.additionallayerstore={}:ref",
+                self.als.display()
+            ))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> (String, String) {
+        let out = self.run(args);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(out.status.success(), "podman {args:?}:\n{stdout}\n{stderr}");
+        (stdout, stderr)
+    }
+
+    /// Where each layer's `diff` in Podman's own store points.
+    fn diff_links(&self) -> Vec<PathBuf> {
+        let layers = self.root.path().join("root/overlay");
+        std::fs::read_dir(&layers)
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path().join("diff")).ok())
+            .collect()
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.run(&["rmi", "--all", "--force"]);
+    }
+}
+
+/// Podman's GETs of `blob` in the registry log lines `lines`.
+fn podman_gets<'a>(lines: &'a [String], blob: &str) -> Vec<&'a String> {
+    lines
+        .iter()
+        .filter(|l| l.contains(&format!("/blobs/{blob} ")) && l.contains("containers/"))
+        .collect()
+}
+
+#[test]
+fn podman_takes_every_layer_of_an_indexed_gzip_image_from_the_store_and_runs_it() {
+    let env = testenv();
+    let work = tempfile::tempdir().unwrap();
+    let (reference, label) = push_image(env, work.path());
+    let layers = layers(&reference);
+    assert!(layers.len() >= 2, "{layers:?}");
+    authed(&Lazyimg::new(env), &["index", "--push", &reference]).ok();
+
+    // A fresh cache: the store fetches what it needs on Podman's first lookup.
+    let lazyimg = Lazyimg::new(env);
+    let store = LayerStore::start(&lazyimg);
+    let podman = Podman::new(store.path());
+    let log_start = plain_log_len(env);
+    let (_, pulled) = podman.ok(&["--log-level=debug", "pull", "--tls-verify=false", &reference]);
+
+    for layer in &layers {
+        assert!(
+            pulled.contains(&format!("Skipping blob {layer} (already present)")),
+            "Podman did not reuse {layer} from the layer store:\n{pulled}"
+        );
+    }
+    let links = podman.diff_links();
+    assert_eq!(links.len(), layers.len(), "{links:?}");
+    for link in &links {
+        assert!(link.starts_with(store.path()), "{link:?}");
+    }
+
+    // Inside, the image's user, workdir and env; file contents read lazily.
+    let (out, _) = podman.ok(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "runc",
+        &reference,
+        "sh",
+        "-c",
+        "id -u; id -g; pwd; echo $GREETING; cat label.txt; busybox | head -c 7",
+    ]);
+    assert_eq!(
+        out,
+        format!("1000\n1000\n/work\n{label}\n{label}\nBusyBox"),
+        "{}",
+        store.daemon.log()
+    );
+    let lines = plain_log_since(env, log_start);
+    for layer in &layers {
+        let gets = podman_gets(&lines, layer);
+        assert!(gets.is_empty(), "Podman fetched layer {layer}: {gets:#?}");
+    }
+
+    podman.ok(&["rmi", &reference]);
+    let log = store.daemon.log();
+    assert!(log.contains("Podman released layer"), "{log}");
+    assert!(!log.contains(" ERROR "), "{log}");
+
+    store.stop();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(store.path().to_str().unwrap()),
+        "still mounted after SIGTERM"
+    );
+}
+
+#[test]
+fn print_config_gives_the_storage_conf_lines() {
+    let lazyimg = Lazyimg::new(testenv());
+    let out = lazyimg
+        .run(&["layer-store", "--print-config", "/var/lib/lazyimg/als"])
+        .ok();
+    assert_eq!(
+        out.stdout(),
+        "[storage.options]\nadditionallayerstores = [\"/var/lib/lazyimg/als:ref\"]\n"
+    );
+}
