@@ -9,10 +9,11 @@ use bytes::Bytes;
 
 use super::lazy_source;
 use super::open::open_view;
+use crate::chunkmap::{ChunkMap, MapSource};
 use crate::config::Config;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::image::{ImageConfig, Manifest, Platform};
+use crate::image::{Descriptor, ImageConfig, Manifest, Platform};
 use crate::layer::Compression;
 use crate::lazy::prepare::ensure_mountable;
 use crate::lazy::source::{RangeSource, RegistryRanges};
@@ -126,11 +127,54 @@ fn store_layers(
                 digest: layer.digest,
                 size: layer.size,
                 view,
-                info: LayerInfo::new(&layer.digest, layer.size, compression, diff_id).to_json(),
+                info: LayerInfo::new(
+                    &layer.digest,
+                    layer.size,
+                    compression,
+                    diff_id,
+                    tar_size(store, layer, diff_id),
+                )
+                .to_json(),
             })
         })
         .collect()
 }
+
+/// How long layer `layer`'s uncompressed tar (`diff_id`) is, where that is
+/// known without reading it all: a stored tar's length; the end of the last
+/// chunk of a lazyimg index, whose chunks cover the whole tar stream; or
+/// the `io.containers.estargz.uncompressed-size` annotation Podman's
+/// eStargz writer leaves (unverified, as stargz-snapshotter reads it).
+fn tar_size(store: &Store, layer: &Descriptor, diff_id: &Digest) -> Option<u64> {
+    if let Ok(Some(tar)) = store.get(diff_id) {
+        return Some(tar.bytes().len() as u64);
+    }
+    if let Some(map) = ChunkMap::load(store, &layer.digest)
+        && map.source == MapSource::LazyimgIndex
+    {
+        return map
+            .layer
+            .chunks
+            .last()
+            .map(|c| c.content_offset + c.content_size);
+    }
+    let size = layer
+        .annotations
+        .get(ESTARGZ_UNCOMPRESSED_SIZE)?
+        .parse()
+        .ok();
+    if size.is_none() {
+        tracing::warn!(
+            "layer store: the tar size of layer {} is unknown, so `podman save` will fail on it",
+            layer.digest
+        );
+    }
+    size
+}
+
+/// Layer annotation with the tar's size (stargz-snapshotter
+/// `estargz/types.go` `StoreUncompressedSizeAnnotation`).
+const ESTARGZ_UNCOMPRESSED_SIZE: &str = "io.containers.estargz.uncompressed-size";
 
 /// A layer's compressed blob, for `podman save` and `push`, which read it
 /// whole: its bytes can only be verified whole (against the layer digest),

@@ -61,8 +61,9 @@ pub fn reference_of(dir: &OsStr) -> Option<String> {
 /// A layer's `info`: the fields of containers/storage's `Layer` record
 /// (`layers.go`) that `store.go` `LookupAdditionalLayer` and `PutAs` read:
 /// the DiffID (which names the layer in Podman's store and must match the
-/// image config), the blob's digest and size, and its compression (for
-/// `podman save`/`push`, which re-compress a blob whose compression differs).
+/// image config), the blob's digest and size, the tar's size, and the
+/// blob's compression (`layers.go` `Diff`, behind `podman save`/`push`,
+/// decompresses `blob` when asked for another compression).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LayerInfo {
     #[serde(rename = "compressed-diff-digest")]
@@ -71,23 +72,33 @@ pub struct LayerInfo {
     pub compressed_size: u64,
     #[serde(rename = "diff-digest")]
     pub diff_digest: String,
+    /// The tar's length, when known. containers/image 5.23 needs it exact
+    /// (`storage/storage_src.go`: `podman save` sizes the layer's tar entry
+    /// by it, and -1, "unknown", fails `podman images` and `save`
+    /// outright); left out when unknown, which only `podman save` and
+    /// image sizes notice.
+    #[serde(rename = "diff-size", skip_serializing_if = "Option::is_none")]
+    pub diff_size: Option<u64>,
     /// containers/storage `pkg/archive` `Compression`: 0 none, 2 gzip, 4 zstd.
     pub compression: u8,
 }
 
 impl LayerInfo {
     /// The record of a layer whose blob is `digest` (`size` bytes, compressed
-    /// with `compression`) and whose uncompressed tar is `diff_id`.
+    /// with `compression`) and whose uncompressed tar is `diff_id`
+    /// (`tar_size` bytes, if known).
     pub fn new(
         digest: &Digest,
         size: u64,
         compression: Compression,
         diff_id: &Digest,
+        tar_size: Option<u64>,
     ) -> LayerInfo {
         LayerInfo {
             compressed_digest: digest.to_string(),
             compressed_size: size,
             diff_digest: diff_id.to_string(),
+            diff_size: tar_size,
             compression: match compression {
                 Compression::None => 0,
                 Compression::Gzip => 2,

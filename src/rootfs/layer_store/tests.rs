@@ -55,7 +55,8 @@ impl ImageResolver for TwoLayers {
                 view: tree
                     .lookup(ROOT_INO, &layer_dir_name(n.into()))
                     .expect("view"),
-                info: LayerInfo::new(&digest(n), 100, Compression::Gzip, &digest(10 + n)).to_json(),
+                info: LayerInfo::new(&digest(n), 100, Compression::Gzip, &digest(10 + n), None)
+                    .to_json(),
             })
             .collect();
         Ok(StoreImage {
@@ -95,7 +96,7 @@ fn reference_directories_are_padded_standard_base64() {
 
 #[test]
 fn info_is_the_containers_storage_layer_record() {
-    let info = LayerInfo::new(&digest(1), 1234, Compression::Gzip, &digest(2));
+    let info = LayerInfo::new(&digest(1), 1234, Compression::Gzip, &digest(2), Some(5120));
     let json: serde_json::Value = serde_json::from_slice(&info.to_json()).unwrap();
     assert_eq!(
         json,
@@ -103,11 +104,12 @@ fn info_is_the_containers_storage_layer_record() {
             "compressed-diff-digest": digest(1).to_string(),
             "compressed-size": 1234,
             "diff-digest": digest(2).to_string(),
+            "diff-size": 5120,
             "compression": 2,
         })
     );
     assert_eq!(
-        LayerInfo::new(&digest(1), 1, Compression::Zstd, &digest(2)).compression,
+        LayerInfo::new(&digest(1), 1, Compression::Zstd, &digest(2), None).compression,
         4
     );
 }
