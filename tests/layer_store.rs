@@ -11,8 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use support::image::{BuiltLayer, Compression, ImageSpec, LayerSpec, build_layer, dir, file};
 use support::site::{containers_conf, demo_layout, plain_log_len, plain_log_since};
-use support::testenv::{Daemon, Lazyimg, TestEnv, authed, nonce, testenv};
+use support::testenv::{
+    Daemon, Lazyimg, TestEnv, authed, build_layout_from_layers, nonce, testenv,
+};
 use support::tools::skopeo_inspect;
 
 /// The demo image (busybox) plus a layer of its own holding `/work`, owned by
@@ -283,6 +286,107 @@ fn podman_takes_every_layer_of_an_indexed_gzip_image_from_the_store_and_runs_it(
         !mounts.contains(store.path().to_str().unwrap()),
         "still mounted after SIGTERM"
     );
+}
+
+/// The demo image's busybox layer as a tar.
+fn busybox_tar(work: &Path) -> Vec<u8> {
+    let layout = demo_layout(work);
+    let blob = |digest: &str| {
+        let (_, hex) = digest.split_once(':').unwrap();
+        std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap()
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap();
+    let gzip = blob(manifest["layers"][0]["digest"].as_str().unwrap());
+    let mut tar = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gzip[..]), &mut tar).unwrap();
+    tar
+}
+
+#[test]
+fn a_plain_zstd_layer_is_absent_and_podman_pulls_it_itself() {
+    let env = testenv();
+    let work = tempfile::tempdir().unwrap();
+    let label = format!("als-zstd-{}", nonce());
+    let layers = [
+        BuiltLayer::from_tar(
+            busybox_tar(work.path()),
+            Compression::Gzip,
+            Default::default(),
+        ),
+        build_layer(&LayerSpec::new(vec![
+            dir("work"),
+            file("work/label.txt", format!("{label}\n")),
+        ])),
+        build_layer(
+            &LayerSpec::new(vec![file("work/top.txt", format!("zstd {label}\n"))])
+                .compression(Compression::Zstd),
+        ),
+    ];
+    let mut spec = ImageSpec::new(Vec::new()).env(&["PATH=/bin", &format!("GREETING={label}")]);
+    spec.working_dir = Some("/work".into());
+    let (layout, _) = build_layout_from_layers(&work.path().join("img"), &spec, &layers, "v1");
+    let reference = format!("{}/als/{label}:v1", env.plain());
+    sh(&format!(
+        "skopeo copy --quiet --dest-tls-verify=false oci:{}:v1 docker://{reference}",
+        layout.dir.display()
+    ));
+    authed(&Lazyimg::new(env), &["index", "--push", &reference]).ok();
+
+    let lazyimg = Lazyimg::new(env);
+    let store = LayerStore::start(&lazyimg);
+    let podman = Podman::new(store.path());
+    let log_start = plain_log_len(env);
+    let (_, pulled) = podman.ok(&[
+        "--log-level=debug",
+        "pull",
+        "--tls-verify=false",
+        &reference,
+    ]);
+
+    let (lazy, zstd) = (&layers[..2], &layers[2]);
+    for layer in lazy {
+        assert!(
+            pulled.contains(&format!("Skipping blob {} (already present)", layer.digest)),
+            "{pulled}"
+        );
+    }
+    assert!(
+        !pulled.contains(&format!("Skipping blob {}", zstd.digest)),
+        "{pulled}"
+    );
+    let absent = store
+        .path()
+        .join(reference_dir(&reference))
+        .join(&zstd.digest);
+    let err = std::fs::metadata(&absent).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{absent:?}");
+    // Podman fetched the zstd layer itself; lazyimg did not.
+    let lines = plain_log_since(env, log_start);
+    assert_eq!(podman_gets(&lines, &zstd.digest).len(), 1, "{lines:#?}");
+    assert!(!lazyimg.cached_blobs().contains(&zstd.digest));
+    assert_eq!(podman.diff_links().len(), 2);
+
+    let (out, _) = podman.ok(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "runc",
+        &reference,
+        "sh",
+        "-c",
+        "pwd; echo $GREETING; cat label.txt top.txt",
+    ]);
+    assert_eq!(out, format!("/work\n{label}\n{label}\nzstd {label}\n"));
+    podman.ok(&["rmi", &reference]);
+}
+
+/// `base64(reference)`, as containers/storage names the store's directories.
+fn reference_dir(reference: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(reference)
 }
 
 #[test]

@@ -2,23 +2,25 @@
 //! `lazyimg mount` resolves an image: the approved list checked, the
 //! manifest, config and each layer's chunk map (lazyimg index or table of
 //! contents) fetched and verified, then opened as per-layer overlay views.
+//! One difference: a layer that can only be read whole (plain zstd, or gzip
+//! without a lazyimg index) is not downloaded; it and the layers above it
+//! are absent from the store, and Podman pulls them itself.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 
 use super::lazy_source;
-use super::open::open_view;
+use super::open::open_bottom_layers;
 use crate::chunkmap::{ChunkMap, MapSource};
 use crate::config::Config;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::image::{Descriptor, ImageConfig, Manifest, Platform};
+use crate::image::{Descriptor, ImageConfig, ImageManifest, Platform};
 use crate::layer::Compression;
-use crate::lazy::prepare::ensure_mountable;
+use crate::lazy::prepare::pull_chunk_maps;
 use crate::lazy::source::{RangeSource, RegistryRanges};
 use crate::policy;
-use crate::pull::{PullPolicy, Silent};
 use crate::reference::ImageRef;
 use crate::registry::{ClientOptions, RegistryClient, credentials};
 use crate::rootfs::View;
@@ -52,16 +54,24 @@ impl ImageResolver for RegistryImages {
             found.as_ref(),
             &ClientOptions::from_config(&self.config.network),
         )?);
-        let manifest = self.runtime.block_on(ensure_mountable(
+        // Like `lazyimg mount`, but a layer that can only be read whole is
+        // left to Podman instead of downloaded.
+        let (resolved, whole) = self.runtime.block_on(pull_chunk_maps(
             &self.store,
+            &registry,
             &image,
             &self.platform,
-            PullPolicy::Missing,
-            &registry,
-            &Silent,
             &policy::gate(approval.as_ref()),
         ))?;
+        let manifest = &resolved.manifest;
         let name = image.to_string();
+        let count = lazy_bottom_layers(manifest, &whole);
+        if let Some(first) = manifest.layers.get(count) {
+            tracing::info!(
+                "layer store: {name}: layer {} cannot be read lazily; Podman pulls it and those above it itself",
+                first.digest
+            );
+        }
         let (source, options) = lazy_source(
             &self.config,
             &self.store,
@@ -71,8 +81,15 @@ impl ImageResolver for RegistryImages {
         );
         let lazy: Arc<dyn RangeSource> = source.clone();
         let view = View::Layers(self.xattrs);
-        let rootfs = open_view(&self.store, &manifest, &name, Some((lazy, options)), view)?;
-        let layers = store_layers(&self.store, &manifest, &name, &rootfs.tree)?;
+        let rootfs = open_bottom_layers(
+            &self.store,
+            &resolved.manifest_digest,
+            &name,
+            Some((lazy, options)),
+            view,
+            count,
+        )?;
+        let layers = store_layers(&self.store, manifest, &name, &rootfs.tree, count)?;
         Ok(StoreImage {
             rootfs: Arc::new(rootfs),
             layers,
@@ -85,20 +102,27 @@ impl ImageResolver for RegistryImages {
     }
 }
 
-/// Every layer of the image `manifest` names, with its view in `tree` and
-/// its `info` record.
+/// How many of `manifest`'s layers, from the bottom, can be read lazily:
+/// all below the first of `whole` (the layers only readable whole). Views
+/// of those layers need no layer above them, so Podman can stack the rest
+/// on them however it gets them.
+fn lazy_bottom_layers(manifest: &ImageManifest, whole: &[Descriptor]) -> usize {
+    manifest
+        .layers
+        .iter()
+        .position(|layer| whole.iter().any(|w| w.digest == layer.digest))
+        .unwrap_or(manifest.layers.len())
+}
+
+/// The bottom `count` layers of `manifest`, with their views in `tree` and
+/// their `info` records.
 fn store_layers(
     store: &Store,
-    manifest: &Digest,
+    manifest: &ImageManifest,
     name: &str,
     tree: &crate::tree::Tree,
+    count: usize,
 ) -> Result<Vec<StoreLayer>> {
-    let Manifest::Image(manifest) = Manifest::parse(store.require(manifest)?.bytes(), name)? else {
-        return Err(Error::Manifest {
-            what: name.to_string(),
-            reason: format!("{manifest} is an index, not an image manifest"),
-        });
-    };
     let config = ImageConfig::parse(
         store.require(&manifest.config.digest)?.bytes(),
         &format!("config of {name}"),
@@ -110,6 +134,7 @@ fn store_layers(
         .layers
         .iter()
         .zip(&diff_ids)
+        .take(count)
         .zip(0u32..)
         .map(|((layer, diff_id), n)| {
             let compression =

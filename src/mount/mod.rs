@@ -30,7 +30,7 @@ pub use daemon::{
     serve_until_signalled, start_daemon, umount,
 };
 pub use layer_store::RegistryImages;
-pub use open::{open_image, open_view};
+pub use open::{open_bottom_layers, open_image, open_view};
 
 /// What a mount records and fetches ahead of its readers.
 #[derive(Debug, Clone, Default)]
