@@ -39,8 +39,7 @@ impl StoreAdapter {
     }
 
     fn attr(&self, node: Node) -> Option<FileAttr> {
-        let image = self.store.image_of(node);
-        Some(match self.store.kind(node, &image)? {
+        Some(match self.store.kind(node)? {
             NodeKind::Dir => own_attr(node, FileType::Directory, 0),
             NodeKind::File(size) => own_attr(node, FileType::RegularFile, size),
             NodeKind::Tree(image, ino) => file_attr(node.ino(), image.rootfs.tree.attr(ino)?, None),

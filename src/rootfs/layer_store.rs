@@ -206,13 +206,13 @@ impl Node {
 }
 
 /// What a node is, for its attributes.
-pub enum NodeKind<'a> {
+pub enum NodeKind {
     /// A directory of the store's own.
     Dir,
     /// A file of the store's own, this many bytes long.
     File(u64),
     /// An inode of an image's tree.
-    Tree(&'a StoreImage, Ino),
+    Tree(Arc<StoreImage>, Ino),
 }
 
 /// The store's namespace: images resolved on first lookup and kept.
@@ -360,35 +360,29 @@ impl LayerStore {
         }
     }
 
-    /// What `node` is, with `image` holding its image for tree nodes.
-    pub fn kind<'a>(&self, node: Node, image: &'a Option<Arc<StoreImage>>) -> Option<NodeKind<'a>> {
-        let layer = |l: u32| image.as_ref()?.layers.get(l as usize);
+    /// What `node` is; `None` if there is no such node.
+    pub fn kind(&self, node: Node) -> Option<NodeKind> {
+        let layer = |slot: u32, l: u32, size: fn(&StoreLayer) -> u64| {
+            Some(size(self.image(slot)?.layers.get(l as usize)?))
+        };
         Some(match node {
-            Node::Root | Node::Image(_) => NodeKind::Dir,
-            Node::Layer(_, l) => {
-                layer(l)?;
+            Node::Root => NodeKind::Dir,
+            Node::Image(slot) => {
+                self.image(slot)?;
                 NodeKind::Dir
             }
-            Node::Info(_, l) => NodeKind::File(layer(l)?.info.len() as u64),
-            Node::Blob(_, l) => NodeKind::File(layer(l)?.size),
-            Node::Tree(_, ino) => {
-                let image = image.as_ref()?;
+            Node::Layer(slot, l) => {
+                layer(slot, l, |_| 0)?;
+                NodeKind::Dir
+            }
+            Node::Info(slot, l) => NodeKind::File(layer(slot, l, |l| l.info.len() as u64)?),
+            Node::Blob(slot, l) => NodeKind::File(layer(slot, l, |l| l.size)?),
+            Node::Tree(slot, ino) => {
+                let image = self.image(slot)?;
                 image.rootfs.tree.attr(ino)?;
                 NodeKind::Tree(image, ino)
             }
         })
-    }
-
-    /// The image a node belongs to, if any.
-    pub fn image_of(&self, node: Node) -> Option<Arc<StoreImage>> {
-        match node {
-            Node::Root => None,
-            Node::Image(slot)
-            | Node::Layer(slot, _)
-            | Node::Info(slot, _)
-            | Node::Blob(slot, _)
-            | Node::Tree(slot, _) => self.image(slot),
-        }
     }
 
     /// Bytes of `info` or `blob` file `node`; may block on the network.
