@@ -11,12 +11,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use support::estargz::build_estargz_layer;
 use support::image::{BuiltLayer, Compression, ImageSpec, LayerSpec, build_layer, dir, file};
 use support::site::{containers_conf, demo_layout, plain_log_len, plain_log_since};
 use support::testenv::{
     Daemon, Lazyimg, TestEnv, authed, build_layout_from_layers, nonce, testenv,
 };
 use support::tools::skopeo_inspect;
+use support::zstd_chunked::convert_to_zstd_chunked;
 
 /// The demo image (busybox) plus a layer of its own holding `/work`, owned by
 /// 1000:1000, and a config naming that user, workdir and an env variable;
@@ -169,6 +171,23 @@ impl Podman {
         (stdout, stderr)
     }
 
+    /// Pulls `reference`; every one of `layers` must come from the store:
+    /// Podman skips it as present and links its `diff` into the store.
+    /// Returns Podman's debug log.
+    fn pull_from_store(&self, reference: &str, layers: &[String]) -> String {
+        let (_, pulled) = self.ok(&["--log-level=debug", "pull", "--tls-verify=false", reference]);
+        for layer in layers {
+            assert!(
+                pulled.contains(&format!("Skipping blob {layer} (already present)")),
+                "Podman did not reuse {layer} from the layer store:\n{pulled}"
+            );
+        }
+        for link in self.diff_links() {
+            assert!(link.starts_with(&self.als), "{link:?}");
+        }
+        pulled
+    }
+
     /// Where each layer's `diff` in Podman's own store points.
     fn diff_links(&self) -> Vec<PathBuf> {
         let layers = self.root.path().join("root/overlay");
@@ -207,24 +226,8 @@ fn podman_takes_every_layer_of_an_indexed_gzip_image_from_the_store_and_runs_it(
     let store = LayerStore::start(&lazyimg);
     let podman = Podman::new(store.path());
     let log_start = plain_log_len(env);
-    let (_, pulled) = podman.ok(&[
-        "--log-level=debug",
-        "pull",
-        "--tls-verify=false",
-        &reference,
-    ]);
-
-    for layer in &layers {
-        assert!(
-            pulled.contains(&format!("Skipping blob {layer} (already present)")),
-            "Podman did not reuse {layer} from the layer store:\n{pulled}"
-        );
-    }
-    let links = podman.diff_links();
-    assert_eq!(links.len(), layers.len(), "{links:?}");
-    for link in &links {
-        assert!(link.starts_with(store.path()), "{link:?}");
-    }
+    podman.pull_from_store(&reference, &layers);
+    assert_eq!(podman.diff_links().len(), layers.len());
 
     // Inside, the image's user, workdir and env; file contents read lazily.
     let (out, _) = podman.ok(&[
@@ -339,20 +342,9 @@ fn a_plain_zstd_layer_is_absent_and_podman_pulls_it_itself() {
     let store = LayerStore::start(&lazyimg);
     let podman = Podman::new(store.path());
     let log_start = plain_log_len(env);
-    let (_, pulled) = podman.ok(&[
-        "--log-level=debug",
-        "pull",
-        "--tls-verify=false",
-        &reference,
-    ]);
-
     let (lazy, zstd) = (&layers[..2], &layers[2]);
-    for layer in lazy {
-        assert!(
-            pulled.contains(&format!("Skipping blob {} (already present)", layer.digest)),
-            "{pulled}"
-        );
-    }
+    let lazy: Vec<String> = lazy.iter().map(|l| l.digest.clone()).collect();
+    let pulled = podman.pull_from_store(&reference, &lazy);
     assert!(
         !pulled.contains(&format!("Skipping blob {}", zstd.digest)),
         "{pulled}"
@@ -387,6 +379,78 @@ fn a_plain_zstd_layer_is_absent_and_podman_pulls_it_itself() {
 fn reference_dir(reference: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(reference)
+}
+
+#[test]
+fn podman_takes_estargz_and_zstd_chunked_layers_from_the_store() {
+    let env = testenv();
+    let work = tempfile::tempdir().unwrap();
+    let label = format!("als-toc-{}", nonce());
+    let data = support::image::prng_bytes(11, 300 << 10);
+    let files = LayerSpec::new(vec![
+        dir("work"),
+        file("work/label.txt", format!("{label}\n")),
+        file("work/data.bin", data.clone()),
+    ]);
+    let busybox = BuiltLayer::from_tar(
+        busybox_tar(work.path()),
+        Compression::Gzip,
+        Default::default(),
+    );
+    let mut spec = ImageSpec::new(Vec::new()).env(&["PATH=/bin"]);
+    spec.working_dir = Some("/work".into());
+    let push = |layout: &Path, name: &str| {
+        let reference = format!("{}/als/{label}-{name}:v1", env.plain());
+        sh(&format!(
+            "skopeo copy --quiet --dest-tls-verify=false oci:{}:v1 docker://{reference}",
+            layout.display()
+        ));
+        reference
+    };
+    // eStargz files over the busybox layer (gzip, made lazy by an index).
+    let estargz = [busybox.clone(), build_estargz_layer(&files, 64 << 10)];
+    let (layout, _) = build_layout_from_layers(&work.path().join("esgz"), &spec, &estargz, "v1");
+    let estargz_ref = push(&layout.dir, "estargz");
+    authed(&Lazyimg::new(env), &["index", "--push", &estargz_ref]).ok();
+    // Both layers zstd:chunked, converted by skopeo.
+    let gzip = [busybox, build_layer(&files)];
+    let (layout, _) = build_layout_from_layers(&work.path().join("gz"), &spec, &gzip, "v1");
+    let converted = convert_to_zstd_chunked(&layout.dir, "v1", &work.path().join("zstd")).unwrap();
+    let chunked_ref = push(&converted.layout_dir, "zstd-chunked");
+
+    let lazyimg = Lazyimg::new(env);
+    let store = LayerStore::start(&lazyimg);
+    let podman = Podman::new(store.path());
+    let data_sum = support::layer::sha256_hex(&data);
+    for reference in [&estargz_ref, &chunked_ref] {
+        let log_start = plain_log_len(env);
+        let layers = layers(reference);
+        podman.pull_from_store(reference, &layers);
+        let (out, _) = podman.ok(&[
+            "run",
+            "--rm",
+            "--runtime",
+            "runc",
+            reference,
+            "sh",
+            "-c",
+            "cat label.txt; sha256sum data.bin",
+        ]);
+        assert_eq!(
+            out,
+            format!("{label}\n{data_sum}  data.bin\n"),
+            "{reference}"
+        );
+        // The tar sizes are unknown here (no annotation): listing still works.
+        podman.ok(&["images"]);
+        let lines = plain_log_since(env, log_start);
+        for layer in &layers {
+            assert!(
+                podman_gets(&lines, layer).is_empty(),
+                "{reference}: {lines:#?}"
+            );
+        }
+    }
 }
 
 #[test]
