@@ -375,6 +375,53 @@ fn a_plain_zstd_layer_is_absent_and_podman_pulls_it_itself() {
     podman.ok(&["rmi", &reference]);
 }
 
+#[test]
+fn an_unapproved_image_is_absent_and_podman_pulls_it_itself() {
+    let env = testenv();
+    let work = tempfile::tempdir().unwrap();
+    let layout = demo_layout(work.path());
+    let reference = format!("{}/als/unapproved-{}:v1", env.plain(), nonce());
+    sh(&format!(
+        "skopeo copy --quiet --dest-tls-verify=false oci:{}:v1 docker://{reference}",
+        layout.display()
+    ));
+    let lazyimg = Lazyimg::with_config(env, "approved_images = \"approved.toml\"");
+    std::fs::write(
+        lazyimg.dir.path().join("approved.toml"),
+        "[[image]]\nrepository = \"ghcr.io/someone-else/*\"\n",
+    )
+    .unwrap();
+    let store = LayerStore::start(&lazyimg);
+    let entry = store.path().join(reference_dir(&reference));
+    let err = std::fs::metadata(&entry).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+    assert!(
+        store.daemon.log().contains("not serving"),
+        "{}",
+        store.daemon.log()
+    );
+
+    let podman = Podman::new(store.path());
+    let (_, pulled) = podman.ok(&[
+        "--log-level=debug",
+        "pull",
+        "--tls-verify=false",
+        &reference,
+    ]);
+    assert!(!pulled.contains("Skipping blob"), "{pulled}");
+    assert!(podman.diff_links().is_empty());
+    let (out, _) = podman.ok(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "runc",
+        &reference,
+        "cat",
+        "/hello.txt",
+    ]);
+    assert_eq!(out, "hello from lazyimg\n");
+}
+
 /// `base64(reference)`, as containers/storage names the store's directories.
 fn reference_dir(reference: &str) -> String {
     use base64::Engine as _;
