@@ -220,9 +220,11 @@ pub struct LayerStore {
     resolver: Box<dyn ImageResolver>,
     /// By slot: the reference and its image.
     images: RwLock<Vec<(String, Arc<StoreImage>)>>,
-    /// Slots by reference; the lock also keeps two lookups of one new
-    /// reference from resolving it twice.
+    /// Slots by reference.
     slots: Mutex<HashMap<String, u32>>,
+    /// Held while resolving, so two lookups of one new reference do not
+    /// resolve it twice; lookups of known references do not wait for it.
+    resolving: Mutex<()>,
 }
 
 impl LayerStore {
@@ -231,6 +233,7 @@ impl LayerStore {
             resolver,
             images: RwLock::new(Vec::new()),
             slots: Mutex::new(HashMap::new()),
+            resolving: Mutex::new(()),
         }
     }
 
@@ -276,8 +279,19 @@ impl LayerStore {
 
     /// Slot of `reference`, resolving it if new.
     fn resolve(&self, reference: &str) -> Option<u32> {
-        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(&slot) = slots.get(reference) {
+        let known = || {
+            let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+            slots.get(reference).copied()
+        };
+        if let Some(slot) = known() {
+            return Some(slot);
+        }
+        let _one = self
+            .resolving
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Resolved by another lookup while this one waited?
+        if let Some(slot) = known() {
             return Some(slot);
         }
         let image = match self.resolver.resolve(reference) {
@@ -294,6 +308,7 @@ impl LayerStore {
         let mut images = self.images.write().unwrap_or_else(PoisonError::into_inner);
         let slot = u32::try_from(images.len()).ok()?;
         images.push((reference.to_string(), Arc::new(image)));
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         slots.insert(reference.to_string(), slot);
         Some(slot)
     }

@@ -36,6 +36,8 @@ struct TwoLayers(Arc<AtomicUsize>);
 impl ImageResolver for TwoLayers {
     fn resolve(&self, reference: &str) -> Result<StoreImage> {
         self.0.fetch_add(1, Ordering::SeqCst);
+        // Long enough for concurrent lookups to meet.
+        std::thread::sleep(std::time::Duration::from_millis(20));
         if reference != REFERENCE {
             return Err(Error::NotCachedImage {
                 image: reference.to_string(),
@@ -175,4 +177,19 @@ fn unknown_names_are_absent_and_failed_references_are_retried() {
     assert_eq!(walk(&store, &[&other]), None);
     assert_eq!(walk(&store, &[&other]), None);
     assert_eq!(count.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn concurrent_lookups_of_a_new_reference_resolve_it_once() {
+    let (store, count) = store();
+    let dir = reference_dir(REFERENCE);
+    std::thread::scope(|scope| {
+        let lookups: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| walk(&store, &[&dir])))
+            .collect();
+        for lookup in lookups {
+            assert_eq!(lookup.join().unwrap(), Some(Node::Image(0)));
+        }
+    });
+    assert_eq!(count.load(Ordering::SeqCst), 1);
 }
