@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use support::estargz::build_estargz_layer;
 use support::image::{BuiltLayer, Compression, ImageSpec, LayerSpec, build_layer, dir, file};
-use support::site::{containers_conf, demo_layout, plain_log_len, plain_log_since};
+use support::site::{
+    DEMO_FILE, DEMO_TAG, ces_pull_with, containers_conf, demo_layout, plain_log_len,
+    plain_log_since, site,
+};
 use support::testenv::{
     Daemon, Lazyimg, TestEnv, authed, build_layout_from_layers, nonce, testenv,
 };
@@ -88,13 +91,16 @@ fn sha256_file(path: &Path) -> String {
 }
 
 /// A running `lazyimg layer-store DIR`; stopped with SIGTERM when dropped.
-struct LayerStore {
+/// Borrows the sandbox whose cache and config the daemon uses, so they
+/// outlive it.
+struct LayerStore<'a> {
     dir: tempfile::TempDir,
     daemon: Daemon,
+    _sandbox: &'a Lazyimg,
 }
 
-impl LayerStore {
-    fn start(lazyimg: &Lazyimg) -> LayerStore {
+impl<'a> LayerStore<'a> {
+    fn start(lazyimg: &'a Lazyimg) -> LayerStore<'a> {
         let dir = tempfile::Builder::new()
             .prefix("lazyimg-als-")
             .tempdir_in("/tmp")
@@ -105,6 +111,7 @@ impl LayerStore {
         LayerStore {
             daemon: Daemon::from_message(&started.stderr()),
             dir,
+            _sandbox: lazyimg,
         }
     }
 
@@ -124,7 +131,7 @@ impl LayerStore {
     }
 }
 
-impl Drop for LayerStore {
+impl Drop for LayerStore<'_> {
     fn drop(&mut self) {
         self.stop();
     }
@@ -142,6 +149,26 @@ impl Podman {
             root: tempfile::tempdir().unwrap(),
             als: als.to_path_buf(),
         }
+    }
+
+    /// A storage.conf for the same store, for podman run by other programs:
+    /// the lines `lazyimg layer-store --print-config` gives, after the store's
+    /// location.
+    fn storage_conf(&self, lazyimg: &Lazyimg) -> PathBuf {
+        let printed = lazyimg
+            .run(&["layer-store", "--print-config", self.als.to_str().unwrap()])
+            .ok()
+            .stdout();
+        let conf = self.root.path().join("storage.conf");
+        let root = self.root.path().display();
+        std::fs::write(
+            &conf,
+            format!(
+                "[storage]\ndriver = \"overlay\"\ngraphroot = \"{root}/root\"\nrunroot = \"{root}/run\"\n{printed}"
+            ),
+        )
+        .unwrap();
+        conf
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -420,6 +447,72 @@ fn an_unapproved_image_is_absent_and_podman_pulls_it_itself() {
         "/hello.txt",
     ]);
     assert_eq!(out, "hello from lazyimg\n");
+}
+
+#[test]
+fn ces_pull_podman_with_the_store_configured_fetches_no_layer_blob() {
+    let env = testenv();
+    let repo = format!("als/ces-{}", nonce());
+    let work = tempfile::tempdir().unwrap();
+    let layout = demo_layout(work.path());
+    env.push_upstream(&layout, DEMO_TAG, &format!("{repo}:v1"), false);
+
+    let lazyimg = Lazyimg::new(env);
+    let store = LayerStore::start(&lazyimg);
+    let podman = Podman::new(store.path());
+    let site_lazyimg = site(env, "");
+    let conf = podman.storage_conf(&site_lazyimg);
+    let ghcr = format!("ghcr.io/{repo}:v1");
+    let proxy = format!("{}/{repo}:v1", env.plain());
+    let log_start = plain_log_len(env);
+    let vars = [("CONTAINERS_STORAGE_CONF", conf.as_os_str())];
+    ces_pull_with(
+        &site_lazyimg,
+        &["podman", env.user(), env.token(), &ghcr],
+        None,
+        &vars,
+    )
+    .ok();
+
+    // ces-pull seeded the proxy and pushed an index; Podman's pull of the
+    // proxy name took every layer from the store.
+    let lines = plain_log_since(env, log_start);
+    for layer in layers(&proxy) {
+        assert!(
+            podman_gets(&lines, &layer).is_empty(),
+            "{lines:#?}\n{}",
+            store.daemon.log()
+        );
+    }
+    let links = podman.diff_links();
+    assert!(
+        !links.is_empty() && links.iter().all(|l| l.starts_with(store.path())),
+        "{links:?}"
+    );
+    let podman_env = || {
+        let mut cmd = Command::new("podman");
+        cmd.env("CONTAINERS_CONF", containers_conf())
+            .env("CONTAINERS_STORAGE_CONF", &conf);
+        cmd
+    };
+    let images = podman_env()
+        .args(["images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}"])
+        .output()
+        .unwrap();
+    let images = String::from_utf8_lossy(&images.stdout);
+    let id_of = |name: &str| {
+        images
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("podman images lacks {name}:\n{images}"))
+            .to_string()
+    };
+    assert_eq!(id_of(&ghcr), id_of(&proxy), "{images}");
+    let out = podman_env()
+        .args(["run", "--rm", &proxy, "cat", DEMO_FILE.0])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), DEMO_FILE.1);
 }
 
 /// `base64(reference)`, as containers/storage names the store's directories.
