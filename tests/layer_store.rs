@@ -71,6 +71,24 @@ fn layers(reference: &str) -> Vec<String> {
         .collect()
 }
 
+/// The TOC digests the image's layers are annotated with (eStargz,
+/// zstd:chunked as skopeo 1.9 writes it).
+fn toc_digests(reference: &str) -> Vec<String> {
+    let raw =
+        support::site::raw_manifest(&format!("docker://{reference}"), &["--tls-verify=false"]);
+    let manifest: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    let keys = [
+        "containerd.io/snapshot/stargz/toc.digest",
+        "io.containers.zstd-chunked.manifest-checksum",
+    ];
+    let tocs: Vec<String> = (manifest["layers"].as_array().unwrap().iter())
+        .filter_map(|l| keys.iter().find_map(|k| l["annotations"][k].as_str()))
+        .map(str::to_string)
+        .collect();
+    assert!(!tocs.is_empty(), "{reference} has no TOC layer");
+    tocs
+}
+
 /// The image's DiffIDs, from the registry's config.
 fn diff_ids(reference: &str) -> Vec<String> {
     let config = skopeo_inspect(
@@ -581,6 +599,11 @@ fn podman_takes_estargz_and_zstd_chunked_layers_from_the_store() {
             format!("{label}\n{data_sum}  data.bin\n"),
             "{reference}"
         );
+        // Podman ≥ 5.1 would look the TOC layer up by its TOC digest.
+        for toc in toc_digests(reference) {
+            let dir = store.path().join(reference_dir(reference)).join(&toc);
+            assert!(dir.join("diff").is_dir(), "{reference}: no {dir:?}");
+        }
         // The tar sizes are unknown here (no annotation): listing still works.
         podman.ok(&["images"]);
         let lines = plain_log_since(env, log_start);

@@ -16,8 +16,11 @@ use crate::chunkmap::{ChunkMap, MapSource};
 use crate::config::Config;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::image::{Descriptor, ImageConfig, ImageManifest, Platform};
-use crate::layer::Compression;
+use crate::image::{Descriptor, ImageConfig, ImageManifest, LayerFormat, Platform};
+use crate::layer::{
+    Compression, ESTARGZ_TOC_ANNOTATION, ZSTD_CHUNKED_LEGACY_TOC_ANNOTATION,
+    ZSTD_CHUNKED_TOC_ANNOTATION,
+};
 use crate::lazy::prepare::pull_chunk_maps;
 use crate::lazy::source::{RangeSource, RegistryRanges};
 use crate::policy;
@@ -148,8 +151,10 @@ fn store_layers(
             let view = tree
                 .lookup(ROOT_INO, &layer_dir_name(n))
                 .expect("a layer view tree holds a directory per layer");
+            let toc_digest = toc_digest(layer);
             Ok(StoreLayer {
                 digest: layer.digest,
+                toc_digest,
                 size: layer.size,
                 view,
                 info: LayerInfo::new(
@@ -158,11 +163,27 @@ fn store_layers(
                     compression,
                     diff_id,
                     tar_size(store, layer, diff_id),
+                    toc_digest.as_ref(),
                 )
                 .to_json(),
             })
         })
         .collect()
+}
+
+/// The digest of `layer`'s table of contents, from its annotation, for
+/// the layers lazyimg reads through one (eStargz, zstd:chunked).
+fn toc_digest(layer: &Descriptor) -> Option<Digest> {
+    let keys: &[&str] = match LayerFormat::of(layer) {
+        LayerFormat::Estargz => &[ESTARGZ_TOC_ANNOTATION],
+        LayerFormat::ZstdChunked => &[
+            ZSTD_CHUNKED_TOC_ANNOTATION,
+            ZSTD_CHUNKED_LEGACY_TOC_ANNOTATION,
+        ],
+        _ => &[],
+    };
+    keys.iter()
+        .find_map(|key| layer.annotations.get(*key)?.parse().ok())
 }
 
 /// How long layer `layer`'s uncompressed tar (`diff_id`) is, where that is

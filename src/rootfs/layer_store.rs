@@ -79,6 +79,10 @@ pub struct LayerInfo {
     /// image sizes notice.
     #[serde(rename = "diff-size", skip_serializing_if = "Option::is_none")]
     pub diff_size: Option<u64>,
+    /// The TOC digest ([`StoreLayer::toc_digest`]), the field newer
+    /// containers/storage records for layers it found by TOC; 1.43 ignores it.
+    #[serde(rename = "toc-digest", skip_serializing_if = "Option::is_none")]
+    pub toc_digest: Option<String>,
     /// containers/storage `pkg/archive` `Compression`: 0 none, 2 gzip, 4 zstd.
     pub compression: u8,
 }
@@ -86,19 +90,21 @@ pub struct LayerInfo {
 impl LayerInfo {
     /// The record of a layer whose blob is `digest` (`size` bytes, compressed
     /// with `compression`) and whose uncompressed tar is `diff_id`
-    /// (`tar_size` bytes, if known).
+    /// (`tar_size` bytes, if known), with a table of contents `toc_digest`.
     pub fn new(
         digest: &Digest,
         size: u64,
         compression: Compression,
         diff_id: &Digest,
         tar_size: Option<u64>,
+        toc_digest: Option<&Digest>,
     ) -> LayerInfo {
         LayerInfo {
             compressed_digest: digest.to_string(),
             compressed_size: size,
             diff_digest: diff_id.to_string(),
             diff_size: tar_size,
+            toc_digest: toc_digest.map(Digest::to_string),
             compression: match compression {
                 Compression::None => 0,
                 Compression::Gzip => 2,
@@ -125,6 +131,10 @@ pub trait BlobReader: Send + Sync + 'static {
 pub struct StoreLayer {
     /// The blob's digest, as the manifest names it: the layer's directory.
     pub digest: Digest,
+    /// The digest of the layer's table of contents (eStargz, zstd:chunked),
+    /// which names the same directory: containers/image ≥ 5.31 (Podman ≥
+    /// 5.1) looks layers with a TOC up by it, and only those.
+    pub toc_digest: Option<Digest>,
     pub size: u64,
     /// The layer's directory in the image's [`View::Layers`](super::View) tree.
     pub view: Ino,
@@ -260,7 +270,8 @@ impl LayerStore {
             Node::Image(slot) => {
                 let digest: Digest = name.to_str()?.parse().ok()?;
                 let image = self.image(slot)?;
-                let layer = image.layers.iter().position(|l| l.digest == digest)?;
+                let layer = (image.layers.iter())
+                    .position(|l| l.digest == digest || l.toc_digest == Some(digest))?;
                 Some(Node::Layer(slot, u32::try_from(layer).ok()?))
             }
             Node::Layer(slot, layer) => match name.to_str()? {
@@ -354,11 +365,11 @@ impl LayerStore {
                 )
             }
             Node::Image(slot) => Some(
-                self.image(slot)?
-                    .layers
-                    .iter()
-                    .zip(0u32..)
-                    .map(|(l, i)| (l.digest.to_string().into(), Node::Layer(slot, i)))
+                (self.image(slot)?.layers.iter().zip(0u32..))
+                    .flat_map(|(l, i)| {
+                        let names = std::iter::once(l.digest).chain(l.toc_digest);
+                        names.map(move |name| (name.to_string().into(), Node::Layer(slot, i)))
+                    })
                     .collect(),
             ),
             Node::Layer(slot, layer) => own(slot, layer),

@@ -53,12 +53,21 @@ impl ImageResolver for TwoLayers {
         let layers = (0..2u8)
             .map(|n| StoreLayer {
                 digest: digest(n),
+                // The top layer has a table of contents.
+                toc_digest: (n == 1).then(|| digest(20)),
                 size: 100 + u64::from(n),
                 view: tree
                     .lookup(ROOT_INO, &layer_dir_name(n.into()))
                     .expect("view"),
-                info: LayerInfo::new(&digest(n), 100, Compression::Gzip, &digest(10 + n), None)
-                    .to_json(),
+                info: LayerInfo::new(
+                    &digest(n),
+                    100,
+                    Compression::Gzip,
+                    &digest(10 + n),
+                    None,
+                    None,
+                )
+                .to_json(),
             })
             .collect();
         Ok(StoreImage {
@@ -98,7 +107,14 @@ fn reference_directories_are_padded_standard_base64() {
 
 #[test]
 fn info_is_the_containers_storage_layer_record() {
-    let info = LayerInfo::new(&digest(1), 1234, Compression::Gzip, &digest(2), Some(5120));
+    let info = LayerInfo::new(
+        &digest(1),
+        1234,
+        Compression::Gzip,
+        &digest(2),
+        Some(5120),
+        Some(&digest(3)),
+    );
     let json: serde_json::Value = serde_json::from_slice(&info.to_json()).unwrap();
     assert_eq!(
         json,
@@ -107,11 +123,12 @@ fn info_is_the_containers_storage_layer_record() {
             "compressed-size": 1234,
             "diff-digest": digest(2).to_string(),
             "diff-size": 5120,
+            "toc-digest": digest(3).to_string(),
             "compression": 2,
         })
     );
     assert_eq!(
-        LayerInfo::new(&digest(1), 1, Compression::Zstd, &digest(2), None).compression,
+        LayerInfo::new(&digest(1), 1, Compression::Zstd, &digest(2), None, None).compression,
         4
     );
 }
@@ -192,4 +209,24 @@ fn concurrent_lookups_of_a_new_reference_resolve_it_once() {
         }
     });
     assert_eq!(count.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_layer_with_a_table_of_contents_is_also_found_by_its_toc_digest() {
+    let (store, _) = store();
+    let dir = reference_dir(REFERENCE);
+    let by_toc = walk(&store, &[&dir, &digest(20).to_string()]);
+    assert_eq!(by_toc, walk(&store, &[&dir, &digest(1).to_string()]));
+    assert!(by_toc.is_some());
+    let image = walk(&store, &[&dir]).unwrap();
+    let names: Vec<_> = store
+        .children(image)
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(
+        names,
+        [digest(0), digest(1), digest(20)].map(|d| OsString::from(d.to_string()))
+    );
 }
