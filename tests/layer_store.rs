@@ -12,7 +12,9 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use support::estargz::build_estargz_layer;
-use support::image::{BuiltLayer, Compression, ImageSpec, LayerSpec, build_layer, dir, file};
+use support::image::{
+    BuiltLayer, Compression, ImageSpec, LayerSpec, build_layer, dir, file, opaque, whiteout,
+};
 use support::site::{
     DEMO_FILE, DEMO_TAG, ces_pull_with, containers_conf, demo_layout, plain_log_len,
     plain_log_since, site,
@@ -532,6 +534,119 @@ fn ces_pull_podman_with_the_store_configured_fetches_no_layer_blob() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), DEMO_FILE.1);
 }
+
+/// Rootless Podman (the unprivileged test user) with the store started
+/// inside `podman unshare`, as rootless Podman needs it: its overlay mounts
+/// use `userxattr`, so an opaque directory only works if the store marks
+/// it `user.overlay.opaque`.
+#[test]
+fn rootless_podman_uses_a_store_started_inside_podman_unshare() {
+    let env = testenv();
+    containers_conf(); // creates the test user
+    let work = tempfile::tempdir().unwrap();
+    let label = format!("als-rootless-{}", nonce());
+    let layers = [
+        BuiltLayer::from_tar(
+            busybox_tar(work.path()),
+            Compression::Gzip,
+            Default::default(),
+        ),
+        build_layer(&LayerSpec::new(vec![
+            dir("work"),
+            file("work/old.txt", "old\n"),
+            file("work/gone.txt", "gone\n"),
+            dir("work/sub"),
+            file("work/sub/x", "x\n"),
+        ])),
+        build_layer(&LayerSpec::new(vec![
+            opaque("work/sub"),
+            file("work/sub/y", format!("{label}\n")),
+            whiteout("work/gone.txt"),
+        ])),
+    ];
+    let spec = ImageSpec::new(Vec::new()).env(&["PATH=/bin"]);
+    let (layout, _) = build_layout_from_layers(&work.path().join("img"), &spec, &layers, "v1");
+    let reference = format!("{}/als/{label}:v1", env.plain());
+    sh(&format!(
+        "skopeo copy --quiet --dest-tls-verify=false oci:{}:v1 docker://{reference}",
+        layout.dir.display()
+    ));
+    authed(&Lazyimg::new(env), &["index", "--push", &reference]).ok();
+
+    // Everything the user needs, in a directory it owns.
+    let home = tempfile::Builder::new()
+        .prefix("lazyimg-als-rootless-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let w = home.path().display().to_string();
+    std::fs::copy(containers_conf(), home.path().join("containers.conf")).unwrap();
+    std::fs::write(
+        home.path().join("config.toml"),
+        format!(
+            "cache_dir = \"{w}/cache\"\n[[registry]]\nprefix = \"{}\"\ninsecure = true\n",
+            env.plain()
+        ),
+    )
+    .unwrap();
+    sh(&format!("chown -R {USER}: {w}"));
+    let lazyimg = env!("CARGO_BIN_EXE_lazyimg");
+    let script = format!(
+        r#"set -e
+export CONTAINERS_CONF={w}/containers.conf
+mkdir {w}/als
+podman unshare sh -c '{lazyimg} --config {w}/config.toml layer-store --foreground {w}/als >{w}/store.log 2>&1 & echo $! >{w}/store.pid'
+for i in $(seq 100); do
+  podman unshare grep -q " {w}/als " /proc/self/mountinfo && break
+  sleep 0.1
+done
+P="podman --root {w}/root --runroot {w}/run --storage-driver overlay --storage-opt overlay.additionallayerstore={w}/als:ref"
+$P --log-level=debug pull --tls-verify=false {reference} 2>{w}/pull.log >/dev/null
+$P run --rm --network host {reference} sh -c 'ls /work /work/sub; cat /work/sub/y'
+$P rmi {reference} >/dev/null
+"#
+    );
+    // The user's namespaces (podman's pause process) may be created here, as
+    // a copy of our mounts: in a mount namespace of its own without FUSE
+    // mounts, or its copies would keep other tests' FUSE daemons serving
+    // after they unmount.
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(
+            "awk '$3 ~ /^fuse/ {print $2}' /proc/self/mounts | xargs -r -n1 umount -l; \
+             exec su - \"$0\" -c \"$1\"",
+        )
+        .args([USER, &script])
+        .output()
+        .unwrap();
+    let read = |name: &str| std::fs::read_to_string(home.path().join(name)).unwrap_or_default();
+    let store_pid: i32 = read("store.pid").trim().parse().unwrap_or(0);
+    if store_pid > 0 {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(store_pid, libc::SIGTERM) };
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\nstore log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        read("store.log")
+    );
+    let pulled = read("pull.log");
+    for layer in &layers {
+        assert!(
+            pulled.contains(&format!("Skipping blob {} (already present)", layer.digest)),
+            "{pulled}"
+        );
+    }
+    assert_eq!(
+        stdout,
+        format!("/work:\nold.txt\nsub\n\n/work/sub:\ny\n{label}\n")
+    );
+    assert!(read("store.log").contains("Podman released layer"));
+}
+
+/// The unprivileged user scripts/setup-runtimes.sh creates.
+const USER: &str = "lazyimg-test";
 
 /// `base64(reference)`, as containers/storage names the store's directories.
 fn reference_dir(reference: &str) -> String {

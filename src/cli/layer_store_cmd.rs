@@ -53,8 +53,7 @@ pub(super) async fn layer_store(ctx: &Context, args: LayerStoreArgs) -> anyhow::
         store: ctx.open_store()?,
         platform: args.platform.unwrap_or_else(Platform::host),
         runtime: tokio::runtime::Handle::current(),
-        // Podman as root mounts overlays with trusted.overlay.* markers.
-        xattrs: OverlayXattrs::Trusted,
+        xattrs: overlay_xattrs(),
     };
     let store = Arc::new(LayerStore::new(Box::new(resolver)));
     let options = MountOptions {
@@ -74,6 +73,26 @@ pub(super) async fn layer_store(ctx: &Context, args: LayerStoreArgs) -> anyhow::
     .context("the layer store stopped")??;
     tracing::info!("unmounted {}", dir.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The overlay markers Podman's overlay mounts will read. Podman as root
+/// reads `trusted.overlay.*`; rootless Podman mounts with `userxattr`, which
+/// reads `user.overlay.*`, and its store must be started inside `podman
+/// unshare`, i.e. in a user namespace other than the initial one.
+fn overlay_xattrs() -> OverlayXattrs {
+    let uid_map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+    if in_initial_user_namespace(&uid_map) {
+        OverlayXattrs::Trusted
+    } else {
+        OverlayXattrs::User
+    }
+}
+
+/// Whether `uid_map` (`/proc/self/uid_map`) is the initial namespace's:
+/// every uid mapped to itself (user_namespaces(7)).
+fn in_initial_user_namespace(uid_map: &str) -> bool {
+    let fields: Vec<&str> = uid_map.split_whitespace().collect();
+    fields == ["0", "0", "4294967295"]
 }
 
 /// `dir` made absolute, as containers/storage requires (overlay.go
@@ -109,5 +128,16 @@ mod tests {
         );
         assert!(store_dir(Path::new("/a:b")).is_err());
         assert!(store_dir(Path::new("rel")).unwrap().is_absolute());
+    }
+
+    #[test]
+    fn a_user_namespace_is_told_from_the_initial_one() {
+        assert!(in_initial_user_namespace(
+            "         0          0 4294967295\n"
+        ));
+        // `podman unshare` of a user with subordinate ids.
+        assert!(!in_initial_user_namespace(
+            "         0       1001          1\n         1     165536      65536\n"
+        ));
     }
 }
