@@ -25,16 +25,22 @@ use support::testenv::{
 use support::tools::skopeo_inspect;
 use support::zstd_chunked::convert_to_zstd_chunked;
 
+/// Size of `/work/big.bin` in [`push_image`]'s image: the 256 MiB file of
+/// issue 11's acceptance 2.
+const BIG: u64 = 256 << 20;
+
 /// The demo image (busybox) plus a layer of its own holding `/work`, owned by
-/// 1000:1000, and a config naming that user, workdir and an env variable;
-/// pushed to the plain registry. Returns the reference and the label that
-/// `/work/label.txt` and `$GREETING` hold.
+/// 1000:1000, with `label.txt` and [`BIG`] random bytes in `big.bin`, and a
+/// config naming that user, workdir and an env variable; pushed to the plain
+/// registry. Returns the reference and the label that `/work/label.txt` and
+/// `$GREETING` hold.
 fn push_image(env: &TestEnv, work: &Path) -> (String, String) {
     let label = format!("als-{}", nonce());
     let layout = demo_layout(work);
     let script = format!(
         "set -e; cd {work}; umoci unpack --image oci:v1 bundle >/dev/null; \
          mkdir -p bundle/rootfs/work; echo {label} > bundle/rootfs/work/label.txt; \
+         head -c {BIG} /dev/urandom > bundle/rootfs/work/big.bin; \
          chown -R 1000:1000 bundle/rootfs/work; \
          umoci repack --image oci:v1 bundle; \
          umoci config --image oci:v1 --config.user 1000:1000 --config.workingdir /work \
@@ -52,6 +58,16 @@ fn push_image(env: &TestEnv, work: &Path) -> (String, String) {
     (reference, label)
 }
 
+fn sh_out(script: &str) -> String {
+    let out = Command::new("sh").args(["-c", script]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{script}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn sh(script: &str) {
     let out = Command::new("sh").args(["-c", script]).output().unwrap();
     assert!(
@@ -59,6 +75,21 @@ fn sh(script: &str) {
         "{script}:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The image's layer digests and sizes, from the registry's manifest.
+fn layer_sizes(reference: &str) -> Vec<(String, u64)> {
+    let raw =
+        support::site::raw_manifest(&format!("docker://{reference}"), &["--tls-verify=false"]);
+    let manifest: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    (manifest["layers"].as_array().unwrap().iter())
+        .map(|l| {
+            (
+                l["digest"].as_str().unwrap().to_string(),
+                l["size"].as_u64().unwrap(),
+            )
+        })
+        .collect()
 }
 
 /// The image's layer digests, as the registry's manifest names them.
@@ -293,6 +324,42 @@ fn podman_takes_every_layer_of_an_indexed_gzip_image_from_the_store_and_runs_it(
         "{}",
         store.daemon.log()
     );
+    // A 4 KiB slice of the 256 MiB file costs a small part of its layer.
+    let (slice, _) = podman.ok(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "runc",
+        &reference,
+        "sh",
+        "-c",
+        "dd if=big.bin bs=4096 skip=40000 count=1 2>/dev/null | sha256sum",
+    ]);
+    let (big_layer, big_size) = layer_sizes(&reference).pop().unwrap();
+    let fetched: u64 = plain_log_since(env, log_start)
+        .iter()
+        .filter(|l| l.contains(&format!("/blobs/{big_layer} ")) && l.contains("lazyimg/"))
+        .filter_map(|l| {
+            l.split("\" ")
+                .nth(1)?
+                .split(' ')
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    eprintln!("4 KiB slice of big.bin: lazyimg fetched {fetched} of {big_size} bytes of its layer");
+    assert!(
+        fetched * 50 < big_size,
+        "read 4 KiB, fetched {fetched} of {big_size} bytes of {big_layer}"
+    );
+    let expected = sh_out(&format!(
+        "umoci unpack --image {}:v1 {} >/dev/null && dd if={}/rootfs/work/big.bin bs=4096 skip=40000 count=1 2>/dev/null | sha256sum",
+        work.path().join("oci").display(),
+        work.path().join("check").display(),
+        work.path().join("check").display(),
+    ));
+    assert_eq!(slice, expected);
     let lines = plain_log_since(env, log_start);
     for layer in &layers {
         let gets = podman_gets(&lines, layer);
