@@ -113,6 +113,7 @@ impl LayerInfo {
         }
     }
 
+    /// The `info` file's bytes: the JSON containers/storage decodes.
     pub fn to_json(&self) -> Vec<u8> {
         let mut json = serde_json::to_vec(self).expect("a layer record always serialises");
         json.push(b'\n');
@@ -135,6 +136,7 @@ pub struct StoreLayer {
     /// which names the same directory: containers/image ≥ 5.31 (Podman ≥
     /// 5.1) looks layers with a TOC up by it, and only those.
     pub toc_digest: Option<Digest>,
+    /// The blob's size: `blob`'s length.
     pub size: u64,
     /// The layer's directory in the image's [`View::Layers`](super::View) tree.
     pub view: Ino,
@@ -179,6 +181,7 @@ pub enum Node {
 }
 
 impl Node {
+    /// The node's inode number, as the kernel sees it.
     pub fn ino(self) -> u64 {
         let base = |slot: u32| (u64::from(slot) + 1) << IMAGE_BLOCK;
         let own = |slot, k: u64| base(slot) | OWN_NODES | k;
@@ -193,6 +196,7 @@ impl Node {
         }
     }
 
+    /// The node inode number `ino` names, if any.
     pub fn of(ino: u64) -> Option<Node> {
         if ino == ROOT_INO {
             return Some(Node::Root);
