@@ -5,6 +5,7 @@ mod browse_cmds;
 mod cache;
 mod image_cmds;
 mod key_cmds;
+mod layer_store_cmd;
 mod mount_cmds;
 mod nginx_cmd;
 mod policy_cmds;
@@ -95,6 +96,13 @@ enum Command {
         lazyimg mount --owner-self --foreground tre-ghcr-proxy.nsh.loc:5000/alice/tool:1.0 ~/img\n  \
         lazyimg umount /mnt/cuda")]
     Mount(mount_cmds::MountArgs),
+    /// Serve Podman's additional layer store at DIR: approved images' layers,
+    /// read lazily, found on first lookup.
+    #[command(after_help = "Examples:\n  \
+        lazyimg layer-store /var/lib/lazyimg/layer-store\n  \
+        lazyimg layer-store --print-config /var/lib/lazyimg/layer-store >> /etc/containers/storage.conf\n  \
+        podman --storage-opt overlay.additionallayerstore=/var/lib/lazyimg/layer-store:ref pull IMAGE")]
+    LayerStore(layer_store_cmd::LayerStoreArgs),
     /// Show a mount's transfers: bytes fetched and served, chunks, cache hits,
     /// verification failures, fetch latency.
     #[command(
@@ -305,6 +313,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Find(args) => runtime.block_on(browse_cmds::find(&ctx, args)),
         Command::Mount(args) => runtime.block_on(mount_cmds::mount(&ctx, args)),
         Command::Umount(args) => mount_cmds::umount(args),
+        Command::LayerStore(args) => runtime.block_on(layer_store_cmd::layer_store(&ctx, args)),
         Command::Stats(args) => stats_cmd::stats(args),
         Command::Run(args) => runtime.block_on(mount_cmds::run(&ctx, args)),
         Command::Cache(command) => cache::run(&ctx, command),

@@ -17,7 +17,7 @@ use fuser::{
 };
 
 use crate::rootfs::RootFs;
-use crate::tree::{Ino, ROOT_INO, Tree};
+use crate::tree::{ContentLocation, Ino, ROOT_INO, Tree};
 
 use super::attr::{file_attr, file_type, negative_entry};
 use super::read_pool::{self, ReadJob, ReadPool};
@@ -28,9 +28,9 @@ use super::read_pool::{self, ReadJob, ReadPool};
 /// transfer counters as JSON: how `lazyimg stats` asks a running daemon.
 pub const STATS_XATTR: &str = "user.lazyimg.stats";
 
-const TTL: Duration = Duration::from_secs(24 * 60 * 60);
+pub(super) const TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// Inodes are never reused within a mount.
-const GENERATION: Generation = Generation(0);
+pub(super) const GENERATION: Generation = Generation(0);
 /// `statfs` unit; matches `st_blksize`.
 const STATFS_BLOCK: u64 = 4096;
 const NAME_MAX: u32 = 255;
@@ -40,7 +40,7 @@ const NAME_MAX: u32 = 255;
 /// listing carries them (readdirplus) and spares the kernel one lookup per
 /// name; lookups in one directory may run in parallel because nothing
 /// changes; symlink targets may stay in the page cache.
-const WANTED: InitFlags = InitFlags::FUSE_DO_READDIRPLUS
+pub(super) const WANTED: InitFlags = InitFlags::FUSE_DO_READDIRPLUS
     .union(InitFlags::FUSE_PARALLEL_DIROPS)
     .union(InitFlags::FUSE_CACHE_SYMLINKS);
 
@@ -63,7 +63,7 @@ impl Adapter {
             .map(|location| location.size)
             .sum();
         Ok(Adapter {
-            reads: ReadPool::new(rootfs.clone(), read_workers)?,
+            reads: ReadPool::new(read_workers)?,
             rootfs,
             owner,
             total_blocks: total_bytes.div_ceil(STATFS_BLOCK),
@@ -101,7 +101,7 @@ impl Adapter {
 }
 
 /// Offsets beyond `usize` are past any directory's end.
-fn skip_count(offset: u64) -> usize {
+pub(super) fn skip_count(offset: u64) -> usize {
     usize::try_from(offset).unwrap_or(usize::MAX)
 }
 
@@ -117,13 +117,45 @@ fn wrong_kind(tree: &Tree, ino: Ino, expected_dir: bool) -> Errno {
 
 /// Size-probe protocol shared by getxattr and listxattr: size 0 asks for the
 /// length, a buffer too small is ERANGE.
-fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
+pub(super) fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
     match u32::try_from(value.len()) {
         Err(_) => reply.error(Errno::E2BIG),
         Ok(needed) if size == 0 => reply.size(needed),
         Ok(needed) if needed > size => reply.error(Errno::ERANGE),
         Ok(_) => reply.data(value),
     }
+}
+
+/// Answers a read of up to `size` bytes at `offset` of the file at
+/// `location` (inode `ino`) in `rootfs`.
+pub(super) fn read_file(
+    rootfs: &Arc<RootFs>,
+    reads: &ReadPool,
+    ino: Ino,
+    location: ContentLocation,
+    offset: u64,
+    size: u32,
+    reply: ReplyData,
+) {
+    let available = location.size.saturating_sub(offset);
+    // `size` is a u32, so the clamped length fits in usize.
+    let len = u64::from(size).min(available) as usize;
+    if len == 0 {
+        return reply.data(&[]);
+    }
+    // Cached content is answered here, so it never queues behind reads
+    // that wait on the network in the pool.
+    if let Some(ready) = rootfs.content.read_ready(&location, offset, len) {
+        return read_pool::answer(ino, &location, offset, len, ready, reply);
+    }
+    let job = ReadJob {
+        ino,
+        location,
+        offset,
+        len,
+        reply,
+    };
+    reads.submit(rootfs, job);
 }
 
 impl Filesystem for Adapter {
@@ -192,24 +224,15 @@ impl Filesystem for Adapter {
         let Some(&location) = self.tree().attr(ino.0).and_then(|inode| inode.content()) else {
             return reply.error(wrong_kind(self.tree(), ino.0, false));
         };
-        let available = location.size.saturating_sub(offset);
-        // `size` is a u32, so the clamped length fits in usize.
-        let len = u64::from(size).min(available) as usize;
-        if len == 0 {
-            return reply.data(&[]);
-        }
-        // Cached content is answered here, so it never queues behind reads
-        // that wait on the network in the pool.
-        if let Some(ready) = self.rootfs.content.read_ready(&location, offset, len) {
-            return read_pool::answer(ino.0, &location, offset, len, ready, reply);
-        }
-        self.reads.submit(ReadJob {
-            ino: ino.0,
+        read_file(
+            &self.rootfs,
+            &self.reads,
+            ino.0,
             location,
             offset,
-            len,
+            size,
             reply,
-        });
+        );
     }
 
     fn flush(

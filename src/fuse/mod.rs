@@ -24,18 +24,21 @@ mod adapter;
 pub use adapter::STATS_XATTR;
 mod attr;
 mod errno;
+mod layer_store;
 mod read_pool;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use fuser::{BackgroundSession, Config, MountOption, Session, SessionACL};
+use fuser::{BackgroundSession, Config, Filesystem, MountOption, Session, SessionACL};
 
 use crate::error::{Error, Result};
 use crate::rootfs::RootFs;
+use crate::rootfs::layer_store::LayerStore;
 
 use adapter::Adapter;
+use layer_store::StoreAdapter;
 
 /// Threads reading `/dev/fuse`. Metadata answers are in-memory, so two
 /// (one per core here) keep lookups flowing while the other sends a reply.
@@ -82,7 +85,34 @@ pub fn mount_foreground_with(
     opts: &MountOptions,
     on_mounted: impl FnOnce(Unmounter),
 ) -> Result<()> {
-    let mut session = session(rootfs, mountpoint, opts)?;
+    serve(session(rootfs, mountpoint, opts)?, mountpoint, on_mounted)
+}
+
+/// Like [`mount_foreground_with`], serving Podman's additional layer store
+/// `store` (always `allow_other`: overlayfs and Podman read it). Not
+/// mounted `ro`: the kernel would then answer Podman's `use` and `rmdir`
+/// notifications with EROFS itself, which Podman logs as a warning.
+pub fn mount_layer_store_with(
+    store: Arc<LayerStore>,
+    mountpoint: &Path,
+    opts: &MountOptions,
+    on_mounted: impl FnOnce(Unmounter),
+) -> Result<()> {
+    let adapter =
+        StoreAdapter::new(store, opts.threads.max(1)).map_err(|e| Error::io(mountpoint, e))?;
+    let mut config = config(opts);
+    config.mount_options.retain(|o| *o != MountOption::RO);
+    config.acl = SessionACL::All;
+    let session =
+        Session::new(adapter, mountpoint, &config).map_err(|e| mount_error(mountpoint, e))?;
+    serve(session, mountpoint, on_mounted)
+}
+
+fn serve<FS: Filesystem>(
+    mut session: Session<FS>,
+    mountpoint: &Path,
+    on_mounted: impl FnOnce(Unmounter),
+) -> Result<()> {
     on_mounted(Unmounter {
         session: session.unmount_callable(),
         mountpoint: mountpoint.to_path_buf(),

@@ -27,44 +27,53 @@ pub(crate) struct ReadJob {
     pub reply: ReplyData,
 }
 
+/// A read waiting for a worker: it answers its own reply.
+type Task = Box<dyn FnOnce() + Send>;
+
 /// Dropping the pool closes the queue; workers finish the jobs already queued
 /// and exit.
 pub(crate) struct ReadPool {
-    jobs: Sender<ReadJob>,
+    jobs: Sender<Task>,
 }
 
 impl ReadPool {
-    pub(crate) fn new(rootfs: Arc<RootFs>, workers: usize) -> io::Result<ReadPool> {
+    pub(crate) fn new(workers: usize) -> io::Result<ReadPool> {
         let (jobs, queue) = channel();
         let queue = Arc::new(Mutex::new(queue));
         for n in 0..workers {
-            let rootfs = rootfs.clone();
             let queue = queue.clone();
             thread::Builder::new()
                 .name(format!("lazyimg-read-{n}"))
-                .spawn(move || work(&rootfs, &queue))?;
+                .spawn(move || work(&queue))?;
         }
         Ok(ReadPool { jobs })
     }
 
-    pub(crate) fn submit(&self, job: ReadJob) {
-        // Fails only once every worker has died; the job (and with it the
+    /// Reads `job` from `rootfs`'s content on a worker.
+    pub(crate) fn submit(&self, rootfs: &Arc<RootFs>, job: ReadJob) {
+        let rootfs = Arc::clone(rootfs);
+        self.run(move || serve(&rootfs, job));
+    }
+
+    /// Runs `task`, which answers a kernel request, on a worker.
+    pub(crate) fn run(&self, task: impl FnOnce() + Send + 'static) {
+        // Fails only once every worker has died; the task (and with it the
         // reply) comes back in the error and dropping it answers EIO.
-        if self.jobs.send(job).is_err() {
+        if self.jobs.send(Box::new(task)).is_err() {
             tracing::error!("no content read workers left");
         }
     }
 }
 
-fn work(rootfs: &RootFs, queue: &Mutex<Receiver<ReadJob>>) {
+fn work(queue: &Mutex<Receiver<Task>>) {
     loop {
         // The lock is held only while waiting, so one idle worker waits on
         // the queue and the others wait for the lock.
-        let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
-        let Ok(job) = job else { return };
+        let task = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        let Ok(task) = task else { return };
         // A panicking reader drops the reply, which fuser answers with EIO;
         // the worker survives for the next job.
-        if catch_unwind(AssertUnwindSafe(|| serve(rootfs, job))).is_err() {
+        if catch_unwind(AssertUnwindSafe(task)).is_err() {
             tracing::error!("content reader panicked; the read failed with EIO");
         }
     }

@@ -98,6 +98,42 @@ pub async fn pull_lazy(
     gate: Gate<'_>,
     trust: &TrustedKeys,
 ) -> Result<PullReport> {
+    let (resolved, whole) = pull_chunk_maps(store, registry, image, wanted, gate, trust).await?;
+    let name = image.to_string();
+    if !whole.is_empty() {
+        tracing::warn!(
+            "{name}: {} of {} layers have no table of contents and no lazyimg index, so they are fetched whole; \
+             `lazyimg index --push {name}` makes the next mount lazy on every machine",
+            whole.len(),
+            resolved.manifest.layers.len()
+        );
+    }
+    let fetched: Vec<u64> = futures_util::stream::iter(&whole)
+        .map(|layer| {
+            let what = format!("layer {} of {name}", layer.digest);
+            async move {
+                pull::fetch_blob(store, registry, image, layer, (&what, &what), progress).await
+            }
+        })
+        .buffer_unordered(PARALLEL_TOCS)
+        .try_collect()
+        .instrument(timeline::phase("whole layers"))
+        .await?;
+    pull::record(store, image, &resolved, wanted, fetched.iter().sum(), 0)
+}
+
+/// The first half of [`pull_lazy`]: the manifests and config, and a chunk
+/// map for every layer that is not stored and has one (a lazyimg index only
+/// if `trust` accepts it). Returns what was resolved and the layers left,
+/// which can only be read whole.
+pub async fn pull_chunk_maps(
+    store: &Store,
+    registry: &RegistryClient,
+    image: &ImageRef,
+    wanted: &Platform,
+    gate: Gate<'_>,
+    trust: &TrustedKeys,
+) -> Result<(pull::Resolved, Vec<Descriptor>)> {
     let resolved = pull::fetch_metadata(store, registry, image, wanted, gate)
         .instrument(timeline::phase("manifest"))
         .await?;
@@ -153,29 +189,10 @@ pub async fn pull_lazy(
     for (layer, map) in maps {
         match map {
             Some(map) => map.save(store, &layer.digest)?,
-            None => whole.push(layer),
+            None => whole.push(layer.clone()),
         }
     }
-    if !whole.is_empty() {
-        tracing::warn!(
-            "{name}: {} of {} layers have no table of contents and no lazyimg index, so they are fetched whole; \
-             `lazyimg index --push {name}` makes the next mount lazy on every machine",
-            whole.len(),
-            layers.len()
-        );
-    }
-    let fetched: Vec<u64> = futures_util::stream::iter(whole)
-        .map(|layer| {
-            let what = format!("layer {} of {name}", layer.digest);
-            async move {
-                pull::fetch_blob(store, registry, image, layer, (&what, &what), progress).await
-            }
-        })
-        .buffer_unordered(PARALLEL_TOCS)
-        .try_collect()
-        .instrument(timeline::phase("whole layers"))
-        .await?;
-    pull::record(store, image, &resolved, wanted, fetched.iter().sum(), 0)
+    Ok((resolved, whole))
 }
 
 /// The chunk map for `layer` from the table of contents it carries, if any.

@@ -14,6 +14,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::fuse::{self, MountOptions};
 use crate::rootfs::RootFs;
+use crate::rootfs::layer_store::LayerStore;
 use crate::secret::Credentials;
 use crate::store::{DAEMON_LOG_MAX_AGE, Store};
 
@@ -38,15 +39,41 @@ pub fn serve_until_signalled(
     options: &MountOptions,
     on_live: impl FnOnce(),
 ) -> anyhow::Result<()> {
+    until_signalled(
+        |on_mounted| fuse::mount_foreground_with(rootfs, mountpoint, options, on_mounted),
+        on_live,
+    )
+}
+
+/// [`serve_until_signalled`] for Podman's additional layer store `store`.
+pub fn serve_layer_store_until_signalled(
+    store: Arc<LayerStore>,
+    mountpoint: &Path,
+    options: &MountOptions,
+    on_live: impl FnOnce(),
+) -> anyhow::Result<()> {
+    until_signalled(
+        |on_mounted| fuse::mount_layer_store_with(store, mountpoint, options, on_mounted),
+        on_live,
+    )
+}
+
+/// Runs `serve`, which mounts, hands its argument the mount's unmounter and
+/// serves until unmounted; the first of the signals unmounts. `on_live` runs
+/// once mounted, after the `fuse mount` phase.
+fn until_signalled<'a>(
+    serve: impl FnOnce(Box<dyn FnOnce(fuse::Unmounter) + 'a>) -> crate::Result<()>,
+    on_live: impl FnOnce() + 'a,
+) -> anyhow::Result<()> {
     // Registered before the mount exists, so a signal sent as soon as it shows
     // is not lost; one that came earlier killed us with nothing mounted.
     let signals = UnmountSignals::register()?;
     let mounting = crate::timeline::phase("fuse mount");
-    fuse::mount_foreground_with(rootfs, mountpoint, options, |unmounter| {
+    serve(Box::new(move |unmounter| {
         drop(mounting);
         tokio::spawn(signals.unmount_on_first(unmounter));
         on_live();
-    })?;
+    }))?;
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 //! (the engine): neither knows the other's wiring; only this module does.
 
 mod daemon;
+mod layer_store;
 mod open;
 
 use std::path::PathBuf;
@@ -26,9 +27,10 @@ use crate::rootfs::RootFs;
 use crate::store::{Derived, Store};
 pub use daemon::{
     DaemonFailed, Started, claim_status_pipe, clear_stale_mount, is_daemon, report_live,
-    serve_until_signalled, start_daemon, umount,
+    serve_layer_store_until_signalled, serve_until_signalled, start_daemon, umount,
 };
-pub use open::{open_image, open_view};
+pub use layer_store::RegistryImages;
+pub use open::{open_bottom_layers, open_image, open_view};
 
 /// What a mount records and fetches ahead of its readers.
 #[derive(Debug, Clone, Default)]
@@ -84,20 +86,39 @@ pub fn open_reading(
     image: &ImageRef,
     registry: Arc<RegistryClient>,
 ) -> anyhow::Result<RootFs> {
+    let (source, options) = lazy_source(
+        config,
+        store,
+        image,
+        registry,
+        tokio::runtime::Handle::current(),
+    );
+    let lazy: (Arc<dyn RangeSource>, LazyOptions) = (source, options);
+    // Decompressing and indexing layers is blocking work the first time.
+    Ok(tokio::task::block_in_place(|| {
+        open_image(store, manifest, &image.to_string(), Some(lazy))
+    })?)
+}
+
+/// Where `image`'s lazily read layers come from: `registry`, reached from
+/// plain threads through `runtime`, with the limits `config` sets.
+fn lazy_source(
+    config: &Config,
+    store: &Arc<Store>,
+    image: &ImageRef,
+    registry: Arc<RegistryClient>,
+    runtime: tokio::runtime::Handle,
+) -> (Arc<RegistryRanges>, LazyOptions) {
     let options = LazyOptions::from_config(config);
     let source = RegistryRanges {
         registry,
         image: image.clone(),
         store: Arc::clone(store),
-        runtime: tokio::runtime::Handle::current(),
+        runtime,
         read_deadline: options.read_deadline,
         whole_blob_deadline: options.whole_blob_deadline,
     };
-    let lazy: (Arc<dyn RangeSource>, LazyOptions) = (Arc::new(source), options);
-    // Decompressing and indexing layers is blocking work the first time.
-    Ok(tokio::task::block_in_place(|| {
-        open_image(store, manifest, &image.to_string(), Some(lazy))
-    })?)
+    (Arc::new(source), options)
 }
 
 /// Runs the prefetch `list` and the background fetch on a thread of their

@@ -43,9 +43,24 @@ pub fn open_view(
     lazy: Option<(Arc<dyn RangeSource>, LazyOptions)>,
     view: View,
 ) -> Result<RootFs> {
+    open_bottom_layers(store, manifest_digest, name, lazy, view, usize::MAX)
+}
+
+/// [`open_view`] of the image as if it had only its bottom `count` layers
+/// (all of them if it has fewer): what Podman's layer store serves when the
+/// layer above those cannot be read lazily. Only those layers need be stored
+/// or mapped.
+pub fn open_bottom_layers(
+    store: &Arc<Store>,
+    manifest_digest: &Digest,
+    name: &str,
+    lazy: Option<(Arc<dyn RangeSource>, LazyOptions)>,
+    view: View,
+    count: usize,
+) -> Result<RootFs> {
     let layers_phase = crate::timeline::phase("layer maps").entered();
     let manifest_bytes = store.require(manifest_digest)?;
-    let Manifest::Image(manifest) = Manifest::parse(manifest_bytes.bytes(), name)? else {
+    let Manifest::Image(mut manifest) = Manifest::parse(manifest_bytes.bytes(), name)? else {
         return Err(Error::Manifest {
             what: name.to_string(),
             reason: format!("{manifest_digest} is an index, not an image manifest"),
@@ -56,7 +71,7 @@ pub fn open_view(
         store.require(&manifest.config.digest)?.bytes(),
         &config_what,
     )?;
-    let diff_ids = config.rootfs.map(|r| r.diff_ids).unwrap_or_default();
+    let mut diff_ids = config.rootfs.map(|r| r.diff_ids).unwrap_or_default();
     if diff_ids.len() != manifest.layers.len() {
         return Err(Error::Manifest {
             what: config_what,
@@ -67,6 +82,14 @@ pub fn open_view(
             ),
         });
     }
+    // A tree of fewer layers is another tree: cached under its own key.
+    let image_key = if count < manifest.layers.len() {
+        manifest.layers.truncate(count);
+        diff_ids.truncate(count);
+        Digest::of(format!("{manifest_digest} bottom {count} layers").as_bytes())
+    } else {
+        *manifest_digest
+    };
 
     // Per layer: its verified tar (unpacking a stored blob first), else its chunk map.
     let mut plans = Vec::new();
@@ -112,9 +135,9 @@ pub fn open_view(
     // for the same layouts. The map of a shared layer is replaced by whichever
     // image stores one last, so this is checked at every open.
     let tree_key = view.tree_key(if chunked {
-        Digest::of(format!("{manifest_digest}{layouts}").as_bytes())
+        Digest::of(format!("{image_key}{layouts}").as_bytes())
     } else {
-        *manifest_digest
+        image_key
     });
     let tree_phase = crate::timeline::phase("tree load").entered();
     let tree = match cached_tree(store, &tree_key) {

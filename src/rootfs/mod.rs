@@ -5,6 +5,7 @@
 //! [`ContentReader`] returns verified file bytes. How those bytes are found (whole
 //! cached layers today, ranged chunk fetches later) stays behind the trait.
 
+pub mod layer_store;
 pub mod stats;
 
 use std::sync::Arc;

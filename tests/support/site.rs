@@ -68,7 +68,19 @@ pub fn site(env: &TestEnv, extra: &str) -> Lazyimg {
 
 /// `ces-pull ARGS` from this sandbox, with the token (if any) on standard input.
 pub fn ces_pull(lazyimg: &Lazyimg, args: &[&str], stdin: Option<&str>) -> Run {
+    ces_pull_with(lazyimg, args, stdin, &[])
+}
+
+/// [`ces_pull`] with more environment variables (e.g. podman's
+/// `CONTAINERS_STORAGE_CONF`).
+pub fn ces_pull_with(
+    lazyimg: &Lazyimg,
+    args: &[&str],
+    stdin: Option<&str>,
+    vars: &[(&str, &std::ffi::OsStr)],
+) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ces-pull"));
+    cmd.envs(vars.iter().copied());
     cmd.arg("--config")
         .arg(&lazyimg.config)
         .args(args)

@@ -1,0 +1,811 @@
+//! `lazyimg layer-store` as Podman 4.3.1's additional layer store: the real
+//! Podman (runc, CONTAINERS_CONF from scripts/setup-runtimes.sh) pulls from
+//! the local plain registry with the store configured, and must take every
+//! layer from the store instead of the registry, then run the image.
+//!
+//! Needs root (podman, FUSE). A missing tool makes these tests fail, never skip.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use support::estargz::build_estargz_layer;
+use support::image::{
+    BuiltLayer, Compression, ImageSpec, LayerSpec, build_layer, dir, file, opaque, whiteout,
+};
+use support::site::{
+    DEMO_FILE, DEMO_TAG, ces_pull_with, containers_conf, demo_layout, plain_log_len,
+    plain_log_since, site,
+};
+use support::testenv::{
+    Daemon, Lazyimg, TestEnv, authed, build_layout_from_layers, nonce, testenv,
+};
+use support::tools::skopeo_inspect;
+use support::zstd_chunked::convert_to_zstd_chunked;
+
+/// Size of `/work/big.bin` in [`push_image`]'s image: the 256 MiB file of
+/// issue 11's acceptance 2.
+const BIG: u64 = 256 << 20;
+
+/// The demo image (busybox) plus a layer of its own holding `/work`, owned by
+/// 1000:1000, with `label.txt` and [`BIG`] random bytes in `big.bin`, and a
+/// config naming that user, workdir and an env variable; pushed to the plain
+/// registry. Returns the reference and the label that `/work/label.txt` and
+/// `$GREETING` hold.
+fn push_image(env: &TestEnv, work: &Path) -> (String, String) {
+    let label = format!("als-{}", nonce());
+    let layout = demo_layout(work);
+    let script = format!(
+        "set -e; cd {work}; umoci unpack --image oci:v1 bundle >/dev/null; \
+         mkdir -p bundle/rootfs/work; echo {label} > bundle/rootfs/work/label.txt; \
+         head -c {BIG} /dev/urandom > bundle/rootfs/work/big.bin; \
+         chown -R 1000:1000 bundle/rootfs/work; \
+         umoci repack --image oci:v1 bundle; \
+         umoci config --image oci:v1 --config.user 1000:1000 --config.workingdir /work \
+           --config.env GREETING={label}; \
+         umoci gc --layout oci",
+        work = work.display()
+    );
+    assert_eq!(layout, work.join("oci"));
+    sh(&script);
+    let reference = format!("{}/als/{label}:v1", env.plain());
+    sh(&format!(
+        "skopeo copy --quiet --dest-tls-verify=false oci:{}:v1 docker://{reference}",
+        layout.display()
+    ));
+    (reference, label)
+}
+
+fn sh_out(script: &str) -> String {
+    let out = Command::new("sh").args(["-c", script]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{script}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn sh(script: &str) {
+    let out = Command::new("sh").args(["-c", script]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{script}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The image's layer digests and sizes, from the registry's manifest.
+fn layer_sizes(reference: &str) -> Vec<(String, u64)> {
+    let raw =
+        support::site::raw_manifest(&format!("docker://{reference}"), &["--tls-verify=false"]);
+    let manifest: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    (manifest["layers"].as_array().unwrap().iter())
+        .map(|l| {
+            (
+                l["digest"].as_str().unwrap().to_string(),
+                l["size"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The image's layer digests, as the registry's manifest names them.
+fn layers(reference: &str) -> Vec<String> {
+    let info = skopeo_inspect(&format!("docker://{reference}"), &["--tls-verify=false"])
+        .expect("skopeo inspect");
+    info["Layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The TOC digests the image's layers are annotated with (eStargz,
+/// zstd:chunked as skopeo 1.9 writes it).
+fn toc_digests(reference: &str) -> Vec<String> {
+    let raw =
+        support::site::raw_manifest(&format!("docker://{reference}"), &["--tls-verify=false"]);
+    let manifest: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    let keys = [
+        "containerd.io/snapshot/stargz/toc.digest",
+        "io.containers.zstd-chunked.manifest-checksum",
+    ];
+    let tocs: Vec<String> = (manifest["layers"].as_array().unwrap().iter())
+        .filter_map(|l| keys.iter().find_map(|k| l["annotations"][k].as_str()))
+        .map(str::to_string)
+        .collect();
+    assert!(!tocs.is_empty(), "{reference} has no TOC layer");
+    tocs
+}
+
+/// The image's DiffIDs, from the registry's config.
+fn diff_ids(reference: &str) -> Vec<String> {
+    let config = skopeo_inspect(
+        &format!("docker://{reference}"),
+        &["--tls-verify=false", "--config"],
+    )
+    .expect("skopeo inspect --config");
+    config["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn sha256_file(path: &Path) -> String {
+    support::layer::sha256_digest(&std::fs::read(path).unwrap())
+}
+
+/// A running `lazyimg layer-store DIR`; stopped with SIGTERM when dropped.
+/// Borrows the sandbox whose cache and config the daemon uses, so they
+/// outlive it.
+struct LayerStore<'a> {
+    dir: tempfile::TempDir,
+    daemon: Daemon,
+    _sandbox: &'a Lazyimg,
+}
+
+impl<'a> LayerStore<'a> {
+    fn start(lazyimg: &'a Lazyimg) -> LayerStore<'a> {
+        let dir = tempfile::Builder::new()
+            .prefix("lazyimg-als-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let started = lazyimg
+            .run(&["layer-store", dir.path().to_str().unwrap()])
+            .ok();
+        LayerStore {
+            daemon: Daemon::from_message(&started.stderr()),
+            dir,
+            _sandbox: lazyimg,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Sends SIGTERM and waits for the daemon to unmount and exit.
+    fn stop(&self) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.daemon.pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Path::new(&format!("/proc/{}", self.daemon.pid)).exists() {
+            assert!(Instant::now() < deadline, "the layer store did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for LayerStore<'_> {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Podman with its own store in `root`, using `als` as its additional layer store.
+struct Podman {
+    root: tempfile::TempDir,
+    als: PathBuf,
+}
+
+impl Podman {
+    fn new(als: &Path) -> Podman {
+        Podman {
+            root: tempfile::tempdir().unwrap(),
+            als: als.to_path_buf(),
+        }
+    }
+
+    /// A storage.conf for the same store, for podman run by other programs:
+    /// the lines `lazyimg layer-store --print-config` gives, after the store's
+    /// location.
+    fn storage_conf(&self, lazyimg: &Lazyimg) -> PathBuf {
+        let printed = lazyimg
+            .run(&["layer-store", "--print-config", self.als.to_str().unwrap()])
+            .ok()
+            .stdout();
+        let conf = self.root.path().join("storage.conf");
+        let root = self.root.path().display();
+        std::fs::write(
+            &conf,
+            format!(
+                "[storage]\ndriver = \"overlay\"\ngraphroot = \"{root}/root\"\nrunroot = \"{root}/run\"\n{printed}"
+            ),
+        )
+        .unwrap();
+        conf
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new("podman")
+            .env("CONTAINERS_CONF", containers_conf())
+            .arg("--root")
+            .arg(self.root.path().join("root"))
+            .arg("--runroot")
+            .arg(self.root.path().join("run"))
+            .args(["--storage-driver", "overlay", "--storage-opt"])
+            .arg(format!(
+                "overlay.additionallayerstore={}:ref",
+                self.als.display()
+            ))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> (String, String) {
+        let out = self.run(args);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(out.status.success(), "podman {args:?}:\n{stdout}\n{stderr}");
+        (stdout, stderr)
+    }
+
+    /// Pulls `reference`; every one of `layers` must come from the store:
+    /// Podman skips it as present and links its `diff` into the store.
+    /// Returns Podman's debug log.
+    fn pull_from_store(&self, reference: &str, layers: &[String]) -> String {
+        let (_, pulled) = self.ok(&["--log-level=debug", "pull", "--tls-verify=false", reference]);
+        for layer in layers {
+            assert!(
+                pulled.contains(&format!("Skipping blob {layer} (already present)")),
+                "Podman did not reuse {layer} from the layer store:\n{pulled}"
+            );
+        }
+        for link in self.diff_links() {
+            assert!(link.starts_with(&self.als), "{link:?}");
+        }
+        pulled
+    }
+
+    /// Where each layer's `diff` in Podman's own store points.
+    fn diff_links(&self) -> Vec<PathBuf> {
+        let layers = self.root.path().join("root/overlay");
+        std::fs::read_dir(&layers)
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path().join("diff")).ok())
+            .collect()
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.run(&["rmi", "--all", "--force"]);
+    }
+}
+
+/// Podman's GETs of `blob` in the registry log lines `lines`.
+fn podman_gets<'a>(lines: &'a [String], blob: &str) -> Vec<&'a String> {
+    lines
+        .iter()
+        .filter(|l| l.contains(&format!("/blobs/{blob} ")) && l.contains("containers/"))
+        .collect()
+}
+
+#[test]
+fn podman_takes_every_layer_of_an_indexed_gzip_image_from_the_store_and_runs_it() {
+    let env = testenv();
+    let work = tempfile::tempdir().unwrap();
+    let (reference, label) = push_image(env, work.path());
+    let layers = layers(&reference);
+    assert!(layers.len() >= 2, "{layers:?}");
+    authed(&Lazyimg::new(env), &["index", "--push", &reference]).ok();
+
+    // A fresh cache: the store fetches what it needs on Podman's first lookup.
+    let lazyimg = Lazyimg::new(env);
+    let store = LayerStore::start(&lazyimg);
+    let podman = Podman::new(store.path());
+    let log_start = plain_log_len(env);
+    podman.pull_from_store(&reference, &layers);
+    assert_eq!(podman.diff_links().len(), layers.len());
+
+    // Inside, the image's user, workdir and env; file contents read lazily.
+    let (out, _) = podman.ok(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "runc",
+        &reference,
+        "sh",
+        "-c",
+        "id -u; id -g; pwd; echo $GREETING; cat label.txt; busybox | head -c 7",
+    ]);
+    assert_eq!(
+        out,
+        format!("1000\n1000\n/work\n{label}\n{label}\nBusyBox"),
+        "{}",
+        store.daemon.log()
+    );
+    // A 4 KiB slice of the 256 MiB file costs a small part of its layer.
+    let (slice, _) = podman.ok(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "runc",
+        &reference,
+        "sh",
+        "-c",
+        "dd if=big.bin bs=4096 skip=40000 count=1 2>/dev/null | sha256sum",
+    ]);
+    let (big_layer, big_size) = layer_sizes(&reference).pop().unwrap();
+    let fetched: u64 = plain_log_since(env, log_start)
+        .iter()
+        .filter(|l| l.contains(&format!("/blobs/{big_layer} ")) && l.contains("lazyimg/"))
+        .filter_map(|l| {
+            l.split("\" ")
+                .nth(1)?
+                .split(' ')
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    eprintln!("4 KiB slice of big.bin: lazyimg fetched {fetched} of {big_size} bytes of its layer");
+    assert!(
+        fetched * 50 < big_size,
+        "read 4 KiB, fetched {fetched} of {big_size} bytes of {big_layer}"
+    );
+    let expected = sh_out(&format!(
+        "umoci unpack --image {}:v1 {} >/dev/null && dd if={}/rootfs/work/big.bin bs=4096 skip=40000 count=1 2>/dev/null | sha256sum",
+        work.path().join("oci").display(),
+        work.path().join("check").display(),
+        work.path().join("check").display(),
+    ));
+    assert_eq!(slice, expected);
+    let lines = plain_log_since(env, log_start);
+    for layer in &layers {
+        let gets = podman_gets(&lines, layer);
+        assert!(gets.is_empty(), "Podman fetched layer {layer}: {gets:#?}");
+    }
+
+    // podman save reads each layer's `blob` (downloaded whole, verified);
+    // its archive holds the layers under the registry config's DiffIDs.
+    let saved = work.path().join("saved.tar");
+    podman.ok(&["save", "-o", saved.to_str().unwrap(), &reference]);
+    let unpacked = work.path().join("saved");
+    std::fs::create_dir(&unpacked).unwrap();
+    sh(&format!(
+        "tar -xf {} -C {}",
+        saved.display(),
+        unpacked.display()
+    ));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(unpacked.join("manifest.json")).unwrap()).unwrap();
+    let saved_layers: Vec<String> = manifest[0]["Layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| sha256_file(&unpacked.join(l.as_str().unwrap())))
+        .collect();
+    assert_eq!(saved_layers, diff_ids(&reference));
+    assert!(store.daemon.log().contains("whole for Podman"));
+
+    podman.ok(&["rmi", &reference]);
+    let log = store.daemon.log();
+    assert!(log.contains("Podman released layer"), "{log}");
+    // (fuser logs "Failed to send FUSE reply" at ERROR for requests the
+    // kernel dropped meanwhile, e.g. of a process that exited: not ours.)
+    for failure in ["ERROR layer store", "reading file content failed"] {
+        assert!(!log.contains(failure), "{log}");
+    }
+
+    store.stop();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(store.path().to_str().unwrap()),
+        "still mounted after SIGTERM"
+    );
+}
+
+/// The demo image's busybox layer as a tar.
+fn busybox_tar(work: &Path) -> Vec<u8> {
+    let layout = demo_layout(work);
+    let blob = |digest: &str| {
+        let (_, hex) = digest.split_once(':').unwrap();
+        std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap()
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap();
+    let gzip = blob(manifest["layers"][0]["digest"].as_str().unwrap());
+    let mut tar = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gzip[..]), &mut tar).unwrap();
+    tar
+}
+
+#[test]
+fn a_plain_zstd_layer_is_absent_and_podman_pulls_it_itself() {
+    let env = testenv();
+    let work = tempfile::tempdir().unwrap();
+    let label = format!("als-zstd-{}", nonce());
+    let layers = [
+        BuiltLayer::from_tar(
+            busybox_tar(work.path()),
+            Compression::Gzip,
+            Default::default(),
+        ),
+        build_layer(&LayerSpec::new(vec![
+            dir("work"),
+            file("work/label.txt", format!("{label}\n")),
+        ])),
+        build_layer(
+            &LayerSpec::new(vec![file("work/top.txt", format!("zstd {label}\n"))])
+                .compression(Compression::Zstd),
+        ),
+    ];
+    let mut spec = ImageSpec::new(Vec::new()).env(&["PATH=/bin", &format!("GREETING={label}")]);
+    spec.working_dir = Some("/work".into());
+    let (layout, _) = build_layout_from_layers(&work.path().join("img"), &spec, &layers, "v1");
+    let reference = format!("{}/als/{label}:v1", env.plain());
+    sh(&format!(
+        "skopeo copy --quiet --dest-tls-verify=false oci:{}:v1 docker://{reference}",
+        layout.dir.display()
+    ));
+    authed(&Lazyimg::new(env), &["index", "--push", &reference]).ok();
+
+    let lazyimg = Lazyimg::new(env);
+    let store = LayerStore::start(&lazyimg);
+    let podman = Podman::new(store.path());
+    let log_start = plain_log_len(env);
+    let (lazy, zstd) = (&layers[..2], &layers[2]);
+    let lazy: Vec<String> = lazy.iter().map(|l| l.digest.clone()).collect();
+    let pulled = podman.pull_from_store(&reference, &lazy);
+    assert!(
+        !pulled.contains(&format!("Skipping blob {}", zstd.digest)),
+        "{pulled}"
+    );
+    let absent = store
+        .path()
+        .join(reference_dir(&reference))
+        .join(&zstd.digest);
+    let err = std::fs::metadata(&absent).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{absent:?}");
+    // Podman fetched the zstd layer itself; lazyimg did not.
+    let lines = plain_log_since(env, log_start);
+    assert_eq!(podman_gets(&lines, &zstd.digest).len(), 1, "{lines:#?}");
+    assert!(!lazyimg.cached_blobs().contains(&zstd.digest));
+    assert_eq!(podman.diff_links().len(), 2);
+
+    let (out, _) = podman.ok(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "runc",
+        &reference,
+        "sh",
+        "-c",
+        "pwd; echo $GREETING; cat label.txt top.txt",
+    ]);
+    assert_eq!(out, format!("/work\n{label}\n{label}\nzstd {label}\n"));
+    podman.ok(&["rmi", &reference]);
+}
+
+#[test]
+fn an_unapproved_image_is_absent_and_podman_pulls_it_itself() {
+    let env = testenv();
+    let work = tempfile::tempdir().unwrap();
+    let layout = demo_layout(work.path());
+    let reference = format!("{}/als/unapproved-{}:v1", env.plain(), nonce());
+    sh(&format!(
+        "skopeo copy --quiet --dest-tls-verify=false oci:{}:v1 docker://{reference}",
+        layout.display()
+    ));
+    let lazyimg = Lazyimg::with_config(env, "approved_images = \"approved.toml\"");
+    std::fs::write(
+        lazyimg.dir.path().join("approved.toml"),
+        "[[image]]\nrepository = \"ghcr.io/someone-else/*\"\n",
+    )
+    .unwrap();
+    let store = LayerStore::start(&lazyimg);
+    let entry = store.path().join(reference_dir(&reference));
+    let err = std::fs::metadata(&entry).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+    assert!(
+        store.daemon.log().contains("not serving"),
+        "{}",
+        store.daemon.log()
+    );
+
+    let podman = Podman::new(store.path());
+    let (_, pulled) = podman.ok(&[
+        "--log-level=debug",
+        "pull",
+        "--tls-verify=false",
+        &reference,
+    ]);
+    assert!(!pulled.contains("Skipping blob"), "{pulled}");
+    assert!(podman.diff_links().is_empty());
+    let (out, _) = podman.ok(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "runc",
+        &reference,
+        "cat",
+        "/hello.txt",
+    ]);
+    assert_eq!(out, "hello from lazyimg\n");
+}
+
+#[test]
+fn ces_pull_podman_with_the_store_configured_fetches_no_layer_blob() {
+    let env = testenv();
+    let repo = format!("als/ces-{}", nonce());
+    let work = tempfile::tempdir().unwrap();
+    let layout = demo_layout(work.path());
+    env.push_upstream(&layout, DEMO_TAG, &format!("{repo}:v1"), false);
+
+    let lazyimg = Lazyimg::new(env);
+    let store = LayerStore::start(&lazyimg);
+    let podman = Podman::new(store.path());
+    let site_lazyimg = site(env, "");
+    let conf = podman.storage_conf(&site_lazyimg);
+    let ghcr = format!("ghcr.io/{repo}:v1");
+    let proxy = format!("{}/{repo}:v1", env.plain());
+    let log_start = plain_log_len(env);
+    let vars = [("CONTAINERS_STORAGE_CONF", conf.as_os_str())];
+    ces_pull_with(
+        &site_lazyimg,
+        &["podman", env.user(), env.token(), &ghcr],
+        None,
+        &vars,
+    )
+    .ok();
+
+    // ces-pull seeded the proxy and pushed an index; Podman's pull of the
+    // proxy name took every layer from the store.
+    let lines = plain_log_since(env, log_start);
+    for layer in layers(&proxy) {
+        assert!(
+            podman_gets(&lines, &layer).is_empty(),
+            "{lines:#?}\n{}",
+            store.daemon.log()
+        );
+    }
+    let links = podman.diff_links();
+    assert!(
+        !links.is_empty() && links.iter().all(|l| l.starts_with(store.path())),
+        "{links:?}"
+    );
+    let podman_env = || {
+        let mut cmd = Command::new("podman");
+        cmd.env("CONTAINERS_CONF", containers_conf())
+            .env("CONTAINERS_STORAGE_CONF", &conf);
+        cmd
+    };
+    let images = podman_env()
+        .args(["images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}"])
+        .output()
+        .unwrap();
+    let images = String::from_utf8_lossy(&images.stdout);
+    let id_of = |name: &str| {
+        images
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("podman images lacks {name}:\n{images}"))
+            .to_string()
+    };
+    assert_eq!(id_of(&ghcr), id_of(&proxy), "{images}");
+    let out = podman_env()
+        .args(["run", "--rm", &proxy, "cat", DEMO_FILE.0])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), DEMO_FILE.1);
+}
+
+/// Rootless Podman (the unprivileged test user) with the store started
+/// inside `podman unshare`, as rootless Podman needs it: its overlay mounts
+/// use `userxattr`, so an opaque directory only works if the store marks
+/// it `user.overlay.opaque`.
+#[test]
+fn rootless_podman_uses_a_store_started_inside_podman_unshare() {
+    let env = testenv();
+    containers_conf(); // creates the test user
+    let work = tempfile::tempdir().unwrap();
+    let label = format!("als-rootless-{}", nonce());
+    let layers = [
+        BuiltLayer::from_tar(
+            busybox_tar(work.path()),
+            Compression::Gzip,
+            Default::default(),
+        ),
+        build_layer(&LayerSpec::new(vec![
+            dir("work"),
+            file("work/old.txt", "old\n"),
+            file("work/gone.txt", "gone\n"),
+            dir("work/sub"),
+            file("work/sub/x", "x\n"),
+        ])),
+        build_layer(&LayerSpec::new(vec![
+            opaque("work/sub"),
+            file("work/sub/y", format!("{label}\n")),
+            whiteout("work/gone.txt"),
+        ])),
+    ];
+    let spec = ImageSpec::new(Vec::new()).env(&["PATH=/bin"]);
+    let (layout, _) = build_layout_from_layers(&work.path().join("img"), &spec, &layers, "v1");
+    let reference = format!("{}/als/{label}:v1", env.plain());
+    sh(&format!(
+        "skopeo copy --quiet --dest-tls-verify=false oci:{}:v1 docker://{reference}",
+        layout.dir.display()
+    ));
+    authed(&Lazyimg::new(env), &["index", "--push", &reference]).ok();
+
+    // Everything the user needs, in a directory it owns.
+    let home = tempfile::Builder::new()
+        .prefix("lazyimg-als-rootless-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let w = home.path().display().to_string();
+    std::fs::copy(containers_conf(), home.path().join("containers.conf")).unwrap();
+    std::fs::write(
+        home.path().join("config.toml"),
+        format!(
+            "cache_dir = \"{w}/cache\"\n[[registry]]\nprefix = \"{}\"\ninsecure = true\n",
+            env.plain()
+        ),
+    )
+    .unwrap();
+    sh(&format!("chown -R {USER}: {w}"));
+    let lazyimg = env!("CARGO_BIN_EXE_lazyimg");
+    let script = format!(
+        r#"set -e
+export CONTAINERS_CONF={w}/containers.conf
+mkdir {w}/als
+podman unshare sh -c '{lazyimg} --config {w}/config.toml layer-store --foreground {w}/als >{w}/store.log 2>&1 & echo $! >{w}/store.pid'
+for i in $(seq 100); do
+  podman unshare grep -q " {w}/als " /proc/self/mountinfo && break
+  sleep 0.1
+done
+P="podman --root {w}/root --runroot {w}/run --storage-driver overlay --storage-opt overlay.additionallayerstore={w}/als:ref"
+$P --log-level=debug pull --tls-verify=false {reference} 2>{w}/pull.log >/dev/null
+$P run --rm --network host {reference} sh -c 'ls /work /work/sub; cat /work/sub/y'
+$P rmi {reference} >/dev/null
+"#
+    );
+    // The user's namespaces (podman's pause process) may be created here, as
+    // a copy of our mounts: in a mount namespace of its own without FUSE
+    // mounts, or its copies would keep other tests' FUSE daemons serving
+    // after they unmount.
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(
+            "awk '$3 ~ /^fuse/ {print $2}' /proc/self/mounts | xargs -r -n1 umount -l; \
+             exec su - \"$0\" -c \"$1\"",
+        )
+        .args([USER, &script])
+        .output()
+        .unwrap();
+    let read = |name: &str| std::fs::read_to_string(home.path().join(name)).unwrap_or_default();
+    let store_pid: i32 = read("store.pid").trim().parse().unwrap_or(0);
+    if store_pid > 0 {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(store_pid, libc::SIGTERM) };
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\nstore log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        read("store.log")
+    );
+    let pulled = read("pull.log");
+    for layer in &layers {
+        assert!(
+            pulled.contains(&format!("Skipping blob {} (already present)", layer.digest)),
+            "{pulled}"
+        );
+    }
+    assert_eq!(
+        stdout,
+        format!("/work:\nold.txt\nsub\n\n/work/sub:\ny\n{label}\n")
+    );
+    assert!(read("store.log").contains("Podman released layer"));
+}
+
+/// The unprivileged user scripts/setup-runtimes.sh creates.
+const USER: &str = "lazyimg-test";
+
+/// `base64(reference)`, as containers/storage names the store's directories.
+fn reference_dir(reference: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(reference)
+}
+
+#[test]
+fn podman_takes_estargz_and_zstd_chunked_layers_from_the_store() {
+    let env = testenv();
+    let work = tempfile::tempdir().unwrap();
+    let label = format!("als-toc-{}", nonce());
+    let data = support::image::prng_bytes(11, 300 << 10);
+    let files = LayerSpec::new(vec![
+        dir("work"),
+        file("work/label.txt", format!("{label}\n")),
+        file("work/data.bin", data.clone()),
+    ]);
+    let busybox = BuiltLayer::from_tar(
+        busybox_tar(work.path()),
+        Compression::Gzip,
+        Default::default(),
+    );
+    let mut spec = ImageSpec::new(Vec::new()).env(&["PATH=/bin"]);
+    spec.working_dir = Some("/work".into());
+    let push = |layout: &Path, name: &str| {
+        let reference = format!("{}/als/{label}-{name}:v1", env.plain());
+        sh(&format!(
+            "skopeo copy --quiet --dest-tls-verify=false oci:{}:v1 docker://{reference}",
+            layout.display()
+        ));
+        reference
+    };
+    // eStargz files over the busybox layer (gzip, made lazy by an index).
+    let estargz = [busybox.clone(), build_estargz_layer(&files, 64 << 10)];
+    let (layout, _) = build_layout_from_layers(&work.path().join("esgz"), &spec, &estargz, "v1");
+    let estargz_ref = push(&layout.dir, "estargz");
+    authed(&Lazyimg::new(env), &["index", "--push", &estargz_ref]).ok();
+    // Both layers zstd:chunked, converted by skopeo.
+    let gzip = [busybox, build_layer(&files)];
+    let (layout, _) = build_layout_from_layers(&work.path().join("gz"), &spec, &gzip, "v1");
+    let converted = convert_to_zstd_chunked(&layout.dir, "v1", &work.path().join("zstd")).unwrap();
+    let chunked_ref = push(&converted.layout_dir, "zstd-chunked");
+
+    let lazyimg = Lazyimg::new(env);
+    let store = LayerStore::start(&lazyimg);
+    let podman = Podman::new(store.path());
+    let data_sum = support::layer::sha256_hex(&data);
+    for reference in [&estargz_ref, &chunked_ref] {
+        let log_start = plain_log_len(env);
+        let layers = layers(reference);
+        podman.pull_from_store(reference, &layers);
+        let (out, _) = podman.ok(&[
+            "run",
+            "--rm",
+            "--runtime",
+            "runc",
+            reference,
+            "sh",
+            "-c",
+            "cat label.txt; sha256sum data.bin",
+        ]);
+        assert_eq!(
+            out,
+            format!("{label}\n{data_sum}  data.bin\n"),
+            "{reference}"
+        );
+        // Podman ≥ 5.1 would look the TOC layer up by its TOC digest.
+        for toc in toc_digests(reference) {
+            let dir = store.path().join(reference_dir(reference)).join(&toc);
+            assert!(dir.join("diff").is_dir(), "{reference}: no {dir:?}");
+        }
+        // The tar sizes are unknown here (no annotation): listing still works.
+        podman.ok(&["images"]);
+        let lines = plain_log_since(env, log_start);
+        for layer in &layers {
+            assert!(
+                podman_gets(&lines, layer).is_empty(),
+                "{reference}: {lines:#?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn print_config_gives_the_storage_conf_lines() {
+    let lazyimg = Lazyimg::new(testenv());
+    let out = lazyimg
+        .run(&["layer-store", "--print-config", "/var/lib/lazyimg/als"])
+        .ok();
+    assert_eq!(
+        out.stdout(),
+        "[storage.options]\nadditionallayerstores = [\"/var/lib/lazyimg/als:ref\"]\n"
+    );
+}
