@@ -7,6 +7,7 @@ use std::io::{self, Read};
 use tar::{Archive, Entry, EntryType};
 
 use super::member::{MemberKind, MemberMeta};
+use super::tar_number::{header_number, pax_integer, to_u32};
 use super::{Device, EntryTable, LayerError, Timestamp};
 
 const XATTR_PREFIX: &[u8] = b"SCHILY.xattr.";
@@ -82,10 +83,13 @@ impl<R: Read> Read for TrackedReader<'_, R> {
     }
 }
 
-/// Metadata gathered from the entry's PAX records.
+/// Metadata gathered from the entry's PAX records; `None` keeps the header's
+/// value.
 #[derive(Default)]
 struct PaxInfo {
     mtime: Option<Timestamp>,
+    uid: Option<i64>,
+    gid: Option<i64>,
     xattrs: Vec<(String, Vec<u8>)>,
     sparse: bool,
 }
@@ -127,30 +131,35 @@ fn index_entry<R: Read>(
         return Err(LayerError::UnsupportedSparse { path: cx.shown });
     }
     let kind = member_kind(entry, entry_type, &cx)?;
-    let header = entry.header();
-    let field = |what: &str, reason: String| cx.malformed(format!("{what}: {reason}"));
+    let old = entry.header().as_old();
+    let field = |what: &str, raw: &[u8]| {
+        header_number(raw).map_err(|reason| cx.malformed(format!("{what}: {reason}")))
+    };
+    let id = |what: &str, pax: Option<i64>, raw: &[u8]| {
+        let value = match pax {
+            Some(value) => value,
+            None => field(what, raw)?,
+        };
+        to_u32(value).map_err(|reason| cx.malformed(format!("{what}: {reason}")))
+    };
     let mtime = match pax.mtime {
         Some(mtime) => mtime,
         None => Timestamp {
-            secs: number(header.mtime()).map_err(|r| field("mtime", r))?,
+            secs: field("mtime", &old.mtime)?,
             nanos: 0,
         },
     };
     let meta = MemberMeta {
-        mode: number::<u32>(header.mode().map(u64::from)).map_err(|r| field("mode", r))?,
-        uid: number(header.uid()).map_err(|r| field("uid", r))?,
-        gid: number(header.gid()).map_err(|r| field("gid", r))?,
+        // Go keeps the mode's int64 whole; only its permission bits are
+        // used, so the low bits are all that matter.
+        mode: field("mode", &old.mode)? as u32,
+        uid: id("uid", pax.uid, &old.uid)?,
+        gid: id("gid", pax.gid, &old.gid)?,
         mtime,
         xattrs: pax.xattrs,
     };
     index.add_member(&raw_path, kind, meta)?;
     Ok(())
-}
-
-/// A numeric header field converted to its stored width.
-fn number<T: TryFrom<u64>>(value: io::Result<u64>) -> Result<T, String> {
-    let value = value.map_err(|e| e.to_string())?;
-    T::try_from(value).map_err(|_| format!("{value} out of range"))
 }
 
 fn member_kind<R: Read>(
@@ -174,12 +183,23 @@ fn member_kind<R: Read>(
     })
 }
 
-fn device<R: Read>(entry: &Entry<'_, R>) -> io::Result<Device> {
+/// Device numbers as Go reads them: from USTAR, PAX and GNU headers; a
+/// pre-POSIX (V7) header has no such fields, so 0:0.
+fn device<R: Read>(entry: &Entry<'_, R>) -> Result<Device, String> {
     let header = entry.header();
-    // Pre-POSIX headers have no device fields; treat them as 0:0.
+    let (major, minor) = match (header.as_ustar(), header.as_gnu()) {
+        (Some(ustar), _) => (ustar.dev_major, ustar.dev_minor),
+        (None, Some(gnu)) => (gnu.dev_major, gnu.dev_minor),
+        (None, None) => return Ok(Device::default()),
+    };
+    let number = |what: &str, raw: &[u8]| {
+        header_number(raw)
+            .and_then(to_u32)
+            .map_err(|reason| format!("{what}: {reason}"))
+    };
     Ok(Device {
-        major: header.device_major()?.unwrap_or(0),
-        minor: header.device_minor()?.unwrap_or(0),
+        major: number("devmajor", &major)?,
+        minor: number("devminor", &minor)?,
     })
 }
 
@@ -191,9 +211,28 @@ fn read_pax<R: Read>(entry: &mut Entry<'_, R>, shown: &str) -> Result<PaxInfo, S
     for record in records {
         let record = record.map_err(|e| e.to_string())?;
         let key = record.key_bytes();
+        let integer = || {
+            let value = record.value().map_err(|e| e.to_string())?;
+            let key = String::from_utf8_lossy(key);
+            pax_integer(value).map_err(|reason| format!("{key}: {reason}"))
+        };
         if key == b"mtime" {
             let value = record.value().map_err(|e| e.to_string())?;
-            info.mtime = Some(parse_pax_time(value).ok_or_else(|| format!("mtime {value:?}"))?);
+            // An empty value keeps the header's, as in Go's mergePAX.
+            if !value.is_empty() {
+                info.mtime = Some(parse_pax_time(value).ok_or_else(|| format!("mtime {value:?}"))?);
+            }
+        } else if key == b"uid" {
+            info.uid = integer()?.or(info.uid);
+        } else if key == b"gid" {
+            info.gid = integer()?.or(info.gid);
+        } else if key == b"size" {
+            // The tar crate already sized the entry from this record when it
+            // is an unsigned decimal, and from the header when it is not;
+            // Go refuses what is no number, or negative.
+            if integer()?.is_some_and(|size| size < 0) {
+                return Err("size: negative".into());
+            }
         } else if let Some(name) = key.strip_prefix(XATTR_PREFIX) {
             let Ok(name) = std::str::from_utf8(name) else {
                 // PAX keywords must be UTF-8; such a name cannot be a
@@ -214,12 +253,13 @@ fn read_pax<R: Read>(entry: &mut Entry<'_, R>, shown: &str) -> Result<PaxInfo, S
     Ok(info)
 }
 
-/// Parses a PAX time: decimal seconds, optionally negative, optionally with
-/// a fraction (digits past nanoseconds are dropped).
+/// Parses a PAX time as Go's `parsePAXTime` does: decimal seconds with an
+/// optional sign, optionally with a fraction (digits past nanoseconds are
+/// dropped).
 fn parse_pax_time(value: &str) -> Option<Timestamp> {
     let (negative, unsigned) = match value.strip_prefix('-') {
         Some(rest) => (true, rest),
-        None => (false, value),
+        None => (false, value.strip_prefix('+').unwrap_or(value)),
     };
     let (whole, frac) = unsigned.split_once('.').unwrap_or((unsigned, ""));
     let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
@@ -259,6 +299,9 @@ mod tests {
         assert_eq!(parse_pax_time("-3"), t(-3, 0));
         assert_eq!(parse_pax_time(""), None);
         assert_eq!(parse_pax_time("1.2x"), None);
-        assert_eq!(parse_pax_time("+1"), None);
+        assert_eq!(parse_pax_time("+1"), t(1, 0));
+        assert_eq!(parse_pax_time("-0.5"), t(-1, 500_000_000));
+        assert_eq!(parse_pax_time("+-1"), None);
+        assert_eq!(parse_pax_time(".5"), None);
     }
 }

@@ -1,0 +1,249 @@
+//! Layer inputs real tools write (issue 15), each run through every path
+//! lazyimg reads a layer by, which must agree with each other and with Go's
+//! archive/tar (umoci) and GNU tar where those two agree:
+//!
+//! - the whole-layer mount (no index: the layer is fetched and read whole);
+//! - `index --push`, then a lazy mount through the pushed index;
+//! - `pull` (which reads each layer whole, as the mount does);
+//! - zstd:chunked, converted by skopeo (Go's archive/tar reads the tar, its
+//!   table of contents is what lazyimg then reads), where the format holds
+//!   the input.
+//!
+//! Inputs are built here: by GNU tar from files made on this machine, or
+//! byte by byte where no tool writes them.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use support::image::*;
+use support::listing::{diff_listings, listing};
+use support::testenv::{Lazyimg, Mounted, authed, build_layout_from_layers, nonce, testenv};
+use support::tools::unpack_with_umoci;
+use support::zstd_chunked::convert_to_zstd_chunked;
+
+const TAG: &str = "t";
+
+/// One image made of `tars` (bottom first, gzip), in a layout and pushed.
+struct Image {
+    work: tempfile::TempDir,
+    layout: PathBuf,
+    reference: String,
+}
+
+impl Image {
+    fn new(label: &str, tars: &[Vec<u8>]) -> Image {
+        let work = tempfile::tempdir().unwrap();
+        let layers: Vec<BuiltLayer> = (tars.iter())
+            .map(|tar| BuiltLayer::from_tar(tar.clone(), Compression::Gzip, BTreeMap::new()))
+            .collect();
+        Self::from_layers(work, label, &layers)
+    }
+
+    fn from_layers(work: tempfile::TempDir, label: &str, layers: &[BuiltLayer]) -> Image {
+        let layout = work.path().join("layout");
+        build_layout_from_layers(&layout, &ImageSpec::new(vec![]), layers, TAG);
+        let repo_tag = format!("hardening/{label}-{}:{TAG}", nonce());
+        testenv().push_upstream(&layout, TAG, &repo_tag, false);
+        let reference = format!("{}/{repo_tag}", testenv().upstream());
+        Image {
+            work,
+            layout,
+            reference,
+        }
+    }
+
+    /// The whole-layer mount's listing, or lazyimg's error.
+    fn whole_mount(&self) -> Result<Vec<String>, String> {
+        mount_listing(&Lazyimg::new(testenv()), &self.reference)
+    }
+
+    /// `index --push`, then a lazy mount from an empty cache: its listing,
+    /// or the error of whichever step failed.
+    fn lazy_mount(&self) -> Result<Vec<String>, String> {
+        let indexed = authed(
+            &Lazyimg::new(testenv()),
+            &["index", "--push", &self.reference],
+        );
+        if !indexed.success() {
+            return Err(indexed.stderr());
+        }
+        let lazyimg = Lazyimg::new(testenv());
+        let listed = mount_listing(&lazyimg, &self.reference)?;
+        let stats = lazyimg
+            .run(&[
+                "stats",
+                "--json",
+                lazyimg.dir.path().join("mnt").to_str().unwrap(),
+            ])
+            .stdout();
+        assert!(!stats.contains("\"whole_blob_fallbacks\":1"), "{stats}");
+        Ok(listed)
+    }
+
+    fn pull(&self) -> Result<(), String> {
+        let pulled = authed(&Lazyimg::new(testenv()), &["pull", &self.reference]);
+        pulled
+            .success()
+            .then_some(())
+            .ok_or_else(|| pulled.stderr())
+    }
+
+    /// The image converted to zstd:chunked by skopeo, mounted lazily.
+    fn zstd_chunked_mount(&self) -> Result<Vec<String>, String> {
+        let converted = self.work.path().join("zstd-chunked");
+        convert_to_zstd_chunked(&self.layout, TAG, &converted)?;
+        let repo_tag = format!("hardening/zstd-chunked-{}:{TAG}", nonce());
+        testenv().push_upstream(&converted, TAG, &repo_tag, false);
+        let reference = format!("{}/{repo_tag}", testenv().upstream());
+        mount_listing(&Lazyimg::new(testenv()), &reference)
+    }
+
+    /// umoci's unpack (Go's archive/tar) of the gzip image.
+    fn umoci(&self) -> Vec<String> {
+        let bundle = self.work.path().join("umoci");
+        let rootfs = unpack_with_umoci(&self.layout, TAG, &bundle).expect("umoci unpack");
+        listing(&rootfs).unwrap()
+    }
+
+    /// Every path that can read the image agrees with `oracle`; `zstd`
+    /// says whether the zstd:chunked copy is one of them.
+    fn assert_every_path_lists(&self, oracle: &[String], zstd: bool) {
+        let mut paths = vec![
+            ("whole-layer mount", self.whole_mount()),
+            ("lazy mount via index", self.lazy_mount()),
+        ];
+        if zstd {
+            paths.push(("zstd:chunked mount", self.zstd_chunked_mount()));
+        }
+        for (path, listed) in paths {
+            let listed = listed.unwrap_or_else(|e| panic!("{path} failed: {e}"));
+            let diffs = diff_listings(oracle, &listed);
+            assert!(diffs.is_empty(), "{path} differs:\n{}", diffs.join("\n"));
+        }
+        self.pull().expect("pull");
+    }
+}
+
+/// Mounts `reference` under the sandbox and lists it; the mount is gone on return.
+fn mount_listing(lazyimg: &Lazyimg, reference: &str) -> Result<Vec<String>, String> {
+    let path = lazyimg.dir.path().join("mnt");
+    std::fs::create_dir_all(&path).unwrap();
+    let run = authed(lazyimg, &["mount", reference, path.to_str().unwrap()]);
+    if !run.success() {
+        return Err(run.stderr());
+    }
+    let mounted = Mounted { path };
+    listing(&mounted.path)
+}
+
+/// Runs a shell script in `dir` (files for GNU tar to archive).
+fn sh(dir: &Path, script: &str) {
+    let status = Command::new("sh")
+        .args(["-euc", script])
+        .current_dir(dir)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{script}");
+}
+
+/// GNU tar's archive of `names` in `dir`: blocking factor 1, so the archive
+/// ends in two zero blocks as Go's does (skopeo's zstd:chunked needs that).
+fn gnu_tar(dir: &Path, args: &[&str], names: &[&str]) -> Vec<u8> {
+    let out = Command::new("tar")
+        .args(["-b", "1", "--numeric-owner", "-C"])
+        .arg(dir)
+        .args(args)
+        .args(["-cf", "-"])
+        .args(names)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// GNU tar's extraction of `tars` in order, listed.
+fn gnu_tar_listing(tars: &[Vec<u8>]) -> Vec<String> {
+    let root = tempfile::tempdir().unwrap();
+    for tar in tars {
+        let file = root.path().join(".layer.tar");
+        std::fs::write(&file, tar).unwrap();
+        let status = Command::new("tar")
+            .args(["-xpf", ".layer.tar", "--numeric-owner", "--same-owner"])
+            .args(["--xattrs", "--xattrs-include=*"])
+            .current_dir(root.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        std::fs::remove_file(&file).unwrap();
+    }
+    listing(root.path()).unwrap()
+}
+
+/// Asserts two oracles agree, and returns one.
+fn agreed(umoci: Vec<String>, gnu: Vec<String>) -> Vec<String> {
+    let diffs = diff_listings(&umoci, &gnu);
+    assert!(
+        diffs.is_empty(),
+        "umoci and GNU tar differ:\n{}",
+        diffs.join("\n")
+    );
+    umoci
+}
+
+/// Kind 1: numeric header fields. GNU tar writes an mtime before 1970 and a
+/// uid above 0o7777777 in base-256 (`--format=gnu`) or as PAX records
+/// (`--format=pax`); both must read as umoci and GNU tar read them.
+#[test]
+fn numeric_fields_base256_and_pax_read_as_go_and_gnu_tar_do() {
+    let files = tempfile::tempdir().unwrap();
+    sh(
+        files.path(),
+        "mkdir d e; echo old > d/f; echo pax > e/g
+         touch -d '1969-06-01 00:00:00 UTC' d/f e/g
+         chown 3000000:1234 d/f d e/g; chown 1234:3000000 e",
+    );
+    let tars = [
+        gnu_tar(files.path(), &["--format=gnu"], &["d"]),
+        gnu_tar(files.path(), &["--format=pax"], &["e"]),
+    ];
+    // The GNU layer really holds base-256 fields (high bit of the first byte).
+    assert_eq!(tars[0][512 + 136] & 0x80, 0x80, "mtime of d/f in base-256");
+    let image = Image::new("numeric", &tars);
+    let oracle = agreed(image.umoci(), gnu_tar_listing(&tars));
+    assert!(
+        oracle.iter().any(|l| l.contains("\"d/f\"")
+            && l.contains("uid=3000000")
+            && l.contains("mtime=-18489600")),
+        "{oracle:#?}"
+    );
+    image.assert_every_path_lists(&oracle, true);
+}
+
+/// Kind 1: numeric fields left all NUL (some writers leave uid, gid and
+/// mtime unset): Go reads 0, so umoci does, and so must every path.
+#[test]
+fn all_nul_numeric_fields_read_as_zero_as_go_does() {
+    let mut header = tar::Header::new_ustar();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_mode(0o644);
+    let old = header.as_old_mut();
+    (old.uid, old.gid, old.mtime) = ([0; 8], [0; 8], [0; 12]);
+    let mut builder = tar::Builder::new(Vec::new());
+    header.set_size(2);
+    builder.append_data(&mut header, "f", &b"f\n"[..]).unwrap();
+    let tar = builder.into_inner().unwrap();
+    let image = Image::new("all-nul", std::slice::from_ref(&tar));
+    let oracle = image.umoci();
+    assert!(
+        oracle[0].starts_with("\"f\" file mode=0644 uid=0 gid=0") && oracle[0].contains("mtime=0"),
+        "{oracle:?}"
+    );
+    image.assert_every_path_lists(&oracle, true);
+}
