@@ -125,6 +125,21 @@ impl Image {
         }
         self.pull().expect("pull");
     }
+
+    /// Every path refuses the image, each saying `reason`.
+    fn assert_every_path_refuses(&self, reason: &str) {
+        let outcomes = [
+            ("whole-layer mount", self.whole_mount().map(drop)),
+            ("index --push", self.lazy_mount().map(drop)),
+            ("pull", self.pull()),
+        ];
+        for (path, outcome) in outcomes {
+            match outcome {
+                Ok(()) => panic!("{path} accepted the image"),
+                Err(e) => assert!(e.contains(reason), "{path}: {e}"),
+            }
+        }
+    }
 }
 
 /// Mounts `reference` under the sandbox and lists it; the mount is gone on return.
@@ -246,4 +261,66 @@ fn all_nul_numeric_fields_read_as_zero_as_go_does() {
         "{oracle:?}"
     );
     image.assert_every_path_lists(&oracle, true);
+}
+
+/// A tar of `(typeflag, name, mode, data)` members written byte for byte
+/// (the tar crate spells NUL as `0`), owned by 1234:1234.
+fn typeflag_tar(members: &[(u8, &str, u32, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for &(flag, name, mode, data) in members {
+        let mut header = tar::Header::new_ustar();
+        header.set_path(name.trim_end_matches('/')).unwrap();
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.as_old_mut().linkflag = [flag];
+        header.set_mode(mode);
+        header.set_uid(1234);
+        header.set_gid(1234);
+        header.set_mtime(1_700_000_000);
+        header.set_size(data.len() as u64);
+        header.set_cksum();
+        builder.append(&header, data).unwrap();
+    }
+    builder.into_inner().unwrap()
+}
+
+/// Kind 2: an old-style regular entry (typeflag NUL) named `d/` is a
+/// directory with its own mode, owner and mtime, for Go and GNU tar alike.
+#[test]
+fn nul_typeflag_with_a_trailing_slash_is_a_directory_everywhere() {
+    let tar = typeflag_tar(&[
+        (0, "d/", 0o750, b""),
+        (0, "d/f", 0o640, b"old-style regular\n"),
+    ]);
+    let image = Image::new("typeflag-nul", std::slice::from_ref(&tar));
+    let oracle = agreed(image.umoci(), gnu_tar_listing(std::slice::from_ref(&tar)));
+    assert!(
+        oracle[0].starts_with("\"d\" dir mode=0750 uid=1234"),
+        "{oracle:?}"
+    );
+    image.assert_every_path_lists(&oracle, true);
+}
+
+/// Kind 2: `0` and `7` with a trailing slash are directories as GNU tar
+/// reads them, `7` without one a regular file. umoci is no oracle here: it
+/// refuses `7` ("unknown typeflag"), and skopeo's zstd:chunked cannot hold it.
+#[test]
+fn regular_and_contiguous_typeflags_read_as_gnu_tar_reads_them() {
+    let tar = typeflag_tar(&[
+        (b'0', "e/", 0o700, b""),
+        (b'7', "c/", 0o705, b""),
+        (b'7', "c/f", 0o600, b"contiguous\n"),
+    ]);
+    let image = Image::new("typeflag-0-7", std::slice::from_ref(&tar));
+    let oracle = gnu_tar_listing(std::slice::from_ref(&tar));
+    image.assert_every_path_lists(&oracle, false);
+}
+
+/// Kind 2: a typeflag lazyimg cannot represent (here a GNU volume label) is
+/// refused on every path, naming the entry and the type, as umoci and
+/// containers/storage refuse unknown types.
+#[test]
+fn unknown_typeflags_are_refused_on_every_path() {
+    let tar = typeflag_tar(&[(b'V', "label", 0o644, b""), (b'0', "f", 0o644, b"")]);
+    let image = Image::new("typeflag-unknown", &[tar]);
+    image.assert_every_path_refuses("tar entry \"label\": unsupported entry type 0x56");
 }

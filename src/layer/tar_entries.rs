@@ -130,7 +130,7 @@ fn index_entry<R: Read>(
     if pax.sparse || entry_type.is_gnu_sparse() {
         return Err(LayerError::UnsupportedSparse { path: cx.shown });
     }
-    let kind = member_kind(entry, entry_type, &cx)?;
+    let kind = member_kind(entry, entry_type, &raw_path, &cx)?;
     let old = entry.header().as_old();
     let field = |what: &str, raw: &[u8]| {
         header_number(raw).map_err(|reason| cx.malformed(format!("{what}: {reason}")))
@@ -162,13 +162,29 @@ fn index_entry<R: Read>(
     Ok(())
 }
 
+/// The member a header describes, typeflag by typeflag:
+///
+/// - regular (`0`, and NUL from pre-POSIX tars) and contiguous (`7`, a
+///   regular file on every system but Masscomp's) name a directory when the
+///   name ends in `/`, the BSD convention GNU tar follows for all three
+///   (extract.c `prepare_to_extract`); Go's archive/tar applies it to NUL
+///   (reader.go `Next`) and makes `0` and `7` regular files named without
+///   the slash, which cannot be what a writer meant;
+/// - any type lazyimg cannot represent (GNU `D`, `M`, `V`, vendor `A`–`Z`,
+///   ...) is [`MemberKind::Unsupported`]: umoci and containers/storage refuse
+///   unknown types, and extracting one as a regular file, as GNU tar does,
+///   would serve bytes the writer meant as something else.
 fn member_kind<R: Read>(
     entry: &Entry<'_, R>,
     entry_type: EntryType,
+    raw_path: &[u8],
     cx: &Context,
 ) -> Result<MemberKind, LayerError> {
     let link_target = || entry.link_name_bytes().unwrap_or_default().into_owned();
     Ok(match entry_type {
+        EntryType::Regular | EntryType::Continuous if raw_path.ends_with(b"/") => {
+            MemberKind::Directory
+        }
         EntryType::Regular | EntryType::Continuous => MemberKind::Regular {
             offset: entry.raw_file_position(),
             size: entry.size(),

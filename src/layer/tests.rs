@@ -529,3 +529,70 @@ fn numeric_fields_go_refuses_or_linux_cannot_hold_are_malformed() {
         }
     }
 }
+
+/// A header with typeflag `flag` written byte for byte (the tar crate spells
+/// NUL as `0`), owned by 1234:1234.
+fn typeflag(flag: u8, mode: u32) -> Header {
+    let mut header = header(EntryType::Regular, mode);
+    header.as_old_mut().linkflag = [flag];
+    header.set_uid(1234);
+    header.set_gid(1234);
+    header
+}
+
+#[test]
+fn typeflags_regular_and_contiguous_with_a_trailing_slash_are_directories() {
+    let long_dir = format!("{}/", "d".repeat(120));
+    let index = TestTar::new()
+        .raw(typeflag(0, 0o750), b"nul/", b"", b"")
+        .raw(typeflag(b'0', 0o700), b"zero/", b"", b"")
+        .raw(typeflag(b'7', 0o705), b"contiguous/", b"", b"")
+        // The slash counts in the full name, from a GNU or PAX long name.
+        .dir_with(typeflag(0, 0o755), &long_dir)
+        .pax(&[("path", b"pax/")])
+        .raw(typeflag(b'0', 0o711), b"ignored", b"", b"")
+        .index();
+    for (path, mode) in [("nul", 0o750), ("zero", 0o700), ("contiguous", 0o705)] {
+        let e = entry(&index, path);
+        assert_eq!(e.kind, EntryKind::Directory, "{path}");
+        assert_eq!((e.mode, e.uid, e.gid), (mode, 1234, 1234), "{path}");
+        assert_eq!(
+            e.mtime,
+            Timestamp {
+                secs: MTIME as i64,
+                nanos: 0
+            }
+        );
+    }
+    assert_eq!(entry(&index, &long_dir[..120]).kind, EntryKind::Directory);
+    assert_eq!(entry(&index, "pax").kind, EntryKind::Directory);
+    assert_eq!(entry(&index, "pax").mode, 0o711);
+    // Without the slash, both are regular files.
+    let raw = TestTar::new()
+        .raw(typeflag(0, 0o640), b"nul-file", b"", b"old")
+        .raw(typeflag(b'7', 0o600), b"contiguous-file", b"", b"seven")
+        .bytes();
+    let index = read_entries(&raw[..]).unwrap();
+    assert_eq!(content(&raw, entry(&index, "nul-file")), b"old");
+    assert_eq!(content(&raw, entry(&index, "contiguous-file")), b"seven");
+}
+
+#[test]
+fn typeflags_lazyimg_cannot_represent_are_refused_as_go_tools_refuse_them() {
+    // GNU dumpdir, multivolume continuation, volume label, Solaris extended
+    // header, a vendor type, and bytes no standard names.
+    for flag in [b'D', b'M', b'V', b'X', b'A', b'Z', b'8', b'!'] {
+        let tar = TestTar::new()
+            .raw(typeflag(flag, 0o644), b"odd", b"", b"")
+            .bytes();
+        match read_entries(&tar[..]) {
+            Err(LayerError::UnsupportedEntryType { path, type_byte }) => {
+                assert_eq!((path.as_str(), type_byte), ("odd", flag))
+            }
+            other => panic!(
+                "{:?}: expected UnsupportedEntryType, got {other:?}",
+                flag as char
+            ),
+        }
+    }
+}
