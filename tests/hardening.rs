@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use support::estargz::build_estargz_layer;
 use support::image::*;
 use support::listing::{diff_listings, listing};
 use support::testenv::{Lazyimg, Mounted, authed, build_layout_from_layers, nonce, testenv};
@@ -323,4 +324,40 @@ fn unknown_typeflags_are_refused_on_every_path() {
     let tar = typeflag_tar(&[(b'V', "label", 0o644, b""), (b'0', "f", 0o644, b"")]);
     let image = Image::new("typeflag-unknown", &[tar]);
     image.assert_every_path_refuses("tar entry \"label\": unsupported entry type 0x56");
+}
+
+/// Kind 6: one rule for xattrs in every format: an empty value is no
+/// attribute (Go's mergePAX skips it; POSIX pax: an empty record deletes the
+/// keyword). PAX records through the tar paths and zstd:chunked, and an
+/// eStargz TOC carrying the same empty value, against umoci.
+#[test]
+fn xattrs_with_empty_values_are_dropped_in_every_format() {
+    let spec = LayerSpec::new(vec![
+        dir("d").owner(1234, 1234).xattr("user.empty", ""),
+        file("d/f", "f\n")
+            .xattr("user.empty", "")
+            .xattr("user.kept", "v"),
+    ]);
+    let image = Image::new("xattr-empty", &[build_layer(&spec).tar]);
+    let oracle = image.umoci();
+    assert!(
+        oracle[1].ends_with(" xattr.user.kept=76") && !oracle.concat().contains("user.empty"),
+        "{oracle:#?}"
+    );
+    image.assert_every_path_lists(&oracle, true);
+
+    let estargz = build_estargz_layer(&spec, 1 << 16);
+    let toc = String::from_utf8_lossy(&estargz.tar).into_owned();
+    assert!(
+        toc.contains("\"user.empty\": \"\""),
+        "the TOC holds the empty value"
+    );
+    let image = Image::from_layers(tempfile::tempdir().unwrap(), "xattr-estargz", &[estargz]);
+    let listed = mount_listing(&Lazyimg::new(testenv()), &image.reference).unwrap();
+    let diffs = diff_listings(&oracle, &listed);
+    assert!(
+        diffs.is_empty(),
+        "eStargz mount differs:\n{}",
+        diffs.join("\n")
+    );
 }

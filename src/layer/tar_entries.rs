@@ -257,7 +257,8 @@ fn read_pax<R: Read>(entry: &mut Entry<'_, R>, shown: &str) -> Result<PaxInfo, S
                 continue;
             };
             let value = record.value_bytes().to_vec();
-            // A repeated key overrides the earlier one, as in PAX.
+            // A repeated key overrides the earlier one, as in PAX; an empty
+            // value then removes it (see `MemberMeta::xattrs`).
             match info.xattrs.iter_mut().find(|(n, _)| n == name) {
                 Some(slot) => slot.1 = value,
                 None => info.xattrs.push((name.to_owned(), value)),

@@ -596,3 +596,27 @@ fn typeflags_lazyimg_cannot_represent_are_refused_as_go_tools_refuse_them() {
         }
     }
 }
+
+#[test]
+fn pax_xattrs_with_empty_values_are_no_attribute() {
+    let index = TestTar::new()
+        .pax(&[
+            ("SCHILY.xattr.user.empty", b""),
+            ("SCHILY.xattr.user.kept", b"v"),
+            // A later empty record removes an earlier value, as POSIX pax says.
+            ("SCHILY.xattr.user.removed", b"first"),
+            ("SCHILY.xattr.user.removed", b""),
+            // And a later value replaces an earlier empty one.
+            ("SCHILY.xattr.user.late", b""),
+            ("SCHILY.xattr.user.late", b"second"),
+        ])
+        .file("f", b"")
+        .index();
+    assert_eq!(
+        entry(&index, "f").xattrs,
+        [
+            ("user.kept".to_owned(), b"v".to_vec()),
+            ("user.late".to_owned(), b"second".to_vec()),
+        ]
+    );
+}

@@ -64,7 +64,7 @@ fn files_chunks_zeros_links_xattrs_and_whiteouts() {
     let small = payload.file("./small", b"hi\n", 1 << 20);
     payload.entries[small]["modtime"] = json!("2026-11-21T19:21:27.81558203+01:00");
     payload.entries[small]["accesstime"] = json!("2026-11-21T19:21:27Z");
-    payload.entries[small]["xattrs"] = json!({"user.foo": "YmFy"});
+    payload.entries[small]["xattrs"] = json!({"user.foo": "YmFy", "user.empty": ""});
     payload.entries[small]["uid"] = json!(1000);
     payload.file_pieces(
         "./holey",
@@ -92,6 +92,7 @@ fn files_chunks_zeros_links_xattrs_and_whiteouts() {
             nanos: 815_582_030
         }
     );
+    // Empty values are no attribute, as in every format.
     assert_eq!(small.xattrs, [("user.foo".to_owned(), b"bar".to_vec())]);
     assert_eq!((small.mode, small.uid), (0o644, 1000));
     assert_eq!(

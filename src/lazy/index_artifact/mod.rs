@@ -32,7 +32,10 @@ const INDEX_MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json
 /// On each artifact layer: the image layer it describes.
 const LAYER_ANNOTATION: &str = "dev.lazyimg.layer";
 /// 2: spans no longer carry a digest of their compressed bytes.
-const FORMAT_VERSION: u32 = 2;
+/// 3: entries read by issue 15's rules (Go's numeric fields, typeflags with a
+/// trailing slash, no empty xattrs): a version 2 index may disagree with the
+/// whole-layer read, so it is ignored and the layer read whole.
+const FORMAT_VERSION: u32 = 3;
 /// Compressed bytes between gzip checkpoints: about what one cold random read fetches.
 pub const GZIP_SPAN: u64 = 1 << 20;
 /// Chunk size of uncompressed tar layers.
