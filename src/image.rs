@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::layer::{
-    ESTARGZ_TOC_ANNOTATION, ZSTD_CHUNKED_LEGACY_TOC_ANNOTATION, ZSTD_CHUNKED_TOC_ANNOTATION,
+    Compression, ESTARGZ_TOC_ANNOTATION, ZSTD_CHUNKED_LEGACY_TOC_ANNOTATION,
+    ZSTD_CHUNKED_TOC_ANNOTATION,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +27,21 @@ pub struct Descriptor {
     /// In referrers lists: what kind of artifact the manifest is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_type: Option<String>,
+}
+
+impl Descriptor {
+    /// How a layer of image `image` is compressed; a layer that is no tar
+    /// (an unknown media type) is an error naming it, the same wherever a
+    /// layer is read.
+    pub fn layer_compression(&self, image: &str) -> Result<Compression> {
+        Compression::from_media_type(&self.media_type).ok_or_else(|| Error::Manifest {
+            what: image.to_string(),
+            reason: format!(
+                "layer {} has unsupported media type {}",
+                self.digest, self.media_type
+            ),
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

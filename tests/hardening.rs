@@ -361,3 +361,66 @@ fn xattrs_with_empty_values_are_dropped_in_every_format() {
         diffs.join("\n")
     );
 }
+
+/// What lazyimg's error output says went wrong: the error line, without
+/// the hint or the mount daemon's log path.
+fn error_line(stderr: &str) -> String {
+    let line = (stderr.lines())
+        .find_map(|line| line.split_once("error: ").map(|(_, error)| error))
+        .unwrap_or_else(|| panic!("no error line in:\n{stderr}"));
+    line.split(" (log: ").next().unwrap().to_string()
+}
+
+/// Kind 8: `index --push` refuses, with the mount's own error, an image whose
+/// tree cannot be merged: a hardlink to a path no layer holds, an entry with
+/// an empty name (the root, as a regular file), a hardlink to a directory.
+#[test]
+fn index_refuses_what_the_mount_refuses_with_the_same_error() {
+    let member = |flag: u8, name: &str, link: &str| {
+        let mut header = tar::Header::new_ustar();
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        header.as_old_mut().linkflag = [flag];
+        header.set_mode(0o644);
+        header.set_mtime(1_700_000_000);
+        header.set_size(0);
+        header.set_cksum();
+        header
+    };
+    let tar = |members: &[tar::Header]| {
+        let mut builder = tar::Builder::new(Vec::new());
+        for header in members {
+            builder.append(header, &[][..]).unwrap();
+        }
+        builder.into_inner().unwrap()
+    };
+    let cases = [
+        (
+            "dangling-hardlink",
+            tar(&[member(b'0', "f", ""), member(b'1', "h", "missing")]),
+            "hardlink \"h\" points to \"missing\", which does not exist",
+        ),
+        (
+            "empty-name",
+            tar(&[member(b'0', "", "")]),
+            "the entry for the root directory is not a directory",
+        ),
+        (
+            "hardlink-to-dir",
+            tar(&[member(b'5', "d/", ""), member(b'1', "h", "d")]),
+            "hardlink \"h\" points to directory \"d\"",
+        ),
+    ];
+    for (label, tar, reason) in cases {
+        let image = Image::new(label, &[tar]);
+        let mount = error_line(&image.whole_mount().expect_err("the mount refuses"));
+        assert!(mount.contains(reason), "{label}: {mount}");
+        let index = authed(
+            &Lazyimg::new(testenv()),
+            &["index", "--push", &image.reference],
+        );
+        assert!(!index.success(), "{label}: index --push succeeded");
+        assert_eq!(error_line(&index.stderr()), mount, "{label}");
+        assert_eq!(error_line(&image.pull().expect_err("pull refuses")), mount);
+    }
+}

@@ -17,7 +17,7 @@ mod build;
 mod format;
 mod registry;
 
-pub use build::{BuiltLayer, build_layer};
+pub use build::{BuiltLayer, build_layer, check_tree};
 pub use format::ArtifactLayer;
 pub use registry::{find, indexed_layers, locate, push};
 
