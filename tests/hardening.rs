@@ -127,18 +127,25 @@ impl Image {
         self.pull().expect("pull");
     }
 
-    /// Every path refuses the image, each saying `reason`.
-    fn assert_every_path_refuses(&self, reason: &str) {
+    /// What each path said refusing the image; panics if one accepted it.
+    fn refusals(&self) -> Vec<(&'static str, String)> {
         let outcomes = [
             ("whole-layer mount", self.whole_mount().map(drop)),
             ("index --push", self.lazy_mount().map(drop)),
             ("pull", self.pull()),
         ];
-        for (path, outcome) in outcomes {
-            match outcome {
+        (outcomes.into_iter())
+            .map(|(path, outcome)| match outcome {
                 Ok(()) => panic!("{path} accepted the image"),
-                Err(e) => assert!(e.contains(reason), "{path}: {e}"),
-            }
+                Err(e) => (path, e),
+            })
+            .collect()
+    }
+
+    /// Every path refuses the image, each saying `reason`.
+    fn assert_every_path_refuses(&self, reason: &str) {
+        for (path, error) in self.refusals() {
+            assert!(error.contains(reason), "{path}: {error}");
         }
     }
 }
@@ -422,5 +429,37 @@ fn index_refuses_what_the_mount_refuses_with_the_same_error() {
         assert!(!index.success(), "{label}: index --push succeeded");
         assert_eq!(error_line(&index.stderr()), mount, "{label}");
         assert_eq!(error_line(&image.pull().expect_err("pull refuses")), mount);
+    }
+}
+
+/// Kind 4: one decoding policy. A gzip layer followed by zero padding is
+/// refused on every path, as Go's compress/gzip (umoci, Podman, containerd)
+/// refuses it; so is other trailing garbage. Before, the index build skipped
+/// the zeros and the lazy mount served what the whole-layer read refused.
+#[test]
+fn bytes_after_the_last_gzip_member_are_refused_on_every_path() {
+    let tar = typeflag_tar(&[(b'0', "f", 0o644, b"f\n")]);
+    for (label, tail) in [
+        ("zero-padding", vec![0u8; 4096]),
+        ("garbage", b"garbage".to_vec()),
+    ] {
+        let mut layer = BuiltLayer::from_tar(tar.clone(), Compression::Gzip, BTreeMap::new());
+        layer.blob.extend(&tail);
+        layer.digest = sha256_digest(&layer.blob);
+        let image = Image::from_layers(tempfile::tempdir().unwrap(), label, &[layer]);
+        let umoci = unpack_with_umoci(&image.layout, TAG, &image.work.path().join("umoci"));
+        assert!(
+            umoci.as_ref().is_err_and(|e| e.contains("discard trailing archive bits")),
+            "{label}: {umoci:?}"
+        );
+        let refusals = image.refusals();
+        for (path, error) in refusals {
+            let said = match path {
+                "index --push" if tail[0] == 0 => "zero padding at offset",
+                "index --push" => "corrupt gzip data",
+                _ => "damaged after the end of the tar",
+            };
+            assert!(error.contains(said), "{label}: {path}: {error}");
+        }
     }
 }
