@@ -218,7 +218,7 @@ fn malformed_entries_are_rejected() {
         edit(&mut payload);
         payload.toc_json()
     };
-    let cases: [(&str, Vec<u8>, &str); 4] = [
+    let cases: [(&str, Vec<u8>, &str); 6] = [
         ("not JSON", b"{".to_vec(), "bad JSON"),
         (
             "unknown chunk type",
@@ -234,6 +234,17 @@ fn malformed_entries_are_rejected() {
             "bad xattr",
             json(|p| p.entries[0]["xattrs"] = json!({"user.x": "!!"})),
             "not base64",
+        ),
+        // What Go's encoding/json writes for a name that is not UTF-8.
+        (
+            "a name the JSON could not carry",
+            json(|p| p.entries[0]["name"] = json!("caf\u{FFFD}")),
+            "name \"caf\u{FFFD}\" holds U+FFFD",
+        ),
+        (
+            "an xattr name the JSON could not carry",
+            json(|p| p.entries[0]["xattrs"] = json!({"user.\u{FFFD}": "eA=="})),
+            "xattr name",
         ),
     ];
     for (what, json, expected) in cases {
