@@ -17,11 +17,15 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 use support::estargz::build_estargz_layer;
+use support::fake_registry::{FakeImage, FakeServer, Response};
 use support::image::*;
 use support::listing::{diff_listings, listing};
-use support::testenv::{Lazyimg, Mounted, authed, build_layout_from_layers, nonce, testenv};
+use support::testenv::{
+    Lazyimg, Mounted, authed, build_layout_from_layers, nonce, testenv, unique_image,
+};
 use support::tools::unpack_with_umoci;
 use support::zstd_chunked::convert_to_zstd_chunked;
 
@@ -489,4 +493,99 @@ fn names_that_are_not_utf8_stay_bytes_on_every_path() {
     };
     assert!(raw("642f636166e8") && raw("642f636166e9"), "{oracle:#?}");
     image.assert_every_path_lists(&oracle, true);
+}
+
+/// Kind 7: registry errors name what is missing. A tag, a manifest digest,
+/// a layer blob and the config blob missing from an image whose manifest
+/// is there; a missing non-distributable layer says so.
+#[test]
+fn registry_errors_name_the_missing_tag_manifest_or_blob() {
+    let env = testenv();
+    let lazyimg = Lazyimg::new(env);
+    let pull = |reference: &str| {
+        let run = authed(&lazyimg, &["pull", reference]);
+        assert!(!run.success(), "{reference}: pull succeeded");
+        run.stderr()
+    };
+    let unique = |label: &str| unique_image(label, 1).layers.remove(0);
+
+    let image = Image::new("missing", &[build_layer(&unique("tag")).tar]);
+    let (repository, _) = image.reference.rsplit_once(':').unwrap();
+    let err = pull(&format!("{repository}:no-such-tag"));
+    assert!(
+        err.contains(&format!("tag no-such-tag of {repository} not found")),
+        "{err}"
+    );
+    assert!(err.contains("check the name and tag"), "{err}");
+    let absent = format!("sha256:{}", "0".repeat(64));
+    let err = pull(&format!("{repository}@{absent}"));
+    assert!(
+        err.contains(&format!("manifest {absent} of {repository} not found")),
+        "{err}"
+    );
+
+    // A registry serving the manifest but not a blob it names: a fake, as
+    // a real one cannot be made to lose a blob it still lists.
+    let foreign = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
+    for (label, media_type) in [
+        ("layer", None),
+        ("config", None),
+        ("foreign", Some(foreign)),
+    ] {
+        let mut layer = build_layer(&unique(label));
+        if let Some(media_type) = media_type {
+            layer.media_type = media_type.into();
+        }
+        let image = Arc::new(FakeImage::of(&layer));
+        let gone = match label {
+            "config" => image.config_digest.clone(),
+            _ => image.layer_digest.clone(),
+        };
+        let served = Arc::clone(&image);
+        let missing = gone.clone();
+        let registry = FakeServer::start(move |request| {
+            let unknown = format!(
+                r#"{{"errors":[{{"code":"BLOB_UNKNOWN","message":"blob unknown to registry","detail":"{missing}"}}]}}"#
+            );
+            match served.answer(request) {
+                _ if request.path.ends_with(&missing) => Response::Full(
+                    404,
+                    vec![("Content-Type".into(), "application/json".into())],
+                    unknown.into_bytes(),
+                ),
+                Some(answer) => answer,
+                None if request.path == "/v2/" => Response::Full(200, vec![], b"{}".to_vec()),
+                None => Response::Full(200, vec![], served.layer.clone()),
+            }
+        });
+        let config = format!(
+            "[[registry]]\nprefix = {:?}\ninsecure = true\n",
+            registry.addr
+        );
+        let lazyimg = Lazyimg::with_config(env, &config);
+        let reference = format!("{}/ns/img:1", registry.addr);
+        let run = lazyimg.run(&["pull", &reference]);
+        assert!(!run.success(), "{label}: pull succeeded");
+        let err = run.stderr();
+        let expected = match label {
+            "layer" => format!("layer 1/1 {gone} of {reference} not found in ns/img"),
+            "config" => format!("config {gone} of {reference} not found in ns/img"),
+            _ => format!(
+                "layer 1/1 {gone} of {reference} is a non-distributable (foreign) layer, \
+                 and {} does not hold it in ns/img",
+                registry.addr
+            ),
+        };
+        assert!(
+            err.contains(&expected),
+            "{label}: {err}\nexpected: {expected}"
+        );
+        assert!(!err.contains("check the name and tag"), "{label}: {err}");
+        let mount = mount_listing(&Lazyimg::with_config(env, &config), &reference)
+            .expect_err("the mount fails");
+        assert!(
+            mount.contains(&gone) && !mount.contains("check the name and tag"),
+            "{label}: mount: {mount}"
+        );
+    }
 }
