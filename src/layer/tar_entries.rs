@@ -232,16 +232,20 @@ fn read_pax<R: Read>(entry: &mut Entry<'_, R>, shown: &str) -> Result<PaxInfo, S
             let key = String::from_utf8_lossy(key);
             pax_integer(value).map_err(|reason| format!("{key}: {reason}"))
         };
+        // The last record of a key wins; an empty one leaves the header's
+        // value, as in Go's mergePAX (POSIX pax: it deletes the keyword).
+        // (The tar crate has written the first numeric `uid`/`gid` record
+        // into the header already: only a repeated key can tell.)
         if key == b"mtime" {
             let value = record.value().map_err(|e| e.to_string())?;
-            // An empty value keeps the header's, as in Go's mergePAX.
-            if !value.is_empty() {
-                info.mtime = Some(parse_pax_time(value).ok_or_else(|| format!("mtime {value:?}"))?);
-            }
+            info.mtime = match value {
+                "" => None,
+                value => Some(parse_pax_time(value).ok_or_else(|| format!("mtime {value:?}"))?),
+            };
         } else if key == b"uid" {
-            info.uid = integer()?.or(info.uid);
+            info.uid = integer()?;
         } else if key == b"gid" {
-            info.gid = integer()?.or(info.gid);
+            info.gid = integer()?;
         } else if key == b"size" {
             // The tar crate already sized the entry from this record when it
             // is an unsigned decimal, and from the header when it is not;
