@@ -12,7 +12,7 @@
 //! span may run across member boundaries, empty members included. Every byte
 //! after a member must start another member: zero padding after the last one
 //! is an error, as in every path that decodes a layer (see
-//! [`State::AfterMember`]), and so is any other trailing byte.
+//! `State::AfterMember`), and so is any other trailing byte.
 //!
 //! Integrity: indexing verifies every member's CRC-32 and length, as a full
 //! decompression does. [`inflate_span`] verifies those of members it decodes

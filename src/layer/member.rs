@@ -39,7 +39,7 @@ pub struct MemberMeta {
     pub gid: u32,
     pub mtime: Timestamp,
     /// As the format states them; [`EntryTable::add_member`] applies
-    /// [`keep_xattr`].
+    /// `keep_xattr`.
     pub xattrs: Vec<(String, Vec<u8>)>,
 }
 
