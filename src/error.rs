@@ -26,8 +26,33 @@ pub enum Error {
         reason: String,
     },
 
+    /// A manifest, tag or referrers list the registry does not have; `what`
+    /// names it (`tag 1 of ns/name`, `manifest sha256:… of ns/name`).
     #[error("{what} not found on {registry}")]
     NotFound { registry: String, what: String },
+
+    /// A blob an image names is missing from its repository: the image is
+    /// there but incomplete, so its name and tag are not the problem. `what`
+    /// says what the blob is to the image (`layer 2/3 sha256:… of REF`).
+    #[error("{what} not found in {repository} on {registry}, which serves the image's manifest")]
+    BlobNotFound {
+        registry: String,
+        repository: String,
+        digest: Digest,
+        what: String,
+    },
+
+    /// A missing layer the image marks non-distributable ("foreign"): such
+    /// layers are often meant to come from elsewhere (the descriptor's
+    /// `urls`), and registries need not hold them.
+    #[error(
+        "{what} is a non-distributable (foreign) layer, and {registry} does not hold it in {repository}"
+    )]
+    ForeignLayerMissing {
+        registry: String,
+        repository: String,
+        what: String,
+    },
 
     #[error("cannot reach {registry}: {reason}")]
     Network { registry: String, reason: String },
@@ -136,6 +161,14 @@ impl Error {
                  check the token's scopes and the package's visibility"
             }
             Error::NotFound { .. } => "check the name and tag, e.g. with `lazyimg inspect`",
+            Error::BlobNotFound { .. } => {
+                "the image was pushed incompletely or its blob was deleted: push it again, \
+                 or report it to the registry's operators"
+            }
+            Error::ForeignLayerMissing { .. } => {
+                "lazyimg reads layers only from the registry: copy the image with its \
+                 non-distributable layers included (e.g. `skopeo copy`)"
+            }
             Error::Network { .. } => {
                 "check that the registry is up and reachable from here (proxy, firewall, DNS)"
             }

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::layer::{
-    ESTARGZ_TOC_ANNOTATION, ZSTD_CHUNKED_LEGACY_TOC_ANNOTATION, ZSTD_CHUNKED_TOC_ANNOTATION,
+    Compression, ESTARGZ_TOC_ANNOTATION, ZSTD_CHUNKED_LEGACY_TOC_ANNOTATION,
+    ZSTD_CHUNKED_TOC_ANNOTATION,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +27,29 @@ pub struct Descriptor {
     /// In referrers lists: what kind of artifact the manifest is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_type: Option<String>,
+}
+
+impl Descriptor {
+    /// How a layer of image `image` is compressed; a layer that is no tar
+    /// (an unknown media type) is an error naming it, the same wherever a
+    /// layer is read.
+    /// A layer its image marks non-distributable: OCI's
+    /// `…layer.nondistributable.v1…`, Docker's `…rootfs.foreign.diff…`.
+    pub fn is_non_distributable(&self) -> bool {
+        let media_type = self.media_type.as_str();
+        media_type.starts_with("application/vnd.oci.image.layer.nondistributable.")
+            || media_type.starts_with("application/vnd.docker.image.rootfs.foreign.")
+    }
+
+    pub fn layer_compression(&self, image: &str) -> Result<Compression> {
+        Compression::from_media_type(&self.media_type).ok_or_else(|| Error::Manifest {
+            what: image.to_string(),
+            reason: format!(
+                "layer {} has unsupported media type {}",
+                self.digest, self.media_type
+            ),
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -307,6 +331,30 @@ impl fmt::Display for LayerFormat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn non_distributable_layers_in_both_vocabularies() {
+        let non_distributable = [
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+            "application/vnd.oci.image.layer.nondistributable.v1.tar",
+            "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+        ];
+        for media_type in non_distributable {
+            assert!(
+                layer(media_type, None).is_non_distributable(),
+                "{media_type}"
+            );
+        }
+        for media_type in [
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        ] {
+            assert!(
+                !layer(media_type, None).is_non_distributable(),
+                "{media_type}"
+            );
+        }
+    }
 
     const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 

@@ -232,8 +232,8 @@ pub async fn fetch_metadata(
     ] {
         store.put(digest, bytes, &format!("manifest of {name}"))?;
     }
-    let what = format!("config of {name}");
     let config = &resolved.manifest.config;
+    let what = format!("config {} of {name}", config.digest);
     fetch_blob(store, registry, image, config, (&what, &what), &Silent).await?;
     Ok(resolved)
 }
@@ -297,6 +297,7 @@ pub(crate) async fn fetch_blob(
             &mut advance,
         )
         .await;
+    let result = result.map_err(|e| name_missing_blob(e, descriptor, what));
     // fsync and rename block: keep them off the async workers' critical path.
     let result = result.and_then(|()| tokio::task::block_in_place(|| writer.commit()));
     match &result {
@@ -304,6 +305,34 @@ pub(crate) async fn fetch_blob(
         Err(e) => task.finish(&format!("failed: {e}")),
     }
     result.map(|()| descriptor.size)
+}
+
+/// A blob the registry lacks, named as what it is to the image (`what`); a
+/// missing non-distributable layer says so, as such layers may live elsewhere.
+fn name_missing_blob(err: Error, descriptor: &Descriptor, what: &str) -> Error {
+    match err {
+        Error::BlobNotFound {
+            registry,
+            repository,
+            ..
+        } if descriptor.is_non_distributable() => Error::ForeignLayerMissing {
+            registry,
+            repository,
+            what: what.to_string(),
+        },
+        Error::BlobNotFound {
+            registry,
+            repository,
+            digest,
+            ..
+        } => Error::BlobNotFound {
+            registry,
+            repository,
+            digest,
+            what: what.to_string(),
+        },
+        other => other,
+    }
 }
 
 /// When `mount` and `run` contact the registry.

@@ -147,6 +147,9 @@ pub(super) async fn index(ctx: &Context, args: IndexArgs) -> anyhow::Result<Exit
             ),
         }
     }
+    tokio::task::block_in_place(|| {
+        index_artifact::check_tree(&store, &report.name, &manifest.layers, &built)
+    })?;
     let compressed: u64 = manifest.layers.iter().map(|l| l.size).sum();
     let elapsed = started.elapsed().as_secs_f64();
     eprintln!(

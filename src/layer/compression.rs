@@ -124,6 +124,27 @@ mod tests {
         assert_eq!(read_all(Compression::Zstd, &blob), b"frame one, frame two");
     }
 
+    /// The decoding policy for bytes after a layer's last frame or member
+    /// (see `gzip_checkpoints`): zero padding is an error for zstd as for
+    /// gzip, as in Go's decoders.
+    #[test]
+    fn zero_padding_after_the_last_frame_or_member_is_an_error() {
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gzip.write_all(b"tar").unwrap();
+        let zstd = zstd::encode_all(&b"tar"[..], 3).unwrap();
+        for (compression, mut blob) in [
+            (Compression::Gzip, gzip.finish().unwrap()),
+            (Compression::Zstd, zstd),
+        ] {
+            blob.extend([0; 4096]);
+            let mut out = Vec::new();
+            let read = decompress(compression, &blob[..])
+                .unwrap()
+                .read_to_end(&mut out);
+            assert!(read.is_err(), "{compression:?}: {out:?}");
+        }
+    }
+
     #[test]
     fn none_passes_through() {
         assert_eq!(read_all(Compression::None, b"plain"), b"plain");

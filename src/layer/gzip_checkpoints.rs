@@ -9,10 +9,10 @@
 //! e.g. fetched with an HTTP Range request.
 //!
 //! A blob is any number of concatenated gzip members (pigz, eStargz), and a
-//! span may run across member boundaries, empty members included. Zero bytes
-//! after the last member are skipped as `gzip -d` does (tape-style padding;
-//! flate2's `MultiGzDecoder` rejects them); any other trailing byte must start
-//! a gzip member, so trailing garbage is an error.
+//! span may run across member boundaries, empty members included. Every byte
+//! after a member must start another member: zero padding after the last one
+//! is an error, as in every path that decodes a layer (see
+//! `State::AfterMember`), and so is any other trailing byte.
 //!
 //! Integrity: indexing verifies every member's CRC-32 and length, as a full
 //! decompression does. [`inflate_span`] verifies those of members it decodes
@@ -67,7 +67,7 @@ pub struct GzipCheckpoints {
     /// `windows[k]`: the up-to-32 KiB of uncompressed output before
     /// `checkpoints[k]`, within its member; empty when none is needed.
     pub windows: Vec<Vec<u8>>,
-    /// Size of the blob, trailing padding included.
+    /// Size of the blob.
     pub compressed_size: u64,
     pub uncompressed_size: u64,
 }
@@ -225,9 +225,15 @@ enum State {
     /// A gzip member starts at the next byte, as at the start of the blob.
     MemberStart,
     Member,
-    /// A member ended: another one, zero padding or the end may follow.
+    /// A member ended: another one or the end of the blob must follow.
+    ///
+    /// Zero padding after the last member is refused, the rule for every path
+    /// that decodes a layer: Go's compress/gzip, with which umoci, Podman and
+    /// containerd read layers, refuses it ("invalid header"), and so does
+    /// flate2's `MultiGzDecoder`, lazyimg's whole-layer reader; only GNU gzip
+    /// accepts it, with a warning. An image must not mount lazily through an
+    /// index and fail when read whole.
     AfterMember,
-    Padding,
     Done,
 }
 
@@ -314,21 +320,14 @@ impl<R: Read> GzipCheckpointer<R> {
                 State::AfterMember => {
                     self.state = match self.input[self.in_pos..self.in_end].first() {
                         None => State::Done,
-                        Some(0) => State::Padding,
+                        Some(0) => {
+                            return Err(invalid_data(format!(
+                                "zero padding at offset {} after the last gzip member \
+                                 (Go's compress/gzip refuses it too)",
+                                self.in_offset()
+                            )));
+                        }
                         Some(_) => State::MemberStart,
-                    }
-                }
-                State::Padding => {
-                    let rest = &self.input[self.in_pos..self.in_end];
-                    if rest.is_empty() {
-                        self.state = State::Done;
-                    } else if let Some(i) = rest.iter().position(|&b| b != 0) {
-                        return Err(invalid_data(format!(
-                            "non-zero byte at offset {} after the last gzip member",
-                            self.in_offset() + i as u64
-                        )));
-                    } else {
-                        self.in_pos = self.in_end;
                     }
                 }
                 State::Done => {}

@@ -38,7 +38,19 @@ pub struct MemberMeta {
     pub uid: u32,
     pub gid: u32,
     pub mtime: Timestamp,
+    /// As the format states them; [`EntryTable::add_member`] applies
+    /// `keep_xattr`.
     pub xattrs: Vec<(String, Vec<u8>)>,
+}
+
+/// The one rule for extended attributes, whichever format carries them (PAX
+/// `SCHILY.xattr.*` records, eStargz and zstd:chunked TOC `xattrs`): an
+/// attribute with an empty value is no attribute. POSIX pax says an empty
+/// record deletes the keyword; Go's archive/tar (reader.go `mergePAX`) skips
+/// empty values, so `Header.Xattrs` never holds one and neither umoci, Podman
+/// nor the Go writers of eStargz and zstd:chunked TOCs ever set one.
+fn keep_xattr((_, value): &(String, Vec<u8>)) -> bool {
+    !value.is_empty()
 }
 
 impl EntryTable {
@@ -110,7 +122,7 @@ impl EntryTable {
             uid: meta.uid,
             gid: meta.gid,
             mtime: meta.mtime,
-            xattrs: meta.xattrs,
+            xattrs: meta.xattrs.into_iter().filter(keep_xattr).collect(),
         });
         Ok(())
     }

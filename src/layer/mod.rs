@@ -11,6 +11,7 @@ pub mod gzip_checkpoints;
 mod member;
 pub(crate) mod path;
 mod tar_entries;
+mod tar_number;
 #[cfg(test)]
 pub(crate) mod test_tar;
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::io::{self, Read};
 use tar::{Archive, Entry, EntryType};
 
 use super::member::{MemberKind, MemberMeta};
+use super::tar_number::{header_number, pax_integer, to_u32};
 use super::{Device, EntryTable, LayerError, Timestamp};
 
 const XATTR_PREFIX: &[u8] = b"SCHILY.xattr.";
@@ -82,10 +83,13 @@ impl<R: Read> Read for TrackedReader<'_, R> {
     }
 }
 
-/// Metadata gathered from the entry's PAX records.
+/// Metadata gathered from the entry's PAX records; `None` keeps the header's
+/// value.
 #[derive(Default)]
 struct PaxInfo {
     mtime: Option<Timestamp>,
+    uid: Option<i64>,
+    gid: Option<i64>,
     xattrs: Vec<(String, Vec<u8>)>,
     sparse: bool,
 }
@@ -126,20 +130,31 @@ fn index_entry<R: Read>(
     if pax.sparse || entry_type.is_gnu_sparse() {
         return Err(LayerError::UnsupportedSparse { path: cx.shown });
     }
-    let kind = member_kind(entry, entry_type, &cx)?;
-    let header = entry.header();
-    let field = |what: &str, reason: String| cx.malformed(format!("{what}: {reason}"));
+    let kind = member_kind(entry, entry_type, &raw_path, &cx)?;
+    let old = entry.header().as_old();
+    let field = |what: &str, raw: &[u8]| {
+        header_number(raw).map_err(|reason| cx.malformed(format!("{what}: {reason}")))
+    };
+    let id = |what: &str, pax: Option<i64>, raw: &[u8]| {
+        let value = match pax {
+            Some(value) => value,
+            None => field(what, raw)?,
+        };
+        to_u32(value).map_err(|reason| cx.malformed(format!("{what}: {reason}")))
+    };
     let mtime = match pax.mtime {
         Some(mtime) => mtime,
         None => Timestamp {
-            secs: number(header.mtime()).map_err(|r| field("mtime", r))?,
+            secs: field("mtime", &old.mtime)?,
             nanos: 0,
         },
     };
     let meta = MemberMeta {
-        mode: number::<u32>(header.mode().map(u64::from)).map_err(|r| field("mode", r))?,
-        uid: number(header.uid()).map_err(|r| field("uid", r))?,
-        gid: number(header.gid()).map_err(|r| field("gid", r))?,
+        // Go keeps the mode's int64 whole; only its permission bits are
+        // used, so the low bits are all that matter.
+        mode: field("mode", &old.mode)? as u32,
+        uid: id("uid", pax.uid, &old.uid)?,
+        gid: id("gid", pax.gid, &old.gid)?,
         mtime,
         xattrs: pax.xattrs,
     };
@@ -147,19 +162,29 @@ fn index_entry<R: Read>(
     Ok(())
 }
 
-/// A numeric header field converted to its stored width.
-fn number<T: TryFrom<u64>>(value: io::Result<u64>) -> Result<T, String> {
-    let value = value.map_err(|e| e.to_string())?;
-    T::try_from(value).map_err(|_| format!("{value} out of range"))
-}
-
+/// The member a header describes, typeflag by typeflag:
+///
+/// - regular (`0`, and NUL from pre-POSIX tars) and contiguous (`7`, a
+///   regular file on every system but Masscomp's) name a directory when the
+///   name ends in `/`, the BSD convention GNU tar follows for all three
+///   (extract.c `prepare_to_extract`); Go's archive/tar applies it to NUL
+///   (reader.go `Next`) and makes `0` and `7` regular files named without
+///   the slash, which cannot be what a writer meant;
+/// - any type lazyimg cannot represent (GNU `D`, `M`, `V`, vendor `A`–`Z`,
+///   ...) is [`MemberKind::Unsupported`]: umoci and containers/storage refuse
+///   unknown types, and extracting one as a regular file, as GNU tar does,
+///   would serve bytes the writer meant as something else.
 fn member_kind<R: Read>(
     entry: &Entry<'_, R>,
     entry_type: EntryType,
+    raw_path: &[u8],
     cx: &Context,
 ) -> Result<MemberKind, LayerError> {
     let link_target = || entry.link_name_bytes().unwrap_or_default().into_owned();
     Ok(match entry_type {
+        EntryType::Regular | EntryType::Continuous if raw_path.ends_with(b"/") => {
+            MemberKind::Directory
+        }
         EntryType::Regular | EntryType::Continuous => MemberKind::Regular {
             offset: entry.raw_file_position(),
             size: entry.size(),
@@ -174,12 +199,23 @@ fn member_kind<R: Read>(
     })
 }
 
-fn device<R: Read>(entry: &Entry<'_, R>) -> io::Result<Device> {
+/// Device numbers as Go reads them: from USTAR, PAX and GNU headers; a
+/// pre-POSIX (V7) header has no such fields, so 0:0.
+fn device<R: Read>(entry: &Entry<'_, R>) -> Result<Device, String> {
     let header = entry.header();
-    // Pre-POSIX headers have no device fields; treat them as 0:0.
+    let (major, minor) = match (header.as_ustar(), header.as_gnu()) {
+        (Some(ustar), _) => (ustar.dev_major, ustar.dev_minor),
+        (None, Some(gnu)) => (gnu.dev_major, gnu.dev_minor),
+        (None, None) => return Ok(Device::default()),
+    };
+    let number = |what: &str, raw: &[u8]| {
+        header_number(raw)
+            .and_then(to_u32)
+            .map_err(|reason| format!("{what}: {reason}"))
+    };
     Ok(Device {
-        major: header.device_major()?.unwrap_or(0),
-        minor: header.device_minor()?.unwrap_or(0),
+        major: number("devmajor", &major)?,
+        minor: number("devminor", &minor)?,
     })
 }
 
@@ -191,9 +227,32 @@ fn read_pax<R: Read>(entry: &mut Entry<'_, R>, shown: &str) -> Result<PaxInfo, S
     for record in records {
         let record = record.map_err(|e| e.to_string())?;
         let key = record.key_bytes();
+        let integer = || {
+            let value = record.value().map_err(|e| e.to_string())?;
+            let key = String::from_utf8_lossy(key);
+            pax_integer(value).map_err(|reason| format!("{key}: {reason}"))
+        };
+        // The last record of a key wins; an empty one leaves the header's
+        // value, as in Go's mergePAX (POSIX pax: it deletes the keyword).
+        // (The tar crate has written the first numeric `uid`/`gid` record
+        // into the header already: only a repeated key can tell.)
         if key == b"mtime" {
             let value = record.value().map_err(|e| e.to_string())?;
-            info.mtime = Some(parse_pax_time(value).ok_or_else(|| format!("mtime {value:?}"))?);
+            info.mtime = match value {
+                "" => None,
+                value => Some(parse_pax_time(value).ok_or_else(|| format!("mtime {value:?}"))?),
+            };
+        } else if key == b"uid" {
+            info.uid = integer()?;
+        } else if key == b"gid" {
+            info.gid = integer()?;
+        } else if key == b"size" {
+            // The tar crate already sized the entry from this record when it
+            // is an unsigned decimal, and from the header when it is not;
+            // Go refuses what is no number, or negative.
+            if integer()?.is_some_and(|size| size < 0) {
+                return Err("size: negative".into());
+            }
         } else if let Some(name) = key.strip_prefix(XATTR_PREFIX) {
             let Ok(name) = std::str::from_utf8(name) else {
                 // PAX keywords must be UTF-8; such a name cannot be a
@@ -202,7 +261,8 @@ fn read_pax<R: Read>(entry: &mut Entry<'_, R>, shown: &str) -> Result<PaxInfo, S
                 continue;
             };
             let value = record.value_bytes().to_vec();
-            // A repeated key overrides the earlier one, as in PAX.
+            // A repeated key overrides the earlier one, as in PAX; an empty
+            // value then removes it (see `MemberMeta::xattrs`).
             match info.xattrs.iter_mut().find(|(n, _)| n == name) {
                 Some(slot) => slot.1 = value,
                 None => info.xattrs.push((name.to_owned(), value)),
@@ -214,12 +274,13 @@ fn read_pax<R: Read>(entry: &mut Entry<'_, R>, shown: &str) -> Result<PaxInfo, S
     Ok(info)
 }
 
-/// Parses a PAX time: decimal seconds, optionally negative, optionally with
-/// a fraction (digits past nanoseconds are dropped).
+/// Parses a PAX time as Go's `parsePAXTime` does: decimal seconds with an
+/// optional sign, optionally with a fraction (digits past nanoseconds are
+/// dropped).
 fn parse_pax_time(value: &str) -> Option<Timestamp> {
     let (negative, unsigned) = match value.strip_prefix('-') {
         Some(rest) => (true, rest),
-        None => (false, value),
+        None => (false, value.strip_prefix('+').unwrap_or(value)),
     };
     let (whole, frac) = unsigned.split_once('.').unwrap_or((unsigned, ""));
     let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
@@ -259,6 +320,9 @@ mod tests {
         assert_eq!(parse_pax_time("-3"), t(-3, 0));
         assert_eq!(parse_pax_time(""), None);
         assert_eq!(parse_pax_time("1.2x"), None);
-        assert_eq!(parse_pax_time("+1"), None);
+        assert_eq!(parse_pax_time("+1"), t(1, 0));
+        assert_eq!(parse_pax_time("-0.5"), t(-1, 500_000_000));
+        assert_eq!(parse_pax_time("+-1"), None);
+        assert_eq!(parse_pax_time(".5"), None);
     }
 }

@@ -409,3 +409,214 @@ fn index_serializes_compactly() {
     let bytes = postcard::to_allocvec(&index).unwrap();
     assert_eq!(postcard::from_bytes::<EntryTable>(&bytes).unwrap(), index);
 }
+
+/// A GNU header whose numeric fields are set byte by byte.
+fn raw_fields(mtime: [u8; 12], uid: [u8; 8], gid: [u8; 8]) -> Header {
+    let mut header = header(EntryType::Regular, 0o644);
+    let old = header.as_old_mut();
+    (old.mtime, old.uid, old.gid) = (mtime, uid, gid);
+    header
+}
+
+fn secs(secs: i64) -> Timestamp {
+    Timestamp { secs, nanos: 0 }
+}
+
+#[test]
+fn numeric_fields_octal_base256_and_pax_as_go_reads_them() {
+    // 1969-06-01 as GNU tar --format=gnu writes it: negative base-256.
+    let mut before_1970 = [0xffu8; 12];
+    before_1970[8..].copy_from_slice(&(-18_489_600i32).to_be_bytes());
+    // uid 3000000 and gid 2^32-1 do not fit 7 octal digits: base-256.
+    let mut big_uid = [0x80u8, 0, 0, 0, 0, 0, 0, 0];
+    big_uid[4..].copy_from_slice(&3_000_000u32.to_be_bytes());
+    let mut max_gid = [0x80u8, 0, 0, 0, 0, 0, 0, 0];
+    max_gid[4..].copy_from_slice(&u32::MAX.to_be_bytes());
+    // Space-padded octal, as old tars write it.
+    let spaced = raw_fields(*b" 1234567012 ", *b"  2322 \0", *b"\0\0\x002322 ");
+    let mut device = header(EntryType::Char, 0o600);
+    device.as_gnu_mut().unwrap().dev_major = [0x80, 0, 0, 0, 0, 0, 0x01, 0x03];
+    device.as_gnu_mut().unwrap().dev_minor = *b"     17 ";
+    let index = TestTar::new()
+        .file_with(raw_fields(before_1970, big_uid, max_gid), "old", b"")
+        .file_with(raw_fields([0; 12], [0; 8], [0; 8]), "nul", b"")
+        .file_with(spaced, "spaced", b"")
+        .dir_with(device, "dev")
+        .pax(&[("uid", b"3000000"), ("gid", b"+1234"), ("mtime", b"-1.5")])
+        .file("pax", b"")
+        // Empty PAX values keep the header's, as Go and POSIX pax do.
+        .pax(&[("uid", b""), ("mtime", b"")])
+        .file("pax-empty", b"")
+        .index();
+    let fields = |path: &str| {
+        let e = entry(&index, path);
+        (e.uid, e.gid, e.mtime)
+    };
+    assert_eq!(fields("old"), (3_000_000, u32::MAX, secs(-18_489_600)));
+    assert_eq!(fields("nul"), (0, 0, secs(0)));
+    assert_eq!(fields("spaced"), (1234, 1234, secs(0o1234567012)));
+    assert_eq!(entry(&index, "nul").mode, 0o644);
+    assert_eq!(
+        entry(&index, "dev").kind,
+        EntryKind::CharDevice(Device {
+            major: 259,
+            minor: 15
+        })
+    );
+    assert_eq!(
+        fields("pax"),
+        (
+            3_000_000,
+            1234,
+            Timestamp {
+                secs: -2,
+                nanos: 500_000_000
+            }
+        )
+    );
+    assert_eq!(fields("pax-empty"), (0, 0, secs(MTIME as i64)));
+}
+
+#[test]
+fn numeric_fields_go_refuses_or_linux_cannot_hold_are_malformed() {
+    let mut negative_uid = [0xffu8; 8];
+    negative_uid[7] = 0xfe;
+    let wide_gid = [0x80u8, 0, 0, 1, 0, 0, 0, 0];
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            TestTar::new()
+                .file_with(raw_fields([0; 12], negative_uid, [0; 8]), "f", b"")
+                .bytes(),
+            "uid: -2 out of range",
+        ),
+        (
+            TestTar::new()
+                .file_with(raw_fields([0; 12], [0; 8], wide_gid), "f", b"")
+                .bytes(),
+            "gid: 4294967296 out of range",
+        ),
+        (
+            TestTar::new()
+                .file_with(raw_fields(*b"12345678901x", [0; 8], [0; 8]), "f", b"")
+                .bytes(),
+            "mtime: \"12345678901x\" is not an octal number",
+        ),
+        (
+            TestTar::new()
+                .pax(&[("uid", b"12a")])
+                .file("f", b"")
+                .bytes(),
+            "uid: \"12a\" is not a decimal number",
+        ),
+        (
+            TestTar::new().pax(&[("gid", b"-1")]).file("f", b"").bytes(),
+            "gid: -1 out of range",
+        ),
+        (
+            TestTar::new()
+                .pax(&[("size", b"-1")])
+                .file("f", b"")
+                .bytes(),
+            "size: negative",
+        ),
+    ];
+    for (tar, reason) in cases {
+        match read_entries(&tar[..]) {
+            Err(e @ LayerError::MalformedTar { .. }) => {
+                assert!(e.to_string().contains(reason), "{e} lacks {reason:?}")
+            }
+            other => panic!("{reason}: expected MalformedTar, got {other:?}"),
+        }
+    }
+}
+
+/// A header with typeflag `flag` written byte for byte (the tar crate spells
+/// NUL as `0`), owned by 1234:1234.
+fn typeflag(flag: u8, mode: u32) -> Header {
+    let mut header = header(EntryType::Regular, mode);
+    header.as_old_mut().linkflag = [flag];
+    header.set_uid(1234);
+    header.set_gid(1234);
+    header
+}
+
+#[test]
+fn typeflags_regular_and_contiguous_with_a_trailing_slash_are_directories() {
+    let long_dir = format!("{}/", "d".repeat(120));
+    let index = TestTar::new()
+        .raw(typeflag(0, 0o750), b"nul/", b"", b"")
+        .raw(typeflag(b'0', 0o700), b"zero/", b"", b"")
+        .raw(typeflag(b'7', 0o705), b"contiguous/", b"", b"")
+        // The slash counts in the full name, from a GNU or PAX long name.
+        .dir_with(typeflag(0, 0o755), &long_dir)
+        .pax(&[("path", b"pax/")])
+        .raw(typeflag(b'0', 0o711), b"ignored", b"", b"")
+        .index();
+    for (path, mode) in [("nul", 0o750), ("zero", 0o700), ("contiguous", 0o705)] {
+        let e = entry(&index, path);
+        assert_eq!(e.kind, EntryKind::Directory, "{path}");
+        assert_eq!((e.mode, e.uid, e.gid), (mode, 1234, 1234), "{path}");
+        assert_eq!(
+            e.mtime,
+            Timestamp {
+                secs: MTIME as i64,
+                nanos: 0
+            }
+        );
+    }
+    assert_eq!(entry(&index, &long_dir[..120]).kind, EntryKind::Directory);
+    assert_eq!(entry(&index, "pax").kind, EntryKind::Directory);
+    assert_eq!(entry(&index, "pax").mode, 0o711);
+    // Without the slash, both are regular files.
+    let raw = TestTar::new()
+        .raw(typeflag(0, 0o640), b"nul-file", b"", b"old")
+        .raw(typeflag(b'7', 0o600), b"contiguous-file", b"", b"seven")
+        .bytes();
+    let index = read_entries(&raw[..]).unwrap();
+    assert_eq!(content(&raw, entry(&index, "nul-file")), b"old");
+    assert_eq!(content(&raw, entry(&index, "contiguous-file")), b"seven");
+}
+
+#[test]
+fn typeflags_lazyimg_cannot_represent_are_refused_as_go_tools_refuse_them() {
+    // GNU dumpdir, multivolume continuation, volume label, Solaris extended
+    // header, a vendor type, and bytes no standard names.
+    for flag in [b'D', b'M', b'V', b'X', b'A', b'Z', b'8', b'!'] {
+        let tar = TestTar::new()
+            .raw(typeflag(flag, 0o644), b"odd", b"", b"")
+            .bytes();
+        match read_entries(&tar[..]) {
+            Err(LayerError::UnsupportedEntryType { path, type_byte }) => {
+                assert_eq!((path.as_str(), type_byte), ("odd", flag))
+            }
+            other => panic!(
+                "{:?}: expected UnsupportedEntryType, got {other:?}",
+                flag as char
+            ),
+        }
+    }
+}
+
+#[test]
+fn pax_xattrs_with_empty_values_are_no_attribute() {
+    let index = TestTar::new()
+        .pax(&[
+            ("SCHILY.xattr.user.empty", b""),
+            ("SCHILY.xattr.user.kept", b"v"),
+            // A later empty record removes an earlier value, as POSIX pax says.
+            ("SCHILY.xattr.user.removed", b"first"),
+            ("SCHILY.xattr.user.removed", b""),
+            // And a later value replaces an earlier empty one.
+            ("SCHILY.xattr.user.late", b""),
+            ("SCHILY.xattr.user.late", b"second"),
+        ])
+        .file("f", b"")
+        .index();
+    assert_eq!(
+        entry(&index, "f").xattrs,
+        [
+            ("user.kept".to_owned(), b"v".to_vec()),
+            ("user.late".to_owned(), b"second".to_vec()),
+        ]
+    );
+}

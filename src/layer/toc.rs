@@ -184,6 +184,7 @@ impl Builder<'_> {
         if group.len() > 1 && entry.kind != "reg" {
             return Err(err(format!("chunk entries after a {:?} entry", entry.kind)));
         }
+        lossless_names(entry).map_err(err)?;
         let bookkeeping = normalize(entry.name.as_bytes()).is_ok_and(|path| {
             (format.bookkeeping.iter()).any(|name| path.as_bytes() == name.as_bytes())
         });
@@ -290,6 +291,28 @@ impl Builder<'_> {
             });
         }
         Ok(())
+    }
+}
+
+/// Names are bytes, but a TOC is JSON: its Go writers (stargz-snapshotter,
+/// containers/storage) marshal names, link targets and xattr names as Go
+/// strings, and encoding/json "coerces" a string to valid UTF-8 by replacing
+/// each byte that is not UTF-8 with U+FFFD. A name holding U+FFFD therefore
+/// cannot say which bytes the tar holds (`caf\xe9` and `caf\xe8` both read
+/// `caf\u{FFFD}`): such a TOC is refused, and the layer is read whole, where
+/// names are the tar's bytes.
+fn lossless_names(entry: &TocEntry) -> Result<(), String> {
+    let names = [("name", &entry.name), ("linkName", &entry.link_name)];
+    let xattr_names = entry.xattrs.keys().map(|name| ("xattr name", name));
+    match names
+        .into_iter()
+        .chain(xattr_names)
+        .find(|(_, text)| text.contains('\u{FFFD}'))
+    {
+        Some((what, text)) => Err(format!(
+            "{what} {text:?} holds U+FFFD, which the TOC's JSON writes for bytes that are not UTF-8"
+        )),
+        None => Ok(()),
     }
 }
 

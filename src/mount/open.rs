@@ -101,14 +101,7 @@ pub fn open_bottom_layers(
     for (layer, diff_id) in manifest.layers.iter().zip(&diff_ids) {
         let mut fresh_table = None;
         if !store.contains(diff_id) && store.contains(&layer.digest) {
-            let compression =
-                Compression::from_media_type(&layer.media_type).ok_or_else(|| Error::Manifest {
-                    what: name.to_string(),
-                    reason: format!(
-                        "layer {} has unsupported media type {}",
-                        layer.digest, layer.media_type
-                    ),
-                })?;
+            let compression = layer.layer_compression(name)?;
             fresh_table = Some(unpack_layer(store, &layer.digest, compression, diff_id)?);
         }
         if let Some(tar) = store.get(diff_id)? {

@@ -236,7 +236,7 @@ impl RegistryClient {
                     tokio::time::sleep(self.retry.delay(attempt)).await;
                     attempt += 1;
                 }
-                Failure::Fatal(e) => return Err(e),
+                Failure::Fatal(e) => return Err(self.blob_missing(reference, digest, e)),
             }
         }
     }
@@ -252,6 +252,7 @@ impl RegistryClient {
         digest: &Digest,
         range: Range<u64>,
     ) -> Result<Option<Bytes>> {
+        let digest_of_range = *digest;
         let digest = digest.to_string();
         let length = range.end - range.start;
         let client = self.client()?;
@@ -286,6 +287,7 @@ impl RegistryClient {
             Ok(Some(body.freeze()))
         })
         .await
+        .map_err(|e| self.blob_missing(reference, &digest_of_range, e))
     }
 
     /// The manifests that name manifest `subject` as their subject, optionally only
@@ -303,7 +305,14 @@ impl RegistryClient {
             .call(reference, || {
                 client.pull_referrers(&subject_ref, artifact_type)
             })
-            .await?;
+            .await
+            .map_err(|e| match e {
+                Error::NotFound { registry, .. } => Error::NotFound {
+                    registry,
+                    what: format!("referrers of {subject} in {}", reference.repository()),
+                },
+                other => other,
+            })?;
         // Round-trip through JSON into lazyimg's own types, which check digests.
         let json = serde_json::to_vec(&index).expect("an index always serialises");
         let index: crate::image::ImageIndex =
@@ -541,6 +550,21 @@ impl RegistryClient {
         }
     }
 
+    /// A 404 answering a request for blob `digest`: the blob is what is
+    /// missing, not the image's name (the manifest was found). Callers that
+    /// know what the blob is to the image rename it (`pull::fetch_blob`).
+    fn blob_missing(&self, reference: &Reference, digest: &Digest, err: Error) -> Error {
+        match err {
+            Error::NotFound { registry, .. } => Error::BlobNotFound {
+                registry,
+                repository: reference.repository().to_string(),
+                digest: *digest,
+                what: format!("blob {digest}"),
+            },
+            other => other,
+        }
+    }
+
     fn network_error(&self, reason: &str) -> Error {
         Error::Network {
             registry: self.host.clone(),
@@ -551,6 +575,7 @@ impl RegistryClient {
     fn classify(&self, reference: &Reference, err: OciDistributionError) -> Failure {
         let registry = self.host.clone();
         let what = || reference.whole();
+        let missing = || manifest_named(reference);
         match err {
             OciDistributionError::AuthenticationFailure(body) => Failure::Fatal(Error::Auth {
                 registry,
@@ -579,7 +604,7 @@ impl RegistryClient {
                 }) {
                     Failure::Fatal(Error::NotFound {
                         registry,
-                        what: what(),
+                        what: missing(),
                     })
                 } else if codes.iter().any(|c| matches!(c, OciErrorCode::Denied)) {
                     Failure::Fatal(Error::Denied {
@@ -615,7 +640,7 @@ impl RegistryClient {
                 match code {
                     404 => Failure::Fatal(Error::NotFound {
                         registry,
-                        what: what(),
+                        what: missing(),
                     }),
                     403 => Failure::Fatal(Error::Denied {
                         registry,
@@ -639,7 +664,7 @@ impl RegistryClient {
                     }),
                     404 => Failure::Fatal(Error::NotFound {
                         registry,
-                        what: what(),
+                        what: missing(),
                     }),
                     429 | 500..=599 => Failure::Retry(Error::Registry { registry, reason }),
                     _ => Failure::Fatal(Error::Registry { registry, reason }),
@@ -714,6 +739,17 @@ fn make_client(endpoint: &Endpoint, options: &ClientOptions) -> Result<Client> {
         started.elapsed().as_secs_f64() * 1e3
     );
     Ok(client)
+}
+
+/// What a manifest request for `reference` asked for, for "not found":
+/// a tag or a manifest digest, in its repository.
+fn manifest_named(reference: &Reference) -> String {
+    let repository = format!("{}/{}", reference.registry(), reference.repository());
+    match (reference.digest(), reference.tag()) {
+        (Some(digest), _) => format!("manifest {digest} of {repository}"),
+        (None, Some(tag)) => format!("tag {tag} of {repository}"),
+        (None, None) => format!("manifest of {repository}"),
+    }
 }
 
 /// reqwest is built without a default rustls provider (ring keeps the build light);
@@ -802,5 +838,21 @@ mod tests {
         assert_eq!(summarise(""), "no reason given");
         let long = "x ".repeat(500);
         assert!(summarise(&long).chars().count() <= 201);
+    }
+
+    #[test]
+    fn not_found_names_the_tag_or_the_manifest_digest() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let cases = [
+            ("ghcr.io/ns/img:1", "tag 1 of ghcr.io/ns/img".to_string()),
+            (
+                &format!("ghcr.io/ns/img@{digest}"),
+                format!("manifest {digest} of ghcr.io/ns/img"),
+            ),
+        ];
+        for (reference, expected) in cases {
+            let reference: Reference = reference.parse().unwrap();
+            assert_eq!(manifest_named(&reference), expected);
+        }
     }
 }

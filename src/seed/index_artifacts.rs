@@ -65,6 +65,9 @@ async fn push_index_artifacts(
             if built.is_empty() {
                 return Ok(None);
             }
+            tokio::task::block_in_place(|| {
+                index_artifact::check_tree(store, &target.to_string(), &manifest.layers, &built)
+            })?;
             let subject = Descriptor {
                 media_type: document.media_type.clone(),
                 digest: document.digest,

@@ -136,7 +136,7 @@ fn every_kind_of_entry_and_multi_chunk_files() {
                 "security.capability".to_owned(),
                 vec![1, 0, 0, 2, 0, 4, 0, 0]
             ),
-            ("user.empty".to_owned(), vec![]),
+            // Empty values are no attribute, as in every format.
         ]
     );
     assert_eq!(entry(&layer, "bin").xattrs[0].1, b"on a dir");
@@ -371,6 +371,39 @@ fn escaping_paths_are_rejected() {
             (other, _) => panic!("{escapes_by}: {other:?}"),
         }
     }
+}
+
+#[test]
+fn names_the_json_could_not_carry_are_refused() {
+    // What Go's encoding/json writes for `caf\xe9`: the byte became U+FFFD.
+    for (entry, what) in [
+        (json!({"name": "caf\u{FFFD}", "type": "dir"}), "name"),
+        (
+            json!({"name": "l", "type": "symlink", "linkName": "caf\u{FFFD}"}),
+            "linkName",
+        ),
+        (
+            json!({"name": "d", "type": "dir", "xattrs": {"user.\u{FFFD}": "eA=="}}),
+            "xattr name",
+        ),
+    ] {
+        let mut payload = TestBlob::new(Style::Estargz);
+        payload.entry(entry);
+        let (blob, toc_digest) = estargz(&payload);
+        let err = toc_error(open(&blob, &toc_digest));
+        assert!(
+            err.contains(&format!("{what} ")) && err.contains("U+FFFD"),
+            "{err}"
+        );
+    }
+    // The same names, valid UTF-8, are kept.
+    let mut payload = TestBlob::new(Style::Estargz);
+    payload.entry(json!({"name": "caf\u{e9}", "type": "dir"}));
+    let (blob, toc_digest) = estargz(&payload);
+    assert_eq!(
+        open(&blob, &toc_digest).unwrap().table.entries[0].path,
+        os("caf\u{e9}")
+    );
 }
 
 #[test]

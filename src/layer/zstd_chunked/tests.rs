@@ -64,7 +64,7 @@ fn files_chunks_zeros_links_xattrs_and_whiteouts() {
     let small = payload.file("./small", b"hi\n", 1 << 20);
     payload.entries[small]["modtime"] = json!("2026-11-21T19:21:27.81558203+01:00");
     payload.entries[small]["accesstime"] = json!("2026-11-21T19:21:27Z");
-    payload.entries[small]["xattrs"] = json!({"user.foo": "YmFy"});
+    payload.entries[small]["xattrs"] = json!({"user.foo": "YmFy", "user.empty": ""});
     payload.entries[small]["uid"] = json!(1000);
     payload.file_pieces(
         "./holey",
@@ -92,6 +92,7 @@ fn files_chunks_zeros_links_xattrs_and_whiteouts() {
             nanos: 815_582_030
         }
     );
+    // Empty values are no attribute, as in every format.
     assert_eq!(small.xattrs, [("user.foo".to_owned(), b"bar".to_vec())]);
     assert_eq!((small.mode, small.uid), (0o644, 1000));
     assert_eq!(
@@ -217,7 +218,7 @@ fn malformed_entries_are_rejected() {
         edit(&mut payload);
         payload.toc_json()
     };
-    let cases: [(&str, Vec<u8>, &str); 4] = [
+    let cases: [(&str, Vec<u8>, &str); 6] = [
         ("not JSON", b"{".to_vec(), "bad JSON"),
         (
             "unknown chunk type",
@@ -233,6 +234,17 @@ fn malformed_entries_are_rejected() {
             "bad xattr",
             json(|p| p.entries[0]["xattrs"] = json!({"user.x": "!!"})),
             "not base64",
+        ),
+        // What Go's encoding/json writes for a name that is not UTF-8.
+        (
+            "a name the JSON could not carry",
+            json(|p| p.entries[0]["name"] = json!("caf\u{FFFD}")),
+            "name \"caf\u{FFFD}\" holds U+FFFD",
+        ),
+        (
+            "an xattr name the JSON could not carry",
+            json(|p| p.entries[0]["xattrs"] = json!({"user.\u{FFFD}": "eA=="})),
+            "xattr name",
         ),
     ];
     for (what, json, expected) in cases {

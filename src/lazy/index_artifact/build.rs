@@ -10,6 +10,7 @@ use crate::image::Descriptor;
 use crate::layer::gzip_checkpoints::{self, Checkpoint, GzipCheckpointer};
 use crate::layer::{self, Chunk, ChunkCodec, ChunkedLayer, Compression};
 use crate::store::Store;
+use crate::tree::Tree;
 
 /// One layer's part of an index artifact, built, and its windows blob (empty for tar layers).
 pub struct BuiltLayer {
@@ -108,6 +109,42 @@ pub fn build_layer(
         },
         windows,
     }))
+}
+
+/// Refuses, with the error a mount gives, an image whose layers do not merge
+/// into one tree (a hardlink to a path no layer holds, a root entry that is
+/// no directory): an index must not make lazy an image no mount can show.
+/// `built` holds the indexes of `layers` that have one; the other layers are
+/// read from the store, as the mount reads them.
+pub fn check_tree(
+    store: &Store,
+    image: &str,
+    layers: &[Descriptor],
+    built: &[BuiltLayer],
+) -> Result<()> {
+    let mut tables = Vec::with_capacity(layers.len());
+    for layer in layers {
+        let table = match built.iter().find(|b| b.file.layer == layer.digest) {
+            Some(built) => built.file.chunked.table.clone(),
+            None => {
+                let compression = layer.layer_compression(image)?;
+                let blob = store.require(&layer.digest)?;
+                let layer_error = |source| Error::Layer {
+                    layer: layer.digest,
+                    source,
+                };
+                let tar = layer::decompress(compression, blob.bytes())
+                    .map_err(|source| layer_error(layer::LayerError::Read { offset: 0, source }))?;
+                layer::read_entries(tar).map_err(layer_error)?
+            }
+        };
+        tables.push(table);
+    }
+    Tree::build(&tables).map_err(|source| Error::Tree {
+        image: image.to_string(),
+        source,
+    })?;
+    Ok(())
 }
 
 /// Windows, each zstd-compressed on its own so a read fetches only the one it needs.
@@ -225,9 +262,17 @@ mod tests {
     use super::*;
     use crate::layer::test_tar::TestTar;
 
-    fn stored(store: &Store, media_type: &str, blob: &[u8]) -> Descriptor {
-        let digest = Digest::of(blob);
-        store.put(digest, blob, "test layer").unwrap();
+    /// Stores `tar` as a layer of `media_type`, gzip-compressed when it says so.
+    fn stored(store: &Store, tar: Vec<u8>, media_type: &str) -> Descriptor {
+        let blob = if media_type.ends_with("gzip") {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(&tar).unwrap();
+            gz.finish().unwrap()
+        } else {
+            tar
+        };
+        let digest = Digest::of(&blob);
+        store.put(digest, &blob, "test layer").unwrap();
         Descriptor {
             media_type: media_type.into(),
             digest,
@@ -238,20 +283,119 @@ mod tests {
         }
     }
 
+    const GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+    const ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+
+    /// The sha256 of a stored gzip or plain tar layer's uncompressed bytes.
+    fn diff_id(store: &Store, layer: &Descriptor) -> Digest {
+        let blob = store.require(&layer.digest).unwrap();
+        if layer.media_type == GZIP {
+            let mut tar = Vec::new();
+            std::io::Read::read_to_end(
+                &mut flate2::read::MultiGzDecoder::new(blob.bytes()),
+                &mut tar,
+            )
+            .unwrap();
+            Digest::of(&tar)
+        } else {
+            layer.digest
+        }
+    }
+
+    /// Each layer's index, where it has one, then the tree check.
+    fn check(store: &Store, layers: &[Descriptor]) -> Result<()> {
+        let built: Vec<BuiltLayer> = (layers.iter())
+            .filter_map(|layer| build_layer(store, layer, &diff_id(store, layer)).unwrap())
+            .collect();
+        check_tree(store, "example/image:1", layers, &built)
+    }
+
+    #[test]
+    fn images_whose_tree_cannot_be_built_are_refused_as_mounts_refuse_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), u64::MAX).unwrap();
+        let base = stored(&store, TestTar::new().file("f", b"f").bytes(), GZIP);
+        let dangling = stored(
+            &store,
+            TestTar::new().hardlink("h", "missing").bytes(),
+            GZIP,
+        );
+        let empty_name = TestTar::new()
+            .raw(
+                crate::layer::test_tar::header(tar::EntryType::Regular, 0o644),
+                b"",
+                b"",
+                b"",
+            )
+            .bytes();
+        let empty_name = stored(&store, empty_name, GZIP);
+        let to_dir = stored(
+            &store,
+            TestTar::new().dir("d").hardlink("h", "d").bytes(),
+            GZIP,
+        );
+        // A plain zstd layer has no index of its own: it is read from the store.
+        let zstd_tar = TestTar::new().hardlink("z", "missing").bytes();
+        let zstd_blob = zstd::encode_all(&zstd_tar[..], 3).unwrap();
+        let zstd_layer = Descriptor {
+            media_type: ZSTD.into(),
+            digest: Digest::of(&zstd_blob),
+            size: zstd_blob.len() as u64,
+            ..base.clone()
+        };
+        store
+            .put(zstd_layer.digest, &zstd_blob, "test layer")
+            .unwrap();
+
+        check(&store, std::slice::from_ref(&base)).unwrap();
+        check(
+            &store,
+            &[
+                base.clone(),
+                stored(&store, TestTar::new().hardlink("h", "f").bytes(), GZIP),
+            ],
+        )
+        .unwrap();
+        for (layers, expected) in [
+            (
+                vec![base.clone(), dangling],
+                "hardlink \"h\" points to \"missing\"",
+            ),
+            (
+                vec![empty_name],
+                "the entry for the root directory is not a directory",
+            ),
+            (vec![to_dir], "points to directory \"d\""),
+            (
+                vec![base.clone(), zstd_layer],
+                "hardlink \"z\" points to \"missing\"",
+            ),
+        ] {
+            match check(&store, &layers) {
+                Err(e @ Error::Tree { .. }) => {
+                    let text = e.to_string();
+                    assert!(
+                        text.contains("example/image:1") && text.contains(expected),
+                        "{text}"
+                    )
+                }
+                other => panic!("{expected}: expected a tree error, got {other:?}"),
+            }
+        }
+    }
+
     /// An index is never the one path that accepts a layer `pull` refuses.
     #[test]
     fn a_layer_that_misses_its_diff_id_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), u64::MAX).unwrap();
         let tar = TestTar::new().file("f", b"content").bytes();
-        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        encoder.write_all(&tar).unwrap();
-        let gzip = stored(
+        let gzip = stored(&store, tar.clone(), GZIP);
+        let plain = stored(
             &store,
-            "application/vnd.oci.image.layer.v1.tar+gzip",
-            &encoder.finish().unwrap(),
+            tar.clone(),
+            "application/vnd.oci.image.layer.v1.tar",
         );
-        let plain = stored(&store, "application/vnd.oci.image.layer.v1.tar", &tar);
         let right = Digest::of(&tar);
         let wrong = Digest::of(b"another tar");
         for layer in [&gzip, &plain] {

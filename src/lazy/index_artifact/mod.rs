@@ -20,7 +20,7 @@ mod build;
 mod format;
 mod registry;
 
-pub use build::{BuiltLayer, build_layer};
+pub use build::{BuiltLayer, build_layer, check_tree};
 pub use format::ArtifactLayer;
 pub use registry::{find, indexed_layers, locate, push};
 
@@ -39,7 +39,10 @@ const LAYER_ANNOTATION: &str = "dev.lazyimg.layer";
 const SIGNATURE_ANNOTATION: &str = "dev.lazyimg.signature";
 const SIGNATURE_KEY_ANNOTATION: &str = "dev.lazyimg.signature.key";
 /// 2: spans no longer carry a digest of their compressed bytes.
-const FORMAT_VERSION: u32 = 2;
+/// 3: entries read by issue 15's rules (Go's numeric fields, typeflags with a
+/// trailing slash, no empty xattrs): a version 2 index may disagree with the
+/// whole-layer read, so it is ignored and the layer read whole.
+const FORMAT_VERSION: u32 = 3;
 /// Compressed bytes between gzip checkpoints: about what one cold random read fetches.
 pub const GZIP_SPAN: u64 = 1 << 20;
 /// Chunk size of uncompressed tar layers.
