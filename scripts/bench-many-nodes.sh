@@ -11,8 +11,9 @@
 # its own empty cache dir and config mapping the upstream to nginx; it reads the
 # image's start-up files (/usr/local/bin/hello, /etc/os-release) and a 64 MiB
 # slice of its largest file (dd, 1 MiB blocks from 128 MiB in).
-#   alone: one node, cold nginx cache;
-#   many:  N nodes, cold nginx cache, released together at a barrier.
+#   alone:  one node, cold nginx cache;
+#   many:   N nodes, cold nginx cache, released together at a barrier;
+#   direct: N nodes straight to the registry, no cache (the figure to beat).
 # Upstream bytes/requests: the registry's GETs of layer blobs during the phase.
 #
 # Usage: scripts/bench-many-nodes.sh [N]   (as root; N defaults to 8)
@@ -78,6 +79,7 @@ nginx_start() { # a fresh, empty cache
   local auth
   auth=$(printf '%s:%s' "$LAZYIMG_TEST_USER" "$LAZYIMG_TEST_TOKEN" | base64 -w0)
   printf '{"auths": {"%s": {"auth": "%s"}}}\n' "$NGINX_ADDR" "$auth" >"$WORK/nodes-auth.json"
+  NODES_AUTH=$WORK/nodes-auth.json
 }
 
 # --- nodes ------------------------------------------------------------------------
@@ -92,11 +94,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
-node_prepare() { # I: an empty cache and a config that reaches the upstream through nginx
+node_prepare() { # I [direct]: an empty cache and a config that reaches the upstream through nginx
   local dir=$WORK/node-$1
   unmount "$dir/mnt"
   rm -rf "$dir"
   mkdir -p "$dir/mnt"
+  if [[ ${2:-} == direct ]]; then
+    printf 'cache_dir = "%s"\n[[registry]]\nprefix = "%s"\nca_file = "%s"\n' \
+      "$dir/cache" "$LAZYIMG_TEST_UPSTREAM" "$LAZYIMG_TEST_CA" >"$dir/config.toml"
+    return
+  fi
   # ca_file: the token service (the upstream's realm) speaks TLS with the test CA.
   printf 'cache_dir = "%s"\n[[registry]]\nprefix = "%s"\nlocation = "%s"\ninsecure = true\nca_file = "%s"\n' \
     "$dir/cache" "$LAZYIMG_TEST_UPSTREAM" "$NGINX_ADDR" "$LAZYIMG_TEST_CA" >"$dir/config.toml"
@@ -108,7 +115,7 @@ node_run() { # I [BARRIER]: mount, read the start-up files and the slice; second
   fi
   local t0
   t0=$(now)
-  REGISTRY_AUTH_FILE=$WORK/nodes-auth.json "$LAZYIMG_BIN" --config "$dir/config.toml" -q \
+  REGISTRY_AUTH_FILE=$NODES_AUTH "$LAZYIMG_BIN" --config "$dir/config.toml" -q \
     mount "$LAZYIMG_TEST_UPSTREAM/$repo_tag" "$dir/mnt" 2>"$dir/mount.err"
   cat "$dir/mnt/usr/local/bin/hello" "$dir/mnt/etc/os-release" >/dev/null
   dd if="$dir/mnt$largest" of=/dev/null bs=1M skip=$SLICE_SKIP_MIB count=$SLICE_MIB 2>/dev/null
@@ -138,20 +145,24 @@ alone_fetched=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[
 log "one node: ${alone_secs}s, upstream $alone_requests requests, $alone_bytes bytes"
 
 # --- many ---------------------------------------------------------------------------
+many_at_once() { # [direct]: N nodes released together; their upstream figures on stdout
+  local i barrier=$WORK/go mark pids=()
+  for i in $(seq 1 "$N"); do node_prepare "$i" "${1:-}"; done
+  rm -f "$barrier"
+  mark=$(log_size)
+  for i in $(seq 1 "$N"); do
+    node_run "$i" "$barrier" &
+    pids+=($!)
+  done
+  sleep 0.5
+  touch "$barrier"
+  for pid in "${pids[@]}"; do wait "$pid" || die "a node failed (see $WORK/node-*/mount.err)"; done
+  upstream_since "$mark"
+}
+NODES_AUTH=$LAZYIMG_TEST_AUTH_FILE
+read -r direct_requests direct_bytes < <(many_at_once direct)
 nginx_start
-for i in $(seq 1 "$N"); do node_prepare "$i"; done
-barrier=$WORK/go
-rm -f "$barrier"
-mark=$(log_size)
-pids=()
-for i in $(seq 1 "$N"); do
-  node_run "$i" "$barrier" &
-  pids+=($!)
-done
-sleep 0.5
-touch "$barrier"
-for pid in "${pids[@]}"; do wait "$pid" || die "a node failed (see $WORK/node-*/mount.err)"; done
-read -r many_requests many_bytes < <(upstream_since "$mark")
+read -r many_requests many_bytes < <(many_at_once)
 read -r hits misses < <(cache_counts)
 secs=$(for i in $(seq 1 "$N"); do cat "$WORK/node-$i/secs"; echo; done)
 p50=$(median <<<"$secs")
@@ -169,3 +180,5 @@ printf '  %2d nodes, start p50 / slowest  %6.3f s / %.3f s   (%.2fx / %.2fx one 
 printf '  upstream for %2d nodes           %d requests, %d bytes: %.2fx one node alone (nodes fetched %d bytes from nginx)\n' \
   "$N" "$many_requests" "$many_bytes" "$(ratio "$many_bytes" "$alone_bytes")" "$fetched_total"
 printf '  nginx cache                    %d hits, %d misses\n' "$hits" "$misses"
+printf '  without the cache, %2d nodes     %d requests, %d bytes upstream: %.2fx one node alone\n' \
+  "$N" "$direct_requests" "$direct_bytes" "$(ratio "$direct_bytes" "$alone_bytes")"
