@@ -64,6 +64,9 @@ pub struct ChunkFetcher {
 }
 
 struct Engine {
+    /// Joined when the engine goes, so chunks verified just before an
+    /// unmount still reach the store (and the shared cache).
+    writer: Option<std::thread::JoinHandle<()>>,
     shared: Arc<Shared>,
     source: Arc<dyn RangeSource>,
     options: LazyOptions,
@@ -142,11 +145,12 @@ impl ChunkFetcher {
             shared_cache: options.shared_cache.as_deref().map(SharedCache::new),
         });
         let writer = Arc::clone(&shared);
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("lazyimg-chunk-writer".into())
             .spawn(move || writer.store_queued())
             .map_err(spawn_error)?;
         let engine = Engine {
+            writer: Some(writer),
             decoders: Workers::new("lazyimg-decode", options.workers).map_err(spawn_error)?,
             background: Workers::new("lazyimg-fetch", options.fetchers).map_err(spawn_error)?,
             shared,
@@ -640,8 +644,13 @@ impl ChunkFetcher {
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        // The writer stores what is queued, then exits.
+        // The writer stores what is queued (at most the queue's bytes), then exits.
         self.shared.writes.close();
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            tracing::error!("the chunk writer panicked; some chunks were not cached");
+        }
     }
 }
 

@@ -91,6 +91,7 @@ impl LazyOptions {
                 .map_or(defaults.whole_blob_deadline, |s| {
                     Duration::from_secs(s.max(1))
                 }),
+            shared_cache: config.shared_cache_dir.clone(),
             ..defaults
         }
     }

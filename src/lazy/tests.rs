@@ -452,7 +452,7 @@ fn cached_content_is_ready_while_other_reads_wait_on_the_registry() {
 #[test]
 fn the_lazy_table_sets_the_engine_options() {
     let config = crate::config::Config::parse(
-        "[network]\nread_timeout = 7\n[lazy]\nworkers = 1\nfetchers = 2\nreadahead = \"4MiB\"\nwhole_blob_timeout = 60\n",
+        "shared_cache_dir = \"/shared/lazyimg\"\n[network]\nread_timeout = 7\n[lazy]\nworkers = 1\nfetchers = 2\nreadahead = \"4MiB\"\nwhole_blob_timeout = 60\n",
         std::path::Path::new("/etc/lazyimg/test.toml"),
     )
     .unwrap();
@@ -463,6 +463,10 @@ fn the_lazy_table_sets_the_engine_options() {
     assert_eq!(options.whole_blob_deadline, Duration::from_secs(60));
     assert_eq!(options.read_deadline, Duration::from_secs(7));
     assert_eq!(options.wait_deadline, Duration::from_secs(19));
+    assert_eq!(
+        options.shared_cache.as_deref(),
+        Some(std::path::Path::new("/shared/lazyimg"))
+    );
     let defaults = LazyOptions::from_config(&crate::config::Config::default());
     assert!(defaults.workers >= 1);
     assert_eq!(defaults.readahead, LazyOptions::default().readahead);
