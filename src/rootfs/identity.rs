@@ -98,7 +98,8 @@ pub fn same_content(
     }
     let local =
         |identity: &Option<ContentIdentity>| matches!(identity, Some(ContentIdentity::Tar { .. }));
-    if !fetch && !(local(&a_identity) && local(&b_identity)) {
+    let at_hand = local(&a_identity) && local(&b_identity);
+    if !(fetch || at_hand) {
         return Ok(SameContent::Unknown);
     }
     let mut offset = 0;
