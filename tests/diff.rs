@@ -1,0 +1,230 @@
+//! `lazyimg diff` against a real registry: an image and a rebuild that
+//! changes entries every way a layer can (content, metadata, both, type,
+//! whiteouts, an opaque directory) give exactly those changes; eStargz
+//! images compare without fetching content, and `--no-fetch` marks what
+//! only reading could tell.
+
+mod support;
+
+use std::path::Path;
+
+use support::estargz::build_estargz_layer;
+use support::image::*;
+use support::registry::Registry;
+use support::testenv::{Lazyimg, build_layout_from_layers, testenv};
+use support::tools::push_layout;
+
+/// The layer both images start with.
+fn base() -> LayerSpec {
+    LayerSpec::new(vec![
+        dir("dev"),
+        char_dev("dev/null", 1, 3),
+        dir("dir2file"),
+        file("dir2file/inner", "i"),
+        dir("etc"),
+        file("etc/both", "bb"),
+        file("etc/caps", "c"),
+        file("etc/content", "aaaa"),
+        file("etc/gone", "x"),
+        file("etc/keep", "same"),
+        file("etc/meta", "m"),
+        file("etc/mtime", "t"),
+        file("etc/owned", "o"),
+        file("file2dir", "f"),
+        file("file2link", "l"),
+        symlink("link2file", "etc/keep"),
+        dir("opq"),
+        file("opq/kept", "k"),
+        file("opq/old", "o"),
+        symlink("retarget", "etc/keep"),
+    ])
+}
+
+/// The rebuild's own layer, over [`base`].
+fn rebuild() -> LayerSpec {
+    LayerSpec::new(vec![
+        char_dev("dev/null", 1, 5),
+        whiteout("dir2file"),
+        file("dir2file", "d"),
+        file("etc/both", "bbb").mode(0o600),
+        file("etc/caps", "c").xattr("security.capability", [1, 0, 0, 2]),
+        file("etc/content", "bbbb"),
+        whiteout("etc/gone"),
+        file("etc/meta", "m").mode(0o600),
+        file("etc/mtime", "t").mtime(5),
+        file("etc/owned", "o").owner(1000, 1000),
+        whiteout("file2dir"),
+        dir("file2dir"),
+        file("file2dir/x", "x"),
+        whiteout("file2link"),
+        symlink("file2link", "etc/keep"),
+        whiteout("link2file"),
+        file("link2file", "z"),
+        dir("new"),
+        file("new/file", "n"),
+        opaque("opq"),
+        file("opq/kept", "k"),
+        symlink("retarget", "etc/meta"),
+    ])
+}
+
+/// Every change from [`base`] to the rebuild, and nothing else.
+const CHANGES: &[&str] = &[
+    "M /dev/null (device)",
+    "M /dir2file (type, mode)",
+    "D /dir2file/inner",
+    "M /etc/both (mode, size, content)",
+    "M /etc/caps (xattrs)",
+    "M /etc/content (content)",
+    "D /etc/gone",
+    "M /etc/meta (mode)",
+    "T /etc/mtime (mtime)",
+    "M /etc/owned (owner)",
+    "M /file2dir (type, mode)",
+    "A /file2dir/x",
+    "M /file2link (type, mode)",
+    "M /link2file (type, mode)",
+    "A /new",
+    "A /new/file",
+    "D /opq/old",
+    "M /retarget (target)",
+];
+
+/// Two images on a logging registry: `a` of the base layer alone, `b` of
+/// it and the rebuild's layer; the mark is the log's length once both were
+/// pushed (and indexed).
+struct Pair {
+    registry: Registry,
+    a: String,
+    b: String,
+    layers: Vec<String>,
+}
+
+fn push_pair(work: &Path, base: BuiltLayer, top: BuiltLayer, index: bool) -> Pair {
+    let registry = Registry::start_logging().unwrap();
+    let layers = vec![base.digest.clone(), top.digest.clone()];
+    let mut refs = Vec::new();
+    for (tag, built) in [("a", vec![base.clone()]), ("b", vec![base, top])] {
+        let spec = ImageSpec::new(Vec::new());
+        let (layout, _) = build_layout_from_layers(&work.join(tag), &spec, &built, tag);
+        let reference = registry.reference(&format!("diff/img:{tag}"));
+        push_layout(&layout.dir, tag, &reference, registry.push_opts()).unwrap();
+        if index {
+            lazyimg_for(&registry)
+                .run(&["index", "--push", &reference])
+                .ok();
+        }
+        refs.push(reference);
+    }
+    let b = refs.pop().unwrap();
+    let a = refs.pop().unwrap();
+    Pair {
+        registry,
+        a,
+        b,
+        layers,
+    }
+}
+
+fn lazyimg_for(registry: &Registry) -> Lazyimg {
+    let config = format!(
+        "[[registry]]\nprefix = {:?}\ninsecure = true\n",
+        registry.addr
+    );
+    Lazyimg::with_config(testenv(), &config)
+}
+
+fn lines(stdout: &str) -> Vec<&str> {
+    stdout.lines().collect()
+}
+
+/// Layer blob requests in the registry's log after `mark` bytes.
+fn layer_gets(pair: &Pair, mark: usize) -> Vec<String> {
+    // The log is on, and the diff asked for the manifests: no empty check.
+    let since = pair.registry.log()[mark..].to_string();
+    assert!(since.contains("\"GET /v2/diff/img/manifests/"), "{since}");
+    pair.layers
+        .iter()
+        .flat_map(|digest| pair.registry.blob_gets(digest, mark))
+        .collect()
+}
+
+#[test]
+fn diff_of_a_rebuild_lists_every_change_and_nothing_else() {
+    let work = tempfile::tempdir().unwrap();
+    let gzip = |spec: LayerSpec| build_layer(&spec.compression(Compression::Gzip));
+    let pair = push_pair(work.path(), gzip(base()), gzip(rebuild()), true);
+    let lazyimg = lazyimg_for(&pair.registry);
+    let out = lazyimg.run(&["diff", &pair.a, &pair.b]).ok();
+    assert_eq!(lines(&out.stdout()), CHANGES);
+
+    // The same, one JSON object per line; b→a reverses additions and removals.
+    let json = lazyimg.run(&["diff", "--json", &pair.a, &pair.b]).ok();
+    let objects: Vec<serde_json::Value> = json
+        .stdout()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(objects.len(), CHANGES.len());
+    let both = &objects[3];
+    assert_eq!(both["path"], "/etc/both");
+    assert_eq!(both["status"], "M");
+    assert_eq!(
+        both["changes"],
+        serde_json::json!(["mode", "size", "content"])
+    );
+    assert_eq!(
+        (both["a"]["mode"].as_u64(), both["b"]["mode"].as_u64()),
+        (Some(0o644), Some(0o600))
+    );
+    assert!(objects[2]["b"].is_null() && objects[2]["a"]["type"] == "file");
+    let back = lazyimg.run(&["diff", &pair.b, &pair.a]).ok();
+    let flipped: Vec<String> = CHANGES
+        .iter()
+        .map(|l| match l.split_at(2) {
+            ("A ", path) => format!("D {path}"),
+            ("D ", path) => format!("A {path}"),
+            _ => l.to_string(),
+        })
+        .collect();
+    assert_eq!(lines(&back.stdout()), flipped);
+
+    // Under a path, and without fetching: files of the rebuild's layer
+    // compare only by reading (gzip spans are cut anywhere), so they are
+    // "maybe changed"; files of the shared layer are the same unread.
+    let mark = pair.registry.log().len();
+    let fresh = lazyimg_for(&pair.registry);
+    let out = fresh
+        .run(&["diff", "--no-fetch", &pair.a, &pair.b, "etc"])
+        .ok();
+    assert_eq!(
+        lines(&out.stdout()),
+        [
+            "M /etc/both (mode, size, content)",
+            "M /etc/caps (xattrs, content?)",
+            "? /etc/content (content?)",
+            "D /etc/gone",
+            "M /etc/meta (mode, content?)",
+            "? /etc/mtime (content?; mtime)",
+            "M /etc/owned (owner, content?)",
+        ]
+    );
+    assert_eq!(layer_gets(&pair, mark), Vec::<String>::new());
+}
+
+#[test]
+fn diff_of_estargz_images_fetches_no_content() {
+    let work = tempfile::tempdir().unwrap();
+    let estargz = |spec: LayerSpec| build_estargz_layer(&spec, 4);
+    let pair = push_pair(work.path(), estargz(base()), estargz(rebuild()), false);
+    let lazyimg = lazyimg_for(&pair.registry);
+    // Tables of contents are metadata, read from the blobs' ends: fetch
+    // them first, so that what the diff asks for afterwards is its own.
+    for reference in [&pair.a, &pair.b] {
+        lazyimg.run(&["ls", "-R", reference]).ok();
+    }
+    let mark = pair.registry.log().len();
+    let out = lazyimg.run(&["diff", &pair.a, &pair.b]).ok();
+    assert_eq!(lines(&out.stdout()), CHANGES);
+    assert_eq!(layer_gets(&pair, mark), Vec::<String>::new());
+}
