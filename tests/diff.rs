@@ -11,7 +11,7 @@ use std::path::Path;
 use support::estargz::build_estargz_layer;
 use support::image::*;
 use support::registry::Registry;
-use support::testenv::{Lazyimg, build_layout_from_layers, testenv};
+use support::testenv::{Lazyimg, build_layout_from_layers};
 use support::tools::push_layout;
 
 /// The layer both images start with.
@@ -110,7 +110,7 @@ fn push_pair(work: &Path, base: BuiltLayer, top: BuiltLayer, index: bool) -> Pai
         let reference = registry.reference(&format!("diff/img:{tag}"));
         push_layout(&layout.dir, tag, &reference, registry.push_opts()).unwrap();
         if index {
-            lazyimg_for(&registry)
+            Lazyimg::for_registry(&registry)
                 .run(&["index", "--push", &reference])
                 .ok();
         }
@@ -124,14 +124,6 @@ fn push_pair(work: &Path, base: BuiltLayer, top: BuiltLayer, index: bool) -> Pai
         b,
         layers,
     }
-}
-
-fn lazyimg_for(registry: &Registry) -> Lazyimg {
-    let config = format!(
-        "[[registry]]\nprefix = {:?}\ninsecure = true\n",
-        registry.addr
-    );
-    Lazyimg::with_config(testenv(), &config)
 }
 
 fn lines(stdout: &str) -> Vec<&str> {
@@ -151,7 +143,7 @@ fn diff_of_a_rebuild_lists_every_change_and_nothing_else() {
     let work = tempfile::tempdir().unwrap();
     let gzip = |spec: LayerSpec| build_layer(&spec.compression(Compression::Gzip));
     let pair = push_pair(work.path(), gzip(base()), gzip(rebuild()), true);
-    let lazyimg = lazyimg_for(&pair.registry);
+    let lazyimg = Lazyimg::for_registry(&pair.registry);
     let out = lazyimg.run(&["diff", &pair.a, &pair.b]).ok();
     assert_eq!(lines(&out.stdout()), CHANGES);
 
@@ -190,7 +182,7 @@ fn diff_of_a_rebuild_lists_every_change_and_nothing_else() {
     // compare only by reading (gzip spans are cut anywhere), so they are
     // "maybe changed"; files of the shared layer are the same unread.
     let mark = pair.registry.log().len();
-    let fresh = lazyimg_for(&pair.registry);
+    let fresh = Lazyimg::for_registry(&pair.registry);
     let out = fresh
         .run(&["diff", "--no-fetch", &pair.a, &pair.b, "etc"])
         .ok();
@@ -214,7 +206,7 @@ fn diff_of_estargz_images_fetches_no_content() {
     let work = tempfile::tempdir().unwrap();
     let estargz = |spec: LayerSpec| build_estargz_layer(&spec, 4);
     let pair = push_pair(work.path(), estargz(base()), estargz(rebuild()), false);
-    let lazyimg = lazyimg_for(&pair.registry);
+    let lazyimg = Lazyimg::for_registry(&pair.registry);
     // Tables of contents are metadata, read from the blobs' ends: fetch
     // them first, so that what the diff asks for afterwards is its own.
     let before = pair.registry.log().len();

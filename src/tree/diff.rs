@@ -7,8 +7,9 @@
 //! sizes are the only case it asks about.
 
 use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 
+use super::walk::child_path;
 use super::{ContentLocation, FileType, Ino, Inode, InodeKind, Tree};
 
 /// Whether two files of equal size hold the same bytes, as far as is known.
@@ -135,7 +136,11 @@ impl Tree {
             // off it (and out) in name order, each before its own children.
             let mut visits = merge(a_children.unwrap_or(&[]), b_children.unwrap_or(&[]));
             visits.reverse();
-            stack.extend(visits.into_iter().map(|(name, v)| (child(&path, name), v)));
+            stack.extend(
+                visits
+                    .into_iter()
+                    .map(|(name, v)| (child_path(&path, name), v)),
+            );
             if let Some(kind) = kind {
                 emit(Change { path, kind })?;
             }
@@ -171,16 +176,6 @@ fn merge<'t>(a: &'t [super::DirEntry], b: &'t [super::DirEntry]) -> Vec<(&'t OsS
         }
     }
     out
-}
-
-/// `name` under `path`, as [`Tree::walk`] joins them.
-fn child(path: &OsStr, name: &OsStr) -> OsString {
-    let mut joined = path.as_bytes().to_vec();
-    if !joined.is_empty() && !joined.ends_with(b"/") {
-        joined.push(b'/');
-    }
-    joined.extend_from_slice(name.as_bytes());
-    OsString::from_vec(joined)
 }
 
 /// The attributes in which `a` and `b` differ, and whether their content is
