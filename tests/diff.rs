@@ -1,8 +1,8 @@
 //! `lazyimg diff` against a real registry: an image and a rebuild that
 //! changes entries every way a layer can (content, metadata, both, type,
-//! whiteouts, an opaque directory) give exactly those changes; eStargz
-//! images compare without fetching content, and `--no-fetch` marks what
-//! only reading could tell.
+//! whiteouts, an opaque directory) give exactly those changes; eStargz and
+//! zstd:chunked images compare without fetching content, and `--no-fetch`
+//! marks what only reading could tell.
 
 mod support;
 
@@ -13,6 +13,7 @@ use support::image::*;
 use support::registry::Registry;
 use support::testenv::{Lazyimg, build_layout_from_layers};
 use support::tools::push_layout;
+use support::zstd_chunked::convert_to_zstd_chunked;
 
 /// The layer both images start with.
 fn base() -> LayerSpec {
@@ -91,8 +92,7 @@ const CHANGES: &[&str] = &[
 ];
 
 /// Two images on a logging registry: `a` of the base layer alone, `b` of
-/// it and the rebuild's layer; the mark is the log's length once both were
-/// pushed (and indexed).
+/// it and the rebuild's layer, and every layer blob's digest.
 struct Pair {
     registry: Registry,
     a: String,
@@ -100,22 +100,55 @@ struct Pair {
     layers: Vec<String>,
 }
 
-fn push_pair(work: &Path, base: BuiltLayer, top: BuiltLayer, index: bool) -> Pair {
+/// How a pair's layers are stored.
+#[derive(Clone, Copy, PartialEq)]
+enum Form {
+    /// gzip, with a lazyimg index pushed for each image.
+    GzipIndexed,
+    /// eStargz, chunks of at most 4 bytes.
+    Estargz,
+    /// Converted to zstd:chunked by skopeo.
+    ZstdChunked,
+}
+
+fn push_pair(work: &Path, form: Form) -> Pair {
+    let build = |spec: LayerSpec| match form {
+        Form::Estargz => build_estargz_layer(&spec, 4),
+        _ => build_layer(&spec.compression(Compression::Gzip)),
+    };
+    let (base, top) = (build(base()), build(rebuild()));
     let registry = Registry::start_logging().unwrap();
-    let layers = vec![base.digest.clone(), top.digest.clone()];
     let mut refs = Vec::new();
+    let mut layers = Vec::new();
     for (tag, built) in [("a", vec![base.clone()]), ("b", vec![base, top])] {
         let spec = ImageSpec::new(Vec::new());
-        let (layout, _) = build_layout_from_layers(&work.join(tag), &spec, &built, tag);
+        let (layout, image) = build_layout_from_layers(&work.join(tag), &spec, &built, tag);
+        let (dir, digests) = match form {
+            Form::ZstdChunked => {
+                let converted =
+                    convert_to_zstd_chunked(&layout.dir, tag, &work.join(format!("{tag}-zstd")))
+                        .unwrap();
+                let digests = converted.layers.iter().map(|l| l.digest.clone()).collect();
+                (converted.layout_dir, digests)
+            }
+            _ => (
+                layout.dir,
+                image.layers.iter().map(|l| l.digest.clone()).collect(),
+            ),
+        };
+        layers.extend::<Vec<String>>(digests);
         let reference = registry.reference(&format!("diff/img:{tag}"));
-        push_layout(&layout.dir, tag, &reference, registry.push_opts()).unwrap();
-        if index {
+        push_layout(&dir, tag, &reference, registry.push_opts()).unwrap();
+        if form == Form::GzipIndexed {
             Lazyimg::for_registry(&registry)
                 .run(&["index", "--push", &reference])
                 .ok();
         }
         refs.push(reference);
     }
+    // The base layer is both images'.
+    layers.sort();
+    layers.dedup();
     let b = refs.pop().unwrap();
     let a = refs.pop().unwrap();
     Pair {
@@ -141,8 +174,7 @@ fn layer_gets(pair: &Pair, mark: usize) -> Vec<String> {
 #[test]
 fn diff_of_a_rebuild_lists_every_change_and_nothing_else() {
     let work = tempfile::tempdir().unwrap();
-    let gzip = |spec: LayerSpec| build_layer(&spec.compression(Compression::Gzip));
-    let pair = push_pair(work.path(), gzip(base()), gzip(rebuild()), true);
+    let pair = push_pair(work.path(), Form::GzipIndexed);
     let lazyimg = Lazyimg::for_registry(&pair.registry);
     let out = lazyimg.run(&["diff", &pair.a, &pair.b]).ok();
     assert_eq!(lines(&out.stdout()), CHANGES);
@@ -201,11 +233,12 @@ fn diff_of_a_rebuild_lists_every_change_and_nothing_else() {
     assert_eq!(layer_gets(&pair, mark), Vec::<String>::new());
 }
 
-#[test]
-fn diff_of_estargz_images_fetches_no_content() {
+/// For images whose layers carry chunk digests (eStargz, zstd:chunked) the
+/// diff reads no content: the same changes with or without `--no-fetch`, and
+/// no layer blob request once the tables of contents are cached.
+fn diff_fetches_no_content(form: Form) {
     let work = tempfile::tempdir().unwrap();
-    let estargz = |spec: LayerSpec| build_estargz_layer(&spec, 4);
-    let pair = push_pair(work.path(), estargz(base()), estargz(rebuild()), false);
+    let pair = push_pair(work.path(), form);
     let lazyimg = Lazyimg::for_registry(&pair.registry);
     // Tables of contents are metadata, read from the blobs' ends: fetch
     // them first, so that what the diff asks for afterwards is its own.
@@ -220,8 +253,18 @@ fn diff_of_estargz_images_fetches_no_content() {
     let mark = pair.registry.log().len();
     let out = lazyimg.run(&["diff", &pair.a, &pair.b]).ok();
     assert_eq!(lines(&out.stdout()), CHANGES);
-    assert_eq!(layer_gets(&pair, mark), Vec::<String>::new());
     // Chunk digests told every file apart: not one is left to reading.
     let unread = lazyimg.run(&["diff", "--no-fetch", &pair.a, &pair.b]).ok();
     assert_eq!(lines(&unread.stdout()), CHANGES);
+    assert_eq!(layer_gets(&pair, mark), Vec::<String>::new());
+}
+
+#[test]
+fn diff_of_estargz_images_fetches_no_content() {
+    diff_fetches_no_content(Form::Estargz);
+}
+
+#[test]
+fn diff_of_zstd_chunked_images_fetches_no_content() {
+    diff_fetches_no_content(Form::ZstdChunked);
 }
