@@ -20,7 +20,8 @@ const PIECE: usize = 1 << 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ContentIdentity {
     /// `size` bytes at `offset` of the uncompressed layer tar whose sha256 is
-    /// `diff_id`: a layer both images share, read from the same place.
+    /// `diff_id`, held in the cache (so reading it costs no request): equal
+    /// for a file of a layer both images share.
     Tar {
         diff_id: Digest,
         offset: u64,
@@ -75,10 +76,10 @@ impl ContentIdentity {
 
 /// Whether the file at `a` of `a_content` and the file at `b` of `b_content`,
 /// of equal size, hold the same bytes. Decided by their identities where
-/// those tell; else by reading both, verified, through the content readers,
-/// from the first differing piece on nothing more is read. Without `fetch`,
-/// only files of layers whose tar is at hand are read (reading those costs
-/// no request) and the answer is otherwise [`SameContent::Unknown`].
+/// those tell; else by reading both through the content readers (verified,
+/// as `cat` reads), a piece of each at a time, stopping at the first piece
+/// that differs. Without `fetch`, only files of cached tars are read and the
+/// answer is otherwise [`SameContent::Unknown`].
 pub fn same_content(
     a_content: &dyn ContentReader,
     a: &ContentLocation,
