@@ -12,7 +12,7 @@ use std::process::Command;
 use support::image::*;
 use support::listing::listing;
 use support::registry::Registry;
-use support::testenv::{Lazyimg, Mounted, build_layout, run, testenv};
+use support::testenv::{Lazyimg, Mounted, build_layout, run};
 use support::tools::{push_layout, unpack_with_umoci};
 
 /// The unprivileged user `scripts/setup-runtimes.sh` creates.
@@ -41,7 +41,7 @@ fn indexed_torture_image() -> Indexed {
     );
     let reference = registry.reference("browse/torture:gz");
     push_layout(&layout.dir, "gz", &reference, registry.push_opts()).unwrap();
-    lazyimg_for(&registry)
+    Lazyimg::for_registry(&registry)
         .run(&["index", "--push", &reference])
         .ok();
     let unpacked = tempfile::tempdir().unwrap();
@@ -56,14 +56,6 @@ fn indexed_torture_image() -> Indexed {
         unpacked,
         log_mark,
     }
-}
-
-fn lazyimg_for(registry: &Registry) -> Lazyimg {
-    let config = format!(
-        "[[registry]]\nprefix = {:?}\ninsecure = true\n",
-        registry.addr
-    );
-    Lazyimg::with_config(testenv(), &config)
 }
 
 /// Registry log lines that fetched one of the image's layer blobs since the
@@ -161,7 +153,7 @@ fn without_content(lines: Vec<String>) -> Vec<String> {
 #[test]
 fn ls_lists_the_image_like_its_mount_from_metadata_alone() {
     let indexed = indexed_torture_image();
-    let lazyimg = lazyimg_for(&indexed.registry);
+    let lazyimg = Lazyimg::for_registry(&indexed.registry);
     let out = lazyimg
         .run(&["ls", "-l", "-R", "--json", &indexed.reference])
         .ok();
@@ -177,7 +169,7 @@ fn ls_lists_the_image_like_its_mount_from_metadata_alone() {
     );
     let from_ls = json_listing(&out.stdout());
 
-    let mounter = lazyimg_for(&indexed.registry);
+    let mounter = Lazyimg::for_registry(&indexed.registry);
     let mounted = Mounted::new(&mounter, &indexed.reference, &[]);
     let from_mount = without_content(listing(&mounted.path).unwrap());
     assert_eq!(from_ls, from_mount);
@@ -272,7 +264,7 @@ fn gnu_find(root: &Path, tests: &[&str]) -> Vec<String> {
 #[test]
 fn find_answers_as_gnu_find_over_the_unpacked_image() {
     let indexed = indexed_torture_image();
-    let lazyimg = lazyimg_for(&indexed.registry);
+    let lazyimg = Lazyimg::for_registry(&indexed.registry);
     let rootfs = indexed.unpacked.path().join("bundle/rootfs");
     for (ours, theirs) in [
         (vec!["--setuid"], vec!["-perm", "/6000"]),
@@ -313,8 +305,8 @@ fn find_answers_as_gnu_find_over_the_unpacked_image() {
 #[test]
 fn cat_resolves_symlinks_inside_the_image_and_names_missing_files() {
     let indexed = indexed_torture_image();
-    let lazyimg = lazyimg_for(&indexed.registry);
-    let mounter = lazyimg_for(&indexed.registry);
+    let lazyimg = Lazyimg::for_registry(&indexed.registry);
+    let mounter = Lazyimg::for_registry(&indexed.registry);
     let mounted = Mounted::new(&mounter, &indexed.reference, &[]);
     // Every symlink to a regular file in the image: cat through it equals the
     // image's own file at the link's target. An absolute target is taken from

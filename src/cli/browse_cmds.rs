@@ -1,6 +1,7 @@
-//! `lazyimg ls`, `cat` and `find`: an image's tree read without a mount (no
-//! FUSE, no root). Listings come from metadata alone; `cat` fetches only the
-//! files it prints, verified as a mount would.
+//! `lazyimg ls`, `cat`, `find` and `diff`: an image's tree read without a
+//! mount (no FUSE, no root). Listings come from metadata alone; `cat` fetches
+//! only the files it prints, verified as a mount would; `diff` fetches only
+//! files whose bytes nothing else tells apart.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io::Write;
@@ -16,8 +17,10 @@ use super::mount_cmds::prepare;
 use super::{Context, RegistryArgs};
 use crate::mount;
 use crate::pull::PullPolicy;
-use crate::rootfs::RootFs;
-use crate::tree::{FileType, FindQuery, Ino, Inode, InodeKind, SizeTest, Tree};
+use crate::rootfs::{RootFs, same_content};
+use crate::tree::{
+    Attribute, Change, ChangeKind, FileType, FindQuery, Ino, Inode, InodeKind, SizeTest, Tree,
+};
 
 /// Bytes `cat` asks the content reader for at once.
 const CAT_PIECE: usize = 1 << 20;
@@ -80,6 +83,26 @@ pub(super) struct FindArgs {
     /// One JSON object per line, as `lazyimg ls --json` prints them.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct DiffArgs {
+    /// The image compared from.
+    reference_a: String,
+    /// The image compared to.
+    reference_b: String,
+    /// Where to compare inside both images (default: their roots).
+    path: Option<OsString>,
+    /// One JSON object per line: status, path, changes, content_unknown,
+    /// mtime, and the entry in each image (`a`, `b`) as `ls --json` prints it.
+    #[arg(long)]
+    json: bool,
+    /// Fetch no file content: files that only reading could tell apart are
+    /// reported as maybe changed (`?`).
+    #[arg(long)]
+    no_fetch: bool,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -165,6 +188,137 @@ pub(super) async fn find(ctx: &Context, args: FindArgs) -> anyhow::Result<ExitCo
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn diff(ctx: &Context, args: DiffArgs) -> anyhow::Result<ExitCode> {
+    let a = open(ctx, &args.reference_a, &args.registry).await?;
+    let b = open(ctx, &args.reference_b, &args.registry).await?;
+    let path = args.path.unwrap_or_default();
+    let a_start = a
+        .tree
+        .resolve_in_image(&path, true)
+        .with_context(|| format!("in {}", args.reference_a))?;
+    let b_start = b
+        .tree
+        .resolve_in_image(&path, true)
+        .with_context(|| format!("in {}", args.reference_b))?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    // Comparing content may wait on the network through this runtime.
+    tokio::task::block_in_place(|| {
+        a.tree.diff(
+            a_start,
+            &b.tree,
+            b_start,
+            &display_root(&path),
+            |x, y| {
+                Ok(same_content(
+                    &*a.content,
+                    x,
+                    &*b.content,
+                    y,
+                    !args.no_fetch,
+                )?)
+            },
+            |change| {
+                let line = match args.json {
+                    true => change_json(&change, &a.tree, &b.tree).to_string(),
+                    false => change_line(&change),
+                };
+                writeln!(out, "{line}").map_err(anyhow::Error::from)
+            },
+        )
+    })?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// How `diff` reports one change.
+struct Status {
+    /// `A` added, `D` removed, `M` changed, `?` perhaps changed in content
+    /// only (not fetched), `T` only the mtime changed.
+    letter: char,
+    /// The attributes that differ, mtime aside.
+    changes: Vec<&'static str>,
+    /// The content may differ: only reading it could tell.
+    content_unknown: bool,
+    /// The mtime differs too (rebuilds change it on their own).
+    mtime: bool,
+}
+
+impl Status {
+    fn of(change: &Change) -> Status {
+        let (letter, differ, content_unknown) = match &change.kind {
+            ChangeKind::Added(_) => ('A', &[][..], false),
+            ChangeKind::Removed(_) => ('D', &[][..], false),
+            ChangeKind::Changed {
+                differ,
+                content_unknown,
+                ..
+            } => ('M', &differ[..], *content_unknown),
+        };
+        let changes: Vec<&str> = differ
+            .iter()
+            .filter(|&&a| a != Attribute::Mtime)
+            .map(|a| a.name())
+            .collect();
+        let letter = match (letter, changes.is_empty(), content_unknown) {
+            ('M', true, true) => '?',
+            ('M', true, false) => 'T',
+            _ => letter,
+        };
+        Status {
+            letter,
+            changes,
+            content_unknown,
+            mtime: differ.contains(&Attribute::Mtime),
+        }
+    }
+}
+
+/// `A PATH`, `D PATH`, `M PATH (mode, content; mtime)`, `? PATH (content?)`,
+/// `T PATH (mtime)`: the changes, then `content?`, then mtime after a `;`.
+fn change_line(change: &Change) -> String {
+    let status = Status::of(change);
+    let mut names = status.changes.clone();
+    if status.content_unknown {
+        names.push("content?");
+    }
+    let mut named = names.join(", ");
+    if status.mtime {
+        named.push_str(if named.is_empty() { "mtime" } else { "; mtime" });
+    }
+    let path = change.path.to_string_lossy();
+    match named.is_empty() {
+        true => format!("{} {path}", status.letter),
+        false => format!("{} {path} ({named})", status.letter),
+    }
+}
+
+/// One change as `diff --json` prints it (the README documents the schema).
+fn change_json(change: &Change, a: &Tree, b: &Tree) -> serde_json::Value {
+    let status = Status::of(change);
+    let mut value = json!({
+        "status": status.letter.to_string(),
+        "changes": status.changes,
+        "content_unknown": status.content_unknown,
+        "mtime": status.mtime,
+    });
+    match change.path.to_str() {
+        Some(text) => value["path"] = json!(text),
+        None => value["path_hex"] = json!(hex::encode(change.path.as_bytes())),
+    }
+    let (a_ino, b_ino) = match change.kind {
+        ChangeKind::Added(ino) => (None, Some(ino)),
+        ChangeKind::Removed(ino) => (Some(ino), None),
+        ChangeKind::Changed { a, b, .. } => (Some(a), Some(b)),
+    };
+    for (side, tree, ino) in [("a", a, a_ino), ("b", b, b_ino)] {
+        if let Some(ino) = ino {
+            let inode = tree.attr(ino).expect("changed inodes exist");
+            value[side] = entry_json(&change.path, ino, inode);
+        }
+    }
+    value
 }
 
 /// The image `reference`, approved, prepared (metadata only) and opened.
@@ -325,6 +479,36 @@ mod tests {
         assert_eq!(parse_date("1970-01-02").unwrap().secs, 86_400);
         assert_eq!(parse_date("1970-01-01T00:01:00Z").unwrap().secs, 60);
         assert!(parse_date("yesterday").is_err());
+    }
+
+    #[test]
+    fn changes_print_their_letter_and_names_mtime_last() {
+        let changed = |differ: Vec<Attribute>, content_unknown| Change {
+            path: OsString::from("/etc/x"),
+            kind: ChangeKind::Changed {
+                a: 2,
+                b: 2,
+                differ,
+                content_unknown,
+            },
+        };
+        let line = |change: Change| change_line(&change);
+        use Attribute::{Content, Mode, Mtime};
+        assert_eq!(
+            line(changed(vec![Mode, Content, Mtime], false)),
+            "M /etc/x (mode, content; mtime)"
+        );
+        assert_eq!(line(changed(vec![Mode], true)), "M /etc/x (mode, content?)");
+        assert_eq!(
+            line(changed(vec![Mtime], true)),
+            "? /etc/x (content?; mtime)"
+        );
+        assert_eq!(line(changed(vec![Mtime], false)), "T /etc/x (mtime)");
+        let added = Change {
+            path: OsString::from("/new"),
+            kind: ChangeKind::Added(3),
+        };
+        assert_eq!(line(added), "A /new");
     }
 
     #[test]

@@ -89,6 +89,13 @@ enum Command {
         lazyimg find ghcr.io/alice/tool:1.0 / --xattr security.capability\n  \
         lazyimg find ghcr.io/alice/tool:1.0 /data --type f --size +100M --json")]
     Find(browse_cmds::FindArgs),
+    /// Compare two images' trees: entries added, removed and changed, with
+    /// the changed attributes named; content compared by digest where the
+    /// images' metadata allows, else fetched (not with --no-fetch).
+    #[command(after_help = "Examples:\n  \
+        lazyimg diff ghcr.io/alice/tool:1.0 ghcr.io/alice/tool:1.1\n  \
+        lazyimg diff --no-fetch --json ghcr.io/alice/tool:1.0 ghcr.io/alice/tool:1.1 /etc")]
+    Diff(browse_cmds::DiffArgs),
     /// Mount an image's merged root filesystem read-only; file contents are
     /// fetched when first read.
     #[command(after_help = "Examples:\n  \
@@ -311,6 +318,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ls(args) => runtime.block_on(browse_cmds::ls(&ctx, args)),
         Command::Cat(args) => runtime.block_on(browse_cmds::cat(&ctx, args)),
         Command::Find(args) => runtime.block_on(browse_cmds::find(&ctx, args)),
+        Command::Diff(args) => runtime.block_on(browse_cmds::diff(&ctx, args)),
         Command::Mount(args) => runtime.block_on(mount_cmds::mount(&ctx, args)),
         Command::Umount(args) => mount_cmds::umount(args),
         Command::LayerStore(args) => runtime.block_on(layer_store_cmd::layer_store(&ctx, args)),

@@ -25,8 +25,9 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use crate::config::Config;
+use crate::digest::Digest;
 use crate::error::{ReadError, Result};
-use crate::rootfs::{ContentReader, Stats};
+use crate::rootfs::{ContentIdentity, ContentReader, Stats};
 use crate::store::Blob;
 use crate::tree::ContentLocation;
 pub use fetch::{ChunkFetcher, LazyBlob};
@@ -116,8 +117,9 @@ impl Default for LazyOptions {
 
 /// Where one layer's content lives.
 pub enum LayerContent {
-    /// The verified uncompressed tar is in the store: content space = tar offsets.
-    Unpacked(Blob),
+    /// The verified uncompressed tar is in the store: content space = tar
+    /// offsets; `diff_id` is its sha256.
+    Unpacked { tar: Blob, diff_id: Digest },
     /// Fetched on demand.
     Chunked(Arc<LazyBlob>),
 }
@@ -255,7 +257,9 @@ impl ImageContent {
     ) -> Result<Option<Bytes>> {
         let range = Self::content_range(location, offset, len);
         let bytes = match &self.layers[location.layer as usize] {
-            LayerContent::Unpacked(tar) => tar.slice(range.start as usize..range.end as usize),
+            LayerContent::Unpacked { tar, .. } => {
+                tar.slice(range.start as usize..range.end as usize)
+            }
             LayerContent::Chunked(blob) if range.start < range.end => {
                 match self.read_chunked(blob, location, range, ready_only)? {
                     Some(bytes) => bytes,
@@ -278,6 +282,24 @@ impl ImageContent {
         let sequential = range.start.abs_diff(*end) <= SEQUENTIAL_SLACK;
         *end = (*end).max(range.end);
         sequential
+    }
+
+    /// The identity of content `range` of `blob`: the chunks holding it, if
+    /// they hold all of it without gaps.
+    fn chunks_identity(blob: &LazyBlob, range: &Range<u64>) -> Option<ContentIdentity> {
+        let chunks = &blob.chunks[Self::chunk_range(blob, range)];
+        let first = chunks.first()?;
+        let contiguous = chunks
+            .windows(2)
+            .all(|w| w[0].content_offset + w[0].content_size == w[1].content_offset);
+        let last = chunks.last()?;
+        let covered = first.content_offset <= range.start
+            && last.content_offset + last.content_size >= range.end;
+        (contiguous && covered).then(|| ContentIdentity::Chunks {
+            skip: range.start - first.content_offset,
+            size: range.end - range.start,
+            chunks: chunks.iter().map(|c| (c.digest, c.content_size)).collect(),
+        })
     }
 
     /// Checks the chunks covered the whole range: a gap means a broken map.
@@ -307,6 +329,18 @@ impl ContentReader for ImageContent {
         len: usize,
     ) -> Option<Result<Bytes>> {
         self.read_layer(location, offset, len, true).transpose()
+    }
+
+    fn identity(&self, location: &ContentLocation) -> Option<ContentIdentity> {
+        let range = location.offset..location.offset + location.size;
+        match &self.layers[location.layer as usize] {
+            LayerContent::Unpacked { diff_id, .. } => Some(ContentIdentity::Tar {
+                diff_id: *diff_id,
+                offset: location.offset,
+                size: location.size,
+            }),
+            LayerContent::Chunked(blob) => Self::chunks_identity(blob, &range),
+        }
     }
 
     fn fill(&self, max_rate: Option<u64>) -> Result<u64> {

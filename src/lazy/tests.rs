@@ -547,3 +547,46 @@ fn a_shared_cache_serves_other_nodes_chunks_and_bad_copies_are_refetched() {
     assert_eq!(report.shared_cache_hits, 2, "{report:?}");
     assert_eq!(report.verification_failures, 0, "{report:?}");
 }
+
+#[test]
+fn files_compare_by_their_chunks_digests_without_a_fetch() {
+    use crate::rootfs::{ContentReader, same_content};
+    use crate::tree::SameContent;
+    let a = setup(gzip_blob(b"aaaabbbbccccdddd", 4), 0);
+    let b = setup(gzip_blob(b"aaaabbbbXcccdddd", 4), 0);
+    let at = |offset, size| ContentLocation {
+        layer: 0,
+        offset,
+        size,
+    };
+    let compare = |offset, size, fetch| {
+        same_content(
+            &a.content,
+            &at(offset, size),
+            &b.content,
+            &at(offset, size),
+            fetch,
+        )
+        .unwrap()
+    };
+    // Whole identical chunks; bytes inside identical chunks at the same place.
+    assert_eq!(compare(0, 8, false), SameContent::Yes);
+    assert_eq!(compare(2, 4, false), SameContent::Yes);
+    // A file that is exactly its chunks, cut alike, one digest differing.
+    assert_eq!(compare(8, 4, false), SameContent::No);
+    let identity = a.content.identity(&at(8, 4)).unwrap();
+    assert_eq!(identity.compare(&identity), Some(true));
+    assert!(a.source.requests.lock().unwrap().is_empty());
+    assert!(b.source.requests.lock().unwrap().is_empty());
+    // Bytes 6..10 share a differing chunk with bytes outside them: only
+    // reading tells, and without fetching that is not known.
+    assert_eq!(compare(6, 4, false), SameContent::Unknown);
+    assert!(a.source.requests.lock().unwrap().is_empty());
+    assert_eq!(compare(6, 4, true), SameContent::No);
+    assert!(!b.source.requests.lock().unwrap().is_empty());
+    assert_eq!(compare(4, 4, true), SameContent::Yes);
+    // Chunks cut elsewhere say nothing, however their digests compare.
+    let c = setup(gzip_blob(b"aaaabbbbccccdddd", 8), 0);
+    let c_identity = c.content.identity(&at(8, 4)).unwrap();
+    assert_eq!(c_identity.compare(&identity), None);
+}

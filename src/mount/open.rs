@@ -110,7 +110,7 @@ pub fn open_bottom_layers(
                 None => entry_table(store, diff_id, &tar)?,
             };
             tables.push(table);
-            plans.push(Plan::Tar(tar));
+            plans.push(Plan::Tar(tar, *diff_id));
             layouts.push_str(" t");
         } else if let Some(map) = ChunkMap::load(store, &layer.digest) {
             layouts.push_str(&format!(" {}", map.content_identity()));
@@ -171,7 +171,7 @@ pub fn open_bottom_layers(
     let layers = plans
         .into_iter()
         .map(|plan| match plan {
-            Plan::Tar(tar) => LayerContent::Unpacked(tar),
+            Plan::Tar(tar, diff_id) => LayerContent::Unpacked { tar, diff_id },
             Plan::Chunked(layer, diff_id, map) => {
                 let deflate = match (map.gzip, &fetcher, &source) {
                     (Some(resume), Some(fetcher), Some(source)) => {
@@ -205,7 +205,8 @@ pub fn open_bottom_layers(
 
 /// How one layer will be read.
 enum Plan<'m> {
-    Tar(Blob),
+    /// The layer's verified tar and its diff_id.
+    Tar(Blob, Digest),
     /// The layer, its diff_id and its map.
     Chunked(&'m Descriptor, Digest, Box<ChunkMap>),
 }
@@ -221,7 +222,7 @@ fn route_auxiliary_blobs(source: Arc<dyn RangeSource>, plans: &[Plan]) -> Arc<dy
                 let windows = map.gzip.as_ref()?.windows_blob;
                 Some((windows, source.elsewhere(map.home.as_ref()?)?))
             }
-            Plan::Tar(_) => None,
+            Plan::Tar(..) => None,
         })
         .collect();
     if routes.is_empty() {

@@ -5,6 +5,7 @@
 //! [`ContentReader`] returns verified file bytes. How those bytes are found (whole
 //! cached layers today, ranged chunk fetches later) stays behind the trait.
 
+mod identity;
 pub mod layer_store;
 pub mod stats;
 
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::error::Result;
+pub use identity::{ContentIdentity, same_content};
 pub use stats::{Stats, StatsReport};
 
 use crate::digest::Digest;
@@ -45,6 +47,13 @@ pub trait ContentReader: Send + Sync + 'static {
     fn fill(&self, max_rate: Option<u64>) -> Result<u64> {
         let _ = max_rate;
         Ok(0)
+    }
+
+    /// What names the bytes of the file at `location` without reading them,
+    /// if anything does (see [`ContentIdentity`]).
+    fn identity(&self, location: &ContentLocation) -> Option<ContentIdentity> {
+        let _ = location;
+        None
     }
 }
 

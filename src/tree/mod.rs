@@ -17,6 +17,9 @@
 //!   number of names in the merged tree.
 
 mod build;
+mod diff;
+#[cfg(test)]
+mod diff_tests;
 mod find;
 mod overlay;
 #[cfg(test)]
@@ -26,6 +29,7 @@ mod query;
 #[cfg(test)]
 mod tests;
 mod walk;
+pub use diff::{Attribute, Change, ChangeKind, SameContent};
 pub use find::{FileType, FindQuery, SizeTest};
 pub use walk::{MAX_SYMLINKS, ResolveError};
 #[cfg(test)]

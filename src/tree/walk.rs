@@ -38,12 +38,7 @@ impl Tree {
             let (path, ino) = stack.pop()?;
             if let Some(children) = self.children(ino) {
                 for entry in children.iter().rev() {
-                    let mut child = path.clone().into_vec();
-                    if !child.is_empty() && !child.ends_with(b"/") {
-                        child.push(b'/');
-                    }
-                    child.extend_from_slice(entry.name.as_bytes());
-                    stack.push((OsString::from_vec(child), entry.ino));
+                    stack.push((child_path(&path, &entry.name), entry.ino));
                 }
             }
             Some((path, ino))
@@ -93,6 +88,17 @@ impl Tree {
         }
         Ok(*dirs.last().expect("the root is never popped"))
     }
+}
+
+/// `name` in directory `path`, as walks show it: `/`-joined, and bare at an
+/// empty `path`.
+pub(super) fn child_path(path: &OsStr, name: &OsStr) -> OsString {
+    let mut child = path.as_bytes().to_vec();
+    if !child.is_empty() && !child.ends_with(b"/") {
+        child.push(b'/');
+    }
+    child.extend_from_slice(name.as_bytes());
+    OsString::from_vec(child)
 }
 
 /// The non-empty, non-`.` components of a `/`-separated path, as owned bytes.

@@ -208,6 +208,15 @@ impl Lazyimg {
         Self::with_config(env, "")
     }
 
+    /// Like [`Lazyimg::new`], also reaching the throwaway plain-HTTP `registry`.
+    pub fn for_registry(registry: &super::registry::Registry) -> Lazyimg {
+        let config = format!(
+            "[[registry]]\nprefix = {:?}\ninsecure = true\n",
+            registry.addr
+        );
+        Lazyimg::with_config(testenv(), &config)
+    }
+
     /// Like [`Lazyimg::new`], with `extra` TOML (e.g. more `[[registry]]` tables).
     pub fn with_config(env: &TestEnv, extra: &str) -> Lazyimg {
         let dir = tempfile::tempdir().expect("temp dir");
