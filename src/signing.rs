@@ -25,10 +25,14 @@ pub struct IndexSigner {
     key: SigningKey,
 }
 
-/// Public keys a mounting machine trusts; empty means "no signature required".
+/// Which lazyimg index artifacts a mounting machine accepts: those signed by
+/// one of its public keys (`trusted_index_keys`), or, for an image whose
+/// approved-list rule pins one (`index_digest`), exactly that one. With
+/// neither, any index is accepted.
 #[derive(Default)]
 pub struct TrustedKeys {
     keys: Vec<VerifyingKey>,
+    pins: Vec<Digest>,
 }
 
 /// Why a signature was not accepted.
@@ -42,6 +46,8 @@ pub enum Untrusted {
     UnknownKey { key_id: String },
     #[error("its signature by key {key_id} does not match its content")]
     BadSignature { key_id: String },
+    #[error("it is not the index_digest the approved list pins for this image")]
+    NotPinned,
 }
 
 impl IndexSigner {
@@ -80,12 +86,41 @@ impl TrustedKeys {
                     .map_err(|e| key_error(path, &format!("not an ed25519 public key: {e}")))
             })
             .collect::<Result<_>>()?;
-        Ok(TrustedKeys { keys })
+        Ok(TrustedKeys {
+            keys,
+            pins: Vec::new(),
+        })
     }
 
-    /// Whether signatures are required at all.
+    /// These keys, and for this image only the index artifacts in `pins`
+    /// (digests of their manifests), which then need no signature.
+    pub fn pinning(self, pins: Vec<Digest>) -> TrustedKeys {
+        TrustedKeys { pins, ..self }
+    }
+
+    /// Whether any check applies at all.
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.keys.is_empty() && self.pins.is_empty()
+    }
+
+    /// Accepts the index artifact whose manifest is `artifact`, whose signed
+    /// payload is `payload`, carrying `key_id_claimed` and `signature`: by
+    /// its pin when the image has pins (then only a pinned one), else by
+    /// [`check`](Self::check).
+    pub fn accept(
+        &self,
+        artifact: &Digest,
+        payload: &[u8],
+        key_id_claimed: Option<&str>,
+        signature: Option<&str>,
+    ) -> std::result::Result<(), Untrusted> {
+        if !self.pins.is_empty() {
+            return match self.pins.contains(artifact) {
+                true => Ok(()),
+                false => Err(Untrusted::NotPinned),
+            };
+        }
+        self.check(payload, key_id_claimed, signature)
     }
 
     /// Accepts `signature` (base64) by the key `key_id` over `payload` only if

@@ -277,3 +277,51 @@ fn a_rogue_index_serves_no_wrong_byte_on_a_node_that_trusts_the_site_key() {
         daemon.log()
     );
 }
+
+/// An approved list whose rule for the image pins `pin` (`index_digest`).
+fn pinned_node(site: &Site, dir: &std::path::Path, pin: &str) -> Lazyimg {
+    let list = dir.join("approved.toml");
+    let repository = site.reference.rsplit_once(':').unwrap().0;
+    std::fs::write(
+        &list,
+        format!("[[image]]\nrepository = {repository:?}\nindex_digest = {pin:?}\n"),
+    )
+    .unwrap();
+    let extra = format!(
+        "approved_images = {list:?}\ntrusted_index_keys = [{:?}]\n",
+        site.key("site", "index.pub")
+    );
+    lazyimg(&site.registry, &extra)
+}
+
+#[test]
+fn an_index_pinned_by_the_approved_list_needs_no_signature_and_is_the_only_one_used() {
+    let site = Site::new();
+    let unsigned = lazyimg(&site.registry, "")
+        .run(&["index", "--push", &site.reference])
+        .ok()
+        .stdout()
+        .trim()
+        .to_string();
+    let lists = tempfile::tempdir().unwrap();
+
+    // Pinned: used lazily although unsigned (the node trusts a key too).
+    let node = pinned_node(&site, lists.path(), &unsigned);
+    let (mounted, _) = Mounted::with_daemon(&node, &site.reference, &[]);
+    assert_eq!(read(&mounted, "data/a.txt"), b"A".repeat(5000));
+    assert!(!layer_cached_whole(&node));
+    drop(mounted);
+
+    // Another pin: even a correctly signed index is ignored.
+    site.push_index(Some("site"));
+    let other = format!("sha256:{}", "0".repeat(64));
+    let node = pinned_node(&site, lists.path(), &other);
+    let (mounted, daemon) = Mounted::with_daemon(&node, &site.reference, &[]);
+    assert_eq!(read(&mounted, "data/a.txt"), b"A".repeat(5000));
+    assert!(layer_cached_whole(&node));
+    assert!(
+        daemon.log().contains("not the index_digest"),
+        "{}",
+        daemon.log()
+    );
+}

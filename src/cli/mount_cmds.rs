@@ -259,7 +259,12 @@ pub(super) async fn prepare(
         registry,
         &reporter,
         &crate::policy::gate(approval.as_ref()),
-        &crate::signing::TrustedKeys::load(&ctx.config.trusted_index_keys)?,
+        &crate::signing::TrustedKeys::load(&ctx.config.trusted_index_keys)?.pinning(
+            approval
+                .as_ref()
+                .map(|a| a.index_pins())
+                .unwrap_or_default(),
+        ),
     )
     .await?;
     Ok((store, manifest))

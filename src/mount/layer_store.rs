@@ -66,7 +66,12 @@ impl ImageResolver for RegistryImages {
             &image,
             &self.platform,
             &policy::gate(approval.as_ref()),
-            &TrustedKeys::load(&self.config.trusted_index_keys)?,
+            &TrustedKeys::load(&self.config.trusted_index_keys)?.pinning(
+                approval
+                    .as_ref()
+                    .map(|a| a.index_pins())
+                    .unwrap_or_default(),
+            ),
         ))?;
         let manifest = &resolved.manifest;
         let name = image.to_string();

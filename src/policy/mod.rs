@@ -40,6 +40,11 @@ pub struct Rule {
     /// Only this manifest (or index): tags must resolve to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<Digest>,
+    /// The lazyimg index artifact (manifest digest) the approvers built or
+    /// checked for this image: a mount uses that one index, with no signature
+    /// needed, and ignores any other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_digest: Option<Digest>,
     /// Why it was approved; shown by `lazyimg policy list`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -132,6 +137,11 @@ impl Approval {
                 .iter()
                 .find(|r| r.digest.is_some_and(|d| d == *digest || d == *manifest))
         })
+    }
+
+    /// The index artifacts the rules allowing the name pin (`index_digest`).
+    pub fn index_pins(&self) -> Vec<Digest> {
+        self.rules.iter().filter_map(|r| r.index_digest).collect()
     }
 
     /// The second step, for callers that know one digest: refuses unless a rule

@@ -192,7 +192,8 @@ pub async fn locate(
             entry.digest,
             image.source.repository()
         );
-    } else if let Err(untrusted) = trust.check(
+    } else if let Err(untrusted) = trust.accept(
+        &entry.digest,
         &signed_payload(&artifact),
         artifact
             .annotations
