@@ -105,6 +105,9 @@ fn fixture() -> &'static Fixture {
         // this OnceLock), and nothing here reads the environment concurrently
         // outside std's own lock.
         unsafe { std::env::set_var(SECRET.0, SECRET.1) };
+        // So that runtime::run, which podman inherits its environment from, works.
+        // SAFETY: as above.
+        unsafe { std::env::set_var("CONTAINERS_CONF", &containers_conf) };
         eprintln!("fixture ready in {:.1?}", t0.elapsed());
         Fixture {
             rootfs,
@@ -261,6 +264,38 @@ fn exit_status_comes_back() {
     // No PID namespace under ch-run: a signal kills the command, 128+N comes back.
     let s = spec(&["sh", "-c", "kill -KILL $$"]);
     assert_eq!(run_in(Runtime::Charliecloud, &s).0, 137);
+}
+
+/// What `lazyimg run` exits with for `spec`: [`runtime::run`]'s status, or its
+/// error's.
+fn run_status(rt: Runtime, spec: &RunSpec) -> i32 {
+    match runtime::run(rt, spec) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{rt}: {e}");
+            e.exit_status().into()
+        }
+    }
+}
+
+#[test]
+fn job_status_and_lazyimg_failures_are_told_apart() {
+    for rt in [Runtime::Charliecloud, Runtime::Podman] {
+        assert_eq!(run_status(rt, &spec(&["sh", "-c", "exit 1"])), 1, "{rt}");
+        assert_eq!(run_status(rt, &spec(&["no-such-command"])), 127, "{rt}");
+        assert_eq!(run_status(rt, &spec(&["/etc/passwd"])), 126, "{rt}");
+        assert_eq!(run_status(rt, &spec(&["/usr/bin"])), 126, "{rt}");
+        // A command the job runs is its own business: sh's 127 passes through.
+        assert_eq!(
+            run_status(rt, &spec(&["sh", "-c", "no-such-command"])),
+            127,
+            "{rt}"
+        );
+        // lazyimg (or the runtime) cannot start the job: 125.
+        let mut s = spec(&["true"]);
+        s.binds = vec![Bind::new("/nonexistent-lazyimg-source", "/mnt")];
+        assert_eq!(run_status(rt, &s), 125, "{rt}");
+    }
 }
 
 fn env_of(rt: Runtime, extra: &[(&str, &str)]) -> BTreeMap<String, String> {

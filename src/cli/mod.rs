@@ -262,7 +262,25 @@ pub fn main() -> ExitCode {
     started();
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
-    finish("lazyimg", run(cli))
+    // `lazyimg run` exits as `podman run` does: its own failures must not look
+    // like the command's status (runtime module doc, "Exit status").
+    let failure = if matches!(cli.command, Command::Run(_)) {
+        run_failure_status
+    } else {
+        general_failure_status
+    };
+    finish("lazyimg", run(cli), failure)
+}
+
+/// 126/127 for a command that cannot be invoked or is missing, else 125.
+fn run_failure_status(err: &anyhow::Error) -> u8 {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<crate::runtime::RuntimeError>())
+        .map_or(125, crate::runtime::RuntimeError::exit_status)
+}
+
+fn general_failure_status(_: &anyhow::Error) -> u8 {
+    1
 }
 
 /// The `ces-pull` executable: the site's syntax, the same work as `lazyimg ces-pull`.
@@ -276,7 +294,7 @@ pub fn ces_pull_main() -> ExitCode {
         };
         async_runtime()?.block_on(seed_cmds::ces_pull(&ctx, cli.args))
     };
-    finish("ces-pull", run())
+    finish("ces-pull", run(), general_failure_status)
 }
 
 fn async_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -286,11 +304,16 @@ fn async_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// The exit code for `result`, reporting an error as `program` on the way out.
-fn finish(program: &str, result: anyhow::Result<ExitCode>) -> ExitCode {
+/// The exit code for `result`, reporting an error as `program` on the way out
+/// and exiting with `failure`'s status for it.
+fn finish(
+    program: &str,
+    result: anyhow::Result<ExitCode>,
+    failure: fn(&anyhow::Error) -> u8,
+) -> ExitCode {
     result.unwrap_or_else(|err| {
         report(program, &err);
-        ExitCode::FAILURE
+        ExitCode::from(failure(&err))
     })
 }
 

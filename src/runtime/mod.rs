@@ -8,9 +8,20 @@
 //! Charliecloud's bind targets exist ([`check_binds`]), runs the command and
 //! returns its exit status the way a shell reports it ([`exit_code`]: the
 //! command's status, or 128+N when a signal N killed it). `lazyimg run` exits
-//! with that status. Failures of the runtime itself come back as the runtime's
-//! own status (podman: 125 for its errors, 126/127 for a command that cannot
-//! run or is missing; ch-run: 1 on its errors).
+//! with that status.
+//!
+//! # Exit status
+//!
+//! `lazyimg run` exits as `podman run` does, whichever runtime runs the command:
+//! the command's own status (128+N when signal N killed it); 125 when lazyimg
+//! itself fails (pulling, mounting, a spec no runtime can express, a bind
+//! Charliecloud cannot mount: [`RuntimeError::exit_status`]); 126 when the
+//! command cannot be invoked and 127 when it is not found. Podman reports 126
+//! and 127 itself; Charliecloud and Apptainer fold them into their generic
+//! failure (ch-run 1, apptainer 255), so [`check_command`] looks the command up
+//! in the image before starting them. A runtime's own failure after it started
+//! (ch-run's 1, apptainer's 255) is passed on as is: it cannot be told from the
+//! command's own status of the same value.
 //!
 //! # Environment policy
 //!
@@ -70,6 +81,7 @@
 //!   runtime name and runs the `apptainer` program.
 
 mod binds;
+mod exec;
 
 use std::ffi::OsString;
 use std::fmt;
@@ -80,6 +92,7 @@ use std::process::{Command, ExitStatus};
 use std::str::FromStr;
 
 pub use binds::{missing_bind_targets, resolve_in_root};
+pub use exec::check_command;
 
 /// `PATH` given to the container when neither the image nor `--env` sets one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -101,6 +114,12 @@ const APPTAINER_ALWAYS_PASSED: &[&str] = &[
 /// Container paths Charliecloud bind-mounts from the host: a bind target at or
 /// below one of them cannot be mounted.
 const CHARLIECLOUD_HOST_BOUND: &[&str] = &["/tmp", "/dev", "/proc", "/sys"];
+
+/// Container paths Apptainer binds from the host by default (the home
+/// directories among them; a site's `bind path` entries are not known here).
+const APPTAINER_HOST_BOUND: &[&str] = &[
+    "/tmp", "/var/tmp", "/home", "/root", "/dev", "/proc", "/sys",
+];
 
 /// A container runtime lazyimg can start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -134,6 +153,16 @@ impl Runtime {
     /// Whether the runtime creates a bind target missing from the image.
     pub fn creates_bind_targets(self) -> bool {
         !matches!(self, Runtime::Charliecloud)
+    }
+
+    /// Container paths the runtime mounts from the host itself: their contents
+    /// are not the image's.
+    fn host_bound(self) -> &'static [&'static str] {
+        match self {
+            Runtime::Podman => &[],
+            Runtime::Charliecloud => CHARLIECLOUD_HOST_BOUND,
+            Runtime::Apptainer => APPTAINER_HOST_BOUND,
+        }
     }
 
     /// How to get the runtime when it is missing.
@@ -401,11 +430,20 @@ pub enum RuntimeError {
     )]
     MissingBindTargets { targets: Vec<PathBuf> },
 
+    #[error("bind source {} does not exist", .0.display())]
+    MissingBindSource(PathBuf),
+
     #[error("bind target {target} is inside {shared}, which charliecloud mounts from the host")]
     HostBoundTarget {
         target: PathBuf,
         shared: &'static str,
     },
+
+    #[error("{command}: command not found in the image")]
+    CommandNotFound { command: String },
+
+    #[error("{}: {why}: cannot run it", path.display())]
+    CommandNotExecutable { path: PathBuf, why: &'static str },
 
     #[error("cannot start {program}: {source}")]
     Spawn {
@@ -428,8 +466,24 @@ impl RuntimeError {
                  or use --runtime podman, which creates it"
             }
             RuntimeError::HostBoundTarget { .. } => "pick another target, such as /mnt",
+            RuntimeError::MissingBindSource(_) => return None,
+            RuntimeError::CommandNotFound { .. } => {
+                "check the name and the image's PATH (`lazyimg find REF --name NAME` lists matches)"
+            }
+            RuntimeError::CommandNotExecutable { .. } => return None,
             RuntimeError::Spawn { .. } => return None,
         })
+    }
+
+    /// What `lazyimg run` exits with when this error stops it: 127 for a command
+    /// not found, 126 for one that cannot be invoked, else 125 (lazyimg's own
+    /// failure), as `podman run` does.
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            RuntimeError::CommandNotFound { .. } => 127,
+            RuntimeError::CommandNotExecutable { .. } => 126,
+            _ => 125,
+        }
     }
 }
 
@@ -560,15 +614,20 @@ pub fn find_program(name: &str, path: &std::ffi::OsStr) -> Option<PathBuf> {
         })
 }
 
-/// Refuses binds `runtime` cannot mount into the image at `spec.rootfs`:
-/// Charliecloud needs every target to exist already, and not under a path it
-/// binds from the host itself. Podman and Apptainer create targets.
+/// Refuses binds `runtime` cannot mount into the image at `spec.rootfs`: every
+/// source must exist on the host (else ch-run fails with the status 1 a job
+/// could have returned, and apptainer with 255); Charliecloud needs every
+/// target to exist already, and not under a path it binds from the host
+/// itself. Podman and Apptainer create targets.
 pub fn check_binds(runtime: Runtime, spec: &RunSpec) -> Result<(), RuntimeError> {
+    if let Some(b) = spec.binds.iter().find(|b| !b.source.exists()) {
+        return Err(RuntimeError::MissingBindSource(b.source.clone()));
+    }
     if runtime.creates_bind_targets() {
         return Ok(());
     }
     for b in &spec.binds {
-        for shared in CHARLIECLOUD_HOST_BOUND {
+        for shared in runtime.host_bound() {
             if b.target.starts_with(shared) {
                 return Err(RuntimeError::HostBoundTarget {
                     target: b.target.clone(),
@@ -602,6 +661,7 @@ pub fn exit_code(status: ExitStatus) -> i32 {
 pub fn run(runtime: Runtime, spec: &RunSpec) -> Result<i32, RuntimeError> {
     check_available(runtime)?;
     check_binds(runtime, spec)?;
+    check_command(runtime, spec)?;
     let mut cmd = command(runtime, spec)?;
     let spawn_err = |source| RuntimeError::Spawn {
         program: runtime.program(),

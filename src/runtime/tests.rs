@@ -397,3 +397,59 @@ fn charliecloud_bind_targets_must_exist_and_not_be_host_bound() {
     s.binds = vec![Bind::new("/srv", "/mnt")];
     check_binds(Runtime::Charliecloud, &s).unwrap();
 }
+
+#[test]
+fn missing_and_unrunnable_commands_are_found_before_starting() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    for d in ["usr/bin", "bin", "mnt", "work"] {
+        std::fs::create_dir_all(r.join(d)).unwrap();
+    }
+    let write = |path: &str, mode: u32| {
+        std::fs::write(r.join(path), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(r.join(path), std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    write("usr/bin/tool", 0o755);
+    write("bin/data", 0o644);
+    write("work/local", 0o755);
+    let mut s = spec();
+    s.rootfs = r.to_path_buf();
+    s.image_env = vec!["PATH=/usr/local/bin:/usr/bin:/bin".into()];
+    let status = |s: &RunSpec, rt: Runtime, cmd: &str| {
+        let mut s = s.clone();
+        s.command = vec![cmd.into()];
+        check_command(rt, &s).map_err(|e| (e.exit_status(), e.to_string()))
+    };
+    for rt in [Runtime::Charliecloud, Runtime::Apptainer] {
+        assert_eq!(status(&s, rt, "tool"), Ok(()), "{rt}");
+        assert_eq!(status(&s, rt, "/usr/bin/tool"), Ok(()), "{rt}");
+        assert_eq!(
+            status(&s, rt, "./local"),
+            Ok(()),
+            "{rt}: relative to the workdir"
+        );
+        assert_eq!(
+            status(&s, rt, "nope"),
+            Err((127, "nope: command not found in the image".into())),
+            "{rt}"
+        );
+        assert_eq!(
+            status(&s, rt, "data"),
+            Err((126, "/bin/data: is not executable: cannot run it".into())),
+            "{rt}"
+        );
+        assert_eq!(status(&s, rt, "/usr").unwrap_err().0, 126, "{rt}");
+        // Under a bind or a host-bound path lazyimg cannot see: the runtime decides.
+        assert_eq!(status(&s, rt, "/mnt/x"), Ok(()), "{rt}");
+        assert_eq!(status(&s, rt, "/tmp/x"), Ok(()), "{rt}");
+    }
+    // Podman reports 126/127 itself.
+    assert_eq!(status(&s, Runtime::Podman, "nope"), Ok(()));
+    // A relative PATH entry: execvp's search depends on the working directory.
+    s.env = vec![("PATH".into(), "/usr/bin:bin".into())];
+    assert_eq!(status(&s, Runtime::Charliecloud, "nope"), Ok(()));
+
+    let e = RuntimeError::InvalidSpec("x".into());
+    assert_eq!(e.exit_status(), 125);
+}
