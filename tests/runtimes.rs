@@ -415,6 +415,28 @@ fn image_stays_read_only_and_binds_work() {
 }
 
 #[test]
+fn read_only_binds_cannot_be_written() {
+    let data = tempfile::tempdir().unwrap();
+    let mut s = spec(&["sh", "-c", "cat /mnt/input && touch /mnt/written"]);
+    std::fs::write(data.path().join("input"), "bound\n").unwrap();
+    s.binds = vec![Bind::new(data.path(), "/mnt").read_only()];
+    let (code, out, err) = run_in(Runtime::Podman, &s);
+    assert_eq!((code, out.as_str()), (1, "bound\n"), "{err}");
+    assert!(err.contains("Read-only file system"), "{err}");
+    assert!(!data.path().join("written").exists());
+
+    // Charliecloud cannot: refused before starting, with lazyimg's 125.
+    let e = runtime::run(Runtime::Charliecloud, &s).unwrap_err();
+    assert!(matches!(e, RuntimeError::ReadOnlyBind { .. }), "{e}");
+    assert_eq!(e.exit_status(), 125);
+    // The same bind read-write is writable (the control).
+    s.binds[0].read_only = false;
+    let (code, _, err) = run_in(Runtime::Charliecloud, &s);
+    assert_eq!(code, 0, "{err}");
+    assert!(data.path().join("written").exists());
+}
+
+#[test]
 fn charliecloud_runs_as_an_unprivileged_user() {
     let f = fixture();
     let uid = run_ok(with_args("id", &["-u", TEST_USER]));

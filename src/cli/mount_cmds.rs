@@ -75,8 +75,10 @@ pub(super) struct RunArgs {
     /// Container runtime: podman, charliecloud (ch-run) or apptainer.
     #[arg(long, default_value = "podman")]
     runtime: Runtime,
-    /// Bind a host path into the container (SRC[:DST]); repeatable.
-    #[arg(long = "bind", value_name = "SRC[:DST]")]
+    /// Bind a host path into the container (SRC[:DST[:ro|rw]]); repeatable, or
+    /// a comma-separated list as Apptainer takes it. Charliecloud cannot bind
+    /// read-only and refuses :ro.
+    #[arg(long = "bind", value_name = "SRC[:DST[:ro|rw]]", value_delimiter = ',')]
     binds: Vec<Bind>,
     /// Set a variable in the container (K=V); repeatable. No host variable is passed.
     #[arg(long = "env", value_name = "K=V")]
@@ -298,4 +300,31 @@ fn mount_options(flags: &MountFlags, image: &ImageRef) -> MountOptions {
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    #[test]
+    fn bind_lists_split_at_commas_as_apptainer_does() {
+        let cli = Cli::try_parse_from(["lazyimg", "--bind", "/a:/b:ro,/c", "--bind", "/d", "img"])
+            .unwrap();
+        assert_eq!(
+            cli.run.binds,
+            [
+                Bind::new("/a", "/b").read_only(),
+                Bind::new("/c", "/c"),
+                Bind::new("/d", "/d")
+            ]
+        );
+    }
 }

@@ -210,13 +210,25 @@ pub struct Bind {
     pub source: PathBuf,
     /// Absolute path in the container.
     pub target: PathBuf,
+    /// Mounted read-only (`:ro`); Charliecloud 0.31 cannot, so it refuses it.
+    pub read_only: bool,
 }
 
 impl Bind {
+    /// A read-write bind.
     pub fn new(source: impl Into<PathBuf>, target: impl Into<PathBuf>) -> Self {
         Bind {
             source: source.into(),
             target: target.into(),
+            read_only: false,
+        }
+    }
+
+    /// The same bind, read-only.
+    pub fn read_only(self) -> Self {
+        Bind {
+            read_only: true,
+            ..self
         }
     }
 }
@@ -224,10 +236,23 @@ impl Bind {
 impl FromStr for Bind {
     type Err = RuntimeError;
 
-    /// `SRC[:DST]`, as `--bind` takes it (`DST` defaults to `SRC`).
+    /// `SRC[:DST[:ro|rw]]`, as `--bind` and Apptainer take it (`DST` defaults to
+    /// `SRC`, the mode to `rw`). Lists (`A,B:/b:ro`) are split at commas by the
+    /// command line parser before this.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (source, target) = s.split_once(':').unwrap_or((s, s));
+        let mut parts = s.splitn(3, ':');
+        let source = parts.next().unwrap_or_default();
+        let target = parts.next().unwrap_or(source);
         let bind = Bind::new(source, target);
+        let bind = match parts.next() {
+            None | Some("rw") => bind,
+            Some("ro") => bind.read_only(),
+            Some(other) => {
+                return Err(invalid(format!(
+                    "bind {s:?}: unknown option {other:?} (expected ro or rw)"
+                )));
+            }
+        };
         bind.validate()?;
         Ok(bind)
     }
@@ -430,6 +455,9 @@ pub enum RuntimeError {
     )]
     MissingBindTargets { targets: Vec<PathBuf> },
 
+    #[error("{runtime} cannot bind {} read-only", target.display())]
+    ReadOnlyBind { runtime: Runtime, target: PathBuf },
+
     #[error("bind source {} does not exist", .0.display())]
     MissingBindSource(PathBuf),
 
@@ -467,6 +495,10 @@ impl RuntimeError {
             }
             RuntimeError::HostBoundTarget { .. } => "pick another target, such as /mnt",
             RuntimeError::MissingBindSource(_) => return None,
+            RuntimeError::ReadOnlyBind { .. } => {
+                "ch-run 0.31 has no read-only binds: drop :ro (the job may then write \
+                 to the host), or use --runtime podman or apptainer"
+            }
             RuntimeError::CommandNotFound { .. } => {
                 "check the name and the image's PATH (`lazyimg find REF --name NAME` lists matches)"
             }
@@ -546,6 +578,12 @@ pub fn command(runtime: Runtime, spec: &RunSpec) -> Result<Command, RuntimeError
                 cmd.arg(charliecloud_set_env(k, v));
             }
             for b in &spec.binds {
+                if b.read_only {
+                    return Err(RuntimeError::ReadOnlyBind {
+                        runtime,
+                        target: b.target.clone(),
+                    });
+                }
                 cmd.arg("-b").arg(bind_arg(b));
             }
             cmd.arg("-c").arg(spec.workdir());
@@ -575,10 +613,15 @@ pub fn command(runtime: Runtime, spec: &RunSpec) -> Result<Command, RuntimeError
     Ok(cmd)
 }
 
+/// `SRC:DST`, with `:ro` for a read-only bind (podman's `--volume` and
+/// Apptainer's `--bind` spell it the same way).
 fn bind_arg(b: &Bind) -> OsString {
     let mut s = b.source.clone().into_os_string();
     s.push(":");
     s.push(&b.target);
+    if b.read_only {
+        s.push(":ro");
+    }
     s
 }
 

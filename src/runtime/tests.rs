@@ -332,7 +332,16 @@ fn runtime_and_bind_names_parse() {
         "/data".parse::<Bind>().unwrap(),
         Bind::new("/data", "/data")
     );
+    assert_eq!(
+        "/data:/mnt:ro".parse::<Bind>().unwrap(),
+        Bind::new("/data", "/mnt").read_only()
+    );
+    assert_eq!(
+        "/data:/mnt:rw".parse::<Bind>().unwrap(),
+        Bind::new("/data", "/mnt")
+    );
     assert!("/a:/b:/c".parse::<Bind>().is_err());
+    assert!("/a:/b:rx".parse::<Bind>().is_err());
     assert!("data:/mnt".parse::<Bind>().is_err());
 }
 
@@ -452,4 +461,25 @@ fn missing_and_unrunnable_commands_are_found_before_starting() {
 
     let e = RuntimeError::InvalidSpec("x".into());
     assert_eq!(e.exit_status(), 125);
+}
+
+#[test]
+fn read_only_binds_are_honoured_or_refused() {
+    let mut s = spec();
+    s.binds = vec![Bind::new("/scratch/alice", "/mnt").read_only()];
+    for (rt, flag) in [
+        (Runtime::Podman, "--volume"),
+        (Runtime::Apptainer, "--bind"),
+    ] {
+        let a = argv(&command(rt, &s).unwrap());
+        assert!(
+            a.windows(2).any(|w| w == [flag, "/scratch/alice:/mnt:ro"]),
+            "{rt}: {a:?}"
+        );
+    }
+    // ch-run 0.31 has no read-only binds: refused, not silently read-write.
+    let e = command(Runtime::Charliecloud, &s).unwrap_err();
+    assert_eq!(e.to_string(), "charliecloud cannot bind /mnt read-only");
+    assert_eq!(e.exit_status(), 125);
+    assert!(e.hint().unwrap().contains("--runtime podman"));
 }
