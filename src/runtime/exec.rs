@@ -36,7 +36,7 @@ pub fn check_command(runtime: Runtime, spec: &RunSpec) -> Result<(), RuntimeErro
     let candidates: Vec<PathBuf> = if name.contains('/') {
         vec![Path::new(spec.workdir()).join(name)]
     } else {
-        let env = spec.effective_env();
+        let env = spec.effective_env(runtime);
         let path = env
             .iter()
             .find(|(k, _)| k == "PATH")

@@ -28,11 +28,15 @@
 //! The container sees the same variables whichever runtime runs it:
 //!
 //! 1. the image config's `Env`, in order;
-//! 2. each `--env K=V` given to `lazyimg run`, replacing an image value of the
+//! 2. the host variables `--env-host NAME` names (names or shell patterns such
+//!    as `SLURM_*`), and with `--gpus` the host's GPU selection
+//!    (`CUDA_VISIBLE_DEVICES`, `NVIDIA_VISIBLE_DEVICES`; see [`Gpus`] and the
+//!    `gpu` module for what each runtime gets), replacing image values;
+//! 3. each `--env K=V` given to `lazyimg run`, replacing an earlier value of the
 //!    same name (a later `--env` replaces an earlier one);
-//! 3. `PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin` if
-//!    neither 1 nor 2 set `PATH`;
-//! 4. the host's `TERM`, if it is set and neither 1 nor 2 set `TERM`.
+//! 4. `PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin` if
+//!    none of 1–3 set `PATH`;
+//! 5. the host's `TERM`, if it is set and none of 1–3 set `TERM`.
 //!
 //! Values are passed verbatim: no runtime expands `$VAR` in them. No other host
 //! variable reaches the container (no tokens, no `LD_LIBRARY_PATH`, no proxy
@@ -44,7 +48,7 @@
 //! | charliecloud | the host's `$HOME` (not mounted)         | the host's    | `CH_RUNNING` |
 //! | apptainer    | the host's home, bound in                | the host's    | `APPTAINER_*`, `SINGULARITY_*`, `PS1`, `LD_LIBRARY_PATH=/.singularity.d/libs` |
 //!
-//! Steps 1–2 override `HOME` and `USER` too, except under Apptainer, which
+//! Steps 1–3 override `HOME` and `USER` too, except under Apptainer, which
 //! never lets `HOME` be overridden.
 //!
 //! How each runtime is made to follow it: podman starts from a clean environment
@@ -70,7 +74,9 @@
 //! * Writes: podman mounts the image with `--rootfs DIR:O`, a writable overlay
 //!   discarded at exit; Charliecloud and Apptainer see it read-only (writes fail
 //!   with EROFS outside `/tmp`, binds and, for Apptainer, the home directory).
-//! * Binds: podman and Apptainer create a missing target; Charliecloud cannot
+//! * Binds: `:ro` becomes podman's and Apptainer's `:ro`; ch-run 0.31 has no
+//!   read-only bind, so Charliecloud refuses one ([`RuntimeError::ReadOnlyBind`]).
+//!   Podman and Apptainer create a missing target; Charliecloud cannot
 //!   create one inside a read-only image, and a target under `/tmp`, `/dev`,
 //!   `/proc` or `/sys` (which it binds from the host) fails, so [`check_binds`]
 //!   refuses those before starting it.
@@ -82,8 +88,9 @@
 
 mod binds;
 mod exec;
+mod gpu;
 
-use std::ffi::OsString;
+use std::ffi::{CString, OsStr, OsString};
 use std::fmt;
 use std::io::IsTerminal;
 use std::os::unix::process::ExitStatusExt;
@@ -93,6 +100,7 @@ use std::str::FromStr;
 
 pub use binds::{missing_bind_targets, resolve_in_root};
 pub use exec::check_command;
+pub use gpu::{GpuHost, Gpus, check_gpus};
 
 /// `PATH` given to the container when neither the image nor `--env` sets one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -289,6 +297,10 @@ pub struct HostEnv {
     pub user: Option<String>,
     /// Names of this process's `APPTAINERENV_*` and `SINGULARITYENV_*` variables.
     pub apptainer_env_names: Vec<OsString>,
+    /// This process's variables (those that are UTF-8), for `--env-host` and
+    /// the GPU selection `--gpus` passes on.
+    pub vars: Vec<(String, String)>,
+    pub gpu: GpuHost,
 }
 
 impl HostEnv {
@@ -308,6 +320,10 @@ impl HostEnv {
                     k.starts_with("APPTAINERENV_") || k.starts_with("SINGULARITYENV_")
                 })
                 .collect(),
+            vars: std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect(),
+            gpu: GpuHost::from_process(),
         }
     }
 }
@@ -340,6 +356,10 @@ pub struct RunSpec {
     pub image_env: Vec<String>,
     /// `--env K=V` overrides, in the order given.
     pub env: Vec<(String, String)>,
+    /// `--env-host` names or shell patterns (`SLURM_*`) of host variables to pass.
+    pub env_host: Vec<String>,
+    /// `--gpus`: which NVIDIA GPUs the container gets.
+    pub gpus: Option<Gpus>,
     pub binds: Vec<Bind>,
     /// Absolute working directory in the container; `None` means `/`.
     pub workdir: Option<String>,
@@ -357,6 +377,8 @@ impl RunSpec {
             command,
             image_env: Vec::new(),
             env: Vec::new(),
+            env_host: Vec::new(),
+            gpus: None,
             binds: Vec::new(),
             workdir: None,
             tty: std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
@@ -365,10 +387,11 @@ impl RunSpec {
     }
 
     /// The container's variables under the environment policy (module doc),
-    /// before the runtime adds its own: image `Env`, then `--env`, then the
-    /// default `PATH` and the host's `TERM` when not set. Names are unique and
-    /// keep the position of their first appearance.
-    pub fn effective_env(&self) -> Vec<(String, String)> {
+    /// before the runtime adds its own: image `Env`, then the host variables
+    /// `--env-host` names, then the GPU selection `--gpus` passes on `runtime`,
+    /// then `--env`, then the default `PATH` and the host's `TERM` when not
+    /// set. Names are unique and keep the position of their first appearance.
+    pub fn effective_env(&self, runtime: Runtime) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = Vec::new();
         let mut set = |k: &str, v: &str| match out.iter_mut().find(|(name, _)| name == k) {
             Some(slot) => slot.1 = v.to_owned(),
@@ -382,6 +405,12 @@ impl RunSpec {
                 set(k, v);
             }
         }
+        for (k, v) in self.passed_host_vars() {
+            set(k, v);
+        }
+        for (k, v) in gpu::selection_env(runtime, self) {
+            set(&k, &v);
+        }
         for (k, v) in &self.env {
             set(k, v);
         }
@@ -394,6 +423,25 @@ impl RunSpec {
             out.push(("TERM".into(), term.clone()));
         }
         out
+    }
+
+    /// The host variables `--env-host` asks for, in the host's order. A pattern
+    /// with a NUL byte matches nothing ([`RunSpec::validate`] refuses it).
+    fn passed_host_vars(&self) -> impl Iterator<Item = (&str, &str)> {
+        let patterns: Vec<CString> = self
+            .env_host
+            .iter()
+            .filter_map(|p| CString::new(p.as_bytes()).ok())
+            .collect();
+        self.host
+            .vars
+            .iter()
+            .filter(move |(k, _)| {
+                patterns
+                    .iter()
+                    .any(|p| crate::tree::fnmatch(p, OsStr::new(k)))
+            })
+            .map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
     fn workdir(&self) -> &str {
@@ -417,6 +465,13 @@ impl RunSpec {
             if k.is_empty() || k.contains(['=', '\0']) {
                 return Err(invalid(format!("invalid environment variable name {k:?}")));
             }
+        }
+        if let Some(p) = self
+            .env_host
+            .iter()
+            .find(|p| p.is_empty() || p.contains(['=', '\0']))
+        {
+            return Err(invalid(format!("invalid --env-host name or pattern {p:?}")));
         }
         for b in &self.binds {
             b.validate()?;
@@ -458,6 +513,18 @@ pub enum RuntimeError {
     #[error("{runtime} cannot bind {} read-only", target.display())]
     ReadOnlyBind { runtime: Runtime, target: PathBuf },
 
+    #[error("{0} cannot give the container GPUs yet")]
+    GpusUnsupported(Runtime),
+
+    #[error("--gpus: no NVIDIA GPU on this host ({} does not exist)", .0.display())]
+    NoGpu(PathBuf),
+
+    #[error(
+        "--gpus: podman needs a CDI spec for nvidia.com/gpu, and there is none in {}",
+        .0.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" or ")
+    )]
+    NoCdiSpec(Vec<PathBuf>),
+
     #[error("bind source {} does not exist", .0.display())]
     MissingBindSource(PathBuf),
 
@@ -495,6 +562,16 @@ impl RuntimeError {
             }
             RuntimeError::HostBoundTarget { .. } => "pick another target, such as /mnt",
             RuntimeError::MissingBindSource(_) => return None,
+            RuntimeError::GpusUnsupported(_) => {
+                "use --runtime apptainer or podman for GPU jobs \
+                 (charliecloud's ch-fromhost --nvidia needs a writable image)"
+            }
+            RuntimeError::NoGpu(_) => {
+                "run the job on a GPU node (the scheduler's GPU partition), or drop --gpus"
+            }
+            RuntimeError::NoCdiSpec(_) => {
+                "generate it as root: nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml"
+            }
             RuntimeError::ReadOnlyBind { .. } => {
                 "ch-run 0.31 has no read-only binds: drop :ro (the job may then write \
                  to the host), or use --runtime podman or apptainer"
@@ -527,7 +604,8 @@ fn invalid(message: String) -> RuntimeError {
 /// is for). Pure: reads neither the host environment nor the file system.
 pub fn command(runtime: Runtime, spec: &RunSpec) -> Result<Command, RuntimeError> {
     spec.validate()?;
-    let env = spec.effective_env();
+    gpu::check_supported(runtime, spec.gpus.as_ref())?;
+    let env = spec.effective_env(runtime);
     let mut cmd = Command::new(runtime.program());
     match runtime {
         Runtime::Podman => {
@@ -553,6 +631,9 @@ pub fn command(runtime: Runtime, spec: &RunSpec) -> Result<Command, RuntimeError
             }
             for b in &spec.binds {
                 cmd.arg("--volume").arg(bind_arg(b));
+            }
+            for device in spec.gpus.iter().flat_map(gpu::podman_devices) {
+                cmd.arg("--device").arg(device);
             }
             cmd.arg("--workdir").arg(spec.workdir());
             // --rootfs is a switch: the first operand is the directory (":O":
@@ -603,6 +684,9 @@ pub fn command(runtime: Runtime, spec: &RunSpec) -> Result<Command, RuntimeError
                 }
             }
             cmd.args(["exec", "--cleanenv", "--no-eval"]);
+            if spec.gpus.is_some() {
+                cmd.args(gpu::apptainer_flags(&spec.host.gpu));
+            }
             for b in &spec.binds {
                 cmd.arg("--bind").arg(bind_arg(b));
             }
@@ -703,6 +787,7 @@ pub fn exit_code(status: ExitStatus) -> i32 {
 /// image.
 pub fn run(runtime: Runtime, spec: &RunSpec) -> Result<i32, RuntimeError> {
     check_available(runtime)?;
+    check_gpus(runtime, spec.gpus.as_ref(), &spec.host.gpu)?;
     check_binds(runtime, spec)?;
     check_command(runtime, spec)?;
     let mut cmd = command(runtime, spec)?;

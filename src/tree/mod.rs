@@ -26,6 +26,7 @@ mod query;
 #[cfg(test)]
 mod tests;
 mod walk;
+pub(crate) use find::fnmatch;
 pub use find::{FileType, FindQuery, SizeTest};
 pub use walk::{MAX_SYMLINKS, ResolveError};
 #[cfg(test)]
