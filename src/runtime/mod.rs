@@ -289,7 +289,7 @@ impl Bind {
 /// The host values the environment policy uses: `TERM` for the container,
 /// `HOME`/`USER` for Charliecloud (which keeps the host's), and the names of
 /// host variables Apptainer would otherwise pass through.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct HostEnv {
     pub term: Option<String>,
     pub home: Option<String>,
@@ -325,6 +325,21 @@ impl HostEnv {
                 .collect(),
             gpu: GpuHost::from_process(),
         }
+    }
+}
+
+impl fmt::Debug for HostEnv {
+    /// Host variables by name only: their values may be tokens.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.vars.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("HostEnv")
+            .field("term", &self.term)
+            .field("home", &self.home)
+            .field("user", &self.user)
+            .field("apptainer_env_names", &self.apptainer_env_names)
+            .field("vars", &names)
+            .field("gpu", &self.gpu)
+            .finish()
     }
 }
 

@@ -689,3 +689,10 @@ fn gpus_without_a_gpu_or_cdi_spec_are_refused_before_starting() {
         Err(RuntimeError::GpusUnsupported(Runtime::Charliecloud))
     ));
 }
+
+#[test]
+fn host_values_stay_out_of_debug_output() {
+    let shown = format!("{:?}", spec());
+    assert!(shown.contains("GHCR_TOKEN"), "{shown}");
+    assert!(!shown.contains("secret"), "{shown}");
+}
