@@ -260,7 +260,15 @@ fn read_secret_from_stdin(option: &str) -> anyhow::Result<Secret> {
 /// Parses the command line and runs it; the process's whole life.
 pub fn main() -> ExitCode {
     started();
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|err| {
+        // `lazyimg run` with a bad option is lazyimg's own failure: 125, as
+        // `podman run` exits; other usage errors keep clap's 2.
+        if err.use_stderr() && invoked_run(std::env::args_os()) {
+            let _ = err.print();
+            std::process::exit(125);
+        }
+        err.exit()
+    });
     init_logging(cli.verbose, cli.quiet);
     // `lazyimg run` exits as `podman run` does: its own failures must not look
     // like the command's status (runtime module doc, "Exit status").
@@ -270,6 +278,16 @@ pub fn main() -> ExitCode {
         general_failure_status
     };
     finish("lazyimg", run(cli), failure)
+}
+
+/// Whether the command line `args` names the `run` subcommand, read leniently
+/// (it failed to parse).
+fn invoked_run(args: impl IntoIterator<Item = std::ffi::OsString>) -> bool {
+    use clap::CommandFactory;
+    Cli::command()
+        .ignore_errors(true)
+        .try_get_matches_from(args)
+        .is_ok_and(|m| m.subcommand_name() == Some("run"))
 }
 
 /// 126/127 for a command that cannot be invoked or is missing, else 125.
@@ -455,6 +473,16 @@ fn line_stamp() -> String {
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
+
+    #[test]
+    fn usage_errors_of_run_are_told_from_others() {
+        let invoked = |args: &[&str]| super::invoked_run(args.iter().map(Into::into));
+        assert!(invoked(&["lazyimg", "run", "--bind", "/a:/b:xx", "x"]));
+        assert!(invoked(&["lazyimg", "-v", "run", "--nosuch", "x"]));
+        assert!(invoked(&["lazyimg", "--config", "/c", "run"]));
+        assert!(!invoked(&["lazyimg", "ls", "--nosuch"]));
+        assert!(!invoked(&["lazyimg", "--nosuch"]));
+    }
 
     use super::*;
 
