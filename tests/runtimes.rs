@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use lazyimg::runtime::{self, Bind, RunSpec, Runtime, RuntimeError};
+use lazyimg::runtime::{self, Bind, Gpus, RunSpec, Runtime, RuntimeError};
 
 const TAG: &str = "bookworm";
 const MARKER: &str = "lazyimg debian test image\n";
@@ -105,6 +105,9 @@ fn fixture() -> &'static Fixture {
         // this OnceLock), and nothing here reads the environment concurrently
         // outside std's own lock.
         unsafe { std::env::set_var(SECRET.0, SECRET.1) };
+        // So that runtime::run, which podman inherits its environment from, works.
+        // SAFETY: as above.
+        unsafe { std::env::set_var("CONTAINERS_CONF", &containers_conf) };
         eprintln!("fixture ready in {:.1?}", t0.elapsed());
         Fixture {
             rootfs,
@@ -263,6 +266,38 @@ fn exit_status_comes_back() {
     assert_eq!(run_in(Runtime::Charliecloud, &s).0, 137);
 }
 
+/// What `lazyimg run` exits with for `spec`: [`runtime::run`]'s status, or its
+/// error's.
+fn run_status(rt: Runtime, spec: &RunSpec) -> i32 {
+    match runtime::run(rt, spec) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{rt}: {e}");
+            e.exit_status().into()
+        }
+    }
+}
+
+#[test]
+fn job_status_and_lazyimg_failures_are_told_apart() {
+    for rt in [Runtime::Charliecloud, Runtime::Podman] {
+        assert_eq!(run_status(rt, &spec(&["sh", "-c", "exit 1"])), 1, "{rt}");
+        assert_eq!(run_status(rt, &spec(&["no-such-command"])), 127, "{rt}");
+        assert_eq!(run_status(rt, &spec(&["/etc/passwd"])), 126, "{rt}");
+        assert_eq!(run_status(rt, &spec(&["/usr/bin"])), 126, "{rt}");
+        // A command the job runs is its own business: sh's 127 passes through.
+        assert_eq!(
+            run_status(rt, &spec(&["sh", "-c", "no-such-command"])),
+            127,
+            "{rt}"
+        );
+        // lazyimg (or the runtime) cannot start the job: 125.
+        let mut s = spec(&["true"]);
+        s.binds = vec![Bind::new("/nonexistent-lazyimg-source", "/mnt")];
+        assert_eq!(run_status(rt, &s), 125, "{rt}");
+    }
+}
+
 fn env_of(rt: Runtime, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
     let mut s = spec(&["env", "-0"]);
     s.env = extra
@@ -377,6 +412,105 @@ fn image_stays_read_only_and_binds_work() {
     );
     let e = runtime::run(Runtime::Charliecloud, &s).unwrap_err();
     assert!(matches!(e, RuntimeError::MissingBindTargets { .. }), "{e}");
+}
+
+#[test]
+fn read_only_binds_cannot_be_written() {
+    let data = tempfile::tempdir().unwrap();
+    let mut s = spec(&["sh", "-c", "cat /mnt/input && touch /mnt/written"]);
+    std::fs::write(data.path().join("input"), "bound\n").unwrap();
+    s.binds = vec![Bind::new(data.path(), "/mnt").read_only()];
+    let (code, out, err) = run_in(Runtime::Podman, &s);
+    assert_eq!((code, out.as_str()), (1, "bound\n"), "{err}");
+    assert!(err.contains("Read-only file system"), "{err}");
+    assert!(!data.path().join("written").exists());
+
+    // Charliecloud cannot: refused before starting, with lazyimg's 125.
+    let e = runtime::run(Runtime::Charliecloud, &s).unwrap_err();
+    assert!(matches!(e, RuntimeError::ReadOnlyBind { .. }), "{e}");
+    assert_eq!(e.exit_status(), 125);
+    // The same bind read-write is writable (the control).
+    s.binds[0].read_only = false;
+    let (code, _, err) = run_in(Runtime::Charliecloud, &s);
+    assert_eq!(code, 0, "{err}");
+    assert!(data.path().join("written").exists());
+}
+
+/// A CDI spec in /var/run/cdi (podman 4.3.1 reads no other directory) for
+/// `nvidia.com/gpu` devices `0` and `all`: a fake device node made with mknod
+/// and a stub library, both in a temp dir. Removed when dropped.
+struct FakeCdiSpec {
+    spec: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl FakeCdiSpec {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // 195/0: the real /dev/nvidia0's numbers; nothing here opens it.
+        let node = d.join("nvidia0");
+        run_ok(with_args(
+            "mknod",
+            &[node.to_str().unwrap(), "c", "195", "0"],
+        ));
+        std::fs::write(d.join("libcuda.so.1"), "stub driver\n").unwrap();
+        let edits = format!(
+            "  containerEdits:\n    deviceNodes:\n    - path: /dev/nvidia0\n      hostPath: {}\n",
+            node.display()
+        );
+        let yaml = format!(
+            "cdiVersion: 0.5.0\nkind: nvidia.com/gpu\ndevices:\n- name: \"0\"\n{edits}- name: all\n{edits}\
+             containerEdits:\n  mounts:\n  - hostPath: {}\n    containerPath: /usr/lib/x86_64-linux-gnu/libcuda.so.1\n    options: [ro, nosuid, nodev, bind]\n",
+            d.join("libcuda.so.1").display()
+        );
+        std::fs::create_dir_all("/var/run/cdi").unwrap();
+        let spec = PathBuf::from(format!(
+            "/var/run/cdi/{SCRATCH_PREFIX}{}.yaml",
+            std::process::id()
+        ));
+        std::fs::write(&spec, yaml).unwrap();
+        FakeCdiSpec { spec, dir }
+    }
+}
+
+impl Drop for FakeCdiSpec {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.spec);
+    }
+}
+
+#[test]
+fn podman_gets_gpus_through_cdi() {
+    let mut s = spec(&[
+        "sh",
+        "-c",
+        "ls -l /dev/nvidia0 && cat /usr/lib/x86_64-linux-gnu/libcuda.so.1",
+    ]);
+    let no_gpu = tempfile::tempdir().unwrap();
+    s.host.gpu.dev_dir = no_gpu.path().to_path_buf();
+    s.host.gpu.cdi_dirs = vec![no_gpu.path().join("cdi")];
+    s.gpus = Some(Gpus::All);
+    // No GPU: refused before starting.
+    let e = runtime::run(Runtime::Podman, &s).unwrap_err();
+    assert!(matches!(e, RuntimeError::NoGpu(_)), "{e}");
+
+    let fake = FakeCdiSpec::new();
+    s.host.gpu.dev_dir = fake.dir.path().to_path_buf();
+    // A GPU but no spec where lazyimg was told to look: the error names it.
+    let e = runtime::run(Runtime::Podman, &s).unwrap_err();
+    assert!(matches!(e, RuntimeError::NoCdiSpec(_)), "{e}");
+    assert!(e.to_string().contains("/cdi"), "{e}");
+
+    s.host.gpu.cdi_dirs = vec!["/var/run/cdi".into()];
+    for gpus in ["all", "0"] {
+        s.gpus = Some(gpus.parse().unwrap());
+        let (code, out, err) = run_in(Runtime::Podman, &s);
+        assert_eq!(code, 0, "--gpus {gpus}: {err}");
+        assert!(out.starts_with("crw-"), "--gpus {gpus}: {out}");
+        assert!(out.contains("195, 0"), "--gpus {gpus}: {out}");
+        assert!(out.ends_with("stub driver\n"), "--gpus {gpus}: {out}");
+    }
 }
 
 #[test]

@@ -267,9 +267,45 @@ fn read_secret_from_stdin(option: &str) -> anyhow::Result<Secret> {
 /// Parses the command line and runs it; the process's whole life.
 pub fn main() -> ExitCode {
     started();
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|err| {
+        // `lazyimg run` with a bad option is lazyimg's own failure: 125, as
+        // `podman run` exits; other usage errors keep clap's 2.
+        if err.use_stderr() && invoked_run(std::env::args_os()) {
+            let _ = err.print();
+            std::process::exit(125);
+        }
+        err.exit()
+    });
     init_logging(cli.verbose, cli.quiet);
-    finish("lazyimg", run(cli))
+    // `lazyimg run` exits as `podman run` does: its own failures must not look
+    // like the command's status (runtime module doc, "Exit status").
+    let failure = if matches!(cli.command, Command::Run(_)) {
+        run_failure_status
+    } else {
+        general_failure_status
+    };
+    finish("lazyimg", run(cli), failure)
+}
+
+/// Whether the command line `args` names the `run` subcommand, read leniently
+/// (it failed to parse).
+fn invoked_run(args: impl IntoIterator<Item = std::ffi::OsString>) -> bool {
+    use clap::CommandFactory;
+    Cli::command()
+        .ignore_errors(true)
+        .try_get_matches_from(args)
+        .is_ok_and(|m| m.subcommand_name() == Some("run"))
+}
+
+/// 126/127 for a command that cannot be invoked or is missing, else 125.
+fn run_failure_status(err: &anyhow::Error) -> u8 {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<crate::runtime::RuntimeError>())
+        .map_or(125, crate::runtime::RuntimeError::exit_status)
+}
+
+fn general_failure_status(_: &anyhow::Error) -> u8 {
+    1
 }
 
 /// The `ces-pull` executable: the site's syntax, the same work as `lazyimg ces-pull`.
@@ -283,7 +319,7 @@ pub fn ces_pull_main() -> ExitCode {
         };
         async_runtime()?.block_on(seed_cmds::ces_pull(&ctx, cli.args))
     };
-    finish("ces-pull", run())
+    finish("ces-pull", run(), general_failure_status)
 }
 
 fn async_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -293,11 +329,16 @@ fn async_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// The exit code for `result`, reporting an error as `program` on the way out.
-fn finish(program: &str, result: anyhow::Result<ExitCode>) -> ExitCode {
+/// The exit code for `result`, reporting an error as `program` on the way out
+/// and exiting with `failure`'s status for it.
+fn finish(
+    program: &str,
+    result: anyhow::Result<ExitCode>,
+    failure: fn(&anyhow::Error) -> u8,
+) -> ExitCode {
     result.unwrap_or_else(|err| {
         report(program, &err);
-        ExitCode::FAILURE
+        ExitCode::from(failure(&err))
     })
 }
 
@@ -440,6 +481,16 @@ fn line_stamp() -> String {
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
+
+    #[test]
+    fn usage_errors_of_run_are_told_from_others() {
+        let invoked = |args: &[&str]| super::invoked_run(args.iter().map(Into::into));
+        assert!(invoked(&["lazyimg", "run", "--bind", "/a:/b:xx", "x"]));
+        assert!(invoked(&["lazyimg", "-v", "run", "--nosuch", "x"]));
+        assert!(invoked(&["lazyimg", "--config", "/c", "run"]));
+        assert!(!invoked(&["lazyimg", "ls", "--nosuch"]));
+        assert!(!invoked(&["lazyimg", "--nosuch"]));
+    }
 
     use super::*;
 

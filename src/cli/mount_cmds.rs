@@ -15,7 +15,7 @@ use crate::mount::{self, Prefetching};
 use crate::pull::PullPolicy;
 use crate::reference::ImageRef;
 use crate::registry::RegistryClient;
-use crate::runtime::{self, Bind, RunSpec, Runtime};
+use crate::runtime::{self, Bind, Gpus, HostEnv, RunSpec, Runtime};
 use crate::store::Store;
 use crate::timeline::{self, Phase};
 
@@ -75,12 +75,26 @@ pub(super) struct RunArgs {
     /// Container runtime: podman, charliecloud (ch-run) or apptainer.
     #[arg(long, default_value = "podman")]
     runtime: Runtime,
-    /// Bind a host path into the container (SRC[:DST]); repeatable.
-    #[arg(long = "bind", value_name = "SRC[:DST]")]
+    /// Bind a host path into the container (SRC[:DST[:ro|rw]]); repeatable, or
+    /// a comma-separated list as Apptainer takes it. Charliecloud cannot bind
+    /// read-only and refuses :ro.
+    #[arg(long = "bind", value_name = "SRC[:DST[:ro|rw]]", value_delimiter = ',')]
     binds: Vec<Bind>,
-    /// Set a variable in the container (K=V); repeatable. No host variable is passed.
+    /// Set a variable in the container (K=V); repeatable. No host variable is
+    /// passed unless --env-host names it.
     #[arg(long = "env", value_name = "K=V")]
     env: Vec<String>,
+    /// Pass the host's variable NAME (a shell pattern such as 'SLURM_*' passes
+    /// all that match); repeatable.
+    #[arg(long = "env-host", value_name = "NAME")]
+    env_host: Vec<String>,
+    /// NVIDIA GPUs for the container: all, or host indices N[,M…] (apptainer:
+    /// --nv; podman: CDI devices; charliecloud: not yet).
+    #[arg(long, value_name = "all|N[,M…]")]
+    gpus: Option<Gpus>,
+    /// Same as --gpus all (Apptainer's spelling).
+    #[arg(long, conflicts_with = "gpus")]
+    nv: bool,
     /// Working directory in the container (default: the image's, else /).
     #[arg(long)]
     workdir: Option<String>,
@@ -93,6 +107,13 @@ pub(super) struct RunArgs {
     /// Command and arguments (default: the image's entrypoint and cmd).
     #[arg(last = true)]
     command: Vec<String>,
+}
+
+impl RunArgs {
+    /// `--gpus`, or `all` for `--nv`.
+    fn gpus(&self) -> Option<Gpus> {
+        self.gpus.clone().or(self.nv.then_some(Gpus::All))
+    }
 }
 
 pub(super) async fn mount(ctx: &Context, args: MountArgs) -> anyhow::Result<ExitCode> {
@@ -181,6 +202,10 @@ pub(super) fn umount(args: UmountArgs) -> anyhow::Result<ExitCode> {
 
 pub(super) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<ExitCode> {
     runtime::check_available(args.runtime)?;
+    let gpus = args.gpus();
+    // Before pulling or mounting: a GPU job on a node without GPUs starts nothing.
+    let host = HostEnv::from_process();
+    runtime::check_gpus(args.runtime, gpus.as_ref(), &host.gpu)?;
     let image = ctx.image(&args.reference)?;
     let credentials = ctx.credentials(&image, &args.registry)?;
     let registry = Arc::new(ctx.registry_with(&image, credentials.as_ref())?);
@@ -223,8 +248,11 @@ pub(super) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<ExitCode
     let session = fuse::spawn_mount(rootfs, mountpoint.path(), &options)?;
 
     let mut spec = RunSpec::new(mountpoint.path().to_path_buf(), command);
+    spec.host = host;
     spec.image_env = runtime_config.env.unwrap_or_default();
     spec.env = env;
+    spec.env_host = args.env_host;
+    spec.gpus = gpus;
     spec.binds = args.binds;
     spec.workdir = args
         .workdir
@@ -303,4 +331,42 @@ fn mount_options(flags: &MountFlags, image: &ImageRef) -> MountOptions {
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    #[test]
+    fn bind_lists_split_at_commas_as_apptainer_does() {
+        let cli = Cli::try_parse_from(["lazyimg", "--bind", "/a:/b:ro,/c", "--bind", "/d", "img"])
+            .unwrap();
+        assert_eq!(cli.run.gpus(), None);
+        assert_eq!(
+            cli.run.binds,
+            [
+                Bind::new("/a", "/b").read_only(),
+                Bind::new("/c", "/c"),
+                Bind::new("/d", "/d")
+            ]
+        );
+    }
+
+    #[test]
+    fn nv_is_gpus_all() {
+        let cli = Cli::try_parse_from(["lazyimg", "--gpus", "0,2", "img"]).unwrap();
+        assert_eq!(cli.run.gpus(), Some(Gpus::Devices(vec![0, 2])));
+        let cli = Cli::try_parse_from(["lazyimg", "--nv", "img"]).unwrap();
+        assert_eq!(cli.run.gpus(), Some(Gpus::All));
+        assert!(Cli::try_parse_from(["lazyimg", "--nv", "--gpus", "0", "img"]).is_err());
+        assert!(Cli::try_parse_from(["lazyimg", "--gpus", "one", "img"]).is_err());
+    }
 }

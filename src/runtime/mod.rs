@@ -8,20 +8,35 @@
 //! Charliecloud's bind targets exist ([`check_binds`]), runs the command and
 //! returns its exit status the way a shell reports it ([`exit_code`]: the
 //! command's status, or 128+N when a signal N killed it). `lazyimg run` exits
-//! with that status. Failures of the runtime itself come back as the runtime's
-//! own status (podman: 125 for its errors, 126/127 for a command that cannot
-//! run or is missing; ch-run: 1 on its errors).
+//! with that status.
+//!
+//! # Exit status
+//!
+//! `lazyimg run` exits as `podman run` does, whichever runtime runs the command:
+//! the command's own status (128+N when signal N killed it); 125 when lazyimg
+//! itself fails (pulling, mounting, a spec no runtime can express, a bind
+//! Charliecloud cannot mount: [`RuntimeError::exit_status`]); 126 when the
+//! command cannot be invoked and 127 when it is not found. Podman reports 126
+//! and 127 itself; Charliecloud and Apptainer fold them into their generic
+//! failure (ch-run 1, apptainer 255), so [`check_command`] looks the command up
+//! in the image before starting them. A runtime's own failure after it started
+//! (ch-run's 1, apptainer's 255) is passed on as is: it cannot be told from the
+//! command's own status of the same value.
 //!
 //! # Environment policy
 //!
 //! The container sees the same variables whichever runtime runs it:
 //!
 //! 1. the image config's `Env`, in order;
-//! 2. each `--env K=V` given to `lazyimg run`, replacing an image value of the
+//! 2. the host variables `--env-host NAME` names (names or shell patterns such
+//!    as `SLURM_*`), and with `--gpus` the host's GPU selection
+//!    (`CUDA_VISIBLE_DEVICES`, `NVIDIA_VISIBLE_DEVICES`; see [`Gpus`] and the
+//!    `gpu` module for what each runtime gets), replacing image values;
+//! 3. each `--env K=V` given to `lazyimg run`, replacing an earlier value of the
 //!    same name (a later `--env` replaces an earlier one);
-//! 3. `PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin` if
-//!    neither 1 nor 2 set `PATH`;
-//! 4. the host's `TERM`, if it is set and neither 1 nor 2 set `TERM`.
+//! 4. `PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin` if
+//!    none of 1–3 set `PATH`;
+//! 5. the host's `TERM`, if it is set and none of 1–3 set `TERM`.
 //!
 //! Values are passed verbatim: no runtime expands `$VAR` in them. No other host
 //! variable reaches the container (no tokens, no `LD_LIBRARY_PATH`, no proxy
@@ -33,7 +48,7 @@
 //! | charliecloud | the host's `$HOME` (not mounted)         | the host's    | `CH_RUNNING` |
 //! | apptainer    | the host's home, bound in                | the host's    | `APPTAINER_*`, `SINGULARITY_*`, `PS1`, `LD_LIBRARY_PATH=/.singularity.d/libs` |
 //!
-//! Steps 1–2 override `HOME` and `USER` too, except under Apptainer, which
+//! Steps 1–3 override `HOME` and `USER` too, except under Apptainer, which
 //! never lets `HOME` be overridden.
 //!
 //! How each runtime is made to follow it: podman starts from a clean environment
@@ -59,7 +74,9 @@
 //! * Writes: podman mounts the image with `--rootfs DIR:O`, a writable overlay
 //!   discarded at exit; Charliecloud and Apptainer see it read-only (writes fail
 //!   with EROFS outside `/tmp`, binds and, for Apptainer, the home directory).
-//! * Binds: podman and Apptainer create a missing target; Charliecloud cannot
+//! * Binds: `:ro` becomes podman's and Apptainer's `:ro`; ch-run 0.31 has no
+//!   read-only bind, so Charliecloud refuses one ([`RuntimeError::ReadOnlyBind`]).
+//!   Podman and Apptainer create a missing target; Charliecloud cannot
 //!   create one inside a read-only image, and a target under `/tmp`, `/dev`,
 //!   `/proc` or `/sys` (which it binds from the host) fails, so [`check_binds`]
 //!   refuses those before starting it.
@@ -70,8 +87,10 @@
 //!   runtime name and runs the `apptainer` program.
 
 mod binds;
+mod exec;
+mod gpu;
 
-use std::ffi::OsString;
+use std::ffi::{CString, OsStr, OsString};
 use std::fmt;
 use std::io::IsTerminal;
 use std::os::unix::process::ExitStatusExt;
@@ -80,6 +99,8 @@ use std::process::{Command, ExitStatus};
 use std::str::FromStr;
 
 pub use binds::{missing_bind_targets, resolve_in_root};
+pub use exec::check_command;
+pub use gpu::{GpuHost, Gpus, check_gpus};
 
 /// `PATH` given to the container when neither the image nor `--env` sets one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -101,6 +122,12 @@ const APPTAINER_ALWAYS_PASSED: &[&str] = &[
 /// Container paths Charliecloud bind-mounts from the host: a bind target at or
 /// below one of them cannot be mounted.
 const CHARLIECLOUD_HOST_BOUND: &[&str] = &["/tmp", "/dev", "/proc", "/sys"];
+
+/// Container paths Apptainer binds from the host by default (the home
+/// directories among them; a site's `bind path` entries are not known here).
+const APPTAINER_HOST_BOUND: &[&str] = &[
+    "/tmp", "/var/tmp", "/home", "/root", "/dev", "/proc", "/sys",
+];
 
 /// A container runtime lazyimg can start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -134,6 +161,16 @@ impl Runtime {
     /// Whether the runtime creates a bind target missing from the image.
     pub fn creates_bind_targets(self) -> bool {
         !matches!(self, Runtime::Charliecloud)
+    }
+
+    /// Container paths the runtime mounts from the host itself: their contents
+    /// are not the image's.
+    fn host_bound(self) -> &'static [&'static str] {
+        match self {
+            Runtime::Podman => &[],
+            Runtime::Charliecloud => CHARLIECLOUD_HOST_BOUND,
+            Runtime::Apptainer => APPTAINER_HOST_BOUND,
+        }
     }
 
     /// How to get the runtime when it is missing.
@@ -181,13 +218,25 @@ pub struct Bind {
     pub source: PathBuf,
     /// Absolute path in the container.
     pub target: PathBuf,
+    /// Mounted read-only (`:ro`); Charliecloud 0.31 cannot, so it refuses it.
+    pub read_only: bool,
 }
 
 impl Bind {
+    /// A read-write bind.
     pub fn new(source: impl Into<PathBuf>, target: impl Into<PathBuf>) -> Self {
         Bind {
             source: source.into(),
             target: target.into(),
+            read_only: false,
+        }
+    }
+
+    /// The same bind, read-only.
+    pub fn read_only(self) -> Self {
+        Bind {
+            read_only: true,
+            ..self
         }
     }
 }
@@ -195,10 +244,23 @@ impl Bind {
 impl FromStr for Bind {
     type Err = RuntimeError;
 
-    /// `SRC[:DST]`, as `--bind` takes it (`DST` defaults to `SRC`).
+    /// `SRC[:DST[:ro|rw]]`, as `--bind` and Apptainer take it (`DST` defaults to
+    /// `SRC`, the mode to `rw`). Lists (`A,B:/b:ro`) are split at commas by the
+    /// command line parser before this.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (source, target) = s.split_once(':').unwrap_or((s, s));
+        let mut parts = s.splitn(3, ':');
+        let source = parts.next().unwrap_or_default();
+        let target = parts.next().unwrap_or(source);
         let bind = Bind::new(source, target);
+        let bind = match parts.next() {
+            None | Some("rw") => bind,
+            Some("ro") => bind.read_only(),
+            Some(other) => {
+                return Err(invalid(format!(
+                    "bind {s:?}: unknown option {other:?} (expected ro or rw)"
+                )));
+            }
+        };
         bind.validate()?;
         Ok(bind)
     }
@@ -227,7 +289,7 @@ impl Bind {
 /// The host values the environment policy uses: `TERM` for the container,
 /// `HOME`/`USER` for Charliecloud (which keeps the host's), and the names of
 /// host variables Apptainer would otherwise pass through.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct HostEnv {
     pub term: Option<String>,
     pub home: Option<String>,
@@ -235,6 +297,10 @@ pub struct HostEnv {
     pub user: Option<String>,
     /// Names of this process's `APPTAINERENV_*` and `SINGULARITYENV_*` variables.
     pub apptainer_env_names: Vec<OsString>,
+    /// This process's variables (those that are UTF-8), for `--env-host` and
+    /// the GPU selection `--gpus` passes on.
+    pub vars: Vec<(String, String)>,
+    pub gpu: GpuHost,
 }
 
 impl HostEnv {
@@ -254,7 +320,26 @@ impl HostEnv {
                     k.starts_with("APPTAINERENV_") || k.starts_with("SINGULARITYENV_")
                 })
                 .collect(),
+            vars: std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect(),
+            gpu: GpuHost::from_process(),
         }
+    }
+}
+
+impl fmt::Debug for HostEnv {
+    /// Host variables by name only: their values may be tokens.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.vars.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("HostEnv")
+            .field("term", &self.term)
+            .field("home", &self.home)
+            .field("user", &self.user)
+            .field("apptainer_env_names", &self.apptainer_env_names)
+            .field("vars", &names)
+            .field("gpu", &self.gpu)
+            .finish()
     }
 }
 
@@ -286,6 +371,10 @@ pub struct RunSpec {
     pub image_env: Vec<String>,
     /// `--env K=V` overrides, in the order given.
     pub env: Vec<(String, String)>,
+    /// `--env-host` names or shell patterns (`SLURM_*`) of host variables to pass.
+    pub env_host: Vec<String>,
+    /// `--gpus`: which NVIDIA GPUs the container gets.
+    pub gpus: Option<Gpus>,
     pub binds: Vec<Bind>,
     /// Absolute working directory in the container; `None` means `/`.
     pub workdir: Option<String>,
@@ -303,6 +392,8 @@ impl RunSpec {
             command,
             image_env: Vec::new(),
             env: Vec::new(),
+            env_host: Vec::new(),
+            gpus: None,
             binds: Vec::new(),
             workdir: None,
             tty: std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
@@ -311,10 +402,11 @@ impl RunSpec {
     }
 
     /// The container's variables under the environment policy (module doc),
-    /// before the runtime adds its own: image `Env`, then `--env`, then the
-    /// default `PATH` and the host's `TERM` when not set. Names are unique and
-    /// keep the position of their first appearance.
-    pub fn effective_env(&self) -> Vec<(String, String)> {
+    /// before the runtime adds its own: image `Env`, then the host variables
+    /// `--env-host` names, then the GPU selection `--gpus` passes on `runtime`,
+    /// then `--env`, then the default `PATH` and the host's `TERM` when not
+    /// set. Names are unique and keep the position of their first appearance.
+    pub fn effective_env(&self, runtime: Runtime) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = Vec::new();
         let mut set = |k: &str, v: &str| match out.iter_mut().find(|(name, _)| name == k) {
             Some(slot) => slot.1 = v.to_owned(),
@@ -328,6 +420,12 @@ impl RunSpec {
                 set(k, v);
             }
         }
+        for (k, v) in self.passed_host_vars() {
+            set(k, v);
+        }
+        for (k, v) in gpu::selection_env(runtime, self) {
+            set(&k, &v);
+        }
         for (k, v) in &self.env {
             set(k, v);
         }
@@ -340,6 +438,25 @@ impl RunSpec {
             out.push(("TERM".into(), term.clone()));
         }
         out
+    }
+
+    /// The host variables `--env-host` asks for, in the host's order. A pattern
+    /// with a NUL byte matches nothing ([`RunSpec::validate`] refuses it).
+    fn passed_host_vars(&self) -> impl Iterator<Item = (&str, &str)> {
+        let patterns: Vec<CString> = self
+            .env_host
+            .iter()
+            .filter_map(|p| CString::new(p.as_bytes()).ok())
+            .collect();
+        self.host
+            .vars
+            .iter()
+            .filter(move |(k, _)| {
+                patterns
+                    .iter()
+                    .any(|p| crate::tree::fnmatch(p, OsStr::new(k)))
+            })
+            .map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
     fn workdir(&self) -> &str {
@@ -363,6 +480,13 @@ impl RunSpec {
             if k.is_empty() || k.contains(['=', '\0']) {
                 return Err(invalid(format!("invalid environment variable name {k:?}")));
             }
+        }
+        if let Some(p) = self
+            .env_host
+            .iter()
+            .find(|p| p.is_empty() || p.contains(['=', '\0']))
+        {
+            return Err(invalid(format!("invalid --env-host name or pattern {p:?}")));
         }
         for b in &self.binds {
             b.validate()?;
@@ -401,11 +525,35 @@ pub enum RuntimeError {
     )]
     MissingBindTargets { targets: Vec<PathBuf> },
 
+    #[error("{runtime} cannot bind {} read-only", target.display())]
+    ReadOnlyBind { runtime: Runtime, target: PathBuf },
+
+    #[error("{0} cannot give the container GPUs yet")]
+    GpusUnsupported(Runtime),
+
+    #[error("--gpus: no NVIDIA GPU on this host ({} does not exist)", .0.display())]
+    NoGpu(PathBuf),
+
+    #[error(
+        "--gpus: podman needs a CDI spec for nvidia.com/gpu, and there is none in {}",
+        .0.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" or ")
+    )]
+    NoCdiSpec(Vec<PathBuf>),
+
+    #[error("bind source {} does not exist", .0.display())]
+    MissingBindSource(PathBuf),
+
     #[error("bind target {target} is inside {shared}, which charliecloud mounts from the host")]
     HostBoundTarget {
         target: PathBuf,
         shared: &'static str,
     },
+
+    #[error("{command}: command not found in the image")]
+    CommandNotFound { command: String },
+
+    #[error("{}: {why}: cannot run it", path.display())]
+    CommandNotExecutable { path: PathBuf, why: &'static str },
 
     #[error("cannot start {program}: {source}")]
     Spawn {
@@ -428,8 +576,38 @@ impl RuntimeError {
                  or use --runtime podman, which creates it"
             }
             RuntimeError::HostBoundTarget { .. } => "pick another target, such as /mnt",
+            RuntimeError::MissingBindSource(_) => return None,
+            RuntimeError::GpusUnsupported(_) => {
+                "use --runtime apptainer or podman for GPU jobs \
+                 (charliecloud's ch-fromhost --nvidia needs a writable image)"
+            }
+            RuntimeError::NoGpu(_) => {
+                "run the job on a GPU node (the scheduler's GPU partition), or drop --gpus"
+            }
+            RuntimeError::NoCdiSpec(_) => {
+                "generate it as root: nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml"
+            }
+            RuntimeError::ReadOnlyBind { .. } => {
+                "ch-run 0.31 has no read-only binds: drop :ro (the job may then write \
+                 to the host), or use --runtime podman or apptainer"
+            }
+            RuntimeError::CommandNotFound { .. } => {
+                "check the name and the image's PATH (`lazyimg find REF --name NAME` lists matches)"
+            }
+            RuntimeError::CommandNotExecutable { .. } => return None,
             RuntimeError::Spawn { .. } => return None,
         })
+    }
+
+    /// What `lazyimg run` exits with when this error stops it: 127 for a command
+    /// not found, 126 for one that cannot be invoked, else 125 (lazyimg's own
+    /// failure), as `podman run` does.
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            RuntimeError::CommandNotFound { .. } => 127,
+            RuntimeError::CommandNotExecutable { .. } => 126,
+            _ => 125,
+        }
     }
 }
 
@@ -441,7 +619,8 @@ fn invalid(message: String) -> RuntimeError {
 /// is for). Pure: reads neither the host environment nor the file system.
 pub fn command(runtime: Runtime, spec: &RunSpec) -> Result<Command, RuntimeError> {
     spec.validate()?;
-    let env = spec.effective_env();
+    gpu::check_supported(runtime, spec.gpus.as_ref())?;
+    let env = spec.effective_env(runtime);
     let mut cmd = Command::new(runtime.program());
     match runtime {
         Runtime::Podman => {
@@ -468,6 +647,9 @@ pub fn command(runtime: Runtime, spec: &RunSpec) -> Result<Command, RuntimeError
             for b in &spec.binds {
                 cmd.arg("--volume").arg(bind_arg(b));
             }
+            for device in spec.gpus.iter().flat_map(gpu::podman_devices) {
+                cmd.arg("--device").arg(device);
+            }
             cmd.arg("--workdir").arg(spec.workdir());
             // --rootfs is a switch: the first operand is the directory (":O":
             // a writable overlay over it), and everything after it is the command.
@@ -492,6 +674,12 @@ pub fn command(runtime: Runtime, spec: &RunSpec) -> Result<Command, RuntimeError
                 cmd.arg(charliecloud_set_env(k, v));
             }
             for b in &spec.binds {
+                if b.read_only {
+                    return Err(RuntimeError::ReadOnlyBind {
+                        runtime,
+                        target: b.target.clone(),
+                    });
+                }
                 cmd.arg("-b").arg(bind_arg(b));
             }
             cmd.arg("-c").arg(spec.workdir());
@@ -511,6 +699,9 @@ pub fn command(runtime: Runtime, spec: &RunSpec) -> Result<Command, RuntimeError
                 }
             }
             cmd.args(["exec", "--cleanenv", "--no-eval"]);
+            if spec.gpus.is_some() {
+                cmd.args(gpu::apptainer_flags(&spec.host.gpu));
+            }
             for b in &spec.binds {
                 cmd.arg("--bind").arg(bind_arg(b));
             }
@@ -521,10 +712,15 @@ pub fn command(runtime: Runtime, spec: &RunSpec) -> Result<Command, RuntimeError
     Ok(cmd)
 }
 
+/// `SRC:DST`, with `:ro` for a read-only bind (podman's `--volume` and
+/// Apptainer's `--bind` spell it the same way).
 fn bind_arg(b: &Bind) -> OsString {
     let mut s = b.source.clone().into_os_string();
     s.push(":");
     s.push(&b.target);
+    if b.read_only {
+        s.push(":ro");
+    }
     s
 }
 
@@ -560,15 +756,20 @@ pub fn find_program(name: &str, path: &std::ffi::OsStr) -> Option<PathBuf> {
         })
 }
 
-/// Refuses binds `runtime` cannot mount into the image at `spec.rootfs`:
-/// Charliecloud needs every target to exist already, and not under a path it
-/// binds from the host itself. Podman and Apptainer create targets.
+/// Refuses binds `runtime` cannot mount into the image at `spec.rootfs`: every
+/// source must exist on the host (else ch-run fails with the status 1 a job
+/// could have returned, and apptainer with 255); Charliecloud needs every
+/// target to exist already, and not under a path it binds from the host
+/// itself. Podman and Apptainer create targets.
 pub fn check_binds(runtime: Runtime, spec: &RunSpec) -> Result<(), RuntimeError> {
+    if let Some(b) = spec.binds.iter().find(|b| !b.source.exists()) {
+        return Err(RuntimeError::MissingBindSource(b.source.clone()));
+    }
     if runtime.creates_bind_targets() {
         return Ok(());
     }
     for b in &spec.binds {
-        for shared in CHARLIECLOUD_HOST_BOUND {
+        for shared in runtime.host_bound() {
             if b.target.starts_with(shared) {
                 return Err(RuntimeError::HostBoundTarget {
                     target: b.target.clone(),
@@ -601,7 +802,9 @@ pub fn exit_code(status: ExitStatus) -> i32 {
 /// image.
 pub fn run(runtime: Runtime, spec: &RunSpec) -> Result<i32, RuntimeError> {
     check_available(runtime)?;
+    check_gpus(runtime, spec.gpus.as_ref(), &spec.host.gpu)?;
     check_binds(runtime, spec)?;
+    check_command(runtime, spec)?;
     let mut cmd = command(runtime, spec)?;
     let spawn_err = |source| RuntimeError::Spawn {
         program: runtime.program(),

@@ -9,6 +9,16 @@ fn host() -> HostEnv {
         home: Some("/home/alice".into()),
         user: Some("alice".into()),
         apptainer_env_names: vec!["APPTAINERENV_STALE".into(), "SINGULARITYENV_OLD".into()],
+        vars: [
+            ("SLURM_JOB_ID", "42"),
+            ("SLURM_NTASKS", "4"),
+            ("GHCR_TOKEN", "secret"),
+            ("CUDA_VISIBLE_DEVICES", "2,3"),
+            ("OMP_NUM_THREADS", "8"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .to_vec(),
+        gpu: GpuHost::default(),
     }
 }
 
@@ -25,6 +35,8 @@ fn spec() -> RunSpec {
             ("A".into(), "cli".into()),
             ("B".into(), "x y,z $HOME 'q'".into()),
         ],
+        env_host: Vec::new(),
+        gpus: None,
         binds: vec![Bind::new("/scratch/alice", "/mnt")],
         workdir: Some("/work".into()),
         tty: false,
@@ -55,7 +67,7 @@ fn envs(cmd: &Command) -> BTreeMap<String, Option<String>> {
 fn effective_env_follows_the_policy() {
     let s = spec();
     assert_eq!(
-        s.effective_env(),
+        s.effective_env(Runtime::Podman),
         [
             ("PATH", "/usr/local/bin:/usr/bin:/bin"),
             ("LAZYIMG_IMAGE_ENV", "from-image"),
@@ -72,13 +84,13 @@ fn effective_env_follows_the_policy() {
     s.image_env = vec!["TERM=dumb".into(), "BARE".into(), "=x".into()];
     s.env.clear();
     assert_eq!(
-        s.effective_env(),
+        s.effective_env(Runtime::Podman),
         [("TERM", "dumb"), ("PATH", DEFAULT_PATH)].map(|(k, v)| (k.to_string(), v.to_string()))
     );
     s.image_env.clear();
     s.host.term = None;
     assert_eq!(
-        s.effective_env(),
+        s.effective_env(Runtime::Podman),
         [("PATH".to_string(), DEFAULT_PATH.to_string())]
     );
 
@@ -92,7 +104,7 @@ fn effective_env_follows_the_policy() {
         ("X".into(), "3".into()),
     ];
     assert_eq!(
-        s.effective_env(),
+        s.effective_env(Runtime::Podman),
         [("X", "3"), ("Y", "2"), ("PATH", DEFAULT_PATH)]
             .map(|(k, v)| (k.to_string(), v.to_string()))
     );
@@ -332,7 +344,16 @@ fn runtime_and_bind_names_parse() {
         "/data".parse::<Bind>().unwrap(),
         Bind::new("/data", "/data")
     );
+    assert_eq!(
+        "/data:/mnt:ro".parse::<Bind>().unwrap(),
+        Bind::new("/data", "/mnt").read_only()
+    );
+    assert_eq!(
+        "/data:/mnt:rw".parse::<Bind>().unwrap(),
+        Bind::new("/data", "/mnt")
+    );
     assert!("/a:/b:/c".parse::<Bind>().is_err());
+    assert!("/a:/b:rx".parse::<Bind>().is_err());
     assert!("data:/mnt".parse::<Bind>().is_err());
 }
 
@@ -396,4 +417,282 @@ fn charliecloud_bind_targets_must_exist_and_not_be_host_bound() {
     ));
     s.binds = vec![Bind::new("/srv", "/mnt")];
     check_binds(Runtime::Charliecloud, &s).unwrap();
+}
+
+#[test]
+fn missing_and_unrunnable_commands_are_found_before_starting() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    for d in ["usr/bin", "bin", "mnt", "work"] {
+        std::fs::create_dir_all(r.join(d)).unwrap();
+    }
+    let write = |path: &str, mode: u32| {
+        std::fs::write(r.join(path), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(r.join(path), std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    write("usr/bin/tool", 0o755);
+    write("bin/data", 0o644);
+    write("work/local", 0o755);
+    let mut s = spec();
+    s.rootfs = r.to_path_buf();
+    s.image_env = vec!["PATH=/usr/local/bin:/usr/bin:/bin".into()];
+    let status = |s: &RunSpec, rt: Runtime, cmd: &str| {
+        let mut s = s.clone();
+        s.command = vec![cmd.into()];
+        check_command(rt, &s).map_err(|e| (e.exit_status(), e.to_string()))
+    };
+    for rt in [Runtime::Charliecloud, Runtime::Apptainer] {
+        assert_eq!(status(&s, rt, "tool"), Ok(()), "{rt}");
+        assert_eq!(status(&s, rt, "/usr/bin/tool"), Ok(()), "{rt}");
+        assert_eq!(
+            status(&s, rt, "./local"),
+            Ok(()),
+            "{rt}: relative to the workdir"
+        );
+        assert_eq!(
+            status(&s, rt, "nope"),
+            Err((127, "nope: command not found in the image".into())),
+            "{rt}"
+        );
+        assert_eq!(
+            status(&s, rt, "data"),
+            Err((126, "/bin/data: is not executable: cannot run it".into())),
+            "{rt}"
+        );
+        assert_eq!(status(&s, rt, "/usr").unwrap_err().0, 126, "{rt}");
+        // Under a bind or a host-bound path lazyimg cannot see: the runtime decides.
+        assert_eq!(status(&s, rt, "/mnt/x"), Ok(()), "{rt}");
+        assert_eq!(status(&s, rt, "/tmp/x"), Ok(()), "{rt}");
+    }
+    // Podman reports 126/127 itself.
+    assert_eq!(status(&s, Runtime::Podman, "nope"), Ok(()));
+    // A relative PATH entry: execvp's search depends on the working directory.
+    s.env = vec![("PATH".into(), "/usr/bin:bin".into())];
+    assert_eq!(status(&s, Runtime::Charliecloud, "nope"), Ok(()));
+
+    let e = RuntimeError::InvalidSpec("x".into());
+    assert_eq!(e.exit_status(), 125);
+}
+
+#[test]
+fn read_only_binds_are_honoured_or_refused() {
+    let mut s = spec();
+    s.binds = vec![Bind::new("/scratch/alice", "/mnt").read_only()];
+    for (rt, flag) in [
+        (Runtime::Podman, "--volume"),
+        (Runtime::Apptainer, "--bind"),
+    ] {
+        let a = argv(&command(rt, &s).unwrap());
+        assert!(
+            a.windows(2).any(|w| w == [flag, "/scratch/alice:/mnt:ro"]),
+            "{rt}: {a:?}"
+        );
+    }
+    // ch-run 0.31 has no read-only binds: refused, not silently read-write.
+    let e = command(Runtime::Charliecloud, &s).unwrap_err();
+    assert_eq!(e.to_string(), "charliecloud cannot bind /mnt read-only");
+    assert_eq!(e.exit_status(), 125);
+    assert!(e.hint().unwrap().contains("--runtime podman"));
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn env_host_passes_named_host_variables_only() {
+    let mut s = spec();
+    s.image_env = vec!["OMP_NUM_THREADS=1".into()];
+    s.env = vec![("SLURM_NTASKS".into(), "1".into())];
+    s.host.term = None;
+    s.env_host = vec!["SLURM_*".into(), "OMP_NUM_THREADS".into(), "UNSET".into()];
+    // The host's value replaces the image's; --env still wins; no GHCR_TOKEN.
+    let want = pairs(&[
+        ("OMP_NUM_THREADS", "8"),
+        ("SLURM_JOB_ID", "42"),
+        ("SLURM_NTASKS", "1"),
+        ("PATH", DEFAULT_PATH),
+    ]);
+    for rt in Runtime::ALL {
+        assert_eq!(s.effective_env(rt), want, "{rt}");
+    }
+    for bad in ["", "A=B", "A\0"] {
+        s.env_host = vec![bad.into()];
+        assert!(
+            matches!(s.validate(), Err(RuntimeError::InvalidSpec(_))),
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
+fn gpus_pass_the_selection_each_runtime_needs() {
+    let mut s = spec();
+    s.image_env.clear();
+    s.env.clear();
+    s.host.term = None;
+    s.host
+        .vars
+        .push(("NVIDIA_VISIBLE_DEVICES".into(), "all".into()));
+    let path = ("PATH", DEFAULT_PATH);
+    // Without --gpus the host's selection stays out.
+    assert_eq!(s.effective_env(Runtime::Apptainer), pairs(&[path]));
+
+    // all: the scheduler's allocation passes through.
+    s.gpus = Some(Gpus::All);
+    for rt in [Runtime::Podman, Runtime::Apptainer] {
+        assert_eq!(
+            s.effective_env(rt),
+            pairs(&[
+                ("CUDA_VISIBLE_DEVICES", "2,3"),
+                ("NVIDIA_VISIBLE_DEVICES", "all"),
+                path
+            ]),
+            "{rt}"
+        );
+    }
+    // A list: podman's CDI devices are the selection, renumbered from 0 inside.
+    s.gpus = Some("1,3".parse().unwrap());
+    assert_eq!(s.effective_env(Runtime::Podman), pairs(&[path]));
+    assert_eq!(
+        s.effective_env(Runtime::Apptainer),
+        pairs(&[
+            ("CUDA_VISIBLE_DEVICES", "1,3"),
+            ("NVIDIA_VISIBLE_DEVICES", "1,3"),
+            path
+        ])
+    );
+    // --nvccli exposes only the selected GPUs: CUDA's indices would be wrong.
+    s.host.gpu.nvidia_container_cli = true;
+    assert_eq!(
+        s.effective_env(Runtime::Apptainer),
+        pairs(&[("NVIDIA_VISIBLE_DEVICES", "1,3"), path])
+    );
+    // --env still has the last word.
+    s.env = vec![("CUDA_VISIBLE_DEVICES".into(), "0".into())];
+    assert_eq!(
+        s.effective_env(Runtime::Apptainer),
+        pairs(&[
+            ("NVIDIA_VISIBLE_DEVICES", "1,3"),
+            ("CUDA_VISIBLE_DEVICES", "0"),
+            path
+        ])
+    );
+}
+
+#[test]
+fn gpus_command_lines() {
+    let mut s = spec();
+    s.gpus = Some(Gpus::All);
+    let a = argv(&command(Runtime::Podman, &s).unwrap());
+    assert!(
+        a.windows(2)
+            .any(|w| w == ["--device", "nvidia.com/gpu=all"]),
+        "{a:?}"
+    );
+    s.gpus = Some("0,2".parse().unwrap());
+    let a = argv(&command(Runtime::Podman, &s).unwrap());
+    let devices: Vec<&str> = a
+        .windows(2)
+        .filter(|w| w[0] == "--device")
+        .map(|w| w[1].as_str())
+        .collect();
+    assert_eq!(devices, ["nvidia.com/gpu=0", "nvidia.com/gpu=2"]);
+    // Devices come before --rootfs: everything after its operand is the command.
+    let rootfs = a.iter().position(|x| x == "--rootfs").unwrap();
+    assert!(a.iter().position(|x| x == "--device").unwrap() < rootfs);
+
+    let a = argv(&command(Runtime::Apptainer, &s).unwrap());
+    assert_eq!(a[1..5], ["exec", "--cleanenv", "--no-eval", "--nv"]);
+    s.host.gpu.nvidia_container_cli = true;
+    let a = argv(&command(Runtime::Apptainer, &s).unwrap());
+    assert_eq!(
+        a[1..6],
+        ["exec", "--cleanenv", "--no-eval", "--nv", "--nvccli"]
+    );
+
+    let e = command(Runtime::Charliecloud, &s).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "charliecloud cannot give the container GPUs yet"
+    );
+    assert!(e.hint().unwrap().contains("--runtime apptainer"));
+
+    // No --gpus, no GPU flags.
+    s.gpus = None;
+    let a = argv(&command(Runtime::Apptainer, &s).unwrap());
+    assert!(!a.contains(&"--nv".to_string()));
+    assert!(!argv(&command(Runtime::Podman, &s).unwrap()).contains(&"--device".to_string()));
+
+    assert!("".parse::<Gpus>().is_err());
+    assert!("0,x".parse::<Gpus>().is_err());
+    assert_eq!("all".parse::<Gpus>().unwrap(), Gpus::All);
+}
+
+#[test]
+fn gpus_without_a_gpu_or_cdi_spec_are_refused_before_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = dir.path().join("dev");
+    let cdi = dir.path().join("cdi");
+    std::fs::create_dir_all(&dev).unwrap();
+    std::fs::create_dir_all(&cdi).unwrap();
+    let host = GpuHost {
+        dev_dir: dev.clone(),
+        cdi_dirs: vec![cdi.clone(), dir.path().join("run-cdi")],
+        nvidia_container_cli: false,
+    };
+    let all = Some(&Gpus::All);
+    for rt in Runtime::ALL {
+        check_gpus(rt, None, &host).unwrap();
+    }
+    // nvidiactl alone is no GPU.
+    std::fs::write(dev.join("nvidiactl"), "").unwrap();
+    let e = check_gpus(Runtime::Apptainer, all, &host).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "--gpus: no NVIDIA GPU on this host ({}/nvidia0 does not exist)",
+            dev.display()
+        )
+    );
+    assert_eq!(e.exit_status(), 125);
+    assert!(e.hint().unwrap().contains("GPU node"));
+
+    std::fs::write(dev.join("nvidia0"), "").unwrap();
+    check_gpus(Runtime::Apptainer, all, &host).unwrap();
+    let e = check_gpus(Runtime::Podman, all, &host).unwrap_err();
+    assert!(matches!(e, RuntimeError::NoCdiSpec(_)), "{e}");
+    assert!(
+        e.to_string().ends_with(&format!(
+            "none in {} or {}/run-cdi",
+            cdi.display(),
+            dir.path().display()
+        )),
+        "{e}"
+    );
+    assert!(e.hint().unwrap().contains("nvidia-ctk cdi generate"));
+    // A spec of another kind does not count; nvidia-ctk's does.
+    std::fs::write(cdi.join("other.yaml"), "kind: example.com/fpga\n").unwrap();
+    assert!(check_gpus(Runtime::Podman, all, &host).is_err());
+    std::fs::write(
+        cdi.join("nvidia.yaml"),
+        "cdiVersion: 0.5.0\nkind: nvidia.com/gpu\n",
+    )
+    .unwrap();
+    check_gpus(Runtime::Podman, all, &host).unwrap();
+
+    assert!(matches!(
+        check_gpus(Runtime::Charliecloud, all, &host),
+        Err(RuntimeError::GpusUnsupported(Runtime::Charliecloud))
+    ));
+}
+
+#[test]
+fn host_values_stay_out_of_debug_output() {
+    let shown = format!("{:?}", spec());
+    assert!(shown.contains("GHCR_TOKEN"), "{shown}");
+    assert!(!shown.contains("secret"), "{shown}");
 }

@@ -158,7 +158,8 @@ impl FindQuery {
     }
 }
 
-fn fnmatch(pattern: &CString, name: &OsStr) -> bool {
+/// Whether `name` matches the shell pattern `pattern` (fnmatch(3), no flags).
+pub(crate) fn fnmatch(pattern: &CString, name: &OsStr) -> bool {
     // A name with a NUL byte cannot come from a tar header or a TOC.
     let Ok(name) = CString::new(name.as_bytes()) else {
         return false;

@@ -30,6 +30,7 @@ mod query;
 mod tests;
 mod walk;
 pub use diff::{Attribute, Change, ChangeKind, SameContent};
+pub(crate) use find::fnmatch;
 pub use find::{FileType, FindQuery, SizeTest};
 pub use walk::{MAX_SYMLINKS, ResolveError};
 #[cfg(test)]
