@@ -126,6 +126,16 @@ pub(super) fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
     }
 }
 
+/// listxattr(2)'s answer for `names`: each name followed by a NUL byte.
+pub(super) fn xattr_name_list<'a>(names: impl Iterator<Item = &'a str>) -> Vec<u8> {
+    let mut list = Vec::new();
+    for name in names {
+        list.extend_from_slice(name.as_bytes());
+        list.push(0);
+    }
+    list
+}
+
 /// Answers a read of up to `size` bytes at `offset` of the file at
 /// `location` (inode `ino`) in `rootfs`.
 pub(super) fn read_file(
@@ -352,12 +362,7 @@ impl Filesystem for Adapter {
         let Some(names) = self.tree().list_xattrs(ino.0) else {
             return reply.error(Errno::ENOENT);
         };
-        let mut list = Vec::new();
-        for name in names {
-            list.extend_from_slice(name.as_bytes());
-            list.push(0);
-        }
-        reply_xattr(reply, size, &list);
+        reply_xattr(reply, size, &xattr_name_list(names));
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {

@@ -20,7 +20,9 @@ use fuser::{
 
 use crate::rootfs::layer_store::{LayerStore, Node, NodeKind, USE_FILE};
 
-use super::adapter::{GENERATION, TTL, WANTED, read_file, reply_xattr, skip_count};
+use super::adapter::{
+    GENERATION, TTL, WANTED, read_file, reply_xattr, skip_count, xattr_name_list,
+};
 use super::attr::file_attr;
 use super::errno::read_errno;
 use super::read_pool::ReadPool;
@@ -277,10 +279,7 @@ impl Filesystem for StoreAdapter {
             && let Some(image) = self.store.image(slot)
             && let Some(names) = image.rootfs.tree.list_xattrs(ino)
         {
-            for name in names {
-                list.extend_from_slice(name.as_bytes());
-                list.push(0);
-            }
+            list = xattr_name_list(names);
         }
         reply_xattr(reply, size, &list);
     }
