@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::LazyOptions;
+use super::coalesce::{run_span, runs};
 use super::decode::{self, DeflateResume};
 use super::pool::Workers;
 use super::source::RangeSource;
@@ -34,8 +35,6 @@ use crate::layer::{Chunk, ChunkCodec};
 use crate::rootfs::Stats;
 use crate::store::{Blob, SharedCache, Store};
 
-/// Gaps up to this size between chunks are fetched rather than split into two requests.
-const MAX_GAP: u64 = 64 * 1024;
 /// Extra time a reader waiting on another's whole-blob download allows for
 /// storing it after the download's own deadline.
 const WHOLE_BLOB_WAIT_SLACK: Duration = Duration::from_secs(5);
@@ -771,44 +770,4 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn slice_of(whole: &Blob, span: &Range<u64>) -> Bytes {
     whole.slice(span.start as usize..span.end as usize)
-}
-
-/// Groups claimed chunks (ascending indices) into runs fetched by one request
-/// each: neighbours whose blob bytes touch, overlap or leave a small gap, up
-/// to `max_request`. Returns each run's length, in order.
-fn runs(chunks: &[Chunk], claimed: &[usize], max_request: u64) -> Vec<usize> {
-    let mut lengths: Vec<usize> = Vec::new();
-    let mut span: Option<Range<u64>> = None;
-    for &index in claimed {
-        let chunk = &chunks[index];
-        let chunk_end = chunk.blob_offset + chunk.blob_size;
-        if let (Some(current), Some(length)) = (span.as_mut(), lengths.last_mut()) {
-            let end = current.end.max(chunk_end);
-            let joins = chunk.blob_offset + MAX_GAP >= current.end
-                && chunk.blob_offset >= current.start
-                && end - current.start <= max_request;
-            if joins {
-                current.end = end;
-                *length += 1;
-                continue;
-            }
-        }
-        span = Some(chunk.blob_offset..chunk_end);
-        lengths.push(1);
-    }
-    lengths
-}
-
-/// The blob bytes the chunks `run` cover.
-fn run_span(chunks: &[Chunk], run: impl Iterator<Item = usize> + Clone) -> Range<u64> {
-    let start = run
-        .clone()
-        .map(|i| chunks[i].blob_offset)
-        .min()
-        .unwrap_or(0);
-    let end = run
-        .map(|i| chunks[i].blob_offset + chunks[i].blob_size)
-        .max()
-        .unwrap_or(0);
-    start..end
 }

@@ -5,6 +5,7 @@
 //! coalescing, verification via [`decode`]) → the store → [`ImageContent`], the
 //! [`ContentReader`] the FUSE adapter calls.
 
+mod coalesce;
 pub mod decode;
 pub mod fetch;
 mod gzip;
