@@ -405,6 +405,11 @@ fn podman_takes_every_layer_of_an_indexed_gzip_image_from_the_store_and_runs_it(
     );
 }
 
+/// The demo image's busybox layer, gzip-compressed: the base of these images.
+fn busybox_layer(work: &Path) -> BuiltLayer {
+    BuiltLayer::from_tar(busybox_tar(work), Compression::Gzip, Default::default())
+}
+
 /// The demo image's busybox layer as a tar.
 fn busybox_tar(work: &Path) -> Vec<u8> {
     let layout = demo_layout(work);
@@ -428,11 +433,7 @@ fn a_plain_zstd_layer_is_absent_and_podman_pulls_it_itself() {
     let work = tempfile::tempdir().unwrap();
     let label = format!("als-zstd-{}", nonce());
     let layers = [
-        BuiltLayer::from_tar(
-            busybox_tar(work.path()),
-            Compression::Gzip,
-            Default::default(),
-        ),
+        busybox_layer(work.path()),
         build_layer(&LayerSpec::new(vec![
             dir("work"),
             file("work/label.txt", format!("{label}\n")),
@@ -613,11 +614,7 @@ fn rootless_podman_uses_a_store_started_inside_podman_unshare() {
     let work = tempfile::tempdir().unwrap();
     let label = format!("als-rootless-{}", nonce());
     let layers = [
-        BuiltLayer::from_tar(
-            busybox_tar(work.path()),
-            Compression::Gzip,
-            Default::default(),
-        ),
+        busybox_layer(work.path()),
         build_layer(&LayerSpec::new(vec![
             dir("work"),
             file("work/old.txt", "old\n"),
@@ -732,11 +729,7 @@ fn podman_takes_estargz_and_zstd_chunked_layers_from_the_store() {
         file("work/label.txt", format!("{label}\n")),
         file("work/data.bin", data.clone()),
     ]);
-    let busybox = BuiltLayer::from_tar(
-        busybox_tar(work.path()),
-        Compression::Gzip,
-        Default::default(),
-    );
+    let busybox = busybox_layer(work.path());
     let mut spec = ImageSpec::new(Vec::new()).env(&["PATH=/bin"]);
     spec.working_dir = Some("/work".into());
     let push = |layout: &Path, name: &str| {
