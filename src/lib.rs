@@ -7,6 +7,7 @@
 //! - [`layer`] reads layer tars and tables of contents, [`tree`] merges them
 //!   into one read-only tree;
 //! - [`mount`] puts an image's tree and content together and serves it;
+//! - [`snapshotter`] hands containerd layers that lazyimg serves lazily;
 //! - [`cli`] is the edge: it turns errors into one line plus a hint.
 //!
 //! # Layers
@@ -29,7 +30,8 @@
 //! 8. [`pull`], [`lazy`], [`fuse`]: pulling images, the lazy read engine, the
 //!    FUSE adapter;
 //! 9. [`policy`], [`seed`]: the approved-image list, copying images to a site registry;
-//! 10. [`mount`], [`runtime`]: assembling and serving a mount, container runtimes;
+//! 10. [`mount`], [`runtime`], [`snapshotter`]: assembling and serving a
+//!     mount, container runtimes, containerd's remote snapshotter;
 //! 11. [`cli`]: the edge.
 
 pub mod chunkmap;
@@ -51,6 +53,7 @@ pub mod runtime;
 pub mod secret;
 pub mod seed;
 pub mod signing;
+pub mod snapshotter;
 pub mod store;
 pub mod timeline;
 pub mod tree;

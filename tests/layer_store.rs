@@ -12,134 +12,17 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use support::estargz::build_estargz_layer;
-use support::image::{
-    BuiltLayer, Compression, ImageSpec, LayerSpec, build_layer, dir, file, opaque, whiteout,
+use support::image::{Compression, ImageSpec, LayerSpec, build_layer, dir, file, opaque, whiteout};
+use support::pushed::{
+    busybox_layer, diff_ids, layer_sizes, layers, lazyimg_fetched, push_image, reference_dir, sh,
+    sh_out, sha256_file, toc_digests,
 };
 use support::site::{
     DEMO_FILE, DEMO_TAG, ces_pull_with, containers_conf, demo_layout, plain_log_len,
     plain_log_since, site,
 };
-use support::testenv::{
-    Daemon, Lazyimg, TestEnv, authed, build_layout_from_layers, nonce, testenv,
-};
-use support::tools::skopeo_inspect;
+use support::testenv::{Daemon, Lazyimg, authed, build_layout_from_layers, nonce, testenv};
 use support::zstd_chunked::convert_to_zstd_chunked;
-
-/// Size of `/work/big.bin` in [`push_image`]'s image: the 256 MiB file of
-/// issue 11's acceptance 2.
-const BIG: u64 = 256 << 20;
-
-/// The demo image (busybox) plus a layer of its own holding `/work`, owned by
-/// 1000:1000, with `label.txt` and [`BIG`] random bytes in `big.bin`, and a
-/// config naming that user, workdir and an env variable; pushed to the plain
-/// registry. Returns the reference and the label that `/work/label.txt` and
-/// `$GREETING` hold.
-fn push_image(env: &TestEnv, work: &Path) -> (String, String) {
-    let label = format!("als-{}", nonce());
-    let layout = demo_layout(work);
-    let script = format!(
-        "set -e; cd {work}; umoci unpack --image oci:v1 bundle >/dev/null; \
-         mkdir -p bundle/rootfs/work; echo {label} > bundle/rootfs/work/label.txt; \
-         head -c {BIG} /dev/urandom > bundle/rootfs/work/big.bin; \
-         chown -R 1000:1000 bundle/rootfs/work; \
-         umoci repack --image oci:v1 bundle; \
-         umoci config --image oci:v1 --config.user 1000:1000 --config.workingdir /work \
-           --config.env GREETING={label}; \
-         umoci gc --layout oci",
-        work = work.display()
-    );
-    assert_eq!(layout, work.join("oci"));
-    sh(&script);
-    let reference = format!("{}/als/{label}:v1", env.plain());
-    sh(&format!(
-        "skopeo copy --quiet --dest-tls-verify=false oci:{}:v1 docker://{reference}",
-        layout.display()
-    ));
-    (reference, label)
-}
-
-fn sh_out(script: &str) -> String {
-    let out = Command::new("sh").args(["-c", script]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{script}:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn sh(script: &str) {
-    let out = Command::new("sh").args(["-c", script]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{script}:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The image's layer digests and sizes, from the registry's manifest.
-fn layer_sizes(reference: &str) -> Vec<(String, u64)> {
-    let raw =
-        support::site::raw_manifest(&format!("docker://{reference}"), &["--tls-verify=false"]);
-    let manifest: serde_json::Value = serde_json::from_slice(&raw).unwrap();
-    (manifest["layers"].as_array().unwrap().iter())
-        .map(|l| {
-            (
-                l["digest"].as_str().unwrap().to_string(),
-                l["size"].as_u64().unwrap(),
-            )
-        })
-        .collect()
-}
-
-/// The image's layer digests, as the registry's manifest names them.
-fn layers(reference: &str) -> Vec<String> {
-    let info = skopeo_inspect(&format!("docker://{reference}"), &["--tls-verify=false"])
-        .expect("skopeo inspect");
-    info["Layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l.as_str().unwrap().to_string())
-        .collect()
-}
-
-/// The TOC digests the image's layers are annotated with (eStargz,
-/// zstd:chunked as skopeo 1.9 writes it).
-fn toc_digests(reference: &str) -> Vec<String> {
-    let raw =
-        support::site::raw_manifest(&format!("docker://{reference}"), &["--tls-verify=false"]);
-    let manifest: serde_json::Value = serde_json::from_slice(&raw).unwrap();
-    let keys = [
-        "containerd.io/snapshot/stargz/toc.digest",
-        "io.containers.zstd-chunked.manifest-checksum",
-    ];
-    let tocs: Vec<String> = (manifest["layers"].as_array().unwrap().iter())
-        .filter_map(|l| keys.iter().find_map(|k| l["annotations"][k].as_str()))
-        .map(str::to_string)
-        .collect();
-    assert!(!tocs.is_empty(), "{reference} has no TOC layer");
-    tocs
-}
-
-/// The image's DiffIDs, from the registry's config.
-fn diff_ids(reference: &str) -> Vec<String> {
-    let config = skopeo_inspect(
-        &format!("docker://{reference}"),
-        &["--tls-verify=false", "--config"],
-    )
-    .expect("skopeo inspect --config");
-    config["rootfs"]["diff_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d.as_str().unwrap().to_string())
-        .collect()
-}
-
-fn sha256_file(path: &Path) -> String {
-    support::layer::sha256_digest(&std::fs::read(path).unwrap())
-}
 
 /// A running `lazyimg layer-store DIR`; stopped with SIGTERM when dropped.
 /// Borrows the sandbox whose cache and config the daemon uses, so they
@@ -336,18 +219,7 @@ fn podman_takes_every_layer_of_an_indexed_gzip_image_from_the_store_and_runs_it(
         "dd if=big.bin bs=4096 skip=40000 count=1 2>/dev/null | sha256sum",
     ]);
     let (big_layer, big_size) = layer_sizes(&reference).pop().unwrap();
-    let fetched: u64 = plain_log_since(env, log_start)
-        .iter()
-        .filter(|l| l.contains(&format!("/blobs/{big_layer} ")) && l.contains("lazyimg/"))
-        .filter_map(|l| {
-            l.split("\" ")
-                .nth(1)?
-                .split(' ')
-                .nth(1)?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum();
+    let fetched = lazyimg_fetched(&plain_log_since(env, log_start), &big_layer);
     eprintln!("4 KiB slice of big.bin: lazyimg fetched {fetched} of {big_size} bytes of its layer");
     assert!(
         fetched * 50 < big_size,
@@ -403,28 +275,6 @@ fn podman_takes_every_layer_of_an_indexed_gzip_image_from_the_store_and_runs_it(
         !mounts.contains(store.path().to_str().unwrap()),
         "still mounted after SIGTERM"
     );
-}
-
-/// The demo image's busybox layer, gzip-compressed: the base of these images.
-fn busybox_layer(work: &Path) -> BuiltLayer {
-    BuiltLayer::from_tar(busybox_tar(work), Compression::Gzip, Default::default())
-}
-
-/// The demo image's busybox layer as a tar.
-fn busybox_tar(work: &Path) -> Vec<u8> {
-    let layout = demo_layout(work);
-    let blob = |digest: &str| {
-        let (_, hex) = digest.split_once(':').unwrap();
-        std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap()
-    };
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap();
-    let gzip = blob(manifest["layers"][0]["digest"].as_str().unwrap());
-    let mut tar = Vec::new();
-    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gzip[..]), &mut tar).unwrap();
-    tar
 }
 
 #[test]
@@ -711,12 +561,6 @@ $P rmi {reference} >/dev/null
 
 /// The unprivileged user scripts/setup-runtimes.sh creates.
 const USER: &str = "lazyimg-test";
-
-/// `base64(reference)`, as containers/storage names the store's directories.
-fn reference_dir(reference: &str) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(reference)
-}
 
 #[test]
 fn podman_takes_estargz_and_zstd_chunked_layers_from_the_store() {

@@ -11,6 +11,7 @@ mod nginx_cmd;
 mod policy_cmds;
 mod progress;
 mod seed_cmds;
+mod snapshotter_cmd;
 mod stats_cmd;
 
 use std::io::Read;
@@ -110,6 +111,14 @@ enum Command {
         lazyimg layer-store --print-config /var/lib/lazyimg/layer-store >> /etc/containers/storage.conf\n  \
         podman --storage-opt overlay.additionallayerstore=/var/lib/lazyimg/layer-store:ref pull IMAGE")]
     LayerStore(layer_store_cmd::LayerStoreArgs),
+    /// Serve containerd's snapshots API as a remote snapshotter: layers of
+    /// approved images with a table of contents or lazyimg index are read
+    /// lazily instead of downloaded; others are unpacked as usual.
+    #[command(after_help = "Examples:\n  \
+        lazyimg snapshotter --print-config >> /etc/containerd/config.toml\n  \
+        lazyimg snapshotter --socket /run/lazyimg/snapshotter.sock --root /var/lib/lazyimg/snapshotter\n  \
+        ctr-remote image rpull --snapshotter lazyimg IMAGE")]
+    Snapshotter(snapshotter_cmd::SnapshotterArgs),
     /// Show a mount's transfers: bytes fetched and served, chunks, cache hits,
     /// verification failures, fetch latency.
     #[command(
@@ -363,6 +372,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Mount(args) => runtime.block_on(mount_cmds::mount(&ctx, args)),
         Command::Umount(args) => mount_cmds::umount(args),
         Command::LayerStore(args) => runtime.block_on(layer_store_cmd::layer_store(&ctx, args)),
+        Command::Snapshotter(args) => runtime.block_on(snapshotter_cmd::snapshotter(
+            &ctx,
+            args,
+            cli.config.as_deref(),
+        )),
         Command::Stats(args) => stats_cmd::stats(args),
         Command::Run(args) => runtime.block_on(mount_cmds::run(&ctx, args)),
         Command::Cache(command) => cache::run(&ctx, command),
