@@ -11,9 +11,18 @@ mod support;
 use std::path::Path;
 
 use support::containerd::{Containerd, Snapshotter};
-use support::pushed::{layer_sizes, layers, lazyimg_fetched, push_image, sh_out};
-use support::site::{plain_log_len, plain_log_since};
-use support::testenv::{Lazyimg, authed, nonce, testenv};
+use support::estargz::build_estargz_layer;
+use support::image::{
+    BuiltLayer, Compression, ImageSpec, LayerSpec, build_layer, dir, file, torture_image,
+};
+use support::listing::{diff_listings, listing};
+use support::pushed::{
+    busybox_layer, layer_sizes, layers, lazyimg_fetched, push_image, sh, sh_out,
+};
+use support::site::{demo_layout, plain_log_len, plain_log_since};
+use support::testenv::{Lazyimg, authed, build_layout_from_layers, nonce, testenv};
+use support::tools::unpack_with_umoci;
+use support::zstd_chunked::convert_to_zstd_chunked;
 
 /// containerd's GETs of blob `digest` in registry log `lines` (its
 /// User-Agent is `containerd/1.6.20…`).
@@ -43,10 +52,7 @@ fn an_indexed_gzip_image_runs_from_lazy_layers_and_survives_a_snapshotter_crash(
     let layers = layers(&reference);
 
     let lazyimg = Lazyimg::new(env);
-    let state = tempfile::Builder::new()
-        .prefix("lazyimg-sn-")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let state = state_dir();
     let mut snapshotter = Snapshotter::start(&lazyimg, state.path());
     let containerd = Containerd::start(&snapshotter.socket, "");
     let log_start = plain_log_len(env);
@@ -198,4 +204,294 @@ fn wait_for_stop(containerd: &Containerd, id: &str) {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// `ctr-remote image rpull` of `reference` through the lazyimg snapshotter.
+fn rpull(containerd: &Containerd, reference: &str) {
+    containerd.remote_ok(&[
+        "image",
+        "rpull",
+        "--plain-http",
+        "--snapshotter",
+        "lazyimg",
+        reference,
+    ]);
+}
+
+/// `ctr run --rm` of `reference` through the lazyimg snapshotter: `sh -c
+/// script`'s stdout.
+fn run_sh(containerd: &Containerd, reference: &str, script: &str) -> String {
+    let id = format!("c-{}", nonce());
+    containerd.ok(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        "lazyimg",
+        reference,
+        &id,
+        "sh",
+        "-c",
+        script,
+    ])
+}
+
+/// Pushes the OCI layout at `layout` (tag `v1`) to the plain registry as
+/// `reference`.
+fn push(layout: &Path, reference: &str) {
+    sh(&format!(
+        "skopeo copy --quiet --dest-tls-verify=false oci:{}:v1 docker://{reference}",
+        layout.display()
+    ));
+}
+
+#[test]
+fn estargz_and_zstd_chunked_images_run_from_lazy_layers() {
+    let env = testenv();
+    let work = tempfile::tempdir().unwrap();
+    let label = format!("ctd-toc-{}", nonce());
+    let data = support::image::prng_bytes(12, 300 << 10);
+    let files = LayerSpec::new(vec![
+        dir("work"),
+        file("work/label.txt", format!("{label}\n")),
+        file("work/data.bin", data.clone()),
+    ]);
+    let busybox = busybox_layer(work.path());
+    let spec = ImageSpec::new(Vec::new()).env(&["PATH=/bin"]);
+    // eStargz files over the busybox layer (gzip, made lazy by an index).
+    let estargz = [busybox.clone(), build_estargz_layer(&files, 64 << 10)];
+    let (layout, _) = build_layout_from_layers(&work.path().join("esgz"), &spec, &estargz, "v1");
+    let estargz_ref = format!("{}/ctd/{label}-estargz:v1", env.plain());
+    push(&layout.dir, &estargz_ref);
+    authed(&Lazyimg::new(env), &["index", "--push", &estargz_ref]).ok();
+    // Both layers zstd:chunked, converted by skopeo.
+    let gzip = [busybox, build_layer(&files)];
+    let (layout, _) = build_layout_from_layers(&work.path().join("gz"), &spec, &gzip, "v1");
+    let converted = convert_to_zstd_chunked(&layout.dir, "v1", &work.path().join("zstd")).unwrap();
+    let chunked_ref = format!("{}/ctd/{label}-zstd-chunked:v1", env.plain());
+    push(&converted.layout_dir, &chunked_ref);
+
+    let lazyimg = Lazyimg::new(env);
+    let node = Node::start(&lazyimg);
+    let containerd = &node.containerd;
+    let data_sum = support::layer::sha256_hex(&data);
+    for reference in [&estargz_ref, &chunked_ref] {
+        let log_start = plain_log_len(env);
+        rpull(containerd, reference);
+        let out = run_sh(
+            containerd,
+            reference,
+            "cat /work/label.txt; cd /work; sha256sum data.bin",
+        );
+        assert_eq!(
+            out,
+            format!("{label}\n{data_sum}  data.bin\n"),
+            "{reference}"
+        );
+        let layers = layers(reference);
+        let lines = plain_log_since(env, log_start);
+        for layer in &layers {
+            let gets = containerd_gets(&lines, layer);
+            assert!(
+                gets.is_empty(),
+                "{reference}: {gets:#?}\n{}",
+                node.snapshotter.log()
+            );
+        }
+        assert_eq!(stored_layers(containerd, &layers), Vec::<String>::new());
+    }
+}
+
+#[test]
+fn layers_lazyimg_cannot_serve_are_unpacked_by_containerd() {
+    let env = testenv();
+    let work = tempfile::tempdir().unwrap();
+    let label = format!("ctd-local-{}", nonce());
+    // Indexed gzip layers under a plain zstd one: the bottom two are served,
+    // containerd downloads and unpacks the top one into a local snapshot.
+    let built = [
+        busybox_layer(work.path()),
+        build_layer(&LayerSpec::new(vec![
+            dir("work"),
+            file("work/label.txt", format!("{label}\n")),
+        ])),
+        build_layer(
+            &LayerSpec::new(vec![file("work/top.txt", format!("zstd {label}\n"))])
+                .compression(Compression::Zstd),
+        ),
+    ];
+    let spec = ImageSpec::new(Vec::new()).env(&["PATH=/bin"]);
+    let (layout, _) = build_layout_from_layers(&work.path().join("img"), &spec, &built, "v1");
+    let zstd_ref = format!("{}/ctd/{label}-zstd:v1", env.plain());
+    push(&layout.dir, &zstd_ref);
+    authed(&Lazyimg::new(env), &["index", "--push", &zstd_ref]).ok();
+    // The demo image with no index, and again under an unapproved name.
+    let demo = demo_layout(work.path());
+    let plain_ref = format!("{}/ctd/{label}-no-index:v1", env.plain());
+    push(&demo, &plain_ref);
+    let unapproved_ref = format!("{}/elsewhere/{label}:v1", env.plain());
+    push(&demo, &unapproved_ref);
+    authed(&Lazyimg::new(env), &["index", "--push", &unapproved_ref]).ok();
+
+    let lazyimg = Lazyimg::with_config(env, "approved_images = \"approved.toml\"");
+    std::fs::write(
+        lazyimg.dir.path().join("approved.toml"),
+        format!("[[image]]\nrepository = \"{}/ctd/*\"\n", env.plain()),
+    )
+    .unwrap();
+    let node = Node::start(&lazyimg);
+    let log_start = plain_log_len(env);
+    rpull(&node.containerd, &zstd_ref);
+    let lines = plain_log_since(env, log_start);
+    let (lazy, local) = (&built[..2], &built[2]);
+    for layer in lazy {
+        assert!(
+            containerd_gets(&lines, &layer.digest).is_empty(),
+            "{lines:#?}"
+        );
+    }
+    assert_eq!(
+        containerd_gets(&lines, &local.digest).len(),
+        1,
+        "{lines:#?}"
+    );
+    let out = run_sh(
+        &node.containerd,
+        &zstd_ref,
+        "cat /work/label.txt /work/top.txt",
+    );
+    assert_eq!(out, format!("{label}\nzstd {label}\n"));
+    let top = chain_top(&node.containerd, &zstd_ref);
+    let info = node
+        .containerd
+        .ok(&["snapshots", "--snapshotter", "lazyimg", "info", &top]);
+    assert!(
+        !info.contains("lazyimg.remote"),
+        "the zstd layer is local: {info}"
+    );
+
+    // Each on a node of its own: the demo image's layers are not shared.
+    for reference in [&plain_ref, &unapproved_ref] {
+        let node = Node::start(&lazyimg);
+        let log_start = plain_log_len(env);
+        rpull(&node.containerd, reference);
+        let lines = plain_log_since(env, log_start);
+        for layer in layers(reference) {
+            assert_eq!(
+                containerd_gets(&lines, &layer).len(),
+                1,
+                "{reference}: {lines:#?}"
+            );
+        }
+        let out = run_sh(&node.containerd, reference, "cat /hello.txt");
+        assert_eq!(out, "hello from lazyimg\n");
+        let log = node.snapshotter.log();
+        assert!(log.contains("not served lazily"), "{log}");
+    }
+}
+
+/// A node: containerd with the lazyimg snapshotter, state in temp dirs.
+/// Fields drop in order: containerd (and its containers) before the
+/// snapshotter and its layer store.
+struct Node {
+    containerd: Containerd,
+    snapshotter: Snapshotter,
+    _state: tempfile::TempDir,
+}
+
+impl Node {
+    fn start(lazyimg: &Lazyimg) -> Node {
+        let state = state_dir();
+        let snapshotter = Snapshotter::start(lazyimg, state.path());
+        Node {
+            containerd: Containerd::start(&snapshotter.socket, ""),
+            snapshotter,
+            _state: state,
+        }
+    }
+}
+
+/// The chain ID of `reference`'s top layer: the committed snapshot its
+/// containers start from (`ctr image` reports it as the image's snapshot).
+fn chain_top(containerd: &Containerd, reference: &str) -> String {
+    let id = format!("probe-{}", nonce());
+    containerd.ok(&[
+        "container",
+        "create",
+        "--snapshotter",
+        "lazyimg",
+        reference,
+        &id,
+    ]);
+    let info = containerd.ok(&["snapshots", "--snapshotter", "lazyimg", "info", &id]);
+    containerd.ok(&["container", "rm", &id]);
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    info["Parent"].as_str().unwrap().to_string()
+}
+
+/// A short state directory (overlayfs mount options must fit in a page).
+fn state_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("lazyimg-sn-")
+        .tempdir_in("/tmp")
+        .unwrap()
+}
+
+#[test]
+fn a_torture_image_through_the_snapshotter_lists_like_umocis_unpack() {
+    let env = testenv();
+    let work = tempfile::tempdir().unwrap();
+    let spec = torture_image(Compression::Gzip);
+    let built: Vec<BuiltLayer> = spec.layers.iter().map(build_layer).collect();
+    let (layout, _) = build_layout_from_layers(&work.path().join("t"), &spec, &built, "v1");
+    let reference = format!("{}/ctd/torture-{}:v1", env.plain(), nonce());
+    push(&layout.dir, &reference);
+    authed(&Lazyimg::new(env), &["index", "--push", &reference]).ok();
+    let oracle = unpack_with_umoci(&layout.dir, "v1", &work.path().join("bundle")).unwrap();
+    let oracle = listing(&oracle).unwrap();
+
+    let lazyimg = Lazyimg::new(env);
+    let node = Node::start(&lazyimg);
+    let log_start = plain_log_len(env);
+    rpull(&node.containerd, &reference);
+    let lines = plain_log_since(env, log_start);
+    for layer in &built {
+        assert!(
+            containerd_gets(&lines, &layer.digest).is_empty(),
+            "{lines:#?}"
+        );
+    }
+    // A container's root, mounted exactly as containerd mounts it for runc:
+    // `ctr snapshots mounts` prints the mount(8) command of the container's
+    // snapshot (overlayfs over the layer store's per-layer trees).
+    let id = format!("torture-{}", nonce());
+    let ctr = &node.containerd;
+    ctr.ok(&[
+        "container",
+        "create",
+        "--snapshotter",
+        "lazyimg",
+        &reference,
+        &id,
+    ]);
+    let rootfs = work.path().join("rootfs");
+    std::fs::create_dir(&rootfs).unwrap();
+    let mount = ctr.ok(&[
+        "snapshots",
+        "--snapshotter",
+        "lazyimg",
+        "mounts",
+        rootfs.to_str().unwrap(),
+        &id,
+    ]);
+    assert!(mount.contains("lowerdir="), "{mount}");
+    sh(&mount);
+    let got = listing(&rootfs);
+    sh(&format!("umount {}", rootfs.display()));
+    ctr.ok(&["container", "rm", &id]);
+    let differences = diff_listings(&oracle, &got.unwrap());
+    assert!(
+        differences.is_empty(),
+        "container root vs umoci:\n{}",
+        differences.join("\n")
+    );
 }

@@ -121,6 +121,7 @@ impl Snapshotter {
         parent: Option<&str>,
         labels: BTreeMap<String, String>,
     ) -> Result<Vec<Mount>> {
+        tracing::debug!("prepare {key} over {parent:?}, labels {labels:?}");
         if let (Some(target), Some(layer)) =
             (labels.get(SNAPSHOT_REF_LABEL), requested_layer(&labels))
         {

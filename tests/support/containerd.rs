@@ -57,9 +57,16 @@ impl Snapshotter {
         }
     }
 
-    /// Its log so far (stderr, with `-v`).
+    /// Its log so far (stderr, with `-v`), then its layer store's (the
+    /// daemon's log path is in the message that started it).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        let own = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let store_log = own
+            .lines()
+            .find_map(|l| l.split(", log ").nth(1)?.strip_suffix(')'))
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .unwrap_or_default();
+        format!("{own}\n--- layer store:\n{store_log}")
     }
 
     pub fn pid(&self) -> u32 {
