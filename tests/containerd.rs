@@ -54,7 +54,7 @@ fn an_indexed_gzip_image_runs_from_lazy_layers_and_survives_a_snapshotter_crash(
     let lazyimg = Lazyimg::new(env);
     let state = state_dir();
     let mut snapshotter = Snapshotter::start(&lazyimg, state.path());
-    let containerd = Containerd::start(&snapshotter.socket, "");
+    let containerd = Containerd::start(&snapshotter.containerd_config, env.plain());
     let log_start = plain_log_len(env);
     containerd.remote_ok(&[
         "image",
@@ -403,7 +403,7 @@ impl Node {
         let state = state_dir();
         let snapshotter = Snapshotter::start(lazyimg, state.path());
         Node {
-            containerd: Containerd::start(&snapshotter.socket, ""),
+            containerd: Containerd::start(&snapshotter.containerd_config, testenv().plain()),
             snapshotter,
             _state: state,
         }
@@ -494,4 +494,69 @@ fn a_torture_image_through_the_snapshotter_lists_like_umocis_unpack() {
         "container root vs umoci:\n{}",
         differences.join("\n")
     );
+}
+
+#[test]
+fn a_cri_pull_is_lazy_and_its_container_runs() {
+    let env = testenv();
+    let work = tempfile::tempdir().unwrap();
+    let label = format!("ctd-cri-{}", nonce());
+    let built = [
+        busybox_layer(work.path()),
+        build_layer(&LayerSpec::new(vec![
+            dir("work"),
+            file("work/label.txt", format!("{label}\n")),
+        ])),
+    ];
+    let spec = ImageSpec::new(Vec::new()).env(&["PATH=/bin"]);
+    let (layout, _) = build_layout_from_layers(&work.path().join("img"), &spec, &built, "v1");
+    let reference = format!("{}/ctd/{label}:v1", env.plain());
+    push(&layout.dir, &reference);
+    authed(&Lazyimg::new(env), &["index", "--push", &reference]).ok();
+
+    let lazyimg = Lazyimg::new(env);
+    let node = Node::start(&lazyimg);
+    let log_start = plain_log_len(env);
+    // As the kubelet would: CRI's PullImage, CRI's snapshotter and labels
+    // from `lazyimg snapshotter --print-config`.
+    let image_id = support::cri::pull_image(&node.containerd.socket(), &reference)
+        .unwrap_or_else(|e| panic!("PullImage: {e}\n{}", node.containerd.log()));
+    assert!(image_id.starts_with("sha256:"), "{image_id}");
+    let lines = plain_log_since(env, log_start);
+    for layer in &built {
+        let gets = containerd_gets(&lines, &layer.digest);
+        assert!(gets.is_empty(), "{gets:#?}\n{}", node.snapshotter.log());
+    }
+    // The CRI labels arrived with each layer and stay on its snapshot.
+    let ctr = |args: &[&str]| node.containerd.ok(&[&["-n", "k8s.io"], args].concat());
+    let names: Vec<String> = ctr(&["snapshots", "--snapshotter", "lazyimg", "ls"])
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    assert_eq!(names.len(), built.len(), "{names:?}");
+    for name in &names {
+        let info = ctr(&["snapshots", "--snapshotter", "lazyimg", "info", name]);
+        assert!(
+            info.contains("containerd.io/snapshot/cri.image-ref"),
+            "{info}"
+        );
+        assert!(info.contains("lazyimg.remote"), "{info}");
+    }
+    let content = ctr(&["content", "ls", "-q"]);
+    for layer in &built {
+        assert!(!content.contains(&layer.digest), "{content}");
+    }
+    let id = format!("cri-{}", nonce());
+    let out = ctr(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        "lazyimg",
+        &reference,
+        &id,
+        "cat",
+        "/work/label.txt",
+    ]);
+    assert_eq!(out, format!("{label}\n"));
 }

@@ -16,6 +16,9 @@ pub const NAMESPACE: &str = "default";
 pub struct Snapshotter {
     pub root: PathBuf,
     pub socket: PathBuf,
+    /// What `lazyimg snapshotter --print-config` gives for the socket: the
+    /// containerd config lines that use this snapshotter.
+    pub containerd_config: String,
     child: Child,
     log: PathBuf,
 }
@@ -26,6 +29,15 @@ impl Snapshotter {
     pub fn start(lazyimg: &Lazyimg, root: &Path) -> Snapshotter {
         let socket = root.join("sn.sock");
         let log = root.join("snapshotter.log");
+        let containerd_config = lazyimg
+            .run(&[
+                "snapshotter",
+                "--print-config",
+                "--socket",
+                socket.to_str().unwrap(),
+            ])
+            .ok()
+            .stdout();
         let child = lazyimg
             .cmd()
             .args(["-v", "snapshotter", "--socket"])
@@ -39,6 +51,7 @@ impl Snapshotter {
         let mut started = Snapshotter {
             root: root.to_path_buf(),
             socket,
+            containerd_config,
             child,
             log,
         };
@@ -103,9 +116,10 @@ pub struct Containerd {
 }
 
 impl Containerd {
-    /// Starts containerd with the proxy snapshotter `lazyimg` at
-    /// `snapshotter_socket`, and `extra` appended to its config (version 2).
-    pub fn start(snapshotter_socket: &Path, extra: &str) -> Containerd {
+    /// Starts containerd with `snapshotter_config` (the lines `lazyimg
+    /// snapshotter --print-config` gives) in its config (version 2), and
+    /// plain HTTP to `plain_registry` for CRI pulls.
+    pub fn start(snapshotter_config: &str, plain_registry: &str) -> Containerd {
         let dir = tempfile::Builder::new()
             .prefix("lazyimg-ctd-")
             .tempdir_in("/tmp")
@@ -114,8 +128,9 @@ impl Containerd {
         let config = format!(
             "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
              [grpc]\n  address = \"{d}/c.sock\"\n[ttrpc]\n  address = \"{d}/c.sock.ttrpc\"\n\
-             [proxy_plugins.lazyimg]\n  type = \"snapshot\"\n  address = \"{}\"\n{extra}",
-            snapshotter_socket.display()
+             {snapshotter_config}\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"{plain_registry}\"]\n  \
+             endpoint = [\"http://{plain_registry}\"]\n"
         );
         std::fs::write(dir.path().join("config.toml"), config).unwrap();
         let child = Command::new("containerd")

@@ -1,6 +1,7 @@
 //! Test support shared by integration tests (`mod support;`).
 //!
 //! * [`containerd`]: a containerd of the test's own, with `lazyimg snapshotter` as a proxy plugin.
+//! * [`cri`]: a minimal CRI client (`PullImage`) for containerd's CRI plugin.
 //! * [`fake_registry`]: an in-process HTTP server for faults real registries cannot stage.
 //! * [`layer`]: layer entries and deterministic layer tarballs.
 //! * [`estargz`]: eStargz layers written from the same entries.
@@ -16,6 +17,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod containerd;
+pub mod cri;
 pub mod estargz;
 pub mod fake_registry;
 pub mod image;
