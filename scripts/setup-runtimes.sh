@@ -3,7 +3,8 @@
 #
 #   * installs (only when missing) podman, runc, charliecloud-runtime (ch-run),
 #     fuse3, uidmap, debootstrap, umoci, skopeo, squashfuse, squashfs-tools, attr,
-#     nginx-light (the blob-range cache tests; its service is not started);
+#     nginx-light (the blob-range cache tests; its service is not started),
+#     man-db and groff-base (the generated man pages must render);
 #   * writes $STATE/containers.conf for this host: runc (crun fails on hybrid
 #     cgroup hosts: "cgroups in hybrid mode not supported") and no default
 #     ulimits (runc cannot setrlimit them inside some sandboxes);
@@ -41,8 +42,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 need podman:podman runc:runc ch-run:charliecloud-runtime fusermount3:fuse3 newuidmap:uidmap \
   debootstrap:debootstrap umoci:umoci skopeo:skopeo squashfuse:squashfuse \
-  mksquashfs:squashfs-tools getfattr:attr nginx:nginx-light
-for c in podman runc ch-run newuidmap debootstrap umoci skopeo squashfuse mksquashfs getfattr fusermount3 nginx; do
+  mksquashfs:squashfs-tools getfattr:attr nginx:nginx-light man:man-db groff:groff-base
+for c in podman runc ch-run newuidmap debootstrap umoci skopeo squashfuse mksquashfs getfattr fusermount3 nginx \
+  man groff; do
   command -v "$c" >/dev/null 2>&1 || die "$c is still missing after installing packages"
 done
 

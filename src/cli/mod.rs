@@ -3,6 +3,7 @@
 
 mod browse_cmds;
 mod cache;
+mod docs_cmds;
 mod image_cmds;
 mod key_cmds;
 mod layer_store_cmd;
@@ -50,7 +51,20 @@ pub struct Cli {
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
     #[command(subcommand)]
-    command: Command,
+    command: Invocation,
+}
+
+/// What the command line asks for: the work, which needs the configuration,
+/// or documentation generated from these definitions, which must not (an
+/// install step writes it before any configuration exists).
+// Parsed once per process: boxing the large variant would save nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand, Debug)]
+enum Invocation {
+    #[command(flatten)]
+    Work(Command),
+    #[command(flatten)]
+    Docs(docs_cmds::DocsCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -279,7 +293,7 @@ pub fn main() -> ExitCode {
     init_logging(cli.verbose, cli.quiet);
     // `lazyimg run` exits as `podman run` does: its own failures must not look
     // like the command's status (runtime module doc, "Exit status").
-    let failure = if matches!(cli.command, Command::Run(_)) {
+    let failure = if matches!(cli.command, Invocation::Work(Command::Run(_))) {
         run_failure_status
     } else {
         general_failure_status
@@ -343,16 +357,25 @@ fn finish(
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Invocation::Docs(command) => docs_cmds::run(command),
+        Invocation::Work(command) => work(command, cli.config.as_deref(), cli.quiet),
+    }
+}
+
+/// Runs `command` with the configuration (`--config` is `explicit`) loaded.
+fn work(
+    command: Command,
+    explicit: Option<&std::path::Path>,
+    quiet: bool,
+) -> anyhow::Result<ExitCode> {
     let config = {
         let _phase = crate::timeline::phase("config").entered();
-        Config::load(cli.config.as_deref())?
+        Config::load(explicit)?
     };
-    let ctx = Context {
-        config,
-        quiet: cli.quiet,
-    };
+    let ctx = Context { config, quiet };
     let runtime = async_runtime()?;
-    match cli.command {
+    match command {
         Command::Pull(args) => runtime.block_on(image_cmds::pull(&ctx, args)),
         Command::Inspect(args) => runtime.block_on(image_cmds::inspect(&ctx, args)),
         Command::Index(args) => runtime.block_on(image_cmds::index(&ctx, args)),
