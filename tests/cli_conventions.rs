@@ -1,8 +1,9 @@
 //! The conventions a Unix command line is expected to follow, checked on the
 //! built `lazyimg`: its bash completion loads in bash and completes
 //! subcommands and options, every man page it writes renders with `man -l`
-//! without a groff warning, and `scripts/install.sh` puts both where bash and
-//! man look.
+//! without a groff warning, `scripts/install.sh` puts both where bash and man
+//! look, and `cache verify --json` and `cache prune --json` report what they
+//! did as one JSON object on stdout.
 //!
 //! Needs bash, and man-db with groff-base (`scripts/setup-runtimes.sh`
 //! installs them); without them these tests fail, they do not skip.
@@ -10,6 +11,10 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use lazyimg::digest::Digest;
+use serde_json::json;
 
 const LAZYIMG: &str = env!("CARGO_BIN_EXE_lazyimg");
 
@@ -162,4 +167,113 @@ fn install_script_puts_completion_and_man_pages_where_bash_and_man_look() {
     let man1 = installed("usr/local/share/man/man1");
     assert_eq!(pages(&man1), pages(&generated));
     render(&man1.join("lazyimg.1"));
+}
+
+/// A configuration whose cache is `dir/cache`, and the cache's blob directory
+/// (created: `lazyimg` finds it as its store leaves it).
+fn sandbox(dir: &Path) -> (PathBuf, PathBuf) {
+    let config = dir.join("config.toml");
+    std::fs::write(&config, format!("cache_dir = {:?}\n", dir.join("cache"))).unwrap();
+    let blobs = dir.join("cache/blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    (config, blobs)
+}
+
+/// Stores `content` in `blobs` under the name of `named` (its digest), last
+/// used `age` ago; returns the digest.
+fn plant(blobs: &Path, named: &[u8], content: &[u8], age: Duration) -> Digest {
+    let digest = Digest::of(named);
+    let path = blobs.join(digest.hex());
+    std::fs::write(&path, content).unwrap();
+    let file = std::fs::File::options().append(true).open(&path).unwrap();
+    file.set_modified(SystemTime::now() - age).unwrap();
+    digest
+}
+
+/// `lazyimg --config CONFIG ARGS`: its exit status and stdout parsed as JSON.
+fn json_of(config: &Path, args: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let out = Command::new(LAZYIMG)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("lazyimg runs");
+    let value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout of {args:?} is not one JSON value ({e}):\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), value)
+}
+
+#[test]
+fn cache_verify_json_names_the_corrupt_blobs_it_removed() {
+    let work = tempfile::tempdir().unwrap();
+    let (config, blobs) = sandbox(work.path());
+    let hour = Duration::from_secs(3600);
+    let good = plant(&blobs, b"intact", b"intact", hour);
+    let bad = plant(&blobs, b"original", b"tampered!", hour);
+
+    let (status, result) = json_of(&config, &["cache", "verify", "--json"]);
+
+    assert_eq!(status, Some(1), "a corrupt blob must fail the command");
+    assert_eq!(result["verified"], json!(2), "{result}");
+    assert_eq!(
+        result["corrupt"],
+        json!([{"digest": bad.to_string(), "size": 9}]),
+        "{result}"
+    );
+    assert!(!blobs.join(bad.hex()).exists(), "the corrupt blob stays");
+    assert!(
+        blobs.join(good.hex()).exists(),
+        "the intact blob was removed"
+    );
+}
+
+#[test]
+fn cache_prune_json_reports_the_blobs_and_daemon_logs_it_removed() {
+    let work = tempfile::tempdir().unwrap();
+    let (config, blobs) = sandbox(work.path());
+    let minute = Duration::from_secs(60);
+    let kib = vec![7u8; 1024];
+    // Least recently used first: `oldest` and `older` go, `newest` stays.
+    let oldest = plant(&blobs, b"oldest", &kib, 3 * minute);
+    let older = plant(&blobs, b"older", &kib, 2 * minute);
+    let newest = plant(&blobs, b"newest", &kib, minute);
+    // A log of a daemon that has exited, last written eight days ago.
+    let mut exited = Command::new("true").spawn().unwrap();
+    exited.wait().unwrap();
+    let logs = work.path().join("cache/logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let log = logs.join(format!("mount-{}.log", exited.id()));
+    std::fs::write(&log, "twenty bytes of log\n").unwrap();
+    std::fs::File::options()
+        .append(true)
+        .open(&log)
+        .unwrap()
+        .set_modified(SystemTime::now() - Duration::from_secs(8 * 24 * 3600))
+        .unwrap();
+
+    let (status, result) = json_of(
+        &config,
+        &["cache", "prune", "--max-size", "1500B", "--json"],
+    );
+
+    assert_eq!(status, Some(0));
+    assert_eq!(result["max_size"], json!(1500), "{result}");
+    assert_eq!(result["blobs"]["removed"], json!(2), "{result}");
+    assert_eq!(result["blobs"]["freed"], json!(2048), "{result}");
+    assert_eq!(result["blobs"]["remaining"], json!(1024), "{result}");
+    assert_eq!(
+        result["daemon_logs"],
+        json!({"removed": 1, "freed": 20}),
+        "{result}"
+    );
+    for gone in [oldest, older] {
+        assert!(!blobs.join(gone.hex()).exists(), "{gone} stays");
+    }
+    assert!(blobs.join(newest.hex()).exists(), "{newest} was removed");
+    assert!(!log.exists(), "the old log stays");
 }
