@@ -2,11 +2,13 @@
 //! built `lazyimg`: its bash completion loads in bash and completes
 //! subcommands and options, every man page it writes renders with `man -l`
 //! without a groff warning, `scripts/install.sh` puts both where bash and man
-//! look, and `cache verify --json` and `cache prune --json` report what they
-//! did as one JSON object on stdout.
+//! look, `cache verify --json` and `cache prune --json` report what they did
+//! as one JSON object on stdout, and log lines on a terminal carry no color
+//! while `NO_COLOR` is set (no-color.org).
 //!
-//! Needs bash, and man-db with groff-base (`scripts/setup-runtimes.sh`
-//! installs them); without them these tests fail, they do not skip.
+//! Needs bash, `script` (util-linux), and man-db with groff-base
+//! (`scripts/setup-runtimes.sh` installs them); without them these tests
+//! fail, they do not skip.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -276,4 +278,60 @@ fn cache_prune_json_reports_the_blobs_and_daemon_logs_it_removed() {
     }
     assert!(blobs.join(newest.hex()).exists(), "{newest} was removed");
     assert!(!log.exists(), "the old log stays");
+}
+
+/// What `lazyimg` writes to a terminal (a pty made by `script`) while failing
+/// to reach a registry that refuses connections: warnings and debug lines
+/// from its log. `no_color`: the value of `NO_COLOR`, or unset.
+fn terminal_log(no_color: Option<&str>) -> String {
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "cache_dir = {:?}\n[network]\nattempts = 2\n\
+             [[registry]]\nprefix = \"127.0.0.1:9\"\ninsecure = true\n",
+            work.path().join("cache")
+        ),
+    )
+    .unwrap();
+    let inner = format!(
+        "{LAZYIMG} -v --config {} cat 127.0.0.1:9/none:1 /etc/os-release",
+        config.display()
+    );
+    let mut script = Command::new("script");
+    script.args(["--quiet", "--return", "--command", &inner, "/dev/null"]);
+    match no_color {
+        Some(value) => script.env("NO_COLOR", value),
+        None => script.env_remove("NO_COLOR"),
+    };
+    let out = script
+        .output()
+        .expect("script runs (util-linux: scripts/setup-runtimes.sh)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn no_color_turns_off_the_colors_of_log_lines_on_a_terminal() {
+    const ESCAPE: char = '\x1b';
+    let colored = terminal_log(None);
+    // Else the check below proves nothing: the log must be there, in color.
+    assert!(
+        colored.contains("WARN") && colored.contains(ESCAPE),
+        "no colored warning on the terminal:\n{colored}"
+    );
+    let plain = terminal_log(Some("1"));
+    assert!(
+        plain.contains("WARN"),
+        "no warning on the terminal:\n{plain}"
+    );
+    assert!(
+        !plain.contains(ESCAPE),
+        "escape codes despite NO_COLOR=1:\n{plain:?}"
+    );
+    let empty = terminal_log(Some(""));
+    assert!(
+        empty.contains(ESCAPE),
+        "an empty NO_COLOR counts as unset (no-color.org):\n{empty:?}"
+    );
 }

@@ -436,7 +436,7 @@ fn one_line(err: &anyhow::Error) -> String {
 /// Sets up `tracing` on stderr, and the [`timeline`](crate::timeline) recorder
 /// ([`phases`]). A mount daemon's stderr is its log file, read long after the
 /// fact: there every line starts with the time (RFC 3339, UTC, microseconds);
-/// on a terminal the time is noise and is left out.
+/// on a terminal the time is noise and is left out. Colors: see [`color_wanted`].
 fn init_logging(verbose: u8, quiet: bool) {
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
@@ -453,7 +453,10 @@ fn init_logging(verbose: u8, quiet: bool) {
     let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_ansi(color_wanted(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ));
     let log = if crate::mount::is_daemon() {
         log.with_timer(SystemTime).boxed()
     } else {
@@ -475,6 +478,14 @@ fn init_logging(verbose: u8, quiet: bool) {
         .with(log)
         .with(recorder)
         .init();
+}
+
+/// Whether log lines on stderr may carry ANSI colors: only on a terminal
+/// (`terminal`), and never while `NO_COLOR` (`no_color`) is set to anything
+/// but the empty string (no-color.org). tracing's own check of `NO_COLOR`
+/// would not do: an explicit `with_ansi` overrides it.
+fn color_wanted(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|value| value.is_empty())
 }
 
 /// The phases this process has finished so far (see [`crate::timeline`]).
@@ -528,6 +539,16 @@ mod tests {
             .unwrap();
         assert_eq!(cli.config.as_deref(), Some(std::path::Path::new("/x.toml")));
         assert_eq!(cli.verbose, 1);
+    }
+
+    #[test]
+    fn no_color_set_non_empty_turns_colors_off_on_a_terminal() {
+        let set = |value: &'static str| Some(std::ffi::OsStr::new(value));
+        assert!(color_wanted(true, None));
+        assert!(color_wanted(true, set("")), "empty means unset");
+        assert!(!color_wanted(true, set("1")));
+        assert!(!color_wanted(true, set("false")), "any value counts");
+        assert!(!color_wanted(false, None), "not on a file or pipe");
     }
 
     #[test]
