@@ -38,7 +38,9 @@ use crate::timeline::Recorder;
     version,
     about = "Container images usable in seconds: verified, cached, mounted without unpacking",
     propagate_version = true,
-    after_help = "Configuration: --config FILE, else $LAZYIMG_CONFIG, else /etc/lazyimg/config.toml."
+    after_help = "Configuration: --config FILE, else $LAZYIMG_CONFIG, else \
+        $XDG_CONFIG_HOME/lazyimg/config.toml (~/.config/lazyimg/config.toml), else \
+        /etc/lazyimg/config.toml."
 )]
 pub struct Cli {
     /// Configuration file (TOML).
