@@ -10,7 +10,12 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Headings in bold, unless NO_COLOR is set non-empty (no-color.org).
+if [[ -z ${NO_COLOR:-} ]]; then
+  step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+else
+  step() { printf '\n== %s\n' "$*"; }
+fi
 
 command -v cargo >/dev/null || {
   echo "demo.sh: cargo is missing: install a Rust toolchain >= 1.89 (rustup) first" >&2

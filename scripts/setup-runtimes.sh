@@ -5,7 +5,8 @@
 #     fuse3, uidmap, debootstrap, umoci, skopeo, squashfuse, squashfs-tools, attr,
 #     nginx-light (the blob-range cache tests; its service is not started),
 #     containerd (1.6.20; the snapshotter tests start their own, never the
-#     service) and stargz-snapshotter (only its `ctr-remote` client);
+#     service) and stargz-snapshotter (only its `ctr-remote` client),
+#     man-db and groff-base (the generated man pages must render);
 #   * writes $STATE/containers.conf for this host: runc (crun fails on hybrid
 #     cgroup hosts: "cgroups in hybrid mode not supported") and no default
 #     ulimits (runc cannot setrlimit them inside some sandboxes);
@@ -44,9 +45,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need podman:podman runc:runc ch-run:charliecloud-runtime fusermount3:fuse3 newuidmap:uidmap \
   debootstrap:debootstrap umoci:umoci skopeo:skopeo squashfuse:squashfuse \
   mksquashfs:squashfs-tools getfattr:attr nginx:nginx-light containerd:containerd \
-  ctr-remote:stargz-snapshotter
+  ctr-remote:stargz-snapshotter man:man-db groff:groff-base
 for c in podman runc ch-run newuidmap debootstrap umoci skopeo squashfuse mksquashfs getfattr fusermount3 nginx \
-  containerd ctr ctr-remote; do
+  containerd ctr ctr-remote man groff; do
   command -v "$c" >/dev/null 2>&1 || die "$c is still missing after installing packages"
 done
 

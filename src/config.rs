@@ -1,9 +1,11 @@
 //! The TOML configuration: where the cache lives and how registries are reached.
 //!
-//! Looked up as `--config FILE`, else `$LAZYIMG_CONFIG`, else `/etc/lazyimg/config.toml`,
-//! else built-in defaults. Unknown keys are errors, so a typo never silently
-//! changes where images come from.
+//! Looked up as `--config FILE`, else `$LAZYIMG_CONFIG`, else the user's
+//! `$XDG_CONFIG_HOME/lazyimg/config.toml`, else `/etc/lazyimg/config.toml`, else
+//! built-in defaults (see [`config_path`]). Unknown keys are errors, so a typo
+//! never silently changes where images come from.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use bytesize::ByteSize;
@@ -12,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 pub const SYSTEM_CONFIG: &str = "/etc/lazyimg/config.toml";
+/// The per-user file, relative to the XDG config directory (`~/.config`).
+const USER_CONFIG: &str = "lazyimg/config.toml";
 const DEFAULT_CACHE_MAX: ByteSize = ByteSize::gib(50);
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -141,19 +145,17 @@ impl Default for NetworkConfig {
 }
 
 impl Config {
-    /// Loads the configuration by the documented lookup order.
+    /// Loads the configuration from the file [`config_path`] chooses
+    /// (`explicit` is `--config FILE`), or the built-in defaults when it
+    /// chooses none.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the chosen file cannot be read or parsed.
     pub fn load(explicit: Option<&Path>) -> Result<Config> {
-        if let Some(path) = explicit {
-            return Self::from_file(path);
+        match config_path(explicit, &env_var, &|path| path.exists()) {
+            Some(path) => Self::from_file(&path),
+            None => Ok(Config::default()),
         }
-        if let Some(path) = std::env::var_os("LAZYIMG_CONFIG").filter(|p| !p.is_empty()) {
-            return Self::from_file(Path::new(&path));
-        }
-        let system = Path::new(SYSTEM_CONFIG);
-        if system.exists() {
-            return Self::from_file(system);
-        }
-        Ok(Config::default())
     }
 
     pub fn from_file(path: &Path) -> Result<Config> {
@@ -201,6 +203,56 @@ impl Config {
     }
 }
 
+/// The configuration file: the first of
+/// 1. `explicit` (`--config FILE`);
+/// 2. `$LAZYIMG_CONFIG`, unless empty;
+/// 3. the user's `lazyimg/config.toml` in the XDG config directory
+///    (`$XDG_CONFIG_HOME`, default `~/.config`; see [`xdg_dir`]), if it exists;
+/// 4. [`SYSTEM_CONFIG`], if it exists.
+///
+/// `None` when none applies: the built-in defaults. A file named by 1 or 2 is
+/// chosen even when missing, so that a wrong name fails loudly instead of
+/// falling back. `var` reads an environment variable and `exists` tells
+/// whether a file is there: the rule is testable without the process's own.
+fn config_path(
+    explicit: Option<&Path>,
+    var: &dyn Fn(&str) -> Option<OsString>,
+    exists: &dyn Fn(&Path) -> bool,
+) -> Option<PathBuf> {
+    if let Some(path) = explicit {
+        return Some(path.to_path_buf());
+    }
+    if let Some(path) = var("LAZYIMG_CONFIG").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(path));
+    }
+    let user = xdg_dir(var, "XDG_CONFIG_HOME", ".config").map(|dir| dir.join(USER_CONFIG));
+    user.into_iter()
+        .chain([PathBuf::from(SYSTEM_CONFIG)])
+        .find(|path| exists(path))
+}
+
+/// An XDG base directory: `$name` when it is an absolute path, else
+/// `$HOME/home_default`; `None` without either. A relative (or empty) value
+/// is ignored, as the XDG Base Directory Specification requires.
+fn xdg_dir(
+    var: &dyn Fn(&str) -> Option<OsString>,
+    name: &str,
+    home_default: &str,
+) -> Option<PathBuf> {
+    var(name)
+        .map(PathBuf::from)
+        .filter(|dir| dir.is_absolute())
+        .or_else(|| {
+            var("HOME")
+                .filter(|home| !home.is_empty())
+                .map(|home| Path::new(&home).join(home_default))
+        })
+}
+
+fn env_var(name: &str) -> Option<OsString> {
+    std::env::var_os(name)
+}
+
 fn prefix_matches(prefix: &str, name: &str) -> bool {
     let prefix = prefix.trim_end_matches('/');
     name == prefix
@@ -216,12 +268,9 @@ fn default_cache_dir() -> PathBuf {
     if unsafe { libc::geteuid() } == 0 {
         return PathBuf::from("/var/cache/lazyimg");
     }
-    let xdg = std::env::var_os("XDG_CACHE_HOME").filter(|p| !p.is_empty());
-    let base = xdg.map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
-        Path::new(&home).join(".cache")
-    });
-    base.join("lazyimg")
+    xdg_dir(&env_var, "XDG_CACHE_HOME", ".cache")
+        .unwrap_or_else(|| PathBuf::from("/tmp/.cache"))
+        .join("lazyimg")
 }
 
 #[cfg(test)]
@@ -306,6 +355,78 @@ mod tests {
         let err = parse("[seed]\ntargte = \"x\"\n").unwrap_err().to_string();
         assert!(err.contains("targte"), "{err}");
         assert!(parse("[seed]\nmode = \"copy\"\n").is_err());
+    }
+
+    #[test]
+    fn config_file_is_looked_up_in_the_documented_order() {
+        const USER: &str = "/home/u/.config/lazyimg/config.toml";
+        const XDG: &str = "/xdg/lazyimg/config.toml";
+        const HOME: (&str, &str) = ("HOME", "/home/u");
+        struct Case {
+            explicit: Option<&'static str>,
+            vars: &'static [(&'static str, &'static str)],
+            files: &'static [&'static str],
+            chosen: Option<&'static str>,
+        }
+        let case = |explicit, vars, files, chosen| Case {
+            explicit,
+            vars,
+            files,
+            chosen,
+        };
+        let all = &[XDG, USER, SYSTEM_CONFIG];
+        let cases = [
+            case(
+                Some("/cli.toml"),
+                &[("LAZYIMG_CONFIG", "/env.toml"), HOME],
+                all,
+                Some("/cli.toml"),
+            ),
+            // Named, so chosen even though missing: reading it will say so.
+            case(
+                None,
+                &[("LAZYIMG_CONFIG", "/env.toml"), HOME],
+                all,
+                Some("/env.toml"),
+            ),
+            case(None, &[("LAZYIMG_CONFIG", ""), HOME], all, Some(USER)),
+            case(None, &[("XDG_CONFIG_HOME", "/xdg"), HOME], all, Some(XDG)),
+            // $XDG_CONFIG_HOME replaces ~/.config: no falling back to it.
+            case(
+                None,
+                &[("XDG_CONFIG_HOME", "/xdg"), HOME],
+                &[USER, SYSTEM_CONFIG],
+                Some(SYSTEM_CONFIG),
+            ),
+            // Relative: not a valid XDG directory, so HOME's default.
+            case(
+                None,
+                &[("XDG_CONFIG_HOME", "xdg"), HOME],
+                &["xdg/lazyimg/config.toml", USER],
+                Some(USER),
+            ),
+            case(None, &[], &[SYSTEM_CONFIG], Some(SYSTEM_CONFIG)),
+            case(None, &[HOME], &[], None),
+        ];
+        for Case {
+            explicit,
+            vars,
+            files,
+            chosen,
+        } in cases
+        {
+            let var = |name: &str| {
+                vars.iter()
+                    .find(|(key, _)| *key == name)
+                    .map(|(_, value)| OsString::from(value))
+            };
+            let exists = |path: &Path| files.iter().any(|file| Path::new(file) == path);
+            assert_eq!(
+                config_path(explicit.map(Path::new), &var, &exists).as_deref(),
+                chosen.map(Path::new),
+                "--config {explicit:?}, environment {vars:?}, files {files:?}"
+            );
+        }
     }
 
     #[test]

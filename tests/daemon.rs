@@ -2,7 +2,8 @@
 //! upstream, then SIGTERM, SIGINT or SIGHUP to the daemon must unmount within
 //! 2 s and leave a plain empty directory (no ENOTCONN); its log is named after
 //! the daemon's pid, every line starts with an RFC 3339 UTC time, and `lazyimg
-//! cache prune` removes old logs of daemons no longer running.
+//! cache prune` removes old logs of daemons no longer running. `mount --json`
+//! names the mount point, the daemon and its log.
 //!
 //! Needs root, /dev/fuse and `scripts/testenv.sh`; without them these tests
 //! fail, they do not skip.
@@ -89,6 +90,38 @@ fn signal_unmounts_cleanly(signal: i32, name: &str) {
     assert!(
         wait_for(Duration::from_secs(5), || !is_running(daemon.pid)).is_some(),
         "{name}: the daemon is still running after unmounting"
+    );
+}
+
+#[test]
+fn mount_json_names_the_mount_point_the_running_daemon_and_its_log() {
+    let lazyimg = Lazyimg::new(testenv());
+    let mounted = Mounted {
+        path: lazyimg.dir.path().join("mnt"),
+    };
+    std::fs::create_dir_all(&mounted.path).unwrap();
+
+    let run = authed(
+        &lazyimg,
+        &["mount", "--json", image(), mounted.path.to_str().unwrap()],
+    )
+    .ok();
+
+    let result: serde_json::Value = serde_json::from_str(&run.stdout())
+        .unwrap_or_else(|e| panic!("not one JSON object ({e}):\n{}", run.stdout()));
+    assert_eq!(result["mountpoint"].as_str(), mounted.path.to_str());
+    assert!(is_mounted(&mounted.path), "{result}");
+    let pid = result["daemon_pid"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no daemon_pid in {result}")) as i32;
+    assert!(is_running(pid), "daemon {pid} is not running");
+    let log = lazyimg.cache().join(format!("logs/mount-{pid}.log"));
+    assert_eq!(result["log"].as_str(), log.to_str(), "{result}");
+    assert!(log.is_file(), "{} is missing", log.display());
+    assert!(
+        !run.stderr().contains("daemon pid"),
+        "the message repeats the JSON on stderr: {}",
+        run.stderr()
     );
 }
 

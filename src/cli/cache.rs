@@ -1,4 +1,4 @@
-//! `lazyimg cache ls | verify | prune`.
+//! `lazyimg cache ls | verify | prune`, each with `--json` for scripts.
 
 use std::process::ExitCode;
 
@@ -14,13 +14,13 @@ pub(super) enum CacheCommand {
     #[command(after_help = "Examples:\n  lazyimg cache ls\n  lazyimg cache ls --json")]
     Ls(LsArgs),
     /// Re-hash every cached blob; corrupt ones are removed. Exits 1 if any were.
-    #[command(after_help = "Example:\n  lazyimg cache verify")]
-    Verify,
+    #[command(after_help = "Examples:\n  lazyimg cache verify\n  lazyimg cache verify --json")]
+    Verify(VerifyArgs),
     /// Evict least recently used blobs until the cache fits the size cap, and
     /// remove mount daemons' logs last written over 7 days ago by daemons no
     /// longer running.
     #[command(
-        after_help = "Examples:\n  lazyimg cache prune\n  lazyimg cache prune --max-size 20GiB\n  \
+        after_help = "Examples:\n  lazyimg cache prune\n  lazyimg cache prune --max-size 20GiB --json\n  \
         lazyimg cache prune --max-size 0     # empty the cache"
     )]
     Prune(PruneArgs),
@@ -34,10 +34,23 @@ pub(super) struct LsArgs {
 }
 
 #[derive(Args, Debug)]
+pub(super) struct VerifyArgs {
+    /// Print the result as one JSON object on stdout: `verified` (blobs
+    /// re-hashed), `corrupt` (those removed: `digest`, `size` in bytes).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
 pub(super) struct PruneArgs {
     /// Size to shrink to (default: the configured cache_max_size), e.g. 20GiB.
     #[arg(long, value_name = "SIZE")]
     max_size: Option<ByteSize>,
+    /// Print the result as one JSON object on stdout: `blobs` (`removed`,
+    /// `freed`, `remaining`, `derived_removed`) and `daemon_logs` (`removed`,
+    /// `freed`), sizes in bytes.
+    #[arg(long)]
+    json: bool,
 }
 
 pub(super) fn run(ctx: &Context, command: CacheCommand) -> anyhow::Result<ExitCode> {
@@ -77,15 +90,29 @@ pub(super) fn run(ctx: &Context, command: CacheCommand) -> anyhow::Result<ExitCo
             }
             Ok(ExitCode::SUCCESS)
         }
-        CacheCommand::Verify => {
+        CacheCommand::Verify(args) => {
             let mut count = 0;
-            let corrupt = store.verify(|blob, ok| {
+            let mut corrupt = Vec::new();
+            store.verify(|blob, ok| {
                 count += 1;
                 if !ok {
-                    eprintln!("corrupt: {} ({}), removed", blob.digest, human(blob.size));
+                    // Said at once: a verify of a large cache takes minutes.
+                    if !args.json {
+                        eprintln!("corrupt: {} ({}), removed", blob.digest, human(blob.size));
+                    }
+                    corrupt.push(serde_json::json!({"digest": blob.digest, "size": blob.size}));
                 }
             })?;
-            eprintln!("{count} blobs verified, {} corrupt", corrupt.len());
+            if args.json {
+                let result = serde_json::json!({
+                    "cache_dir": store.root(),
+                    "verified": count,
+                    "corrupt": corrupt,
+                });
+                println!("{}", serde_json::to_string_pretty(&result)?);
+            } else {
+                eprintln!("{count} blobs verified, {} corrupt", corrupt.len());
+            }
             Ok(if corrupt.is_empty() {
                 ExitCode::SUCCESS
             } else {
@@ -96,6 +123,16 @@ pub(super) fn run(ctx: &Context, command: CacheCommand) -> anyhow::Result<ExitCo
             let max = args.max_size.map_or(store.max_size(), |s| s.as_u64());
             let report = store.prune(max, &[])?;
             let logs = store.prune_logs(DAEMON_LOG_MAX_AGE)?;
+            if args.json {
+                let result = serde_json::json!({
+                    "cache_dir": store.root(),
+                    "max_size": max,
+                    "blobs": report,
+                    "daemon_logs": logs,
+                });
+                println!("{}", serde_json::to_string_pretty(&result)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             eprintln!(
                 "removed {} blobs ({}); {} remain; removed {} derived files of removed blobs \
                  and {} old daemon logs ({})",

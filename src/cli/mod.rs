@@ -3,6 +3,7 @@
 
 mod browse_cmds;
 mod cache;
+mod docs_cmds;
 mod image_cmds;
 mod key_cmds;
 mod layer_store_cmd;
@@ -38,7 +39,9 @@ use crate::timeline::Recorder;
     version,
     about = "Container images usable in seconds: verified, cached, mounted without unpacking",
     propagate_version = true,
-    after_help = "Configuration: --config FILE, else $LAZYIMG_CONFIG, else /etc/lazyimg/config.toml."
+    after_help = "Configuration: --config FILE, else $LAZYIMG_CONFIG, else \
+        $XDG_CONFIG_HOME/lazyimg/config.toml (~/.config/lazyimg/config.toml), else \
+        /etc/lazyimg/config.toml."
 )]
 pub struct Cli {
     /// Configuration file (TOML).
@@ -51,7 +54,20 @@ pub struct Cli {
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
     #[command(subcommand)]
-    command: Command,
+    command: Invocation,
+}
+
+/// What the command line asks for: the work, which needs the configuration,
+/// or documentation generated from these definitions, which must not (an
+/// install step writes it before any configuration exists).
+// Parsed once per process: boxing the large variant would save nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand, Debug)]
+enum Invocation {
+    #[command(flatten)]
+    Work(Command),
+    #[command(flatten)]
+    Docs(docs_cmds::DocsCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -288,7 +304,7 @@ pub fn main() -> ExitCode {
     init_logging(cli.verbose, cli.quiet);
     // `lazyimg run` exits as `podman run` does: its own failures must not look
     // like the command's status (runtime module doc, "Exit status").
-    let failure = if matches!(cli.command, Command::Run(_)) {
+    let failure = if matches!(cli.command, Invocation::Work(Command::Run(_))) {
         run_failure_status
     } else {
         general_failure_status
@@ -352,16 +368,25 @@ fn finish(
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Invocation::Docs(command) => docs_cmds::run(command),
+        Invocation::Work(command) => work(command, cli.config.as_deref(), cli.quiet),
+    }
+}
+
+/// Runs `command` with the configuration (`--config` is `explicit`) loaded.
+fn work(
+    command: Command,
+    explicit: Option<&std::path::Path>,
+    quiet: bool,
+) -> anyhow::Result<ExitCode> {
     let config = {
         let _phase = crate::timeline::phase("config").entered();
-        Config::load(cli.config.as_deref())?
+        Config::load(explicit)?
     };
-    let ctx = Context {
-        config,
-        quiet: cli.quiet,
-    };
+    let ctx = Context { config, quiet };
     let runtime = async_runtime()?;
-    match cli.command {
+    match command {
         Command::Pull(args) => runtime.block_on(image_cmds::pull(&ctx, args)),
         Command::Inspect(args) => runtime.block_on(image_cmds::inspect(&ctx, args)),
         Command::Index(args) => runtime.block_on(image_cmds::index(&ctx, args)),
@@ -372,11 +397,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Mount(args) => runtime.block_on(mount_cmds::mount(&ctx, args)),
         Command::Umount(args) => mount_cmds::umount(args),
         Command::LayerStore(args) => runtime.block_on(layer_store_cmd::layer_store(&ctx, args)),
-        Command::Snapshotter(args) => runtime.block_on(snapshotter_cmd::snapshotter(
-            &ctx,
-            args,
-            cli.config.as_deref(),
-        )),
+        Command::Snapshotter(args) => {
+            runtime.block_on(snapshotter_cmd::snapshotter(&ctx, args, explicit))
+        }
         Command::Stats(args) => stats_cmd::stats(args),
         Command::Run(args) => runtime.block_on(mount_cmds::run(&ctx, args)),
         Command::Cache(command) => cache::run(&ctx, command),
@@ -427,7 +450,7 @@ fn one_line(err: &anyhow::Error) -> String {
 /// Sets up `tracing` on stderr, and the [`timeline`](crate::timeline) recorder
 /// ([`phases`]). A mount daemon's stderr is its log file, read long after the
 /// fact: there every line starts with the time (RFC 3339, UTC, microseconds);
-/// on a terminal the time is noise and is left out.
+/// on a terminal the time is noise and is left out. Colors: see [`color_wanted`].
 fn init_logging(verbose: u8, quiet: bool) {
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
@@ -444,7 +467,10 @@ fn init_logging(verbose: u8, quiet: bool) {
     let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_ansi(color_wanted(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ));
     let log = if crate::mount::is_daemon() {
         log.with_timer(SystemTime).boxed()
     } else {
@@ -466,6 +492,14 @@ fn init_logging(verbose: u8, quiet: bool) {
         .with(log)
         .with(recorder)
         .init();
+}
+
+/// Whether log lines on stderr may carry ANSI colors: only on a terminal
+/// (`terminal`), and never while `NO_COLOR` (`no_color`) is set to anything
+/// but the empty string (no-color.org). tracing's own check of `NO_COLOR`
+/// would not do: an explicit `with_ansi` overrides it.
+fn color_wanted(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|value| value.is_empty())
 }
 
 /// The phases this process has finished so far (see [`crate::timeline`]).
@@ -519,6 +553,16 @@ mod tests {
             .unwrap();
         assert_eq!(cli.config.as_deref(), Some(std::path::Path::new("/x.toml")));
         assert_eq!(cli.verbose, 1);
+    }
+
+    #[test]
+    fn no_color_set_non_empty_turns_colors_off_on_a_terminal() {
+        let set = |value: &'static str| Some(std::ffi::OsStr::new(value));
+        assert!(color_wanted(true, None));
+        assert!(color_wanted(true, set("")), "empty means unset");
+        assert!(!color_wanted(true, set("1")));
+        assert!(!color_wanted(true, set("false")), "any value counts");
+        assert!(!color_wanted(false, None), "not on a file or pipe");
     }
 
     #[test]

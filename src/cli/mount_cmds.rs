@@ -28,6 +28,11 @@ pub(super) struct MountArgs {
     /// Stay attached and log to stderr instead of starting a daemon.
     #[arg(long)]
     foreground: bool,
+    /// Once the mount is live, print one JSON object on stdout instead of the
+    /// message on stderr: `mountpoint` (absolute), `daemon_pid`, `log` (the
+    /// daemon's log file).
+    #[arg(long, conflicts_with = "foreground")]
+    json: bool,
     #[command(flatten)]
     mount: MountFlags,
     #[command(flatten)]
@@ -134,6 +139,9 @@ pub(super) async fn mount(ctx: &Context, args: MountArgs) -> anyhow::Result<Exit
             let _phase = timeline::phase("policy").entered();
             crate::policy::enforce(&ctx.config, &image)?;
         }
+        // Before the daemon starts: failing after it would leave it serving.
+        let mountpoint = std::path::absolute(&args.mountpoint)
+            .with_context(|| format!("mount point {}", args.mountpoint.display()))?;
         let store = ctx.open_store()?;
         let started = {
             let _phase = timeline::phase("daemon").entered();
@@ -142,12 +150,21 @@ pub(super) async fn mount(ctx: &Context, args: MountArgs) -> anyhow::Result<Exit
             })?
         };
         print_timeline(&super::phases(), &started.timeline);
-        eprintln!(
-            "mounted {image} at {} (daemon pid {}, log {})",
-            args.mountpoint.display(),
-            started.pid,
-            started.log.display()
-        );
+        if args.json {
+            let mounted = serde_json::json!({
+                "mountpoint": mountpoint,
+                "daemon_pid": started.pid,
+                "log": started.log,
+            });
+            println!("{}", serde_json::to_string_pretty(&mounted)?);
+        } else {
+            eprintln!(
+                "mounted {image} at {} (daemon pid {}, log {})",
+                args.mountpoint.display(),
+                started.pid,
+                started.log.display()
+            );
+        }
         return Ok(ExitCode::SUCCESS);
     }
     // Made now, connecting nowhere: the first request that needs the registry

@@ -79,7 +79,9 @@ pub(super) struct CesPullArgs {
         echo \"$TOKEN\" | ces-pull charliecloud alice - ghcr.io/alice/tool:1.0 --squashfs tool.sqfs\n\n\
         The token is used for ghcr.io only, whatever auth files exist; `-` reads it from\n\
         standard input so it never shows in `ps`. The copy goes to `[seed] target`.\n\
-        Configuration: --config FILE, else $LAZYIMG_CONFIG, else /etc/lazyimg/config.toml."
+        Configuration: --config FILE, else $LAZYIMG_CONFIG, else\n\
+        $XDG_CONFIG_HOME/lazyimg/config.toml (~/.config/lazyimg/config.toml), else\n\
+        /etc/lazyimg/config.toml."
 )]
 pub struct CesPullCli {
     /// Configuration file (TOML).

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 pub const DAEMON_LOG_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// What [`Store::prune_logs`] did.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct LogPruneReport {
     /// Logs removed.
     pub removed: usize,

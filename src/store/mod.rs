@@ -101,10 +101,14 @@ pub struct StoredBlob {
     pub last_used: SystemTime,
 }
 
+/// What [`Store::prune`] did.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct PruneReport {
+    /// Blobs removed.
     pub removed: usize,
+    /// Their size in bytes.
     pub freed: u64,
+    /// Bytes of blobs left.
     pub remaining: u64,
     /// Derived files removed because the blob they were derived from is gone.
     pub derived_removed: usize,
