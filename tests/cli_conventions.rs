@@ -169,6 +169,12 @@ fn install_script_puts_completion_and_man_pages_where_bash_and_man_look() {
     let man1 = installed("usr/local/share/man/man1");
     assert_eq!(pages(&man1), pages(&generated));
     render(&man1.join("lazyimg.1"));
+    let unit = installed("etc/systemd/system/lazyimg-snapshotter.service");
+    assert!(
+        std::fs::read_to_string(&unit)
+            .unwrap()
+            .contains("lazyimg snapshotter")
+    );
 }
 
 /// A configuration whose cache is `dir/cache`, and the cache's blob directory

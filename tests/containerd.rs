@@ -560,3 +560,44 @@ fn a_cri_pull_is_lazy_and_its_container_runs() {
     ]);
     assert_eq!(out, format!("{label}\n"));
 }
+
+/// The snippet and systemd unit in scripts/containerd are what the command
+/// prints and accepts: they cannot drift from it.
+#[test]
+fn the_committed_containerd_snippet_and_unit_match_the_command() {
+    let lazyimg = Lazyimg::new(testenv());
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/containerd");
+    let printed = lazyimg
+        .run(&["snapshotter", "--print-config"])
+        .ok()
+        .stdout();
+    let committed = std::fs::read_to_string(repo.join("config-snippet.toml")).unwrap();
+    assert_eq!(
+        committed, printed,
+        "regenerate with: lazyimg snapshotter --print-config"
+    );
+    let unit = std::fs::read_to_string(repo.join("lazyimg-snapshotter.service")).unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("an ExecStart line");
+    let args: Vec<&str> = exec.split_whitespace().collect();
+    assert_eq!(args[1], "snapshotter", "{exec}");
+    let socket = args[args.iter().position(|a| *a == "--socket").unwrap() + 1];
+    assert!(
+        printed.contains(&format!("address = \"{socket}\"")),
+        "{printed}"
+    );
+    // The unit's options are the command's own.
+    let help = lazyimg.run(&["snapshotter", "--help"]).ok().stdout();
+    for option in args.iter().filter(|a| a.starts_with("--")) {
+        assert!(
+            help.contains(option),
+            "{option} is not an option of lazyimg snapshotter"
+        );
+    }
+    assert!(
+        unit.contains("KillMode=process"),
+        "the layer store must outlive restarts"
+    );
+}

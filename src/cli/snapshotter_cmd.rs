@@ -120,7 +120,8 @@ async fn shutdown_signal() {
 /// (`disable_snapshot_annotations = false`).
 fn containerd_config(socket: &Path) -> String {
     format!(
-        "[proxy_plugins.lazyimg]\n  type = \"snapshot\"\n  address = \"{}\"\n\n\
+        "# lazyimg's remote snapshotter: merge into containerd's config.toml (version = 2).\n\
+         [proxy_plugins.lazyimg]\n  type = \"snapshot\"\n  address = \"{}\"\n\n\
          [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  snapshotter = \"lazyimg\"\n  \
          disable_snapshot_annotations = false\n",
         socket.display()
