@@ -54,6 +54,12 @@ fn an_indexed_gzip_image_runs_from_lazy_layers_and_survives_a_snapshotter_crash(
     let lazyimg = Lazyimg::new(env);
     let state = state_dir();
     let mut snapshotter = Snapshotter::start(&lazyimg, state.path());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&snapshotter.socket)
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "only root may ask for mounts");
     let containerd = Containerd::start(&snapshotter.containerd_config, env.plain());
     let log_start = plain_log_len(env);
     containerd.remote_ok(&[

@@ -646,3 +646,42 @@ fn print_config_gives_the_storage_conf_lines() {
         "[storage.options]\nadditionallayerstores = [\"/var/lib/lazyimg/als:ref\"]\n"
     );
 }
+
+/// Issue 11, acceptance 3: the torture image's root as Podman's own overlay
+/// mount of a container presents it (`podman mount`, the rootfs runc would
+/// start in, every layer from the store) lists exactly like umoci's unpack.
+#[test]
+fn a_torture_image_from_the_store_lists_like_umocis_unpack_in_podmans_rootfs() {
+    let env = testenv();
+    let work = tempfile::tempdir().unwrap();
+    let spec = support::image::torture_image(Compression::Gzip);
+    let built: Vec<_> = spec.layers.iter().map(build_layer).collect();
+    let (layout, _) = build_layout_from_layers(&work.path().join("t"), &spec, &built, "v1");
+    let reference = format!("{}/als/torture-{}:v1", env.plain(), nonce());
+    sh(&format!(
+        "skopeo copy --quiet --dest-tls-verify=false oci:{}:v1 docker://{reference}",
+        layout.dir.display()
+    ));
+    authed(&Lazyimg::new(env), &["index", "--push", &reference]).ok();
+    let oracle =
+        support::tools::unpack_with_umoci(&layout.dir, "v1", &work.path().join("bundle")).unwrap();
+    let oracle = support::listing::listing(&oracle).unwrap();
+
+    let lazyimg = Lazyimg::new(env);
+    let store = LayerStore::start(&lazyimg);
+    let podman = Podman::new(store.path());
+    let digests: Vec<String> = built.iter().map(|l| l.digest.clone()).collect();
+    podman.pull_from_store(&reference, &digests);
+    let (id, _) = podman.ok(&["create", &reference, "/none"]);
+    let (rootfs, _) = podman.ok(&["mount", id.trim()]);
+    let got = support::listing::listing(Path::new(rootfs.trim()));
+    podman.ok(&["umount", id.trim()]);
+    podman.ok(&["rm", id.trim()]);
+    let differences = support::listing::diff_listings(&oracle, &got.unwrap());
+    assert!(
+        differences.is_empty(),
+        "Podman's rootfs vs umoci:\n{}\n{}",
+        differences.join("\n"),
+        store.daemon.log()
+    );
+}

@@ -20,7 +20,7 @@ use super::{Error, Info, Snapshotter, mounts::Mount};
 type Reply<T> = std::result::Result<Response<T>, Status>;
 
 /// Serves `snapshotter` on the unix socket `socket` (replacing a stale
-/// socket file) until `shutdown` completes.
+/// socket file; mode 0600) until `shutdown` completes.
 ///
 /// Errors: the socket cannot be bound, or the server fails.
 pub async fn serve(
@@ -40,6 +40,10 @@ pub async fn serve(
     }
     let listener = tokio::net::UnixListener::bind(socket)
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    // Whoever can call Prepare decides what containerd mounts: root only, as
+    // containerd's own socket.
+    std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .with_context(|| format!("restricting {}", socket.display()))?;
     tonic::transport::Server::builder()
         .add_service(pb::snapshots_server::SnapshotsServer::new(Service(
             snapshotter,
