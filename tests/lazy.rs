@@ -227,6 +227,22 @@ fn a_changed_byte_in_the_registry_fails_that_file_with_eio_every_time() {
         log.contains("failed verification") && log.contains(&image.layers[0].digest),
         "the log names the layer digest:\n{log}"
     );
+    // `lazyimg cat` (no mount, a cache of its own) reads through the same
+    // engine: the same verification error, on stderr, and no bytes out.
+    let cat = authed(&Lazyimg::new(env), &["cat", &reference, "/data/victim.bin"]);
+    assert!(!cat.success(), "cat of a corrupted file succeeded");
+    assert!(cat.stdout().is_empty(), "unverified bytes went out");
+    let stderr = cat.stderr();
+    assert!(
+        stderr.contains("failed verification") && stderr.contains(&image.layers[0].digest),
+        "{stderr}"
+    );
+    let bystander = authed(
+        &Lazyimg::new(env),
+        &["cat", &reference, "/data/bystander.txt"],
+    )
+    .ok();
+    assert!(bystander.stdout().starts_with("corrupt "));
 }
 
 fn daemon_log(lazyimg: &Lazyimg) -> String {
