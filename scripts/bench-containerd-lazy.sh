@@ -48,18 +48,14 @@ stop_all() {
 }
 trap 'stop_all; relay_stop' EXIT
 
-log "building / pushing the big image to the plain registry (cached after the first run)"
-bash scripts/build-big-image.sh "$LAZYIMG_TEST_PLAIN/bench/big:1" >"$WORK/image.env"
-blob_bytes=$(sed -n 's/^blob_bytes=//p' "$WORK/image.env")
-path=bench/big:1
+log "building / pushing the big image and its index (cached after the first run)"
+bench_big_image "$WORK"
+blob_bytes=$BIG_BLOB_BYTES path=$BIG_PATH
 
 config() { # CACHE_DIR REGISTRY: a lazyimg config for a cache at CACHE_DIR, plain HTTP to REGISTRY
   printf 'cache_dir = "%s"\n[[registry]]\nprefix = "%s"\ninsecure = true\n' "$1" "$2" >"$1.toml"
   echo "$1.toml"
 }
-log "lazyimg index --push (once, untimed)"
-"$LAZYIMG_BIN" --config "$(config "$WORK/indexer" "$LAZYIMG_TEST_PLAIN")" -q index --push \
-  "$LAZYIMG_TEST_PLAIN/$path" >"$WORK/index.log" 2>&1 || { cat "$WORK/index.log" >&2; exit 1; }
 
 relay_start 127.0.0.1:0 "$LAZYIMG_TEST_PLAIN" "$WORK/relay.json" --rtt-ms "$RTT" --rate-mbit "$RATE"
 ref=$RELAY_ADDR/$path

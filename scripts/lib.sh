@@ -129,3 +129,18 @@ relay_stop() {
   wait "$RELAY_PID" 2>/dev/null || true
   RELAY_PID=
 }
+
+# bench_big_image WORK: the >= 1 GiB image of scripts/build-big-image.sh on the
+# plain registry (the site proxy's role), its lazyimg index pushed (untimed; the
+# log in WORK/index.log). Sets BIG_PATH (repository:tag, to be prefixed with the
+# registry or relay address) and BIG_BLOB_BYTES (layers + config).
+bench_big_image() {
+  local work=$1
+  BIG_PATH=bench/big:1
+  bash scripts/build-big-image.sh "$LAZYIMG_TEST_PLAIN/$BIG_PATH" >"$work/image.env"
+  BIG_BLOB_BYTES=$(sed -n 's/^blob_bytes=//p' "$work/image.env")
+  printf 'cache_dir = "%s"\n[[registry]]\nprefix = "%s"\ninsecure = true\n' \
+    "$work/indexer" "$LAZYIMG_TEST_PLAIN" >"$work/indexer.toml"
+  "$LAZYIMG_BIN" --config "$work/indexer.toml" -q index --push "$LAZYIMG_TEST_PLAIN/$BIG_PATH" \
+    >"$work/index.log" 2>&1 || { cat "$work/index.log" >&2; return 1; }
+}

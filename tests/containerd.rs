@@ -11,6 +11,11 @@ mod support;
 use std::path::Path;
 
 use support::containerd::{Containerd, Snapshotter};
+use support::cri::{
+    CONTAINER_EXITED, ContainerConfig, ContainerMetadata, Cri, ImageSpec as CriImage,
+    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NAMESPACE_NODE, NamespaceOption,
+    PodSandboxConfig, PodSandboxMetadata,
+};
 use support::estargz::build_estargz_layer;
 use support::image::{
     BuiltLayer, Compression, ImageSpec, LayerSpec, build_layer, dir, file, torture_image,
@@ -60,7 +65,7 @@ fn an_indexed_gzip_image_runs_from_lazy_layers_and_survives_a_snapshotter_crash(
             .permissions(),
     );
     assert_eq!(mode & 0o777, 0o600, "only root may ask for mounts");
-    let containerd = Containerd::start(&snapshotter.containerd_config, env.plain());
+    let containerd = Containerd::start(&snapshotter.containerd_config, env.plain(), "");
     let log_start = plain_log_len(env);
     containerd.remote_ok(&[
         "image",
@@ -406,10 +411,15 @@ struct Node {
 
 impl Node {
     fn start(lazyimg: &Lazyimg) -> Node {
+        Node::start_with(lazyimg, "")
+    }
+
+    /// A node whose containerd config also holds `extra`.
+    fn start_with(lazyimg: &Lazyimg, extra: &str) -> Node {
         let state = state_dir();
         let snapshotter = Snapshotter::start(lazyimg, state.path());
         Node {
-            containerd: Containerd::start(&snapshotter.containerd_config, testenv().plain()),
+            containerd: Containerd::start(&snapshotter.containerd_config, testenv().plain(), extra),
             snapshotter,
             _state: state,
         }
@@ -503,7 +513,7 @@ fn a_torture_image_through_the_snapshotter_lists_like_umocis_unpack() {
 }
 
 #[test]
-fn a_cri_pull_is_lazy_and_its_container_runs() {
+fn a_cri_pull_is_lazy_and_a_pod_runs_its_container() {
     let env = testenv();
     let work = tempfile::tempdir().unwrap();
     let label = format!("ctd-cri-{}", nonce());
@@ -520,12 +530,34 @@ fn a_cri_pull_is_lazy_and_its_container_runs() {
     push(&layout.dir, &reference);
     authed(&Lazyimg::new(env), &["index", "--push", &reference]).ok();
 
+    // The pods' sandbox ("pause") image: busybox sleeping, no index (so
+    // containerd unpacks it into a local snapshot).
+    let pause_spec = ImageSpec::new(Vec::new())
+        .env(&["PATH=/bin"])
+        .cmd(&["sleep", "3600"]);
+    let pause_layers = [busybox_layer(work.path())];
+    let (pause, _) =
+        build_layout_from_layers(&work.path().join("pause"), &pause_spec, &pause_layers, "v1");
+    let pause_ref = format!("{}/ctd/pause-{label}:v1", env.plain());
+    push(&pause.dir, &pause_ref);
+
     let lazyimg = Lazyimg::new(env);
-    let node = Node::start(&lazyimg);
+    // restrict_oom_score_adj: root here lacks CAP_SYS_RESOURCE, so it may not
+    // lower an oom_score_adj (CRI's default for a sandbox is -998) and runc's
+    // init dies ("can't get final child's PID from pipe").
+    let node = Node::start_with(
+        &lazyimg,
+        &format!(
+            "[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"{pause_ref}\"\n  \
+             restrict_oom_score_adj = true\n"
+        ),
+    );
+    let mut cri = Cri::connect(&node.containerd.socket()).unwrap();
     let log_start = plain_log_len(env);
     // As the kubelet would: CRI's PullImage, CRI's snapshotter and labels
     // from `lazyimg snapshotter --print-config`.
-    let image_id = support::cri::pull_image(&node.containerd.socket(), &reference)
+    let image_id = cri
+        .pull_image(&reference)
         .unwrap_or_else(|e| panic!("PullImage: {e}\n{}", node.containerd.log()));
     assert!(image_id.starts_with("sha256:"), "{image_id}");
     let lines = plain_log_since(env, log_start);
@@ -565,6 +597,67 @@ fn a_cri_pull_is_lazy_and_its_container_runs() {
         "/work/label.txt",
     ]);
     assert_eq!(out, format!("{label}\n"));
+
+    // A pod with one container of the image, as the kubelet runs a job (host
+    // network: this node has no CNI plugins configured).
+    let logs = tempfile::tempdir().unwrap();
+    let sandbox = PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: "lazy-job".into(),
+            uid: nonce(),
+            namespace: "default".into(),
+        }),
+        // The node's own, as for the kubelet's host-network pods.
+        hostname: String::new(),
+        log_directory: logs.path().to_str().unwrap().into(),
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NAMESPACE_NODE,
+                }),
+            }),
+        }),
+    };
+    let pod = cri
+        .run_pod(&sandbox)
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", node.containerd.log()));
+    let job = ContainerConfig {
+        metadata: Some(ContainerMetadata { name: "job".into() }),
+        image: Some(CriImage {
+            image: reference.clone(),
+            annotations: Default::default(),
+        }),
+        command: vec!["cat".into(), "/work/label.txt".into()],
+        log_path: "job.log".into(),
+    };
+    let job = cri
+        .start_container(&pod, job, &sandbox)
+        .unwrap_or_else(|e| {
+            panic!(
+                "CreateContainer/StartContainer: {e}\n{}",
+                node.containerd.log()
+            )
+        });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        let status = cri.container_status(&job).unwrap();
+        if status.state == CONTAINER_EXITED {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job still runs: {status:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(status.exit_code, 0, "{status:?}");
+    // CRI's log format: "TIME stdout F LINE".
+    let log = std::fs::read_to_string(logs.path().join("job.log")).unwrap();
+    assert!(
+        log.trim_end().ends_with(&format!("stdout F {label}")),
+        "{log}"
+    );
+    cri.remove_pod(&pod).unwrap();
 }
 
 /// The snippet and systemd unit in scripts/containerd are what the command

@@ -117,9 +117,9 @@ pub struct Containerd {
 
 impl Containerd {
     /// Starts containerd with `snapshotter_config` (the lines `lazyimg
-    /// snapshotter --print-config` gives) in its config (version 2), and
-    /// plain HTTP to `plain_registry` for CRI pulls.
-    pub fn start(snapshotter_config: &str, plain_registry: &str) -> Containerd {
+    /// snapshotter --print-config` gives) in its config (version 2), plain
+    /// HTTP to `plain_registry` for CRI pulls, and `extra` config lines.
+    pub fn start(snapshotter_config: &str, plain_registry: &str, extra: &str) -> Containerd {
         let dir = tempfile::Builder::new()
             .prefix("lazyimg-ctd-")
             .tempdir_in("/tmp")
@@ -130,7 +130,7 @@ impl Containerd {
              [grpc]\n  address = \"{d}/c.sock\"\n[ttrpc]\n  address = \"{d}/c.sock.ttrpc\"\n\
              {snapshotter_config}\n\
              [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"{plain_registry}\"]\n  \
-             endpoint = [\"http://{plain_registry}\"]\n"
+             endpoint = [\"http://{plain_registry}\"]\n{extra}"
         );
         std::fs::write(dir.path().join("config.toml"), config).unwrap();
         let child = Command::new("containerd")
