@@ -38,6 +38,16 @@ fn containerd_gets<'a>(lines: &'a [String], digest: &str) -> Vec<&'a String> {
         .collect()
 }
 
+/// GETs of blob `digest` answered whole (status 200, not a 206 range), by
+/// anyone, in registry log `lines`.
+fn whole_gets<'a>(lines: &'a [String], digest: &str) -> Vec<&'a String> {
+    lines
+        .iter()
+        .filter(|l| l.contains("GET /v2/") && l.contains(&format!("/blobs/{digest} ")))
+        .filter(|l| l.contains("\" 200 "))
+        .collect()
+}
+
 /// The layer digests `ctr content ls` lists among `layers`.
 fn stored_layers(containerd: &Containerd, layers: &[String]) -> Vec<String> {
     let content = containerd.ok(&["content", "ls", "-q"]);
@@ -138,6 +148,11 @@ fn an_indexed_gzip_image_runs_from_lazy_layers_and_survives_a_snapshotter_crash(
         fetched * 50 < big_size,
         "fetched {fetched} of {big_size} bytes of {big_layer}"
     );
+    // Range requests only: no layer was fetched whole, by anyone.
+    let lines = plain_log_since(env, log_start);
+    for layer in &layers {
+        assert_eq!(whole_gets(&lines, layer), Vec::<&String>::new());
+    }
 
     // kill -9 the snapshotter while a container runs: containerd's records
     // stay, the container keeps reading (its lowers are the layer store's,
@@ -306,6 +321,11 @@ fn estargz_and_zstd_chunked_images_run_from_lazy_layers() {
                 gets.is_empty(),
                 "{reference}: {gets:#?}\n{}",
                 node.snapshotter.log()
+            );
+            assert_eq!(
+                whole_gets(&lines, layer),
+                Vec::<&String>::new(),
+                "{reference}"
             );
         }
         assert_eq!(stored_layers(containerd, &layers), Vec::<String>::new());
