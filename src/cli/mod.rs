@@ -11,6 +11,7 @@ mod mount_cmds;
 mod nginx_cmd;
 mod policy_cmds;
 mod progress;
+mod rootless;
 mod seed_cmds;
 mod snapshotter_cmd;
 mod stats_cmd;
@@ -401,7 +402,7 @@ fn work(
             runtime.block_on(snapshotter_cmd::snapshotter(&ctx, args, explicit))
         }
         Command::Stats(args) => stats_cmd::stats(args),
-        Command::Run(args) => runtime.block_on(mount_cmds::run(&ctx, args)),
+        Command::Run(args) => runtime.block_on(mount_cmds::run(&ctx, args, explicit)),
         Command::Cache(command) => cache::run(&ctx, command),
         Command::Policy(policy_cmds::PolicyCommand::Check(args)) => {
             runtime.block_on(policy_cmds::check(&ctx, args))

@@ -8,6 +8,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 
 use super::progress::Reporter;
+use super::rootless::PodmanNamespaceMount;
 use super::{Context, RegistryArgs};
 use crate::digest::Digest;
 use crate::fuse::{self, MountOptions};
@@ -67,6 +68,28 @@ struct MountFlags {
     /// Limit --background-fetch to this many MB/s.
     #[arg(long, value_name = "MB/S", requires = "background_fetch")]
     max_rate: Option<f64>,
+}
+
+impl MountFlags {
+    /// These flags as `lazyimg mount` options, for a mount daemon started on
+    /// this command's behalf (`--owner-self`, `--allow-other` and `--pull`
+    /// are the caller's to choose).
+    fn forwarded(&self) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(file) = &self.record {
+            args.extend(["--record".into(), file.into()]);
+        }
+        if let Some(file) = &self.prefetch {
+            args.extend(["--prefetch".into(), file.into()]);
+        }
+        if self.background_fetch {
+            args.push("--background-fetch".into());
+        }
+        if let Some(rate) = self.max_rate {
+            args.extend(["--max-rate".into(), rate.to_string().into()]);
+        }
+        args
+    }
 }
 
 #[derive(Args, Debug)]
@@ -217,7 +240,21 @@ pub(super) fn umount(args: UmountArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub(super) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<ExitCode> {
+/// Where `run` serves the image from; dropping it unmounts.
+enum Mounted {
+    /// A FUSE session of this process.
+    Here { _session: fuser::BackgroundSession },
+    /// A mount daemon inside rootless Podman's namespace.
+    InPodmanNamespace { _mount: PodmanNamespaceMount },
+}
+
+/// `lazyimg run`; `config_file` is `--config`, which a mount daemon started
+/// for rootless Podman is given too.
+pub(super) async fn run(
+    ctx: &Context,
+    args: RunArgs,
+    config_file: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
     runtime::check_available(args.runtime)?;
     let gpus = args.gpus();
     // Before pulling or mounting: a GPU job on a node without GPUs starts nothing.
@@ -253,16 +290,30 @@ pub(super) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<ExitCode
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
 
-    let rootfs = open(ctx, &store, &manifest, &image, registry, &args.mount)?;
     let mountpoint = tempfile::Builder::new()
         .prefix("lazyimg-run-")
         .tempdir()
         .context("cannot create a mount point")?;
-    // Root's mount is used by runtimes that switch to other uids (podman's runc,
-    // ch-run's user namespace): let them in.
-    let mut options = mount_options(&args.mount, &image);
-    options.allow_other |= is_root();
-    let session = fuse::spawn_mount(rootfs, mountpoint.path(), &options)?;
+    let mounted = if args.runtime == Runtime::Podman && !is_root() {
+        Mounted::InPodmanNamespace {
+            _mount: PodmanNamespaceMount::start(
+                config_file,
+                args.mount.forwarded(),
+                credentials.as_ref(),
+                &image.to_string(),
+                mountpoint.path(),
+            )?,
+        }
+    } else {
+        let rootfs = open(ctx, &store, &manifest, &image, registry, &args.mount)?;
+        // Root's mount is used by runtimes that switch to other uids (podman's
+        // runc, ch-run's user namespace): let them in.
+        let mut options = mount_options(&args.mount, &image);
+        options.allow_other |= is_root();
+        Mounted::Here {
+            _session: fuse::spawn_mount(rootfs, mountpoint.path(), &options)?,
+        }
+    };
 
     let mut spec = RunSpec::new(mountpoint.path().to_path_buf(), command);
     spec.host = host;
@@ -275,7 +326,7 @@ pub(super) async fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<ExitCode
         .workdir
         .or(runtime_config.working_dir.filter(|w| !w.is_empty()));
     let status = runtime::run(args.runtime, &spec);
-    drop(session);
+    drop(mounted);
     let code = status?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
