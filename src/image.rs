@@ -162,6 +162,9 @@ pub struct RuntimeConfig {
     pub working_dir: Option<String>,
     #[serde(default)]
     pub user: Option<String>,
+    /// Image labels (image-spec config.md `Labels`).
+    #[serde(default)]
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
 }
 
 impl ImageConfig {

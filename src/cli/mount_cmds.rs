@@ -68,6 +68,12 @@ struct MountFlags {
     /// Limit --background-fetch to this many MB/s.
     #[arg(long, value_name = "MB/S", requires = "background_fetch")]
     max_rate: Option<f64>,
+    /// Add /.singularity.d (the image's env script, runscript, labels) as
+    /// Apptainer's own conversion writes it, so `apptainer exec|run MNT`
+    /// behaves as with a SIF of the image (implied by `run --runtime
+    /// apptainer`). The image's own files are unchanged.
+    #[arg(long)]
+    apptainer: bool,
 }
 
 impl MountFlags {
@@ -252,9 +258,10 @@ enum Mounted {
 /// for rootless Podman is given too.
 pub(super) async fn run(
     ctx: &Context,
-    args: RunArgs,
+    mut args: RunArgs,
     config_file: Option<&std::path::Path>,
 ) -> anyhow::Result<ExitCode> {
+    args.mount.apptainer |= args.runtime == Runtime::Apptainer;
     runtime::check_available(args.runtime)?;
     let gpus = args.gpus();
     // Before pulling or mounting: a GPU job on a node without GPUs starts nothing.
@@ -381,7 +388,23 @@ fn open(
         background: flags.background_fetch,
         max_rate: flags.max_rate.map(|mb| (mb * 1e6) as u64),
     };
-    mount::open_lazy(&ctx.config, store, manifest, image, registry, &prefetching)
+    let extra = if flags.apptainer {
+        let config = mount::image_config(store, manifest, image)?;
+        Some(runtime::singularity::singularity_files(
+            &config.config.unwrap_or_default(),
+        ))
+    } else {
+        None
+    };
+    mount::open_lazy(
+        &ctx.config,
+        store,
+        manifest,
+        image,
+        registry,
+        &prefetching,
+        extra,
+    )
 }
 
 fn mount_options(flags: &MountFlags, image: &ImageRef) -> MountOptions {

@@ -24,6 +24,7 @@ use crate::lazy::source::{RangeSource, RegistryRanges};
 use crate::reference::ImageRef;
 use crate::registry::RegistryClient;
 use crate::rootfs::RootFs;
+use crate::rootfs::synthetic::SyntheticFiles;
 use crate::store::{Derived, Store};
 pub use daemon::{
     DaemonFailed, Started, claim_status_pipe, clear_stale_mount, is_daemon, report_live,
@@ -48,7 +49,8 @@ pub struct Prefetching {
 
 /// Opens the prepared image `manifest` of `image`; layers not in the cache
 /// are read lazily from `registry`, as `config` says. Starts the prefetching
-/// `prefetching` asks for.
+/// `prefetching` asks for. `extra` files, if any, are grafted on (a mount
+/// for Apptainer); recording and prefetching see only the image's files.
 pub fn open_lazy(
     config: &Config,
     store: &Arc<Store>,
@@ -56,11 +58,15 @@ pub fn open_lazy(
     image: &ImageRef,
     registry: Arc<RegistryClient>,
     prefetching: &Prefetching,
+    extra: Option<SyntheticFiles>,
 ) -> anyhow::Result<Arc<RootFs>> {
     let mut rootfs = open_reading(config, store, manifest, image, registry)?;
     if let Some(list) = &prefetching.record {
         let recorder = Recorder::new(&rootfs.tree, Arc::clone(&rootfs.content), list)?;
         rootfs.content = Arc::new(recorder);
+    }
+    if let Some(files) = extra {
+        rootfs = rootfs.with_synthetic(files);
     }
     let rootfs = Arc::new(rootfs);
     // A list given here wins over the one pushed with the image's index.

@@ -8,6 +8,7 @@
 mod identity;
 pub mod layer_store;
 pub mod stats;
+pub mod synthetic;
 
 use std::sync::Arc;
 

@@ -89,6 +89,7 @@
 mod binds;
 mod exec;
 mod gpu;
+pub mod singularity;
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fmt;

@@ -21,6 +21,7 @@ mod diff;
 #[cfg(test)]
 mod diff_tests;
 mod find;
+mod graft;
 mod overlay;
 #[cfg(test)]
 mod overlay_tests;
