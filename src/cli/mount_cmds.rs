@@ -16,6 +16,8 @@ use crate::mount::{self, Prefetching};
 use crate::pull::PullPolicy;
 use crate::reference::ImageRef;
 use crate::registry::RegistryClient;
+use crate::rootfs::synthetic::SyntheticFiles;
+use crate::runtime::nvidia::DriverFiles;
 use crate::runtime::{self, Bind, Gpus, HostEnv, RunSpec, Runtime};
 use crate::store::Store;
 use crate::timeline::{self, Phase};
@@ -123,7 +125,7 @@ pub(super) struct RunArgs {
     #[arg(long = "env-host", value_name = "NAME")]
     env_host: Vec<String>,
     /// NVIDIA GPUs for the container: all, or host indices N[,M…] (apptainer:
-    /// --nv; podman: CDI devices; charliecloud: not yet).
+    /// --nv; podman: CDI devices; charliecloud: the host driver injected into the mount).
     #[arg(long, value_name = "all|N[,M…]")]
     gpus: Option<Gpus>,
     /// Same as --gpus all (Apptainer's spelling).
@@ -208,6 +210,7 @@ pub(super) async fn mount(ctx: &Context, args: MountArgs) -> anyhow::Result<Exit
         &image,
         Arc::clone(&registry),
         &args.mount,
+        None,
     )?;
     let options = mount_options(&args.mount, &image);
     tracing::info!("serving {image} at {}", args.mountpoint.display());
@@ -312,7 +315,20 @@ pub(super) async fn run(
             )?,
         }
     } else {
-        let rootfs = open(ctx, &store, &manifest, &image, registry, &args.mount)?;
+        // Charliecloud's GPU jobs get the host's driver in the tree.
+        let driver = match (&gpus, args.runtime) {
+            (Some(_), Runtime::Charliecloud) => Some(DriverFiles::find(&host.gpu)?),
+            _ => None,
+        };
+        let rootfs = open(
+            ctx,
+            &store,
+            &manifest,
+            &image,
+            registry,
+            &args.mount,
+            driver.as_ref(),
+        )?;
         // Root's mount is used by runtimes that switch to other uids (podman's
         // runc, ch-run's user namespace): let them in.
         let mut options = mount_options(&args.mount, &image);
@@ -373,7 +389,9 @@ pub(super) async fn prepare(
     Ok((store, manifest))
 }
 
-/// Opens the prepared image with the recording and prefetching `flags` ask for.
+/// Opens the prepared image with the recording and prefetching `flags` ask
+/// for, `/.singularity.d` if they ask for it, and the host's NVIDIA `driver`
+/// injected if given.
 fn open(
     ctx: &Context,
     store: &Arc<Store>,
@@ -381,6 +399,7 @@ fn open(
     image: &ImageRef,
     registry: Arc<RegistryClient>,
     flags: &MountFlags,
+    driver: Option<&DriverFiles>,
 ) -> anyhow::Result<Arc<crate::rootfs::RootFs>> {
     let prefetching = Prefetching {
         record: flags.record.clone(),
@@ -388,13 +407,25 @@ fn open(
         background: flags.background_fetch,
         max_rate: flags.max_rate.map(|mb| (mb * 1e6) as u64),
     };
-    let extra = if flags.apptainer {
-        let config = mount::image_config(store, manifest, image)?;
-        Some(runtime::singularity::singularity_files(
-            &config.config.unwrap_or_default(),
-        ))
-    } else {
-        None
+    let runtime_config = flags
+        .apptainer
+        .then(|| mount::image_config(store, manifest, image))
+        .transpose()?
+        .map(|c| c.config.unwrap_or_default());
+    let extra = |tree: &crate::tree::Tree| -> anyhow::Result<Option<SyntheticFiles>> {
+        if runtime_config.is_none() && driver.is_none() {
+            return Ok(None);
+        }
+        let mut files = match &runtime_config {
+            Some(config) => runtime::singularity::singularity_files(config),
+            None => SyntheticFiles::default(),
+        };
+        if let Some(driver) = driver {
+            driver
+                .inject(tree, &mut files)
+                .context("cannot read the host's NVIDIA driver files")?;
+        }
+        Ok(Some(files))
     };
     mount::open_lazy(
         &ctx.config,

@@ -26,6 +26,7 @@ use crate::registry::RegistryClient;
 use crate::rootfs::RootFs;
 use crate::rootfs::synthetic::SyntheticFiles;
 use crate::store::{Derived, Store};
+use crate::tree::Tree;
 pub use daemon::{
     DaemonFailed, Started, claim_status_pipe, clear_stale_mount, is_daemon, report_live,
     serve_layer_store_until_signalled, serve_until_signalled, start_daemon, umount,
@@ -49,8 +50,9 @@ pub struct Prefetching {
 
 /// Opens the prepared image `manifest` of `image`; layers not in the cache
 /// are read lazily from `registry`, as `config` says. Starts the prefetching
-/// `prefetching` asks for. `extra` files, if any, are grafted on (a mount
-/// for Apptainer); recording and prefetching see only the image's files.
+/// `prefetching` asks for. The files `extra` makes of the image's tree, if
+/// any, are grafted on (a mount for Apptainer, a GPU job's driver);
+/// recording and prefetching see only the image's files.
 pub fn open_lazy(
     config: &Config,
     store: &Arc<Store>,
@@ -58,14 +60,14 @@ pub fn open_lazy(
     image: &ImageRef,
     registry: Arc<RegistryClient>,
     prefetching: &Prefetching,
-    extra: Option<SyntheticFiles>,
+    extra: impl FnOnce(&Tree) -> anyhow::Result<Option<SyntheticFiles>>,
 ) -> anyhow::Result<Arc<RootFs>> {
     let mut rootfs = open_reading(config, store, manifest, image, registry)?;
     if let Some(list) = &prefetching.record {
         let recorder = Recorder::new(&rootfs.tree, Arc::clone(&rootfs.content), list)?;
         rootfs.content = Arc::new(recorder);
     }
-    if let Some(files) = extra {
+    if let Some(files) = extra(&rootfs.tree)? {
         rootfs = rootfs.with_synthetic(files);
     }
     let rootfs = Arc::new(rootfs);

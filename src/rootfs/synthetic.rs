@@ -1,9 +1,15 @@
-//! Files a mount shows that no layer holds, built in memory and grafted onto
-//! the image's tree ([`Tree::graft`]): what a runtime expects of an image it
-//! converted itself. Only mounts that ask for them get them; a plain mount's
-//! listing stays the image's.
+//! Files a mount shows that no layer holds, grafted onto the image's tree
+//! ([`Tree::graft`]): what a runtime expects of an image it converted itself
+//! (content built in memory), or host files a job needs inside (the NVIDIA
+//! driver for Charliecloud, read from the host file when read). Only mounts
+//! that ask for them get them; a plain mount's listing stays the image's.
+//! Host files are the host's own, trusted as the host trusts them: no image
+//! byte is served from them.
 
 use std::ffi::OsString;
+use std::fs::File;
+use std::os::unix::fs::FileExt as _;
+use std::path::Path;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -17,11 +23,18 @@ use crate::tree::{ContentLocation, Tree};
 /// layer an image can have ([`Tree::build`] refuses `u32::MAX` layers).
 pub const SYNTHETIC_LAYER: u32 = u32::MAX;
 
-/// Directories and files to add, owned by root, content in memory.
+/// Where host files start in the synthetic content space; in-memory content
+/// takes the offsets below.
+const HOST_BASE: u64 = 1 << 62;
+
+/// Directories and files to add, owned by root.
 #[derive(Debug, Default)]
 pub struct SyntheticFiles {
     entries: Vec<TarEntry>,
     content: BytesMut,
+    /// Host files by the offset they start at (from [`HOST_BASE`]), open,
+    /// with their sizes when added.
+    host: Vec<(u64, Arc<File>, u64)>,
 }
 
 impl SyntheticFiles {
@@ -41,7 +54,40 @@ impl SyntheticFiles {
         self
     }
 
-    /// The entries and the content their regular files point into.
+    /// A regular file `path` whose content is the host file `host` (opened
+    /// now; its size now is the file's size). Errors: `host` cannot be
+    /// opened or is not a regular file.
+    pub fn host_file(&mut self, path: &str, mode: u32, host: &Path) -> std::io::Result<&mut Self> {
+        let file = File::open(host)?;
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(std::io::Error::other(format!(
+                "{} is not a regular file",
+                host.display()
+            )));
+        }
+        let offset = self
+            .host
+            .last()
+            .map_or(HOST_BASE, |(base, _, size)| base + size);
+        self.host.push((offset, Arc::new(file), meta.len()));
+        self.push(
+            path,
+            EntryKind::Regular {
+                offset,
+                size: meta.len(),
+            },
+            mode,
+        );
+        Ok(self)
+    }
+
+    /// Whether `path` is among the entries added so far.
+    pub fn has(&self, path: &str) -> bool {
+        self.entries.iter().any(|e| e.path == path)
+    }
+
+    /// The entries and the in-memory content their regular files point into.
     pub fn parts(&self) -> (&[TarEntry], &[u8]) {
         (&self.entries, &self.content)
     }
@@ -72,6 +118,7 @@ impl RootFs {
             content: Arc::new(WithSynthetic {
                 base: self.content,
                 bytes: files.content.freeze(),
+                host: files.host,
             }),
             stats: self.stats,
         }
@@ -82,21 +129,41 @@ impl RootFs {
 struct WithSynthetic {
     base: Arc<dyn ContentReader>,
     bytes: Bytes,
+    host: Vec<(u64, Arc<File>, u64)>,
 }
 
 impl WithSynthetic {
-    fn slice(&self, location: &ContentLocation, offset: u64, len: usize) -> Bytes {
-        let start = location.offset.saturating_add(offset.min(location.size));
-        let end = location.offset + location.size;
-        let stop = start.saturating_add(len as u64).min(end);
-        self.bytes.slice(start as usize..stop as usize)
+    fn slice(&self, location: &ContentLocation, offset: u64, len: usize) -> Result<Bytes> {
+        let offset = offset.min(location.size);
+        let len = (len as u64).min(location.size - offset);
+        if location.offset < HOST_BASE {
+            let start = (location.offset + offset) as usize;
+            return Ok(self.bytes.slice(start..start + len as usize));
+        }
+        let at = self
+            .host
+            .partition_point(|(base, ..)| *base <= location.offset);
+        let (base, file, _) = &self.host[at.checked_sub(1).expect("offsets come from host_file")];
+        debug_assert_eq!(*base, location.offset);
+        let mut buf = vec![0; len as usize];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                Ok(0) => break, // the host file shrank since: what is left
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(crate::error::Error::io(Path::new("host file"), e)),
+            }
+        }
+        buf.truncate(filled);
+        Ok(Bytes::from(buf))
     }
 }
 
 impl ContentReader for WithSynthetic {
     fn read(&self, location: &ContentLocation, offset: u64, len: usize) -> Result<Bytes> {
         if location.layer == SYNTHETIC_LAYER {
-            return Ok(self.slice(location, offset, len));
+            return self.slice(location, offset, len);
         }
         self.base.read(location, offset, len)
     }
@@ -108,7 +175,7 @@ impl ContentReader for WithSynthetic {
         len: usize,
     ) -> Option<Result<Bytes>> {
         if location.layer == SYNTHETIC_LAYER {
-            return Some(Ok(self.slice(location, offset, len)));
+            return Some(self.slice(location, offset, len));
         }
         self.base.read_ready(location, offset, len)
     }
@@ -168,5 +235,39 @@ mod tests {
         assert_eq!(rootfs.content.read(&location, 50, 2).unwrap(), "");
         assert!(rootfs.content.identity(&location).is_none());
         assert_eq!(rootfs.tree.attr(b).unwrap().mode, 0o755);
+    }
+
+    #[test]
+    fn host_files_are_read_from_the_host_when_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("one"), b"host one").unwrap();
+        std::fs::write(dir.path().join("two"), b"host file two").unwrap();
+        let tree = Tree::build(&[EntryTable::default()]).unwrap();
+        let rootfs = RootFs {
+            tree,
+            content: Arc::new(NoContent),
+            stats: None,
+        };
+        let mut files = SyntheticFiles::default();
+        files.file("inline", 0o644, b"memory");
+        files
+            .host_file("one", 0o755, &dir.path().join("one"))
+            .unwrap();
+        files
+            .host_file("two", 0o644, &dir.path().join("two"))
+            .unwrap();
+        assert!(files.host_file("dir", 0o644, dir.path()).is_err());
+        let rootfs = rootfs.with_synthetic(files);
+        let read = |name: &str, offset, len| {
+            let ino = rootfs.tree.lookup(ROOT_INO, OsStr::new(name)).unwrap();
+            let InodeKind::Regular(location) = rootfs.tree.attr(ino).unwrap().kind else {
+                panic!("not a file");
+            };
+            rootfs.content.read(&location, offset, len).unwrap()
+        };
+        assert_eq!(read("inline", 0, 99), "memory");
+        assert_eq!(read("one", 0, 99), "host one");
+        assert_eq!(read("two", 5, 4), "file");
+        assert_eq!(read("two", 13, 4), "");
     }
 }

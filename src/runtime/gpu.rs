@@ -6,8 +6,9 @@
 //! * Podman: CDI, `--device nvidia.com/gpu=all` or one `=N` per GPU, which needs
 //!   a CDI spec for `nvidia.com/gpu` in `/etc/cdi` or `/var/run/cdi` (written by
 //!   `nvidia-ctk cdi generate`); without one lazyimg refuses before starting.
-//! * Charliecloud: not yet. Its way (`ch-fromhost --nvidia`) copies the host
-//!   driver into the image, and a lazy mount is read-only.
+//! * Charliecloud: lazyimg adds the host's driver to the mounted tree itself
+//!   ([`super::nvidia`]); `ch-fromhost --nvidia` would copy it into the image,
+//!   and a lazy mount is read-only. The devices come with ch-run's `/dev`.
 //!
 //! GPU selection travels in the environment (an exception to the policy in the
 //! module doc, only with `--gpus`): with `all`, the host's
@@ -80,7 +81,15 @@ pub struct GpuHost {
     pub cdi_dirs: Vec<PathBuf>,
     /// `nvidia-container-cli` is on `PATH` (Apptainer's `--nvccli`).
     pub nvidia_container_cli: bool,
+    /// A directory standing in for the host's driver (`lib/` and `bin/`,
+    /// see [`super::nvidia::DriverFiles::find`]); `None`: discover it.
+    pub driver_dir: Option<PathBuf>,
 }
+
+/// Test-only settings: a directory standing for `/dev` (holding
+/// `nvidia[0-9]*` nodes) and one standing for the host's driver.
+const TEST_DEV_DIR: &str = "LAZYIMG_TEST_GPU_DEV_DIR";
+const TEST_DRIVER_DIR: &str = "LAZYIMG_TEST_NVIDIA_DRIVER_DIR";
 
 impl Default for GpuHost {
     /// This host's standard places; no `nvidia-container-cli`.
@@ -89,16 +98,26 @@ impl Default for GpuHost {
             dev_dir: "/dev".into(),
             cdi_dirs: vec!["/etc/cdi".into(), "/var/run/cdi".into()],
             nvidia_container_cli: false,
+            driver_dir: None,
         }
     }
 }
 
 impl GpuHost {
-    /// The standard places, and whether `nvidia-container-cli` is on `PATH`.
+    /// The standard places, and whether `nvidia-container-cli` is on `PATH`;
+    /// the test-only variables `LAZYIMG_TEST_GPU_DEV_DIR` and
+    /// `LAZYIMG_TEST_NVIDIA_DRIVER_DIR` replace `/dev` and the driver.
     pub fn from_process() -> Self {
         let path = std::env::var_os("PATH").unwrap_or_default();
+        let var = |name| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
         GpuHost {
             nvidia_container_cli: find_program("nvidia-container-cli", &path).is_some(),
+            dev_dir: var(TEST_DEV_DIR).unwrap_or_else(|| "/dev".into()),
+            driver_dir: var(TEST_DRIVER_DIR),
             ..GpuHost::default()
         }
     }
@@ -132,23 +151,14 @@ impl GpuHost {
     }
 }
 
-/// Refuses `--gpus` with a runtime lazyimg cannot give GPUs to. Pure.
-pub(super) fn check_supported(runtime: Runtime, gpus: Option<&Gpus>) -> Result<(), RuntimeError> {
-    match (runtime, gpus) {
-        (Runtime::Charliecloud, Some(_)) => Err(RuntimeError::GpusUnsupported(runtime)),
-        _ => Ok(()),
-    }
-}
-
-/// Refuses `--gpus` before anything starts when the host cannot serve it: the
-/// runtime has no GPU support here, the host has no NVIDIA device, or Podman
-/// has no CDI spec for them.
+/// Refuses `--gpus` before anything starts when the host cannot serve it:
+/// the host has no NVIDIA device, Podman has no CDI spec for them, or, for
+/// Charliecloud, the host has no driver libraries to inject.
 pub fn check_gpus(
     runtime: Runtime,
     gpus: Option<&Gpus>,
     host: &GpuHost,
 ) -> Result<(), RuntimeError> {
-    check_supported(runtime, gpus)?;
     if gpus.is_none() {
         return Ok(());
     }
@@ -157,6 +167,9 @@ pub fn check_gpus(
     }
     if runtime == Runtime::Podman && host.nvidia_cdi_spec().is_none() {
         return Err(RuntimeError::NoCdiSpec(host.cdi_dirs.clone()));
+    }
+    if runtime == Runtime::Charliecloud {
+        super::nvidia::DriverFiles::find(host)?;
     }
     Ok(())
 }

@@ -89,6 +89,7 @@
 mod binds;
 mod exec;
 mod gpu;
+pub mod nvidia;
 pub mod singularity;
 
 use std::ffi::{CString, OsStr, OsString};
@@ -529,8 +530,10 @@ pub enum RuntimeError {
     #[error("{runtime} cannot bind {} read-only", target.display())]
     ReadOnlyBind { runtime: Runtime, target: PathBuf },
 
-    #[error("{0} cannot give the container GPUs yet")]
-    GpusUnsupported(Runtime),
+    #[error(
+        "--gpus: no NVIDIA driver libraries found on this host (ldconfig -p, nvidia-container-cli)"
+    )]
+    NoGpuDriver,
 
     #[error("--gpus: no NVIDIA GPU on this host ({} does not exist)", .0.display())]
     NoGpu(PathBuf),
@@ -578,9 +581,8 @@ impl RuntimeError {
             }
             RuntimeError::HostBoundTarget { .. } => "pick another target, such as /mnt",
             RuntimeError::MissingBindSource(_) => return None,
-            RuntimeError::GpusUnsupported(_) => {
-                "use --runtime apptainer or podman for GPU jobs \
-                 (charliecloud's ch-fromhost --nvidia needs a writable image)"
+            RuntimeError::NoGpuDriver => {
+                "install the NVIDIA driver on this node, or run the job on a GPU node"
             }
             RuntimeError::NoGpu(_) => {
                 "run the job on a GPU node (the scheduler's GPU partition), or drop --gpus"
@@ -620,7 +622,6 @@ fn invalid(message: String) -> RuntimeError {
 /// is for). Pure: reads neither the host environment nor the file system.
 pub fn command(runtime: Runtime, spec: &RunSpec) -> Result<Command, RuntimeError> {
     spec.validate()?;
-    gpu::check_supported(runtime, spec.gpus.as_ref())?;
     let env = spec.effective_env(runtime);
     let mut cmd = Command::new(runtime.program());
     match runtime {

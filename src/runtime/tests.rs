@@ -614,12 +614,10 @@ fn gpus_command_lines() {
         ["exec", "--cleanenv", "--no-eval", "--nv", "--nvccli"]
     );
 
-    let e = command(Runtime::Charliecloud, &s).unwrap_err();
-    assert_eq!(
-        e.to_string(),
-        "charliecloud cannot give the container GPUs yet"
-    );
-    assert!(e.hint().unwrap().contains("--runtime apptainer"));
+    // Charliecloud adds no flag: the driver is in the mounted tree and the
+    // devices in ch-run's /dev.
+    let a = argv(&command(Runtime::Charliecloud, &s).unwrap());
+    assert!(!a.iter().any(|x| x.contains("nvidia")), "{a:?}");
 
     // No --gpus, no GPU flags.
     s.gpus = None;
@@ -643,6 +641,7 @@ fn gpus_without_a_gpu_or_cdi_spec_are_refused_before_starting() {
         dev_dir: dev.clone(),
         cdi_dirs: vec![cdi.clone(), dir.path().join("run-cdi")],
         nvidia_container_cli: false,
+        driver_dir: None,
     };
     let all = Some(&Gpus::All);
     for rt in Runtime::ALL {
@@ -684,10 +683,15 @@ fn gpus_without_a_gpu_or_cdi_spec_are_refused_before_starting() {
     .unwrap();
     check_gpus(Runtime::Podman, all, &host).unwrap();
 
-    assert!(matches!(
-        check_gpus(Runtime::Charliecloud, all, &host),
-        Err(RuntimeError::GpusUnsupported(Runtime::Charliecloud))
-    ));
+    // Charliecloud needs driver libraries to inject: none in an empty fixture.
+    let empty = tempfile::tempdir().unwrap();
+    let no_driver = GpuHost {
+        driver_dir: Some(empty.path().to_path_buf()),
+        ..host.clone()
+    };
+    let e = check_gpus(Runtime::Charliecloud, all, &no_driver).unwrap_err();
+    assert!(matches!(e, RuntimeError::NoGpuDriver), "{e}");
+    assert_eq!(e.exit_status(), 125);
 }
 
 #[test]
