@@ -246,6 +246,28 @@ fn podman_runs_debian_12() {
     assert_runs_debian(Runtime::Podman);
 }
 
+/// Podman runs as the image's `User`, as `podman run IMAGE` does;
+/// Charliecloud as the invoking user, whatever the image says.
+#[test]
+fn podman_runs_as_the_images_user_and_charliecloud_as_the_caller() {
+    let mut s = spec(&["sh", "-c", "id -un; id -u"]);
+    s.user = Some("nobody".into());
+    let (code, out, err) = run_in(Runtime::Podman, &s);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "nobody\n65534\n");
+    s.user = Some("65534:65534".into());
+    s.command = vec!["id".into()];
+    let (_, out, err) = run_in(Runtime::Podman, &s);
+    assert!(
+        out.starts_with("uid=65534(nobody) gid=65534(nogroup)"),
+        "{out}{err}"
+    );
+    s.command = vec!["id".into(), "-u".into()];
+    let (code, out, err) = run_in(Runtime::Charliecloud, &s);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "0\n", "ch-run as root, not the image's user");
+}
+
 #[test]
 fn exit_status_comes_back() {
     for rt in [Runtime::Charliecloud, Runtime::Podman] {

@@ -348,6 +348,7 @@ pub(super) async fn run(
     spec.workdir = args
         .workdir
         .or(runtime_config.working_dir.filter(|w| !w.is_empty()));
+    spec.user = runtime_config.user.filter(|u| !u.is_empty());
     let status = runtime::run(args.runtime, &spec);
     drop(mounted);
     let code = status?;

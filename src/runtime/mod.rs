@@ -69,8 +69,9 @@
 //!   there, so a signal it has no handler for (e.g. SIGTERM to `sh`) is ignored.
 //! * Working directory: [`RunSpec::workdir`] (the image's `WorkingDir` or
 //!   `--workdir`), else `/`, for all three (not the host's current directory).
-//! * User: podman runs the command as root in the container (as the invoking
-//!   user under rootless podman); Charliecloud and Apptainer as the invoking user.
+//! * User: podman runs the command as the image's `User` (root when it names
+//!   none; under rootless podman, container root is the invoking user), as
+//!   `podman run IMAGE` does; Charliecloud and Apptainer as the invoking user.
 //! * Writes: podman mounts the image with `--rootfs DIR:O`, a writable overlay
 //!   discarded at exit; Charliecloud and Apptainer see it read-only (writes fail
 //!   with EROFS outside `/tmp`, binds and, for Apptainer, the home directory).
@@ -380,6 +381,10 @@ pub struct RunSpec {
     pub binds: Vec<Bind>,
     /// Absolute working directory in the container; `None` means `/`.
     pub workdir: Option<String>,
+    /// The image config's `User` (`name`, `uid`, `uid:gid`, `name:group`):
+    /// podman runs the command as it, as `podman run IMAGE` does; Charliecloud
+    /// and Apptainer run as the invoking user, their own semantics.
+    pub user: Option<String>,
     /// Allocate a terminal (podman `-t`); [`RunSpec::new`] sets it when stdin
     /// and stdout are terminals.
     pub tty: bool,
@@ -398,6 +403,7 @@ impl RunSpec {
             gpus: None,
             binds: Vec::new(),
             workdir: None,
+            user: None,
             tty: std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
             host: HostEnv::from_process(),
         }
@@ -653,6 +659,9 @@ pub fn command(runtime: Runtime, spec: &RunSpec) -> Result<Command, RuntimeError
                 cmd.arg("--device").arg(device);
             }
             cmd.arg("--workdir").arg(spec.workdir());
+            if let Some(user) = spec.user.as_deref().filter(|u| !u.is_empty()) {
+                cmd.arg("--user").arg(user);
+            }
             // --rootfs is a switch: the first operand is the directory (":O":
             // a writable overlay over it), and everything after it is the command.
             cmd.arg("--rootfs").arg(format!("{rootfs}:O"));
