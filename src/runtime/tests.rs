@@ -39,6 +39,7 @@ fn spec() -> RunSpec {
         gpus: None,
         binds: vec![Bind::new("/scratch/alice", "/mnt")],
         workdir: Some("/work".into()),
+        user: Some("1000:1000".into()),
         tty: false,
         host: host(),
     }
@@ -139,6 +140,8 @@ fn podman_argv() {
             "/scratch/alice:/mnt",
             "--workdir",
             "/work",
+            "--user",
+            "1000:1000",
             "--rootfs",
             "/run/lazyimg/debian:O",
             "sh",
