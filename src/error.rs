@@ -19,6 +19,15 @@ pub enum Error {
     #[error("authentication to {registry} failed: {reason}")]
     Auth { registry: String, reason: String },
 
+    /// A credential helper an auth file names (`credHelpers`, `credsStore`)
+    /// failed: `program` is its executable (`docker-credential-NAME`).
+    #[error("credential helper {program} failed for {registry}: {reason}")]
+    CredentialHelper {
+        program: String,
+        registry: String,
+        reason: String,
+    },
+
     #[error("access to {repository} on {registry} denied: {reason}")]
     Denied {
         registry: String,
@@ -153,8 +162,13 @@ impl Error {
             }
             Error::Auth { .. } => {
                 "check the user name and token (a GitHub token needs the read:packages scope); \
-                 credentials come from --username/--password-stdin, REGISTRY_AUTH_FILE, \
-                 $XDG_RUNTIME_DIR/containers/auth.json or ~/.docker/config.json"
+                 credentials come from --username/--password-stdin, else the first of \
+                 --authfile (or REGISTRY_AUTH_FILE, else $XDG_RUNTIME_DIR/containers/auth.json), \
+                 ~/.config/containers/auth.json and ~/.docker/config.json that has some"
+            }
+            Error::CredentialHelper { .. } => {
+                "an auth file's credHelpers or credsStore names this helper: check that it is \
+                 on PATH and works (`echo HOST | docker-credential-NAME get`)"
             }
             Error::Denied { .. } => {
                 "the credentials were accepted but grant no access to this repository: \

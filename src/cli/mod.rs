@@ -205,6 +205,43 @@ struct RegistryArgs {
     /// Read the token (or password) for --username from standard input.
     #[arg(long, requires = "username")]
     password_stdin: bool,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+/// How to reach registries, as podman spells it: shared by every command
+/// that talks to one.
+#[derive(Args, Debug, Clone, Default)]
+struct ConnectArgs {
+    /// Auth file (containers-auth.json(5)) searched first, in place of
+    /// $REGISTRY_AUTH_FILE or $XDG_RUNTIME_DIR/containers/auth.json; then
+    /// ~/.config/containers/auth.json and ~/.docker/config.json.
+    #[arg(long, value_name = "FILE")]
+    authfile: Option<PathBuf>,
+}
+
+impl ConnectArgs {
+    /// The auth files to search, in order (see [`credentials::auth_file_paths`]).
+    ///
+    /// # Errors
+    /// When --authfile names a file that does not exist: as with podman, a
+    /// named file must be there rather than silently skipped.
+    fn auth_files(&self) -> anyhow::Result<Vec<PathBuf>> {
+        if let Some(file) = &self.authfile {
+            std::fs::metadata(file).with_context(|| format!("--authfile {}", file.display()))?;
+        }
+        Ok(credentials::auth_files(self.authfile.as_deref()))
+    }
+
+    /// These options as command-line arguments, for a child lazyimg.
+    fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args = Vec::new();
+        if let Some(file) = &self.authfile {
+            args.push("--authfile".into());
+            args.push(file.clone().into_os_string());
+        }
+        args
+    }
 }
 
 /// What every command needs: the configuration and how chatty to be.
@@ -248,12 +285,12 @@ impl Context {
         args: &RegistryArgs,
     ) -> anyhow::Result<Option<Credentials>> {
         Ok(match &args.username {
-            Some(username) => Some(Credentials {
-                username: username.clone(),
-                secret: read_secret_from_stdin("--password-stdin")?,
-            }),
+            Some(username) => Some(Credentials::password(
+                username.clone(),
+                read_secret_from_stdin("--password-stdin")?,
+            )),
             None => credentials::lookup(
-                &credentials::auth_files(),
+                &args.connect.auth_files()?,
                 &image.endpoint.host,
                 image.source.repository(),
             )?,

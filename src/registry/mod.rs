@@ -5,8 +5,12 @@
 //! This module moves bytes; it never decides they are good. Callers hash
 //! everything through a [`BlobSink`] before anything is kept.
 
+mod classify;
 pub mod credentials;
+pub mod helper;
+mod oauth;
 pub mod retry;
+mod transport;
 
 use std::future::Future;
 use std::ops::Range;
@@ -16,10 +20,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use oci_client::client::{
-    BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol, SizedStream,
-};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::client::{BlobResponse, SizedStream};
+use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 
@@ -27,10 +29,12 @@ use crate::config::NetworkConfig;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::reference::Endpoint;
-use crate::secret::Credentials;
+use crate::secret::{Credentials, Secret, SecretKind};
 use crate::store::BlobSink;
 use crate::timeline;
+use classify::{Failure, classify, status_of};
 pub use retry::RetryPolicy;
+use transport::make_client;
 
 /// Media types lazyimg asks for: OCI and Docker v2 schema 2, single and multi-platform.
 pub const MANIFEST_MEDIA_TYPES: &[&str] = &[
@@ -80,17 +84,15 @@ pub struct RegistryClient {
     making: Mutex<()>,
     endpoint: Endpoint,
     options: ClientOptions,
+    /// What oci-client is given: Basic credentials, or anonymous (also for
+    /// an identity token, whose access tokens [`Self::authenticate`] gets).
     auth: RegistryAuth,
+    /// An identity token (OAuth2 refresh token) to exchange for access tokens.
+    identity_token: Option<Secret>,
     /// Whether [`Self::authenticate`] has succeeded once.
     authenticated: AtomicBool,
     host: String,
     retry: RetryPolicy,
-}
-
-enum Failure {
-    Retry(Error),
-    Reauth(Error),
-    Fatal(Error),
 }
 
 impl RegistryClient {
@@ -102,9 +104,15 @@ impl RegistryClient {
         credentials: Option<&Credentials>,
         options: &ClientOptions,
     ) -> Result<Self> {
-        let auth = match credentials {
-            Some(c) => RegistryAuth::Basic(c.username.clone(), c.secret.expose().to_string()),
-            None => RegistryAuth::Anonymous,
+        let (auth, identity_token) = match credentials {
+            Some(c) if c.kind == SecretKind::IdentityToken => {
+                (RegistryAuth::Anonymous, Some(c.secret.clone()))
+            }
+            Some(c) => (
+                RegistryAuth::Basic(c.username.clone(), c.secret.expose().to_string()),
+                None,
+            ),
+            None => (RegistryAuth::Anonymous, None),
         };
         Ok(RegistryClient {
             client: OnceLock::new(),
@@ -112,6 +120,7 @@ impl RegistryClient {
             endpoint: endpoint.clone(),
             options: options.clone(),
             auth,
+            identity_token,
             authenticated: AtomicBool::new(false),
             host: endpoint.host.clone(),
             retry: options.retry.clone(),
@@ -152,10 +161,14 @@ impl RegistryClient {
     /// Authenticates now, so a wrong token is reported as such. oci-client would
     /// otherwise swallow the failure and surface a bare 401 later.
     pub async fn authenticate(&self, reference: &Reference, op: RegistryOperation) -> Result<()> {
-        let anonymous = matches!(self.auth, RegistryAuth::Anonymous);
+        let anonymous = !self.has_credentials();
         let client = self.client()?;
+        let auth = match &self.identity_token {
+            Some(refresh) => self.exchange(refresh, reference, op).await?,
+            None => self.auth.clone(),
+        };
         let result = self
-            .with_retries(reference, || client.auth(reference, &self.auth, op))
+            .with_retries(reference, || client.auth(reference, &auth, op))
             .await;
         match result {
             Ok(_) => {
@@ -170,13 +183,33 @@ impl RegistryClient {
         }
     }
 
+    /// Whether this client was given credentials of any kind.
+    fn has_credentials(&self) -> bool {
+        self.identity_token.is_some() || !matches!(self.auth, RegistryAuth::Anonymous)
+    }
+
+    /// An access token for `op` on `reference`'s repository in exchange for
+    /// identity token `refresh` ([`oauth`]), as oci-client takes it.
+    async fn exchange(
+        &self,
+        refresh: &Secret,
+        reference: &Reference,
+        op: RegistryOperation,
+    ) -> Result<RegistryAuth> {
+        let http = transport::http_client(&self.endpoint, &self.options)?;
+        let base_url = transport::base_url(&self.endpoint);
+        let token =
+            oauth::access_token(&http, &base_url, &self.host, reference, op, refresh).await?;
+        Ok(token.map_or(RegistryAuth::Anonymous, |t| {
+            RegistryAuth::Bearer(t.expose().to_string())
+        }))
+    }
+
     /// With credentials, a client's first request authenticates before it
     /// is sent: a request without a token costs a 401 and a retry, one round
     /// trip more (a mount of a cached image makes its first request on a read).
     async fn authenticate_first(&self, reference: &Reference, op: RegistryOperation) -> Result<()> {
-        if matches!(self.auth, RegistryAuth::Anonymous)
-            || self.authenticated.load(Ordering::Relaxed)
-        {
+        if !self.has_credentials() || self.authenticated.load(Ordering::Relaxed) {
             return Ok(());
         }
         self.authenticate(reference, op).await
@@ -411,7 +444,7 @@ impl RegistryClient {
             .await
         {
             Ok(_) => Ok(()),
-            Err(e) => Err(match self.classify(reference, e) {
+            Err(e) => Err(match classify(&self.host, reference, e) {
                 Failure::Retry(e) | Failure::Reauth(e) | Failure::Fatal(e) => e,
             }),
         }
@@ -465,7 +498,7 @@ impl RegistryClient {
                 Err(e) => Err(e),
             }
         };
-        response.map_err(|e| self.classify(reference, e))
+        response.map_err(|e| classify(&self.host, reference, e))
     }
 
     /// Runs `op`, re-authenticating once on a 401 and retrying transient failures.
@@ -525,7 +558,7 @@ impl RegistryClient {
         let mut attempt = 1;
         loop {
             timeline::request();
-            match op().await.map_err(|e| self.classify(reference, e)) {
+            match op().await.map_err(|e| classify(&self.host, reference, e)) {
                 Err(Failure::Retry(e)) if attempt < self.retry.attempts => {
                     tracing::warn!("{e}; retrying");
                     tokio::time::sleep(self.retry.delay(attempt)).await;
@@ -539,13 +572,11 @@ impl RegistryClient {
     /// A 401 that survives a fresh token means the credentials work but grant nothing here.
     fn denied(&self, reference: &Reference, cause: Error) -> Error {
         match cause {
-            Error::Auth { reason, .. } if !matches!(self.auth, RegistryAuth::Anonymous) => {
-                Error::Denied {
-                    registry: self.host.clone(),
-                    repository: reference.repository().to_string(),
-                    reason,
-                }
-            }
+            Error::Auth { reason, .. } if self.has_credentials() => Error::Denied {
+                registry: self.host.clone(),
+                repository: reference.repository().to_string(),
+                reason,
+            },
             other => other,
         }
     }
@@ -571,195 +602,6 @@ impl RegistryClient {
             reason: reason.to_string(),
         }
     }
-
-    fn classify(&self, reference: &Reference, err: OciDistributionError) -> Failure {
-        let registry = self.host.clone();
-        let what = || reference.whole();
-        let missing = || manifest_named(reference);
-        match err {
-            OciDistributionError::AuthenticationFailure(body) => Failure::Fatal(Error::Auth {
-                registry,
-                reason: summarise(&body),
-            }),
-            OciDistributionError::UnauthorizedError { .. } => Failure::Reauth(Error::Auth {
-                registry,
-                reason: "the registry answered 401 Unauthorized".into(),
-            }),
-            OciDistributionError::RegistryError { envelope, .. } => {
-                let message = envelope
-                    .errors
-                    .iter()
-                    .map(|e| e.message.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-                if codes.iter().any(|c| {
-                    matches!(
-                        c,
-                        OciErrorCode::ManifestUnknown
-                            | OciErrorCode::BlobUnknown
-                            | OciErrorCode::NameUnknown
-                            | OciErrorCode::NotFound
-                    )
-                }) {
-                    Failure::Fatal(Error::NotFound {
-                        registry,
-                        what: missing(),
-                    })
-                } else if codes.iter().any(|c| matches!(c, OciErrorCode::Denied)) {
-                    Failure::Fatal(Error::Denied {
-                        registry,
-                        repository: reference.repository().to_string(),
-                        reason: message,
-                    })
-                } else if codes
-                    .iter()
-                    .any(|c| matches!(c, OciErrorCode::Unauthorized))
-                {
-                    Failure::Reauth(Error::Auth {
-                        registry,
-                        reason: message,
-                    })
-                } else if codes
-                    .iter()
-                    .any(|c| matches!(c, OciErrorCode::Toomanyrequests))
-                {
-                    Failure::Retry(Error::Registry {
-                        registry,
-                        reason: message,
-                    })
-                } else {
-                    Failure::Fatal(Error::Registry {
-                        registry,
-                        reason: message,
-                    })
-                }
-            }
-            OciDistributionError::ServerError { code, message, .. } => {
-                let reason = format!("HTTP {code}: {}", summarise(&message));
-                match code {
-                    404 => Failure::Fatal(Error::NotFound {
-                        registry,
-                        what: missing(),
-                    }),
-                    403 => Failure::Fatal(Error::Denied {
-                        registry,
-                        repository: reference.repository().to_string(),
-                        reason,
-                    }),
-                    429 | 500..=599 => Failure::Retry(Error::Registry { registry, reason }),
-                    _ => Failure::Fatal(Error::Registry { registry, reason }),
-                }
-            }
-            // A bare status (e.g. from a HEAD, which has no body to explain itself).
-            OciDistributionError::RequestError(e) if e.status().is_some() => {
-                let code = e.status().map_or(0, |s| s.as_u16());
-                let reason = format!("HTTP {code}");
-                match code {
-                    401 => Failure::Reauth(Error::Auth { registry, reason }),
-                    403 => Failure::Fatal(Error::Denied {
-                        registry,
-                        repository: reference.repository().to_string(),
-                        reason,
-                    }),
-                    404 => Failure::Fatal(Error::NotFound {
-                        registry,
-                        what: missing(),
-                    }),
-                    429 | 500..=599 => Failure::Retry(Error::Registry { registry, reason }),
-                    _ => Failure::Fatal(Error::Registry { registry, reason }),
-                }
-            }
-            OciDistributionError::RequestError(e) => {
-                let reason = error_chain(&e);
-                if e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() {
-                    Failure::Retry(Error::Network { registry, reason })
-                } else {
-                    Failure::Fatal(Error::Network { registry, reason })
-                }
-            }
-            // A body cut short: the connection dropped.
-            OciDistributionError::IoError(e) => Failure::Retry(Error::Network {
-                registry,
-                reason: e.to_string(),
-            }),
-            OciDistributionError::ManifestParsingError(reason)
-            | OciDistributionError::VersionedParsingError(reason) => {
-                Failure::Fatal(Error::Manifest {
-                    what: what(),
-                    reason,
-                })
-            }
-            other => Failure::Fatal(Error::Registry {
-                registry,
-                reason: other.to_string(),
-            }),
-        }
-    }
-}
-
-/// The oci-client for `endpoint`: loads the system CA store (oci-client builds
-/// two reqwest clients, so it is read twice) plus the endpoint's `ca_file`.
-fn make_client(endpoint: &Endpoint, options: &ClientOptions) -> Result<Client> {
-    install_crypto_provider();
-    let started = std::time::Instant::now();
-    let mut extra_root_certificates = Vec::new();
-    if let Some(ca_file) = &endpoint.ca_file {
-        let data = std::fs::read(ca_file).map_err(|e| Error::io(ca_file, e))?;
-        extra_root_certificates.push(Certificate {
-            encoding: CertificateEncoding::Pem,
-            data,
-        });
-    }
-    let protocol = if endpoint.insecure {
-        ClientProtocol::HttpsExcept(vec![endpoint.host.clone()])
-    } else {
-        ClientProtocol::Https
-    };
-    let config = ClientConfig {
-        protocol,
-        extra_root_certificates,
-        // lazyimg resolves indexes itself so it can report what it chose.
-        platform_resolver: None,
-        connect_timeout: Some(options.connect_timeout),
-        read_timeout: Some(options.read_timeout),
-        user_agent: concat!("lazyimg/", env!("CARGO_PKG_VERSION")),
-        // Uploads are one streamed PUT per blob (seeding): a single request to
-        // finish or retry, rather than one PATCH per chunk.
-        use_monolithic_push: true,
-        ..Default::default()
-    };
-    let client = Client::try_from(config).map_err(|e| Error::Registry {
-        registry: endpoint.host.clone(),
-        reason: format!("cannot set up the HTTP client: {e}"),
-    })?;
-    tracing::debug!(
-        "{}: HTTP client ready (CA store loaded) in {:.1} ms",
-        endpoint.host,
-        started.elapsed().as_secs_f64() * 1e3
-    );
-    Ok(client)
-}
-
-/// What a manifest request for `reference` asked for, for "not found":
-/// a tag or a manifest digest, in its repository.
-fn manifest_named(reference: &Reference) -> String {
-    let repository = format!("{}/{}", reference.registry(), reference.repository());
-    match (reference.digest(), reference.tag()) {
-        (Some(digest), _) => format!("manifest {digest} of {repository}"),
-        (None, Some(tag)) => format!("tag {tag} of {repository}"),
-        (None, None) => format!("manifest of {repository}"),
-    }
-}
-
-/// reqwest is built without a default rustls provider (ring keeps the build light);
-/// one must be installed before the first client exists.
-fn install_crypto_provider() {
-    static INSTALL: std::sync::Once = std::sync::Once::new();
-    INSTALL.call_once(|| {
-        // Err only means another provider is already installed, which is as good.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
 }
 
 enum StreamError {
@@ -780,79 +622,4 @@ async fn copy_stream(
         progress(chunk.len() as u64);
     }
     Ok(())
-}
-
-/// The HTTP status of a failed request, when it got that far.
-fn status_of(err: &OciDistributionError) -> Option<u16> {
-    match err {
-        OciDistributionError::ServerError { code, .. } => Some(*code),
-        OciDistributionError::RequestError(e) => e.status().map(|s| s.as_u16()),
-        _ => None,
-    }
-}
-
-/// reqwest hides the useful part (refused, timed out, certificate) in its sources.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-/// Registry error bodies can be HTML pages or JSON envelopes: keep one short line.
-fn summarise(body: &str) -> String {
-    if let Ok(envelope) = serde_json::from_str::<serde_json::Value>(body) {
-        let messages: Vec<&str> = envelope["errors"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e["message"].as_str())
-            .collect();
-        if !messages.is_empty() {
-            return messages.join("; ");
-        }
-    }
-    let line = body.split_whitespace().collect::<Vec<_>>().join(" ");
-    match line.char_indices().nth(200) {
-        Some((cut, _)) => format!("{}…", &line[..cut]),
-        None if line.is_empty() => "no reason given".into(),
-        None => line,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn summaries_prefer_envelope_messages_and_stay_short() {
-        let body = r#"{"errors":[{"code":"UNAUTHORIZED","message":"bad token"}]}"#;
-        assert_eq!(summarise(body), "bad token");
-        assert_eq!(summarise(""), "no reason given");
-        let long = "x ".repeat(500);
-        assert!(summarise(&long).chars().count() <= 201);
-    }
-
-    #[test]
-    fn not_found_names_the_tag_or_the_manifest_digest() {
-        let digest = format!("sha256:{}", "a".repeat(64));
-        let cases = [
-            ("ghcr.io/ns/img:1", "tag 1 of ghcr.io/ns/img".to_string()),
-            (
-                &format!("ghcr.io/ns/img@{digest}"),
-                format!("manifest {digest} of ghcr.io/ns/img"),
-            ),
-        ];
-        for (reference, expected) in cases {
-            let reference: Reference = reference.parse().unwrap();
-            assert_eq!(manifest_named(&reference), expected);
-        }
-    }
 }
