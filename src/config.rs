@@ -49,6 +49,11 @@ pub struct Config {
     /// The file this came from, for error messages; `None` for defaults.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+    /// `--tls-verify=false` on the command line: every registry is treated
+    /// as `insecure` (TLS not verified, plain HTTP allowed), as podman does.
+    /// Not a key of the file.
+    #[serde(skip)]
+    pub skip_tls_verify: bool,
 }
 
 /// One `[[registry]]` table, with keys as in containers-registries.conf(5).
@@ -59,10 +64,12 @@ pub struct RegistryConfig {
     pub prefix: String,
     /// Fetch from here instead (`host[:port][/path]`), e.g. the site proxy.
     pub location: Option<String>,
-    /// Plain HTTP to the location.
+    /// As containers-registries.conf(5) means it: TLS to the location is not
+    /// verified, and plain HTTP is used when it does not speak HTTPS.
     #[serde(default)]
     pub insecure: bool,
-    /// An extra CA certificate (PEM) to trust for the location.
+    /// An extra CA certificate (PEM) to trust for the location (a lazyimg
+    /// extension; containers-certs.d(5) directories are read too).
     pub ca_file: Option<PathBuf>,
 }
 
@@ -106,6 +113,12 @@ pub struct NetworkConfig {
     pub read_timeout: u64,
     /// Tries per request for transient failures (connection errors, 5xx, 429).
     pub attempts: u32,
+    /// containers-certs.d(5) directories searched, in order, for a
+    /// `HOST[:PORT]/` directory whose `*.crt` CA certificates are trusted for
+    /// that registry (the first that has one is used). Default:
+    /// `~/.config/containers/certs.d`, `/etc/containers/certs.d`,
+    /// `/etc/docker/certs.d`, as containers/image searches them.
+    pub certs_d: Option<Vec<PathBuf>>,
 }
 
 /// `[index_signing]`: how the seeding step (`lazyimg seed`, `ces-pull`,
@@ -140,6 +153,7 @@ impl Default for NetworkConfig {
             connect_timeout: 10,
             read_timeout: 30,
             attempts: 4,
+            certs_d: None,
         }
     }
 }

@@ -66,6 +66,10 @@ pub enum Error {
     #[error("cannot reach {registry}: {reason}")]
     Network { registry: String, reason: String },
 
+    /// The registry's TLS certificate is not trusted (or not valid for it).
+    #[error("TLS connection to {registry} failed: {reason}")]
+    Tls { registry: String, reason: String },
+
     #[error("{registry} answered with an error: {reason}")]
     Registry { registry: String, reason: String },
 
@@ -185,6 +189,12 @@ impl Error {
             }
             Error::Network { .. } => {
                 "check that the registry is up and reachable from here (proxy, firewall, DNS)"
+            }
+            Error::Tls { .. } => {
+                "trust the registry's CA: put it in /etc/containers/certs.d/HOST:PORT/ca.crt \
+                 (or ~/.config/containers/certs.d/HOST:PORT/), or name it as ca_file in the \
+                 registry's [[registry]] table; only for a registry trusted otherwise, set \
+                 insecure = true there or pass --tls-verify=false"
             }
             Error::Registry { .. } => "the registry misbehaved; try again later",
             Error::DigestMismatch { .. } | Error::SizeMismatch { .. } => {

@@ -18,7 +18,10 @@ use crate::error::{Error, Result};
 pub struct Endpoint {
     /// `host[:port]` as contacted on the wire.
     pub host: String,
+    /// containers-registries.conf(5)'s `insecure`: TLS not verified, plain
+    /// HTTP when the host does not speak HTTPS.
     pub insecure: bool,
+    /// An extra CA (PEM) trusted for the host, besides its certs.d directory.
     pub ca_file: Option<PathBuf>,
 }
 
@@ -71,7 +74,7 @@ impl ImageRef {
         let transport = transport.or(entry);
         let endpoint = Endpoint {
             host,
-            insecure: transport.is_some_and(|e| e.insecure),
+            insecure: config.skip_tls_verify || transport.is_some_and(|e| e.insecure),
             ca_file: transport.and_then(|e| e.ca_file.clone()),
         };
         Ok(ImageRef {

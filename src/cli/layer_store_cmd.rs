@@ -29,7 +29,7 @@ pub(super) struct LayerStoreArgs {
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     platform: Option<Platform>,
     #[command(flatten)]
-    connect: super::ConnectArgs,
+    pub(super) connect: super::ConnectArgs,
 }
 
 pub(super) async fn layer_store(ctx: &Context, args: LayerStoreArgs) -> anyhow::Result<ExitCode> {

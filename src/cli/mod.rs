@@ -193,6 +193,34 @@ enum Command {
     CesPull(seed_cmds::CesPullArgs),
 }
 
+impl Command {
+    /// The registry options of a command that talks to registries.
+    fn connect(&self) -> Option<&ConnectArgs> {
+        Some(match self {
+            Command::Pull(args) => &args.registry.connect,
+            Command::Inspect(args) => &args.registry.connect,
+            Command::Index(args) => &args.registry.connect,
+            Command::Ls(args) => &args.registry.connect,
+            Command::Cat(args) => &args.registry.connect,
+            Command::Find(args) => &args.registry.connect,
+            Command::Diff(args) => &args.registry.connect,
+            Command::Mount(args) => &args.registry.connect,
+            Command::Run(args) => &args.registry.connect,
+            Command::Policy(policy_cmds::PolicyCommand::Check(args)) => &args.registry.connect,
+            Command::LayerStore(args) => &args.connect,
+            Command::Snapshotter(args) => &args.connect,
+            Command::Seed(args) => &args.target.connect,
+            Command::CesPull(args) => &args.target.connect,
+            Command::Umount(_)
+            | Command::Stats(_)
+            | Command::Cache(_)
+            | Command::Policy(policy_cmds::PolicyCommand::List(_))
+            | Command::NginxConfig(_)
+            | Command::Key(_) => return None,
+        })
+    }
+}
+
 /// Options for reaching a registry, shared by every command that does.
 #[derive(Args, Debug)]
 struct RegistryArgs {
@@ -218,6 +246,18 @@ struct ConnectArgs {
     /// ~/.config/containers/auth.json and ~/.docker/config.json.
     #[arg(long, value_name = "FILE")]
     authfile: Option<PathBuf>,
+    /// Verify registries' TLS certificates; --tls-verify=false treats every
+    /// registry as registries.conf's `insecure = true` (TLS not verified,
+    /// plain HTTP where HTTPS is not spoken).
+    #[arg(
+        long,
+        value_name = "BOOL",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    tls_verify: bool,
 }
 
 impl ConnectArgs {
@@ -240,7 +280,13 @@ impl ConnectArgs {
             args.push("--authfile".into());
             args.push(file.clone().into_os_string());
         }
+        args.push(format!("--tls-verify={}", self.tls_verify).into());
         args
+    }
+
+    /// Applies what changes how references resolve (`--tls-verify`) to `config`.
+    fn apply(&self, config: &mut Config) {
+        config.skip_tls_verify = !self.tls_verify;
     }
 }
 
@@ -375,8 +421,10 @@ pub fn ces_pull_main() -> ExitCode {
     let cli = seed_cmds::CesPullCli::parse();
     init_logging(cli.verbose, cli.quiet);
     let run = || -> anyhow::Result<ExitCode> {
+        let mut config = Config::load(cli.config.as_deref())?;
+        cli.args.target.connect.apply(&mut config);
         let ctx = Context {
-            config: Config::load(cli.config.as_deref())?,
+            config,
             quiet: cli.quiet,
         };
         async_runtime()?.block_on(seed_cmds::ces_pull(&ctx, cli.args))
@@ -417,10 +465,13 @@ fn work(
     explicit: Option<&std::path::Path>,
     quiet: bool,
 ) -> anyhow::Result<ExitCode> {
-    let config = {
+    let mut config = {
         let _phase = crate::timeline::phase("config").entered();
         Config::load(explicit)?
     };
+    if let Some(connect) = command.connect() {
+        connect.apply(&mut config);
+    }
     let ctx = Context { config, quiet };
     let runtime = async_runtime()?;
     match command {
@@ -495,7 +546,9 @@ fn init_logging(verbose: u8, quiet: bool) {
 
     let default = match (quiet, verbose) {
         (true, _) => "error",
-        (false, 0) => "lazyimg=info,warn",
+        // The TLS verifier logs each refused certificate as an error of its
+        // own; lazyimg reports it (with the host and a hint) once, at the end.
+        (false, 0) => "lazyimg=info,warn,rustls_platform_verifier=off",
         (false, 1) => "lazyimg=debug,info",
         (false, _) => "trace",
     };

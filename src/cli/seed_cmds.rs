@@ -27,7 +27,7 @@ pub(super) struct SeedArgs {
     /// Image to copy: ghcr.io/NS/NAME:TAG (any reference; every platform is copied).
     reference: String,
     #[command(flatten)]
-    target: TargetArgs,
+    pub(super) target: TargetArgs,
     /// Print the report as JSON on standard output.
     #[arg(long)]
     json: bool,
@@ -52,7 +52,7 @@ pub(super) struct TargetArgs {
     #[arg(long, value_name = "N", default_value_t = seed::DEFAULT_JOBS)]
     jobs: usize,
     #[command(flatten)]
-    connect: super::ConnectArgs,
+    pub(super) connect: super::ConnectArgs,
 }
 
 #[derive(Args, Debug)]
@@ -62,7 +62,7 @@ pub(super) struct CesPullArgs {
     #[arg(long, value_name = "FILE")]
     squashfs: Option<PathBuf>,
     #[command(flatten)]
-    target: TargetArgs,
+    pub(super) target: TargetArgs,
     /// [RUNTIME] USER TOKEN ghcr.io/NS/NAME:TAG. RUNTIME is podman (default),
     /// apptainer or charliecloud; a TOKEN of `-` is read from standard input.
     #[arg(required = true, num_args = 1.., value_name = "ARGS")]

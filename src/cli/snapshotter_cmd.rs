@@ -30,7 +30,7 @@ pub(super) struct SnapshotterArgs {
     print_config: bool,
     /// Handed to the layer store it starts.
     #[command(flatten)]
-    connect: super::ConnectArgs,
+    pub(super) connect: super::ConnectArgs,
 }
 
 pub(super) async fn snapshotter(

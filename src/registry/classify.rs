@@ -115,14 +115,14 @@ pub(super) fn classify(host: &str, reference: &Reference, err: OciDistributionEr
                 _ => Failure::Fatal(Error::Registry { registry, reason }),
             }
         }
-        OciDistributionError::RequestError(e) => {
-            let reason = error_chain(&e);
-            if e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() {
-                Failure::Retry(Error::Network { registry, reason })
-            } else {
-                Failure::Fatal(Error::Network { registry, reason })
+        OciDistributionError::RequestError(e) => match transport_error(host, &e) {
+            // No retry fixes a certificate.
+            tls @ Error::Tls { .. } => Failure::Fatal(tls),
+            e2 if e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() => {
+                Failure::Retry(e2)
             }
-        }
+            e2 => Failure::Fatal(e2),
+        },
         // A body cut short: the connection dropped.
         OciDistributionError::IoError(e) => Failure::Retry(Error::Network {
             registry,
@@ -173,6 +173,24 @@ pub(super) fn error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// A request to registry `host` that got no HTTP answer: [`Error::Tls`] when
+/// the TLS handshake refused the certificate (rustls's "invalid peer
+/// certificate"), else [`Error::Network`].
+pub(super) fn transport_error(host: &str, err: &reqwest::Error) -> Error {
+    let reason = error_chain(err);
+    if reason.contains("invalid peer certificate") {
+        Error::Tls {
+            registry: host.to_string(),
+            reason,
+        }
+    } else {
+        Error::Network {
+            registry: host.to_string(),
+            reason,
+        }
+    }
 }
 
 /// Registry error bodies can be HTML pages or JSON envelopes: keep one short line.

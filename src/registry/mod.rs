@@ -14,8 +14,8 @@ mod transport;
 
 use std::future::Future;
 use std::ops::Range;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -34,7 +34,7 @@ use crate::store::BlobSink;
 use crate::timeline;
 use classify::{Failure, classify, status_of};
 pub use retry::RetryPolicy;
-use transport::make_client;
+use transport::{Scheme, make_client};
 
 /// Media types lazyimg asks for: OCI and Docker v2 schema 2, single and multi-platform.
 pub const MANIFEST_MEDIA_TYPES: &[&str] = &[
@@ -50,6 +50,9 @@ pub struct ClientOptions {
     /// Longest silence on an open connection before the request fails.
     pub read_timeout: Duration,
     pub retry: RetryPolicy,
+    /// containers-certs.d(5) directories, searched in order for a
+    /// `HOST[:PORT]` directory whose `*.crt` are trusted for that registry.
+    pub certs_d: Vec<PathBuf>,
 }
 
 impl Default for ClientOptions {
@@ -61,8 +64,13 @@ impl Default for ClientOptions {
 
 impl ClientOptions {
     /// The options `[network]` sets; zero timeouts and tries count as one.
+    /// Without `certs_d`, the directories of [`transport::default_certs_d`].
     pub fn from_config(network: &NetworkConfig) -> ClientOptions {
+        let home = std::env::var_os("HOME").filter(|h| !h.is_empty());
         ClientOptions {
+            certs_d: network.certs_d.clone().unwrap_or_else(|| {
+                transport::default_certs_d(home.as_deref().map(std::path::Path::new))
+            }),
             connect_timeout: Duration::from_secs(network.connect_timeout.max(1)),
             read_timeout: Duration::from_secs(network.read_timeout.max(1)),
             retry: RetryPolicy {
@@ -79,9 +87,7 @@ impl ClientOptions {
 /// on the first request, once: a mount of a cached image may never need one
 /// (issue 10).
 pub struct RegistryClient {
-    client: OnceLock<Client>,
-    /// Held while the client is made, so concurrent first requests make one.
-    making: Mutex<()>,
+    client: tokio::sync::OnceCell<(Client, Scheme)>,
     endpoint: Endpoint,
     options: ClientOptions,
     /// What oci-client is given: Basic credentials, or anonymous (also for
@@ -115,8 +121,7 @@ impl RegistryClient {
             None => (RegistryAuth::Anonymous, None),
         };
         Ok(RegistryClient {
-            client: OnceLock::new(),
-            making: Mutex::new(()),
+            client: tokio::sync::OnceCell::new(),
             endpoint: endpoint.clone(),
             options: options.clone(),
             auth,
@@ -127,31 +132,32 @@ impl RegistryClient {
         })
     }
 
-    /// Makes the HTTP client now (loading the CA store), contacting nobody,
-    /// so that the first request does not wait for it: a mount calls this
-    /// once it is live, off the path of its readers.
+    /// Makes the HTTP client now (loading the CA store), so that the first
+    /// request does not wait for it: a mount calls this once it is live, off
+    /// the path of its readers. Contacts nobody, except an `insecure`
+    /// registry, which is asked whether it speaks HTTPS ([`Self::client`]).
     ///
     /// # Errors
     /// As the first request would fail (see [`Self::client`]).
-    pub fn make_ready(&self) -> Result<()> {
-        self.client().map(|_| ())
+    pub async fn make_ready(&self) -> Result<()> {
+        self.client().await.map(|_| ())
     }
 
-    /// The HTTP client, made on the first call.
+    /// The HTTP client, made on the first call, with the scheme it speaks:
+    /// HTTPS, or for an `insecure` endpoint whichever of HTTPS (unverified)
+    /// and plain HTTP the registry answers ([`transport::scheme`]).
     ///
     /// # Errors
-    /// [`Error::Io`] when the endpoint's `ca_file` cannot be read,
+    /// [`Error::Io`] when a CA file (`ca_file`, certs.d) cannot be read,
     /// [`Error::Registry`] when the client cannot be set up (a bad certificate).
-    fn client(&self) -> Result<&Client> {
-        if let Some(client) = self.client.get() {
-            return Ok(client);
-        }
-        let _making = self.making.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(client) = self.client.get() {
-            return Ok(client);
-        }
-        let made = make_client(&self.endpoint, &self.options)?;
-        Ok(self.client.get_or_init(|| made))
+    async fn client(&self) -> Result<&Client> {
+        self.client
+            .get_or_try_init(|| async {
+                let scheme = transport::scheme(&self.endpoint, &self.options).await?;
+                Ok((make_client(&self.endpoint, scheme, &self.options)?, scheme))
+            })
+            .await
+            .map(|(client, _)| client)
     }
 
     pub fn host(&self) -> &str {
@@ -162,7 +168,7 @@ impl RegistryClient {
     /// otherwise swallow the failure and surface a bare 401 later.
     pub async fn authenticate(&self, reference: &Reference, op: RegistryOperation) -> Result<()> {
         let anonymous = !self.has_credentials();
-        let client = self.client()?;
+        let client = self.client().await?;
         let auth = match &self.identity_token {
             Some(refresh) => self.exchange(refresh, reference, op).await?,
             None => self.auth.clone(),
@@ -196,8 +202,13 @@ impl RegistryClient {
         reference: &Reference,
         op: RegistryOperation,
     ) -> Result<RegistryAuth> {
+        self.client().await?;
+        let scheme = self
+            .client
+            .get()
+            .map_or(Scheme::Https, |(_, scheme)| *scheme);
         let http = transport::http_client(&self.endpoint, &self.options)?;
-        let base_url = transport::base_url(&self.endpoint);
+        let base_url = format!("{}://{}", scheme.as_str(), self.endpoint.host);
         let token =
             oauth::access_token(&http, &base_url, &self.host, reference, op, refresh).await?;
         Ok(token.map_or(RegistryAuth::Anonymous, |t| {
@@ -217,7 +228,7 @@ impl RegistryClient {
 
     /// The raw manifest bytes for `reference`. The caller checks the digest.
     pub async fn fetch_manifest(&self, reference: &Reference) -> Result<Bytes> {
-        let client = self.client()?;
+        let client = self.client().await?;
         let (bytes, _) = self
             .call(reference, || {
                 client.pull_manifest_raw(reference, &self.auth, MANIFEST_MEDIA_TYPES)
@@ -288,7 +299,7 @@ impl RegistryClient {
         let digest_of_range = *digest;
         let digest = digest.to_string();
         let length = range.end - range.start;
-        let client = self.client()?;
+        let client = self.client().await?;
         self.call(reference, || async {
             let response = client
                 .pull_blob_stream_partial(reference, digest.as_str(), range.start, Some(length))
@@ -333,7 +344,7 @@ impl RegistryClient {
         artifact_type: Option<&str>,
     ) -> Result<Vec<crate::image::Descriptor>> {
         let subject_ref = reference.clone_with_digest(subject.to_string());
-        let client = self.client()?;
+        let client = self.client().await?;
         let index = self
             .call(reference, || {
                 client.pull_referrers(&subject_ref, artifact_type)
@@ -359,7 +370,7 @@ impl RegistryClient {
     /// Whether the registry has blob `digest` in `reference`'s repository (HEAD).
     pub async fn blob_exists(&self, reference: &Reference, digest: &Digest) -> Result<bool> {
         let digest = digest.to_string();
-        let client = self.client()?;
+        let client = self.client().await?;
         self.call(reference, || client.blob_exists(reference, &digest))
             .await
     }
@@ -379,7 +390,7 @@ impl RegistryClient {
             from_repository.to_string(),
             digest.clone(),
         );
-        let client = self.client()?;
+        let client = self.client().await?;
         let result = self
             .call_as(reference, RegistryOperation::Push, || {
                 client.mount_blob(reference, &source, &digest)
@@ -408,7 +419,7 @@ impl RegistryClient {
         const CHUNK: usize = 1 << 20;
         let digest_text = digest.to_string();
         let size = blob.bytes().len();
-        let client = self.client()?;
+        let client = self.client().await?;
         self.call_as(reference, RegistryOperation::Push, || {
             let blob = blob.clone();
             let progress = std::sync::Arc::clone(&progress);
@@ -439,7 +450,8 @@ impl RegistryClient {
         let chunks =
             chunks.map(|c| c.map_err(|e| OciDistributionError::GenericError(Some(e.to_string()))));
         match self
-            .client()?
+            .client()
+            .await?
             .push_blob_stream(reference, chunks, &digest.to_string(), Some(size))
             .await
         {
@@ -463,7 +475,7 @@ impl RegistryClient {
                 reason: format!("media type {media_type:?} is not a valid header value"),
             });
         }
-        let client = self.client()?;
+        let client = self.client().await?;
         self.call_as(reference, RegistryOperation::Push, || {
             let content_type = media_type.parse().expect("checked: printable ASCII");
             client.push_manifest_raw(reference, bytes.clone(), content_type)
@@ -480,7 +492,7 @@ impl RegistryClient {
         sink: &mut dyn BlobSink,
     ) -> Result<SizedStream, Failure> {
         let offset = sink.written();
-        let client = self.client().map_err(Failure::Fatal)?;
+        let client = self.client().await.map_err(Failure::Fatal)?;
         timeline::request();
         let response = if offset == 0 {
             client.pull_blob_stream(reference, digest).await

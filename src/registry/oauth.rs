@@ -35,8 +35,8 @@ struct TokenAnswer {
 /// `grant_type=refresh_token`. `None` when the registry asks for no token.
 ///
 /// # Errors
-/// [`Error::Network`] when the registry or its token service cannot be
-/// reached; [`Error::Auth`] when the token service refuses the token or the
+/// [`Error::Network`] (or [`Error::Tls`]) when the registry or its token
+/// service cannot be reached; [`Error::Auth`] when the token service refuses the token or the
 /// challenge is not a Bearer one.
 pub(super) async fn access_token(
     http: &reqwest::Client,
@@ -46,10 +46,7 @@ pub(super) async fn access_token(
     operation: RegistryOperation,
     refresh: &Secret,
 ) -> Result<Option<Secret>> {
-    let network = |e: reqwest::Error| Error::Network {
-        registry: host.to_string(),
-        reason: super::classify::error_chain(&e),
-    };
+    let network = |e: reqwest::Error| super::classify::transport_error(host, &e);
     let auth = |reason: String| Error::Auth {
         registry: host.to_string(),
         reason,
