@@ -16,6 +16,18 @@ pub enum Error {
     #[error("invalid image reference {reference:?}: {reason}")]
     Reference { reference: String, reason: String },
 
+    /// A short name (no registry) that more than one
+    /// `unqualified-search-registries` entry could serve.
+    #[error("short name {name:?} is ambiguous: it could be any of {}", candidates.join(", "))]
+    ShortName {
+        name: String,
+        candidates: Vec<String>,
+    },
+
+    /// An image under a `[[registry]]` prefix with `blocked = true`.
+    #[error("{reference} is blocked: registry prefix {prefix:?} has blocked = true")]
+    Blocked { reference: String, prefix: String },
+
     #[error("authentication to {registry} failed: {reason}")]
     Auth { registry: String, reason: String },
 
@@ -163,6 +175,14 @@ impl Error {
             Error::Config { .. } => "fix the file, or point --config / LAZYIMG_CONFIG elsewhere",
             Error::Reference { .. } => {
                 "references look like ghcr.io/NAMESPACE/NAME:TAG or HOST:PORT/NAME@sha256:HEX"
+            }
+            Error::ShortName { .. } => {
+                "name the image fully (REGISTRY/NAME:TAG), or map the short name in the \
+                 [aliases] table of a registries.conf file"
+            }
+            Error::Blocked { .. } => {
+                "the registries.conf files (or lazyimg's [[registry]] tables) forbid pulls \
+                 from there; ask the site's administrators"
             }
             Error::Auth { .. } => {
                 "check the user name and token (a GitHub token needs the read:packages scope); \

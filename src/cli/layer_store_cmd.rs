@@ -55,7 +55,7 @@ pub(super) async fn layer_store(ctx: &Context, args: LayerStoreArgs) -> anyhow::
     }
     let resolver = RegistryImages {
         config: ctx.config.clone(),
-        auth_files: args.connect.auth_files()?,
+        auth_files: ctx.auth_files.clone(),
         store: ctx.open_store()?,
         platform: args.platform.unwrap_or_else(Platform::host),
         runtime: tokio::runtime::Handle::current(),

@@ -294,6 +294,8 @@ impl ConnectArgs {
 struct Context {
     config: Config,
     quiet: bool,
+    /// The auth files to search, in order (`--authfile` or the defaults).
+    auth_files: Vec<PathBuf>,
 }
 
 impl Context {
@@ -336,21 +338,24 @@ impl Context {
                 read_secret_from_stdin("--password-stdin")?,
             )),
             None => credentials::lookup(
-                &args.connect.auth_files()?,
+                &self.auth_files,
                 &image.endpoint.host,
                 image.source.repository(),
             )?,
         })
     }
 
+    /// A client reading `image` through its mirrors (credentials from the
+    /// auth files), then its location with `creds`.
     fn registry_with(
         &self,
         image: &ImageRef,
         creds: Option<&Credentials>,
     ) -> anyhow::Result<RegistryClient> {
-        Ok(RegistryClient::new(
-            &image.endpoint,
+        Ok(RegistryClient::for_image(
+            image,
             creds,
+            &self.auth_files,
             &ClientOptions::from_config(&self.config.network),
         )?)
     }
@@ -422,10 +427,12 @@ pub fn ces_pull_main() -> ExitCode {
     init_logging(cli.verbose, cli.quiet);
     let run = || -> anyhow::Result<ExitCode> {
         let mut config = Config::load(cli.config.as_deref())?;
-        cli.args.target.connect.apply(&mut config);
+        let connect = &cli.args.target.connect;
+        connect.apply(&mut config);
         let ctx = Context {
             config,
             quiet: cli.quiet,
+            auth_files: connect.auth_files()?,
         };
         async_runtime()?.block_on(seed_cmds::ces_pull(&ctx, cli.args))
     };
@@ -469,10 +476,13 @@ fn work(
         let _phase = crate::timeline::phase("config").entered();
         Config::load(explicit)?
     };
-    if let Some(connect) = command.connect() {
-        connect.apply(&mut config);
-    }
-    let ctx = Context { config, quiet };
+    let connect = command.connect().cloned().unwrap_or_default();
+    connect.apply(&mut config);
+    let ctx = Context {
+        config,
+        quiet,
+        auth_files: connect.auth_files()?,
+    };
     let runtime = async_runtime()?;
     match command {
         Command::Pull(args) => runtime.block_on(image_cmds::pull(&ctx, args)),

@@ -212,21 +212,21 @@ async fn seed_image(
     let target = target_spec.image_ref(&image, &ctx.config)?;
     let store = ctx.open_store()?;
     let options = ClientOptions::from_config(&ctx.config.network);
-    let auth_files = args.connect.auth_files()?;
+    let auth_files = &ctx.auth_files;
 
     // 2. Authenticate to the source (a wrong token stops here) and read every manifest.
     let source_credentials = match source_credentials {
         Some(c) => Some(c),
-        None => credentials::lookup(&auth_files, &image.endpoint.host, image.source.repository())?,
+        None => credentials::lookup(auth_files, &image.endpoint.host, image.source.repository())?,
     };
-    let source = RegistryClient::new(&image.endpoint, source_credentials.as_ref(), &options)?;
+    let source = ctx.registry_with(&image, source_credentials.as_ref())?;
     let plan = seed::plan(&store, &source, &image).await?;
     if let Some(approval) = &approval {
         approval.check_digest(&plan.digest())?;
     }
     // 3. Copy into the target, with the target's own credentials (auth files).
     let target_credentials = credentials::lookup(
-        &auth_files,
+        auth_files,
         &target.endpoint.host,
         target.source.repository(),
     )?;

@@ -55,9 +55,10 @@ impl ImageResolver for RegistryImages {
             &image.endpoint.host,
             image.source.repository(),
         )?;
-        let registry = Arc::new(RegistryClient::new(
-            &image.endpoint,
+        let registry = Arc::new(RegistryClient::for_image(
+            &image,
             found.as_ref(),
+            &self.auth_files,
             &ClientOptions::from_config(&self.config.network),
         )?);
         // Like `lazyimg mount`, but a layer that can only be read whole is
