@@ -239,7 +239,7 @@ struct RegistryArgs {
 
 /// How to reach registries, as podman spells it: shared by every command
 /// that talks to one.
-#[derive(Args, Debug, Clone, Default)]
+#[derive(Args, Debug, Clone)]
 struct ConnectArgs {
     /// Auth file (containers-auth.json(5)) searched first, in place of
     /// $REGISTRY_AUTH_FILE or $XDG_RUNTIME_DIR/containers/auth.json; then
@@ -260,15 +260,25 @@ struct ConnectArgs {
     tls_verify: bool,
 }
 
+impl Default for ConnectArgs {
+    /// What a command line without these options means.
+    fn default() -> Self {
+        ConnectArgs {
+            authfile: None,
+            tls_verify: true,
+        }
+    }
+}
+
 impl ConnectArgs {
     /// The auth files to search, in order (see [`credentials::auth_file_paths`]).
     ///
     /// # Errors
-    /// When --authfile names a file that does not exist: as with podman, a
+    /// When --authfile names a file that cannot be opened: as with podman, a
     /// named file must be there rather than silently skipped.
     fn auth_files(&self) -> anyhow::Result<Vec<PathBuf>> {
         if let Some(file) = &self.authfile {
-            std::fs::metadata(file).with_context(|| format!("--authfile {}", file.display()))?;
+            std::fs::File::open(file).with_context(|| format!("--authfile {}", file.display()))?;
         }
         Ok(credentials::auth_files(self.authfile.as_deref()))
     }
@@ -663,6 +673,21 @@ mod tests {
         assert!(!color_wanted(true, set("1")));
         assert!(!color_wanted(true, set("false")), "any value counts");
         assert!(!color_wanted(false, None), "not on a file or pipe");
+    }
+
+    #[test]
+    fn registry_options_default_to_verifying_tls() {
+        assert!(ConnectArgs::default().tls_verify);
+        let cli = Cli::try_parse_from(["lazyimg", "pull", "x"]).unwrap();
+        let Invocation::Work(command) = cli.command else {
+            panic!("pull is work")
+        };
+        assert!(command.connect().unwrap().tls_verify);
+        let cli = Cli::try_parse_from(["lazyimg", "pull", "--tls-verify=false", "x"]).unwrap();
+        let Invocation::Work(command) = cli.command else {
+            panic!("pull is work")
+        };
+        assert!(!command.connect().unwrap().tls_verify);
     }
 
     #[test]

@@ -16,6 +16,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -87,8 +88,10 @@ pub fn auth_file_paths(
 /// Credentials for `host` (`host[:port]`) and `repository` from the first of
 /// `files` that has them, running credential helpers as the files say.
 ///
+/// Files that do not exist, or that this user may not read, are skipped.
+///
 /// # Errors
-/// [`Error::Io`] for a file that exists but cannot be read,
+/// [`Error::Io`] for a file that cannot be read otherwise,
 /// [`Error::Config`] for one that is not an auth file (naming it), and
 /// [`Error::CredentialHelper`] when a helper fails.
 pub fn lookup(files: &[PathBuf], host: &str, repository: &str) -> Result<Option<Credentials>> {
@@ -105,7 +108,13 @@ fn lookup_with(
     for file in files {
         let text = match std::fs::read_to_string(file) {
             Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            // Another user's file (e.g. /run/containers/UID when
+            // XDG_RUNTIME_DIR is unset, under root's 0700 directory) cannot
+            // hold this user's credentials.
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::PermissionDenied) => {
+                tracing::debug!("{}: {e}; skipped", file.display());
+                continue;
+            }
             Err(e) => return Err(Error::io(file, e)),
         };
         if let Some(creds) = lookup_in(&text, file, host, repository, helper)? {
