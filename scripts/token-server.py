@@ -2,7 +2,9 @@
 """Minimal Docker registry token service (the protocol ghcr.io uses), for tests.
 
 GET  /token?service=S&scope=repository:NAME:pull,push   (HTTP Basic auth)
-POST /token  (form: grant_type=password, username, password, service, scope)
+POST /token  (form: grant_type=password, username, password, service, scope
+              [, access_type=offline: the answer also holds a refresh_token];
+              or grant_type=refresh_token, refresh_token, service, scope)
 
 Users come from a file with lines `user:token:perm`, perm one of
   rw    pull, push, delete (and catalog listing)
@@ -147,7 +149,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_json(401, {"errors": [{"code": "UNAUTHORIZED", "message": why}]},
                        [("WWW-Authenticate", 'Basic realm="lazyimg-token"')])
 
-    def issue(self, user, password, service, scopes):
+    def refresh_token(self, user):
+        """An OAuth2 refresh token for `user` (docker's `identitytoken`): the
+        user name with an HMAC under this process's key, so it needs no state
+        and dies with the server."""
+        mac = hmac.new(self.server.refresh_key, user.encode(), "sha256").hexdigest()
+        return f"{b64url(user.encode())}.{mac}"
+
+    def refresh_user(self, token):
+        """The user `token` (from `refresh_token`) was issued to, or None."""
+        encoded, _, mac = token.partition(".")
+        try:
+            user = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+        except (ValueError, UnicodeDecodeError):
+            return None
+        ok = hmac.compare_digest(self.refresh_token(user).encode(), token.encode())
+        return user if ok else None
+
+    def issue(self, user, password, service, scopes, offline=False, refreshed=False):
         try:
             users = load_users(self.server.users_path)
         except OSError as e:
@@ -157,16 +176,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if user is None:
             return self.unauthorized(None, scopes, "authentication required")
         entry = users.get(user)
-        if entry is None or not hmac.compare_digest(entry[0].encode(), (password or "").encode()):
+        if entry is None or not (refreshed or hmac.compare_digest(entry[0].encode(), (password or "").encode())):
             return self.unauthorized(user, scopes, "invalid username or token")
         access = grant(entry[1], scopes)
         jwt = self.server.signer.token(user, service or self.server.default_service, access)
         granted = " ".join(f"{a['name']}:{','.join(a['actions']) or '<none>'}" for a in access) or "-"
-        self.log(user, scopes, f"200 granted={granted}")
-        self.send_json(200, {
+        self.log(user, scopes, f"200 granted={granted}" + (" via=refresh_token" if refreshed else ""))
+        body = {
             "token": jwt, "access_token": jwt, "expires_in": EXPIRES_IN,
             "issued_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        })
+        }
+        if offline:
+            body["refresh_token"] = self.refresh_token(user)
+        self.send_json(200, body)
 
     def do_GET(self):
         url = urllib.parse.urlsplit(self.path)
@@ -190,11 +212,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         form = urllib.parse.parse_qs(self.rfile.read(length).decode(errors="replace"))
         scopes = parse_scopes(form.get("scope", []))
-        if form.get("grant_type", [""])[0] != "password":
+        service = form.get("service", [None])[0]
+        grant_type = form.get("grant_type", [""])[0]
+        if grant_type == "refresh_token":
+            user = self.refresh_user(form.get("refresh_token", [""])[0])
+            if user is None:
+                self.log(None, scopes, "401 invalid refresh_token")
+                return self.send_json(401, {"error": "invalid_grant"})
+            return self.issue(user, None, service, scopes, refreshed=True)
+        if grant_type != "password":
             self.log(None, scopes, "400 unsupported grant_type")
             return self.send_json(400, {"error": "unsupported_grant_type"})
         self.issue(form.get("username", [None])[0], form.get("password", [""])[0],
-                   form.get("service", [None])[0], scopes)
+                   service, scopes, offline=form.get("access_type", [""])[0] == "offline")
 
 
 class Server(http.server.ThreadingHTTPServer):
@@ -225,6 +255,7 @@ def main():
     srv.socket = ctx.wrap_socket(srv.socket, server_side=True, do_handshake_on_connect=False)
     srv.signer = Signer(args.sign_key, args.sign_cert, args.issuer)
     srv.users_path = args.users
+    srv.refresh_key = os.urandom(32)
     srv.default_service = args.service
     srv.log_lock = threading.Lock()
     sys.stderr.write(f"token server listening on https://{args.listen}/token (pid {os.getpid()})\n")

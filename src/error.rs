@@ -16,8 +16,29 @@ pub enum Error {
     #[error("invalid image reference {reference:?}: {reason}")]
     Reference { reference: String, reason: String },
 
+    /// A short name (no registry) that more than one
+    /// `unqualified-search-registries` entry could serve.
+    #[error("short name {name:?} is ambiguous: it could be any of {}", candidates.join(", "))]
+    ShortName {
+        name: String,
+        candidates: Vec<String>,
+    },
+
+    /// An image under a `[[registry]]` prefix with `blocked = true`.
+    #[error("{reference} is blocked: registry prefix {prefix:?} has blocked = true")]
+    Blocked { reference: String, prefix: String },
+
     #[error("authentication to {registry} failed: {reason}")]
     Auth { registry: String, reason: String },
+
+    /// A credential helper an auth file names (`credHelpers`, `credsStore`)
+    /// failed: `program` is its executable (`docker-credential-NAME`).
+    #[error("credential helper {program} failed for {registry}: {reason}")]
+    CredentialHelper {
+        program: String,
+        registry: String,
+        reason: String,
+    },
 
     #[error("access to {repository} on {registry} denied: {reason}")]
     Denied {
@@ -56,6 +77,10 @@ pub enum Error {
 
     #[error("cannot reach {registry}: {reason}")]
     Network { registry: String, reason: String },
+
+    /// The registry's TLS certificate is not trusted (or not valid for it).
+    #[error("TLS connection to {registry} failed: {reason}")]
+    Tls { registry: String, reason: String },
 
     #[error("{registry} answered with an error: {reason}")]
     Registry { registry: String, reason: String },
@@ -151,10 +176,23 @@ impl Error {
             Error::Reference { .. } => {
                 "references look like ghcr.io/NAMESPACE/NAME:TAG or HOST:PORT/NAME@sha256:HEX"
             }
+            Error::ShortName { .. } => {
+                "name the image fully (REGISTRY/NAME:TAG), or map the short name in the \
+                 [aliases] table of a registries.conf file"
+            }
+            Error::Blocked { .. } => {
+                "the registries.conf files (or lazyimg's [[registry]] tables) forbid pulls \
+                 from there; ask the site's administrators"
+            }
             Error::Auth { .. } => {
                 "check the user name and token (a GitHub token needs the read:packages scope); \
-                 credentials come from --username/--password-stdin, REGISTRY_AUTH_FILE, \
-                 $XDG_RUNTIME_DIR/containers/auth.json or ~/.docker/config.json"
+                 credentials come from --username/--password-stdin, else the first of \
+                 --authfile (or REGISTRY_AUTH_FILE, else $XDG_RUNTIME_DIR/containers/auth.json), \
+                 ~/.config/containers/auth.json and ~/.docker/config.json that has some"
+            }
+            Error::CredentialHelper { .. } => {
+                "an auth file's credHelpers or credsStore names this helper: check that it is \
+                 on PATH and works (`echo HOST | docker-credential-NAME get`)"
             }
             Error::Denied { .. } => {
                 "the credentials were accepted but grant no access to this repository: \
@@ -171,6 +209,12 @@ impl Error {
             }
             Error::Network { .. } => {
                 "check that the registry is up and reachable from here (proxy, firewall, DNS)"
+            }
+            Error::Tls { .. } => {
+                "trust the registry's CA: put it in /etc/containers/certs.d/HOST:PORT/ca.crt \
+                 (or ~/.config/containers/certs.d/HOST:PORT/), or name it as ca_file in the \
+                 registry's [[registry]] table; only for a registry trusted otherwise, set \
+                 insecure = true there or pass --tls-verify=false"
             }
             Error::Registry { .. } => "the registry misbehaved; try again later",
             Error::DigestMismatch { .. } | Error::SizeMismatch { .. } => {

@@ -18,22 +18,49 @@ use crate::error::{Error, Result};
 pub struct Endpoint {
     /// `host[:port]` as contacted on the wire.
     pub host: String,
+    /// containers-registries.conf(5)'s `insecure`: TLS not verified, plain
+    /// HTTP when the host does not speak HTTPS.
     pub insecure: bool,
+    /// An extra CA (PEM) trusted for the host, besides its certs.d directory.
     pub ca_file: Option<PathBuf>,
+}
+
+/// One place an image can be read from: a registry mirror, or the primary
+/// location.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The image at this place (`host[:port]/repository` plus tag or digest).
+    pub reference: Reference,
+    pub endpoint: Endpoint,
 }
 
 #[derive(Debug, Clone)]
 pub struct ImageRef {
-    /// The normalised name the user gave (Docker Hub short names expanded).
+    /// The normalised name the user gave (Docker Hub short names expanded,
+    /// registries.conf short names resolved).
     pub name: Reference,
     /// The same image at the location it is fetched from.
     pub source: Reference,
     pub endpoint: Endpoint,
+    /// `[[registry.mirror]]`s to read it from first, in order (falling back
+    /// to `source` last), as containers-registries.conf(5) orders them.
+    pub mirrors: Vec<Source>,
 }
 
 impl ImageRef {
-    /// Parses `text` and applies the configuration's registry mapping.
+    /// Parses `text` and applies the configuration's registries (lazyimg's
+    /// `[[registry]]` tables over the system's registries.conf): a short name
+    /// is resolved by `[aliases]`, else `unqualified-search-registries`; the
+    /// longest-matching `[[registry]]` may block the name, redirect it to its
+    /// `location` and give it mirrors.
+    ///
+    /// # Errors
+    /// [`Error::Reference`] for a malformed reference, [`Error::ShortName`]
+    /// for a short name several search registries could serve,
+    /// [`Error::Blocked`] for a blocked one.
     pub fn parse(text: &str, config: &Config) -> Result<ImageRef> {
+        let qualified = qualify(text, config)?;
+        let text = qualified.as_str();
         let name = parse_reference(text).map_err(|reason| Error::Reference {
             reference: text.to_string(),
             reason: reason.to_string(),
@@ -46,47 +73,83 @@ impl ImageRef {
         }
         let full_name = format!("{}/{}", name.registry(), name.repository());
         let entry = config.registry_for(&full_name);
-        let source = match entry
-            .and_then(|e| Some((e.prefix.trim_end_matches('/'), e.location.as_deref()?)))
-        {
-            Some((prefix, location)) => {
-                let mapped = format!(
-                    "{}{}",
-                    location.trim_end_matches('/'),
-                    &full_name[prefix.len()..]
-                );
-                let (registry, repository) =
-                    mapped.split_once('/').ok_or_else(|| Error::Reference {
-                        reference: text.to_string(),
-                        reason: format!("registry location {location:?} leaves no repository name"),
-                    })?;
-                rebuild(&name, registry, repository)
-            }
-            None => name.clone(),
+        if let Some(entry) = entry.filter(|e| e.blocked) {
+            return Err(Error::Blocked {
+                reference: name.whole(),
+                prefix: entry.prefix.clone(),
+            });
+        }
+        let moved = |location: &str| -> Result<Reference> {
+            let prefix = entry.map_or("", |e| matched_prefix(&e.prefix, &full_name));
+            let mapped = format!(
+                "{}{}",
+                location.trim_end_matches('/'),
+                &full_name[prefix.len()..]
+            );
+            let (registry, repository) =
+                mapped.split_once('/').ok_or_else(|| Error::Reference {
+                    reference: text.to_string(),
+                    reason: format!("registry location {location:?} leaves no repository name"),
+                })?;
+            Ok(rebuild(&name, registry, repository))
         };
-        let host = source.resolve_registry().to_string();
+        let source = match entry.and_then(|e| e.location.as_deref()) {
+            Some(location) if !location.is_empty() => moved(location)?,
+            _ => name.clone(),
+        };
         // The entry that governs transport is the one matching where we connect.
-        let transport =
-            config.registry_for(&format!("{}/{}", source.registry(), source.repository()));
-        let transport = transport.or(entry);
+        let transport = config
+            .registry_for(&format!("{}/{}", source.registry(), source.repository()))
+            .or(entry);
         let endpoint = Endpoint {
-            host,
-            insecure: transport.is_some_and(|e| e.insecure),
+            host: source.resolve_registry().to_string(),
+            insecure: config.skip_tls_verify || transport.is_some_and(|e| e.insecure),
             ca_file: transport.and_then(|e| e.ca_file.clone()),
         };
+        let mirrors = entry
+            .into_iter()
+            .flat_map(|e| e.mirrors_for(name.digest().is_some()))
+            .map(|mirror| {
+                let reference = moved(&mirror.location)?;
+                let own = config.registry_for(&format!(
+                    "{}/{}",
+                    reference.registry(),
+                    reference.repository()
+                ));
+                let endpoint = Endpoint {
+                    host: reference.resolve_registry().to_string(),
+                    insecure: config.skip_tls_verify || mirror.insecure,
+                    ca_file: own.and_then(|e| e.ca_file.clone()),
+                };
+                Ok(Source {
+                    reference,
+                    endpoint,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(ImageRef {
             name,
             source,
             endpoint,
+            mirrors,
         })
     }
 
-    /// This reference pinned to `digest` (same name and source repository).
+    /// This reference pinned to `digest` (same name, source and mirrors).
     pub fn with_digest(&self, digest: &Digest) -> ImageRef {
+        let pinned = |reference: &Reference| reference.clone_with_digest(digest.to_string());
         ImageRef {
-            name: self.name.clone_with_digest(digest.to_string()),
-            source: self.source.clone_with_digest(digest.to_string()),
+            name: pinned(&self.name),
+            source: pinned(&self.source),
             endpoint: self.endpoint.clone(),
+            mirrors: self
+                .mirrors
+                .iter()
+                .map(|m| Source {
+                    reference: pinned(&m.reference),
+                    endpoint: m.endpoint.clone(),
+                })
+                .collect(),
         }
     }
 
@@ -103,6 +166,47 @@ impl ImageRef {
 impl fmt::Display for ImageRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.name.whole())
+    }
+}
+
+/// The part of `name` (`host[:port]/repository`) that `prefix` matched: the
+/// prefix itself, or for a `*.domain` wildcard the name's host.
+fn matched_prefix<'a>(prefix: &'a str, name: &'a str) -> &'a str {
+    if prefix.starts_with("*.") {
+        name.split('/').next().unwrap_or(name)
+    } else {
+        prefix.trim_end_matches('/')
+    }
+}
+
+/// `text` with a registry: unchanged when it names one (its first component
+/// looks like a domain, as distribution's `splitDomain` decides); else, as
+/// containers-registries.conf(5) resolves short names, its `[aliases]` entry
+/// (tag and digest kept), else the one `unqualified-search-registries` entry
+/// in front of it. Without search registries, Docker Hub, as docker does.
+///
+/// # Errors
+/// [`Error::ShortName`] when there are several search registries: which
+/// one was meant cannot be known without asking, and Podman's enforcing
+/// mode, with no terminal to ask on, refuses too.
+fn qualify(text: &str, config: &Config) -> Result<String> {
+    let names_registry = text
+        .split_once('/')
+        .is_some_and(|(first, _)| first.contains(['.', ':']) || first == "localhost");
+    if names_registry {
+        return Ok(text.to_string());
+    }
+    let (name, suffix) = text.split_at(text.find([':', '@']).unwrap_or(text.len()));
+    if let Some(target) = config.aliases.get(name) {
+        return Ok(format!("{target}{suffix}"));
+    }
+    match config.search_registries.as_deref().unwrap_or_default() {
+        [] => Ok(text.to_string()),
+        [only] => Ok(format!("{only}/{text}")),
+        several => Err(Error::ShortName {
+            name: text.to_string(),
+            candidates: several.iter().map(|r| format!("{r}/{name}")).collect(),
+        }),
     }
 }
 
@@ -320,6 +424,87 @@ mod tests {
         assert_eq!(r.source.registry(), "mirror:5000");
         assert_eq!(r.source.repository(), "cache/lab/x");
         assert_eq!(r.source.digest(), r.name.digest());
+    }
+
+    /// containers-registries.conf(5), "Short-Name Aliasing" (enforcing mode,
+    /// no terminal): an alias wins; one search registry is used; several are
+    /// an error listing each candidate; a qualified name is left alone.
+    #[test]
+    fn short_names_resolve_by_alias_or_the_one_search_registry() {
+        let several = config(
+            "unqualified-search-registries = [\"a.io\", \"b.io:5000\"]\n\
+             [aliases]\n\"tool\" = \"ghcr.io/lab/tool\"\n",
+        );
+        let digest = format!("sha256:{}", "e".repeat(64));
+        let r = ImageRef::parse(&format!("tool:1@{digest}"), &several).unwrap();
+        assert_eq!(r.name.whole(), format!("ghcr.io/lab/tool:1@{digest}"));
+        let err = ImageRef::parse("ns/app:2", &several)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("a.io/ns/app") && err.contains("b.io:5000/ns/app"),
+            "{err}"
+        );
+        let r = ImageRef::parse("localhost/app", &several).unwrap();
+        assert_eq!(r.name.registry(), "localhost");
+
+        let one = config("unqualified-search-registries = [\"a.io\"]\n");
+        assert_eq!(
+            ImageRef::parse("app", &one).unwrap().name.whole(),
+            "a.io/app:latest"
+        );
+        let hub = config("unqualified-search-registries = [\"docker.io\"]\n");
+        assert_eq!(
+            ImageRef::parse("busybox", &hub).unwrap().name.whole(),
+            "docker.io/library/busybox:latest"
+        );
+    }
+
+    #[test]
+    fn blocked_prefixes_refuse_their_images_only() {
+        let c = config("[[registry]]\nprefix = \"ghcr.io/evil\"\nblocked = true\n");
+        let err = ImageRef::parse("ghcr.io/evil/x:1", &c).unwrap_err();
+        assert!(matches!(err, Error::Blocked { .. }), "{err}");
+        assert!(ImageRef::parse("ghcr.io/good/x:1", &c).is_ok());
+    }
+
+    /// Mirrors in order, rewritten like `location`, with their own transport;
+    /// `mirror-by-digest-only` keeps them for references pinned by digest.
+    #[test]
+    fn mirrors_are_rewritten_like_the_location() {
+        let c = config(
+            "[[registry]]\nprefix = \"ghcr.io/lab\"\nlocation = \"proxy:5000/lab\"\n\
+             [[registry.mirror]]\nlocation = \"m1:5000/cache\"\ninsecure = true\n\
+             [[registry.mirror]]\nlocation = \"m2.example\"\n\
+             [[registry]]\nprefix = \"quay.io\"\nmirror-by-digest-only = true\n\
+             [[registry.mirror]]\nlocation = \"qm:5000\"\n",
+        );
+        let r = ImageRef::parse("ghcr.io/lab/tool:1", &c).unwrap();
+        assert_eq!(r.source.whole(), "proxy:5000/lab/tool:1");
+        let mirrors: Vec<(String, bool)> = r
+            .mirrors
+            .iter()
+            .map(|m| (m.reference.whole(), m.endpoint.insecure))
+            .collect();
+        assert_eq!(
+            mirrors,
+            [
+                ("m1:5000/cache/tool:1".to_string(), true),
+                ("m2.example/tool:1".to_string(), false)
+            ]
+        );
+        assert!(
+            ImageRef::parse("quay.io/a/b:1", &c)
+                .unwrap()
+                .mirrors
+                .is_empty()
+        );
+        let hex = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let pinned = ImageRef::parse(&format!("quay.io/a/b@sha256:{hex}"), &c).unwrap();
+        assert_eq!(
+            pinned.mirrors[0].reference.whole(),
+            format!("qm:5000/a/b@sha256:{hex}")
+        );
     }
 
     #[test]

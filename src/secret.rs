@@ -34,6 +34,30 @@ impl fmt::Display for Secret {
 pub struct Credentials {
     pub username: String,
     pub secret: Secret,
+    pub kind: SecretKind,
+}
+
+/// What a [`Credentials`]' secret is, which decides how it is presented to
+/// the registry's token service (distribution's `docs/spec/auth/token.md` and
+/// `oauth.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretKind {
+    /// A password or personal access token, sent with HTTP Basic auth.
+    Password,
+    /// An OAuth2 refresh token (docker's `identitytoken`), exchanged for an
+    /// access token with `grant_type=refresh_token`.
+    IdentityToken,
+}
+
+impl Credentials {
+    /// A user name and password (or personal access token).
+    pub fn password(username: impl Into<String>, secret: Secret) -> Credentials {
+        Credentials {
+            username: username.into(),
+            secret,
+            kind: SecretKind::Password,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -42,10 +66,7 @@ mod tests {
 
     #[test]
     fn debug_and_display_never_show_the_value() {
-        let creds = Credentials {
-            username: "alice".into(),
-            secret: Secret::new("ghp_topsecret"),
-        };
+        let creds = Credentials::password("alice", Secret::new("ghp_topsecret"));
         let shown = format!("{creds:?} {} {:?}", creds.secret, creds.secret);
         assert!(!shown.contains("topsecret"), "{shown}");
         assert!(shown.contains("alice"));

@@ -42,7 +42,7 @@ pub(super) struct LsArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    registry: RegistryArgs,
+    pub(super) registry: RegistryArgs,
 }
 
 #[derive(Args, Debug)]
@@ -53,7 +53,7 @@ pub(super) struct CatArgs {
     #[arg(required = true)]
     paths: Vec<OsString>,
     #[command(flatten)]
-    registry: RegistryArgs,
+    pub(super) registry: RegistryArgs,
 }
 
 #[derive(Args, Debug)]
@@ -84,7 +84,7 @@ pub(super) struct FindArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    registry: RegistryArgs,
+    pub(super) registry: RegistryArgs,
 }
 
 #[derive(Args, Debug)]
@@ -104,7 +104,7 @@ pub(super) struct DiffArgs {
     #[arg(long)]
     no_fetch: bool,
     #[command(flatten)]
-    registry: RegistryArgs,
+    pub(super) registry: RegistryArgs,
 }
 
 pub(super) async fn ls(ctx: &Context, args: LsArgs) -> anyhow::Result<ExitCode> {

@@ -25,7 +25,7 @@ pub(super) struct PullArgs {
     /// Image reference: ghcr.io/NS/NAME:TAG, HOST:PORT/NAME@sha256:…, or a Docker Hub name.
     reference: String,
     #[command(flatten)]
-    registry: RegistryArgs,
+    pub(super) registry: RegistryArgs,
 }
 
 #[derive(Args, Debug)]
@@ -41,7 +41,7 @@ pub(super) struct IndexArgs {
     #[arg(long, value_name = "FILE", requires = "push")]
     prefetch: Option<std::path::PathBuf>,
     #[command(flatten)]
-    registry: RegistryArgs,
+    pub(super) registry: RegistryArgs,
 }
 
 #[derive(Args, Debug)]
@@ -52,7 +52,7 @@ pub(super) struct InspectArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    registry: RegistryArgs,
+    pub(super) registry: RegistryArgs,
 }
 
 /// Pulls an approved image whole: every blob fetched and verified.

@@ -28,6 +28,8 @@ pub(super) struct LayerStoreArgs {
     /// Platform to choose from multi-platform images (default: this machine's).
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     platform: Option<Platform>,
+    #[command(flatten)]
+    pub(super) connect: super::ConnectArgs,
 }
 
 pub(super) async fn layer_store(ctx: &Context, args: LayerStoreArgs) -> anyhow::Result<ExitCode> {
@@ -53,6 +55,7 @@ pub(super) async fn layer_store(ctx: &Context, args: LayerStoreArgs) -> anyhow::
     }
     let resolver = RegistryImages {
         config: ctx.config.clone(),
+        auth_files: ctx.auth_files.clone(),
         store: ctx.open_store()?,
         platform: args.platform.unwrap_or_else(Platform::host),
         runtime: tokio::runtime::Handle::current(),

@@ -194,6 +194,34 @@ enum Command {
     CesPull(seed_cmds::CesPullArgs),
 }
 
+impl Command {
+    /// The registry options of a command that talks to registries.
+    fn connect(&self) -> Option<&ConnectArgs> {
+        Some(match self {
+            Command::Pull(args) => &args.registry.connect,
+            Command::Inspect(args) => &args.registry.connect,
+            Command::Index(args) => &args.registry.connect,
+            Command::Ls(args) => &args.registry.connect,
+            Command::Cat(args) => &args.registry.connect,
+            Command::Find(args) => &args.registry.connect,
+            Command::Diff(args) => &args.registry.connect,
+            Command::Mount(args) => &args.registry.connect,
+            Command::Run(args) => &args.registry.connect,
+            Command::Policy(policy_cmds::PolicyCommand::Check(args)) => &args.registry.connect,
+            Command::LayerStore(args) => &args.connect,
+            Command::Snapshotter(args) => &args.connect,
+            Command::Seed(args) => &args.target.connect,
+            Command::CesPull(args) => &args.target.connect,
+            Command::Umount(_)
+            | Command::Stats(_)
+            | Command::Cache(_)
+            | Command::Policy(policy_cmds::PolicyCommand::List(_))
+            | Command::NginxConfig(_)
+            | Command::Key(_) => return None,
+        })
+    }
+}
+
 /// Options for reaching a registry, shared by every command that does.
 #[derive(Args, Debug)]
 struct RegistryArgs {
@@ -206,12 +234,79 @@ struct RegistryArgs {
     /// Read the token (or password) for --username from standard input.
     #[arg(long, requires = "username")]
     password_stdin: bool,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+/// How to reach registries, as podman spells it: shared by every command
+/// that talks to one.
+#[derive(Args, Debug, Clone)]
+struct ConnectArgs {
+    /// Auth file (containers-auth.json(5)) searched first, in place of
+    /// $REGISTRY_AUTH_FILE or $XDG_RUNTIME_DIR/containers/auth.json; then
+    /// ~/.config/containers/auth.json and ~/.docker/config.json.
+    #[arg(long, value_name = "FILE")]
+    authfile: Option<PathBuf>,
+    /// Verify registries' TLS certificates; --tls-verify=false treats every
+    /// registry as registries.conf's `insecure = true` (TLS not verified,
+    /// plain HTTP where HTTPS is not spoken).
+    #[arg(
+        long,
+        value_name = "BOOL",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    tls_verify: bool,
+}
+
+impl Default for ConnectArgs {
+    /// What a command line without these options means.
+    fn default() -> Self {
+        ConnectArgs {
+            authfile: None,
+            tls_verify: true,
+        }
+    }
+}
+
+impl ConnectArgs {
+    /// The auth files to search, in order (see [`credentials::auth_file_paths`]).
+    ///
+    /// # Errors
+    /// When --authfile names a file that cannot be opened: as with podman, a
+    /// named file must be there rather than silently skipped.
+    fn auth_files(&self) -> anyhow::Result<Vec<PathBuf>> {
+        if let Some(file) = &self.authfile {
+            std::fs::File::open(file).with_context(|| format!("--authfile {}", file.display()))?;
+        }
+        Ok(credentials::auth_files(self.authfile.as_deref()))
+    }
+
+    /// These options as command-line arguments, for a child lazyimg.
+    fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args = Vec::new();
+        if let Some(file) = &self.authfile {
+            args.push("--authfile".into());
+            args.push(file.clone().into_os_string());
+        }
+        args.push(format!("--tls-verify={}", self.tls_verify).into());
+        args
+    }
+
+    /// Applies what changes how references resolve (`--tls-verify`) to `config`.
+    fn apply(&self, config: &mut Config) {
+        config.skip_tls_verify = !self.tls_verify;
+    }
 }
 
 /// What every command needs: the configuration and how chatty to be.
 struct Context {
     config: Config,
     quiet: bool,
+    /// The auth files to search, in order (`--authfile` or the defaults).
+    auth_files: Vec<PathBuf>,
 }
 
 impl Context {
@@ -249,26 +344,29 @@ impl Context {
         args: &RegistryArgs,
     ) -> anyhow::Result<Option<Credentials>> {
         Ok(match &args.username {
-            Some(username) => Some(Credentials {
-                username: username.clone(),
-                secret: read_secret_from_stdin("--password-stdin")?,
-            }),
+            Some(username) => Some(Credentials::password(
+                username.clone(),
+                read_secret_from_stdin("--password-stdin")?,
+            )),
             None => credentials::lookup(
-                &credentials::auth_files(),
+                &self.auth_files,
                 &image.endpoint.host,
                 image.source.repository(),
             )?,
         })
     }
 
+    /// A client reading `image` through its mirrors (credentials from the
+    /// auth files), then its location with `creds`.
     fn registry_with(
         &self,
         image: &ImageRef,
         creds: Option<&Credentials>,
     ) -> anyhow::Result<RegistryClient> {
-        Ok(RegistryClient::new(
-            &image.endpoint,
+        Ok(RegistryClient::for_image(
+            image,
             creds,
+            &self.auth_files,
             &ClientOptions::from_config(&self.config.network),
         )?)
     }
@@ -339,9 +437,13 @@ pub fn ces_pull_main() -> ExitCode {
     let cli = seed_cmds::CesPullCli::parse();
     init_logging(cli.verbose, cli.quiet);
     let run = || -> anyhow::Result<ExitCode> {
+        let mut config = Config::load(cli.config.as_deref())?;
+        let connect = &cli.args.target.connect;
+        connect.apply(&mut config);
         let ctx = Context {
-            config: Config::load(cli.config.as_deref())?,
+            config,
             quiet: cli.quiet,
+            auth_files: connect.auth_files()?,
         };
         async_runtime()?.block_on(seed_cmds::ces_pull(&ctx, cli.args))
     };
@@ -381,11 +483,17 @@ fn work(
     explicit: Option<&std::path::Path>,
     quiet: bool,
 ) -> anyhow::Result<ExitCode> {
-    let config = {
+    let mut config = {
         let _phase = crate::timeline::phase("config").entered();
         Config::load(explicit)?
     };
-    let ctx = Context { config, quiet };
+    let connect = command.connect().cloned().unwrap_or_default();
+    connect.apply(&mut config);
+    let ctx = Context {
+        config,
+        quiet,
+        auth_files: connect.auth_files()?,
+    };
     let runtime = async_runtime()?;
     match command {
         Command::Pull(args) => runtime.block_on(image_cmds::pull(&ctx, args)),
@@ -459,7 +567,9 @@ fn init_logging(verbose: u8, quiet: bool) {
 
     let default = match (quiet, verbose) {
         (true, _) => "error",
-        (false, 0) => "lazyimg=info,warn",
+        // The TLS verifier logs each refused certificate as an error of its
+        // own; lazyimg reports it (with the host and a hint) once, at the end.
+        (false, 0) => "lazyimg=info,warn,rustls_platform_verifier=off",
         (false, 1) => "lazyimg=debug,info",
         (false, _) => "trace",
     };
@@ -564,6 +674,21 @@ mod tests {
         assert!(!color_wanted(true, set("1")));
         assert!(!color_wanted(true, set("false")), "any value counts");
         assert!(!color_wanted(false, None), "not on a file or pipe");
+    }
+
+    #[test]
+    fn registry_options_default_to_verifying_tls() {
+        assert!(ConnectArgs::default().tls_verify);
+        let cli = Cli::try_parse_from(["lazyimg", "pull", "x"]).unwrap();
+        let Invocation::Work(command) = cli.command else {
+            panic!("pull is work")
+        };
+        assert!(command.connect().unwrap().tls_verify);
+        let cli = Cli::try_parse_from(["lazyimg", "pull", "--tls-verify=false", "x"]).unwrap();
+        let Invocation::Work(command) = cli.command else {
+            panic!("pull is work")
+        };
+        assert!(!command.connect().unwrap().tls_verify);
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub(super) struct MountArgs {
     #[command(flatten)]
     mount: MountFlags,
     #[command(flatten)]
-    registry: RegistryArgs,
+    pub(super) registry: RegistryArgs,
 }
 
 #[derive(Args, Debug)]
@@ -137,7 +137,7 @@ pub(super) struct RunArgs {
     #[command(flatten)]
     mount: MountFlags,
     #[command(flatten)]
-    registry: RegistryArgs,
+    pub(super) registry: RegistryArgs,
     /// Image reference.
     reference: String,
     /// Command and arguments (default: the image's entrypoint and cmd).
@@ -223,7 +223,8 @@ pub(super) async fn mount(ctx: &Context, args: MountArgs) -> anyhow::Result<Exit
         }
         // The first read of content not cached should not also wait for the
         // CA store; an error here is the first request's to report.
-        tokio::task::spawn_blocking(move || registry.make_ready());
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || runtime.block_on(registry.make_ready()));
     })?;
     tracing::info!("unmounted {}", args.mountpoint.display());
     Ok(ExitCode::SUCCESS)

@@ -37,7 +37,7 @@ pub(super) struct CheckArgs {
     #[arg(long)]
     offline: bool,
     #[command(flatten)]
-    registry: RegistryArgs,
+    pub(super) registry: RegistryArgs,
 }
 
 #[derive(Args, Debug)]

@@ -27,7 +27,7 @@ pub(super) struct SeedArgs {
     /// Image to copy: ghcr.io/NS/NAME:TAG (any reference; every platform is copied).
     reference: String,
     #[command(flatten)]
-    target: TargetArgs,
+    pub(super) target: TargetArgs,
     /// Print the report as JSON on standard output.
     #[arg(long)]
     json: bool,
@@ -51,6 +51,8 @@ pub(super) struct TargetArgs {
     /// Blobs copied at once.
     #[arg(long, value_name = "N", default_value_t = seed::DEFAULT_JOBS)]
     jobs: usize,
+    #[command(flatten)]
+    pub(super) connect: super::ConnectArgs,
 }
 
 #[derive(Args, Debug)]
@@ -60,7 +62,7 @@ pub(super) struct CesPullArgs {
     #[arg(long, value_name = "FILE")]
     squashfs: Option<PathBuf>,
     #[command(flatten)]
-    target: TargetArgs,
+    pub(super) target: TargetArgs,
     /// [RUNTIME] USER TOKEN ghcr.io/NS/NAME:TAG. RUNTIME is podman (default),
     /// apptainer or charliecloud; a TOKEN of `-` is read from standard input.
     #[arg(required = true, num_args = 1.., value_name = "ARGS")]
@@ -99,10 +101,10 @@ pub struct CesPullCli {
 
 pub(super) async fn seed(ctx: &Context, args: SeedArgs) -> anyhow::Result<ExitCode> {
     let credentials = match &args.username {
-        Some(username) => Some(Credentials {
-            username: username.clone(),
-            secret: super::read_secret_from_stdin("--password-stdin")?,
-        }),
+        Some(username) => Some(Credentials::password(
+            username.clone(),
+            super::read_secret_from_stdin("--password-stdin")?,
+        )),
         None => None,
     };
     let seeded = seed_image(ctx, &args.reference, credentials, &args.target).await?;
@@ -135,10 +137,7 @@ pub(super) async fn ces_pull(ctx: &Context, args: CesPullArgs) -> anyhow::Result
     } else {
         Secret::new(token.as_str())
     };
-    let credentials = Credentials {
-        username: user.clone(),
-        secret,
-    };
+    let credentials = Credentials::password(user.clone(), secret);
     let seeded = seed_image(ctx, reference, Some(credentials), &args.target).await?;
     summarise(ctx, &seeded.report);
 
@@ -213,24 +212,21 @@ async fn seed_image(
     let target = target_spec.image_ref(&image, &ctx.config)?;
     let store = ctx.open_store()?;
     let options = ClientOptions::from_config(&ctx.config.network);
+    let auth_files = &ctx.auth_files;
 
     // 2. Authenticate to the source (a wrong token stops here) and read every manifest.
     let source_credentials = match source_credentials {
         Some(c) => Some(c),
-        None => credentials::lookup(
-            &credentials::auth_files(),
-            &image.endpoint.host,
-            image.source.repository(),
-        )?,
+        None => credentials::lookup(auth_files, &image.endpoint.host, image.source.repository())?,
     };
-    let source = RegistryClient::new(&image.endpoint, source_credentials.as_ref(), &options)?;
+    let source = ctx.registry_with(&image, source_credentials.as_ref())?;
     let plan = seed::plan(&store, &source, &image).await?;
     if let Some(approval) = &approval {
         approval.check_digest(&plan.digest())?;
     }
     // 3. Copy into the target, with the target's own credentials (auth files).
     let target_credentials = credentials::lookup(
-        &credentials::auth_files(),
+        auth_files,
         &target.endpoint.host,
         target.source.repository(),
     )?;

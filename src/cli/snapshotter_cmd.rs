@@ -28,6 +28,9 @@ pub(super) struct SnapshotterArgs {
     /// Print the containerd config.toml lines that name this snapshotter, and exit.
     #[arg(long)]
     print_config: bool,
+    /// Handed to the layer store it starts.
+    #[command(flatten)]
+    pub(super) connect: super::ConnectArgs,
 }
 
 pub(super) async fn snapshotter(
@@ -45,7 +48,7 @@ pub(super) async fn snapshotter(
         .with_context(|| format!("cannot make {} absolute", args.root.display()))?;
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     let store = root.join("store");
-    ensure_layer_store(ctx, &store, config_file)?;
+    ensure_layer_store(ctx, &store, config_file, &args.connect)?;
     let snapshotter = Snapshotter::open(&root, Box::new(LayerStoreDir(store)))?;
     tracing::info!("serving containerd snapshots at {}", socket.display());
     if !ctx.quiet {
@@ -68,6 +71,7 @@ fn ensure_layer_store(
     ctx: &Context,
     store: &Path,
     config_file: Option<&Path>,
+    connect: &super::ConnectArgs,
 ) -> anyhow::Result<()> {
     if is_live_fuse_mount(store) {
         tracing::info!("the layer store at {} is already served", store.display());
@@ -88,6 +92,7 @@ fn ensure_layer_store(
     }
     let status = command
         .arg("layer-store")
+        .args(connect.to_args())
         .arg(store)
         .status()
         .context("cannot start the layer store")?;

@@ -36,6 +36,8 @@ use crate::tree::{OverlayXattrs, ROOT_INO, layer_dir_name};
 /// auth files, as `lazyimg mount` finds them), into one cache.
 pub struct RegistryImages {
     pub config: Config,
+    /// The auth files to search, in order ([`credentials::auth_files`]).
+    pub auth_files: Vec<std::path::PathBuf>,
     pub store: Arc<Store>,
     pub platform: Platform,
     /// Where registry requests run; resolving happens on FUSE threads.
@@ -49,13 +51,14 @@ impl ImageResolver for RegistryImages {
         let image = ImageRef::parse(reference, &self.config)?;
         let approval = policy::enforce(&self.config, &image)?;
         let found = credentials::lookup(
-            &credentials::auth_files(),
+            &self.auth_files,
             &image.endpoint.host,
             image.source.repository(),
         )?;
-        let registry = Arc::new(RegistryClient::new(
-            &image.endpoint,
+        let registry = Arc::new(RegistryClient::for_image(
+            &image,
             found.as_ref(),
+            &self.auth_files,
             &ClientOptions::from_config(&self.config.network),
         )?);
         // Like `lazyimg mount`, but a layer that can only be read whole is

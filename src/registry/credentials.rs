@@ -1,89 +1,187 @@
-//! Finding credentials for a registry in the containers-auth.json(5) files.
+//! Finding credentials for a registry as containers-auth.json(5) describes.
 //!
-//! Files are tried in order — `REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`,
-//! `~/.docker/config.json` — and within a file the most specific key wins
-//! (`host/ns/name`, then `host/ns`, then `host`). The first file with a match wins.
+//! Files are read in order until one has credentials for the registry (see
+//! [`auth_file_paths`] for the order); within a file, per registry host:
+//! 1. a `credHelpers` entry for the host runs `docker-credential-NAME get`
+//!    ([`super::helper`]);
+//! 2. else a `credsStore` runs its helper for every host (docker's
+//!    `cli/config/configfile`: the store then holds what `auths` would);
+//! 3. else the most specific `auths` key wins (`host/ns/name`, then `host/ns`,
+//!    then `host`), its `identitytoken` (an OAuth2 refresh token) before its
+//!    `auth` (base64 of `USER:PASSWORD`).
+//!
+//! A helper that has no credentials for the host, or an `auths` entry with
+//! neither value (the `{}` docker writes beside a store), sends the search on
+//! to the next file, as containers/image's `pkg/docker/config` does.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::secret::{Credentials, Secret};
+use crate::secret::{Credentials, Secret, SecretKind};
 
-#[derive(Deserialize)]
+/// One auth file; keys other than these (docker's `psFormat`, …) are ignored.
+#[derive(Deserialize, Default)]
 struct AuthFile {
     #[serde(default)]
     auths: HashMap<String, AuthEntry>,
+    #[serde(default, rename = "credHelpers")]
+    cred_helpers: HashMap<String, String>,
+    #[serde(default, rename = "credsStore")]
+    creds_store: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct AuthEntry {
     auth: Option<String>,
+    identitytoken: Option<String>,
 }
 
-/// The auth files to consult, in order, from the environment.
-pub fn auth_files() -> Vec<PathBuf> {
-    let var = |name| {
-        std::env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    let mut files = Vec::new();
-    files.extend(var("REGISTRY_AUTH_FILE"));
-    files.extend(var("XDG_RUNTIME_DIR").map(|d| d.join("containers/auth.json")));
-    files.extend(var("HOME").map(|h| h.join(".docker/config.json")));
+/// Runs credential helper `NAME` (the part after `docker-credential-`) for a
+/// registry host: `Ok(None)` when it has no credentials for it.
+pub type HelperFn<'a> = &'a dyn Fn(&str, &str) -> Result<Option<Credentials>>;
+
+/// The auth files to consult, in order, from the process's environment;
+/// `authfile` is the command line's `--authfile FILE`. See [`auth_file_paths`].
+pub fn auth_files(authfile: Option<&Path>) -> Vec<PathBuf> {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    auth_file_paths(authfile, &|name| std::env::var_os(name), uid)
+}
+
+/// The auth files of containers-auth.json(5), in the order they are searched:
+/// 1. the primary file: `authfile` (`--authfile`), else `$REGISTRY_AUTH_FILE`
+///    (podman's default for `--authfile`), else
+///    `$XDG_RUNTIME_DIR/containers/auth.json`, else
+///    `/run/containers/UID/auth.json` (containers/image's fallback when
+///    `XDG_RUNTIME_DIR` is unset);
+/// 2. `$XDG_CONFIG_HOME/containers/auth.json` (default `~/.config`);
+/// 3. `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
+///
+/// Empty variables count as unset. `var` reads the environment and `uid` is
+/// the real user id, so the rule is testable without the process's own.
+pub fn auth_file_paths(
+    authfile: Option<&Path>,
+    var: &dyn Fn(&str) -> Option<OsString>,
+    uid: u32,
+) -> Vec<PathBuf> {
+    let var = |name| var(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let home = var("HOME");
+    let primary = authfile
+        .map(Path::to_path_buf)
+        .or_else(|| var("REGISTRY_AUTH_FILE"))
+        .or_else(|| var("XDG_RUNTIME_DIR").map(|d| d.join("containers/auth.json")))
+        .unwrap_or_else(|| PathBuf::from(format!("/run/containers/{uid}/auth.json")));
+    let config_home = var("XDG_CONFIG_HOME").or_else(|| home.as_ref().map(|h| h.join(".config")));
+    let docker = var("DOCKER_CONFIG").or_else(|| home.as_ref().map(|h| h.join(".docker")));
+    let mut files = vec![primary];
+    files.extend(config_home.map(|d| d.join("containers/auth.json")));
+    files.extend(docker.map(|d| d.join("config.json")));
     files
 }
 
-/// Credentials for `host` and `repository` from the first auth file that has them.
+/// Credentials for `host` (`host[:port]`) and `repository` from the first of
+/// `files` that has them, running credential helpers as the files say.
+///
+/// Files that do not exist, or that this user may not read, are skipped.
+///
+/// # Errors
+/// [`Error::Io`] for a file that cannot be read otherwise,
+/// [`Error::Config`] for one that is not an auth file (naming it), and
+/// [`Error::CredentialHelper`] when a helper fails.
 pub fn lookup(files: &[PathBuf], host: &str, repository: &str) -> Result<Option<Credentials>> {
+    lookup_with(files, host, repository, &super::helper::get)
+}
+
+/// [`lookup`] with `helper` in place of running `docker-credential-NAME`.
+fn lookup_with(
+    files: &[PathBuf],
+    host: &str,
+    repository: &str,
+    helper: HelperFn,
+) -> Result<Option<Credentials>> {
     for file in files {
         let text = match std::fs::read_to_string(file) {
             Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            // Another user's file (e.g. /run/containers/UID when
+            // XDG_RUNTIME_DIR is unset, under root's 0700 directory) cannot
+            // hold this user's credentials.
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::PermissionDenied) => {
+                tracing::debug!("{}: {e}; skipped", file.display());
+                continue;
+            }
             Err(e) => return Err(Error::io(file, e)),
         };
-        if let Some(creds) = lookup_in(&text, file, host, repository)? {
+        if let Some(creds) = lookup_in(&text, file, host, repository, helper)? {
+            tracing::debug!("credentials for {host} from {}", file.display());
             return Ok(Some(creds));
         }
     }
     Ok(None)
 }
 
-fn lookup_in(text: &str, file: &Path, host: &str, repository: &str) -> Result<Option<Credentials>> {
+fn lookup_in(
+    text: &str,
+    file: &Path,
+    host: &str,
+    repository: &str,
+    helper: HelperFn,
+) -> Result<Option<Credentials>> {
     let bad = |message: String| Error::Config {
         path: file.to_path_buf(),
         message,
     };
     let parsed: AuthFile =
         serde_json::from_str(text).map_err(|e| bad(format!("not a containers auth file: {e}")))?;
+    let host = canonical_host(host);
+    let helpers: HashMap<String, &String> = parsed
+        .cred_helpers
+        .iter()
+        .map(|(key, name)| (normalise_key(key), name))
+        .collect();
+    if let Some(name) = helpers.get(&host).copied().or(parsed.creds_store.as_ref()) {
+        return helper(name, &host);
+    }
     let auths: HashMap<String, &AuthEntry> = parsed
         .auths
         .iter()
         .map(|(key, entry)| (normalise_key(key), entry))
         .collect();
-    for key in candidate_keys(&canonical_host(host), repository) {
-        let Some(entry) = auths.get(&key) else {
-            continue;
-        };
-        let Some(encoded) = &entry.auth else { continue };
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(encoded.trim())
-            .ok()
-            .and_then(|raw| String::from_utf8(raw).ok())
-            .ok_or_else(|| bad(format!("auths.{key:?}.auth is not base64 of USER:TOKEN")))?;
-        let (username, token) = decoded
-            .split_once(':')
-            .ok_or_else(|| bad(format!("auths.{key:?}.auth is not base64 of USER:TOKEN")))?;
-        return Ok(Some(Credentials {
-            username: username.to_string(),
+    let Some((key, entry)) = candidate_keys(&host, repository)
+        .into_iter()
+        .find_map(|key| auths.get(&key).map(|entry| (key, *entry)))
+    else {
+        return Ok(None);
+    };
+    let not_user_password = || bad(format!("auths.{key:?}.auth is not base64 of USER:PASSWORD"));
+    let user_password = match entry.auth.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(encoded) => {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .ok()
+                .and_then(|raw| String::from_utf8(raw).ok())
+                .ok_or_else(not_user_password)?;
+            let (username, password) = decoded.split_once(':').ok_or_else(not_user_password)?;
+            Some((username.to_string(), password.to_string()))
+        }
+    };
+    Ok(match (entry.identitytoken.as_deref(), user_password) {
+        (Some(token), user_password) if !token.is_empty() => Some(Credentials {
+            username: user_password.map(|(user, _)| user).unwrap_or_default(),
             secret: Secret::new(token),
-        }));
-    }
-    Ok(None)
+            kind: SecretKind::IdentityToken,
+        }),
+        (_, Some((username, password))) if !password.is_empty() => {
+            Some(Credentials::password(username, Secret::new(password)))
+        }
+        _ => None,
+    })
 }
 
 /// Most specific first: `host/a/b/c`, `host/a/b`, `host/a`, `host`.
@@ -125,75 +223,4 @@ fn canonical_host(key: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn auth_json(entries: &[(&str, &str)]) -> String {
-        let auths: serde_json::Map<String, serde_json::Value> = entries
-            .iter()
-            .map(|(k, v)| {
-                let enc = base64::engine::general_purpose::STANDARD.encode(v);
-                (k.to_string(), serde_json::json!({ "auth": enc }))
-            })
-            .collect();
-        serde_json::json!({ "auths": auths }).to_string()
-    }
-
-    fn find(text: &str, host: &str, repo: &str) -> Option<(String, String)> {
-        lookup_in(text, Path::new("auth.json"), host, repo)
-            .unwrap()
-            .map(|c| (c.username, c.secret.expose().to_string()))
-    }
-
-    #[test]
-    fn most_specific_key_wins() {
-        let text = auth_json(&[
-            ("ghcr.io", "a:1"),
-            ("ghcr.io/lab", "b:2"),
-            ("ghcr.io/lab/x", "c:3"),
-        ]);
-        assert_eq!(
-            find(&text, "ghcr.io", "lab/x"),
-            Some(("c".into(), "3".into()))
-        );
-        assert_eq!(
-            find(&text, "ghcr.io", "lab/y"),
-            Some(("b".into(), "2".into()))
-        );
-        assert_eq!(
-            find(&text, "ghcr.io", "other/y"),
-            Some(("a".into(), "1".into()))
-        );
-        assert_eq!(find(&text, "quay.io", "lab/x"), None);
-    }
-
-    #[test]
-    fn docker_legacy_keys_match_docker_hub() {
-        let text = auth_json(&[("https://index.docker.io/v1/", "u:p:with:colons")]);
-        assert_eq!(
-            find(&text, "index.docker.io", "library/busybox"),
-            Some(("u".into(), "p:with:colons".into()))
-        );
-    }
-
-    #[test]
-    fn first_file_with_a_match_wins() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = dir.path().join("first.json");
-        let second = dir.path().join("second.json");
-        std::fs::write(&first, auth_json(&[("quay.io", "q:1")])).unwrap();
-        std::fs::write(&second, auth_json(&[("ghcr.io", "g:2")])).unwrap();
-        let missing = dir.path().join("missing.json");
-        let files = [missing, first, second];
-        let creds = lookup(&files, "ghcr.io", "ns/x").unwrap().unwrap();
-        assert_eq!(creds.username, "g");
-    }
-
-    #[test]
-    fn malformed_files_name_the_file() {
-        let err = lookup_in("{not json", Path::new("/run/auth.json"), "h", "r").unwrap_err();
-        assert!(err.to_string().contains("/run/auth.json"), "{err}");
-        let text = r#"{"auths":{"ghcr.io":{"auth":"!!!"}}}"#;
-        assert!(lookup_in(text, Path::new("a.json"), "ghcr.io", "r").is_err());
-    }
-}
+mod tests;

@@ -1,35 +1,34 @@
 //! Registry access: a small wrapper over oci-client that adds what a locked-down
 //! site needs — explicit authentication with real error messages, one re-auth on a
-//! mid-session 401, retries with jitter, and resumable verified blob downloads.
+//! mid-session 401, retries with jitter, resumable verified blob downloads — and
+//! reads through registries.conf mirrors, falling back to the primary location.
 //!
 //! This module moves bytes; it never decides they are good. Callers hash
 //! everything through a [`BlobSink`] before anything is kept.
 
+mod classify;
 pub mod credentials;
+pub mod helper;
+mod host;
+mod oauth;
 pub mod retry;
+mod transport;
 
-use std::future::Future;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
-use oci_client::client::{
-    BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol, SizedStream,
-};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference, RegistryOperation};
+use bytes::Bytes;
+use oci_client::{Reference, RegistryOperation};
 
 use crate::config::NetworkConfig;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::reference::Endpoint;
+use crate::reference::{Endpoint, ImageRef, Source};
 use crate::secret::Credentials;
 use crate::store::BlobSink;
-use crate::timeline;
+use host::HostClient;
 pub use retry::RetryPolicy;
 
 /// Media types lazyimg asks for: OCI and Docker v2 schema 2, single and multi-platform.
@@ -46,6 +45,9 @@ pub struct ClientOptions {
     /// Longest silence on an open connection before the request fails.
     pub read_timeout: Duration,
     pub retry: RetryPolicy,
+    /// containers-certs.d(5) directories, searched in order for a
+    /// `HOST[:PORT]` directory whose `*.crt` are trusted for that registry.
+    pub certs_d: Vec<PathBuf>,
 }
 
 impl Default for ClientOptions {
@@ -57,8 +59,13 @@ impl Default for ClientOptions {
 
 impl ClientOptions {
     /// The options `[network]` sets; zero timeouts and tries count as one.
+    /// Without `certs_d`, the directories of [`transport::default_certs_d`].
     pub fn from_config(network: &NetworkConfig) -> ClientOptions {
+        let home = std::env::var_os("HOME").filter(|h| !h.is_empty());
         ClientOptions {
+            certs_d: network.certs_d.clone().unwrap_or_else(|| {
+                transport::default_certs_d(home.as_deref().map(std::path::Path::new))
+            }),
             connect_timeout: Duration::from_secs(network.connect_timeout.max(1)),
             read_timeout: Duration::from_secs(network.read_timeout.max(1)),
             retry: RetryPolicy {
@@ -69,133 +76,237 @@ impl ClientOptions {
     }
 }
 
-/// A connection to one registry host with one set of credentials.
+/// A connection to a registry, or to where one image is read from: its
+/// registries.conf mirrors in order, then its primary location.
 ///
-/// The HTTP client (and with it the system CA store, read and parsed) is made
-/// on the first request, once: a mount of a cached image may never need one
-/// (issue 10).
+/// Reads start at the first host not yet found failing and move on, for good,
+/// after an error a registry can cause (unreachable, TLS, 5xx after retries,
+/// not found, refused credentials): "the first one that can be contacted and
+/// contains the image will be used" (containers-registries.conf(5)). Writes
+/// go to the primary location only, as mirrors are for reads.
+///
+/// Each host's HTTP client is made on its first request ([`Self::make_ready`]).
 pub struct RegistryClient {
-    client: OnceLock<Client>,
-    /// Held while the client is made, so concurrent first requests make one.
-    making: Mutex<()>,
-    endpoint: Endpoint,
-    options: ClientOptions,
-    auth: RegistryAuth,
-    /// Whether [`Self::authenticate`] has succeeded once.
-    authenticated: AtomicBool,
-    host: String,
-    retry: RetryPolicy,
+    /// The mirrors in order, then the primary (always last).
+    hosts: Vec<Routed>,
+    /// Index in `hosts` where reads start.
+    current: AtomicUsize,
 }
 
-enum Failure {
-    Retry(Error),
-    Reauth(Error),
-    Fatal(Error),
+/// One host, and where the primary location's repository is on it.
+struct Routed {
+    client: HostClient,
+    /// `None` for the primary: references are used as given.
+    mirror: Option<MirrorRoute>,
+}
+
+/// The primary's `registry`/`repository` and the same on a mirror.
+struct MirrorRoute {
+    from: (String, String),
+    to: (String, String),
+}
+
+impl Routed {
+    /// `reference` as this host serves it; `None` for a mirror asked about
+    /// another repository than the image's (a cross-repository mount).
+    fn route(&self, reference: &Reference) -> Option<Reference> {
+        let Some(route) = &self.mirror else {
+            return Some(reference.clone());
+        };
+        if (reference.registry(), reference.repository())
+            != (route.from.0.as_str(), route.from.1.as_str())
+        {
+            return None;
+        }
+        let (registry, repository) = route.to.clone();
+        Some(match (reference.tag(), reference.digest()) {
+            (Some(tag), Some(digest)) => {
+                Reference::with_tag_and_digest(registry, repository, tag.into(), digest.into())
+            }
+            (None, Some(digest)) => Reference::with_digest(registry, repository, digest.into()),
+            (tag, None) => {
+                Reference::with_tag(registry, repository, tag.unwrap_or("latest").into())
+            }
+        })
+    }
+}
+
+/// What `auth_files` hold for `mirror`'s host and repository.
+fn mirror_credentials(auth_files: &[PathBuf], mirror: &Source) -> Result<Option<Credentials>> {
+    credentials::lookup(
+        auth_files,
+        &mirror.endpoint.host,
+        mirror.reference.repository(),
+    )
+}
+
+/// Whether a mirror's `error` sends reads on to the next host: what a
+/// registry can cause, not what the content or this machine did.
+fn falls_back(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Network { .. }
+            | Error::Tls { .. }
+            | Error::Registry { .. }
+            | Error::NotFound { .. }
+            | Error::BlobNotFound { .. }
+            | Error::Auth { .. }
+            | Error::Denied { .. }
+    )
 }
 
 impl RegistryClient {
-    /// A client for `endpoint` that authenticates with `credentials` (anonymous
-    /// without). Reads nothing and connects nowhere: the HTTP client is made on
-    /// first use, so an unreadable `ca_file` is reported by the first request.
+    /// A client for the one registry at `endpoint`, authenticating with
+    /// `credentials` (anonymous without). Reads nothing and connects nowhere:
+    /// the HTTP client is made on first use, so an unreadable `ca_file` is
+    /// reported by the first request.
     pub fn new(
         endpoint: &Endpoint,
         credentials: Option<&Credentials>,
         options: &ClientOptions,
     ) -> Result<Self> {
-        let auth = match credentials {
-            Some(c) => RegistryAuth::Basic(c.username.clone(), c.secret.expose().to_string()),
-            None => RegistryAuth::Anonymous,
-        };
         Ok(RegistryClient {
-            client: OnceLock::new(),
-            making: Mutex::new(()),
-            endpoint: endpoint.clone(),
-            options: options.clone(),
-            auth,
-            authenticated: AtomicBool::new(false),
-            host: endpoint.host.clone(),
-            retry: options.retry.clone(),
+            hosts: vec![Routed {
+                client: HostClient::new(endpoint, credentials, options),
+                mirror: None,
+            }],
+            current: AtomicUsize::new(0),
         })
     }
 
-    /// Makes the HTTP client now (loading the CA store), contacting nobody,
-    /// so that the first request does not wait for it: a mount calls this
-    /// once it is live, off the path of its readers.
+    /// A client that reads `image` through its mirrors ([`ImageRef::mirrors`])
+    /// before its primary location (`image.endpoint`, with `credentials`);
+    /// each mirror authenticates with what `auth_files` hold for it
+    /// ([`credentials::lookup`]). A mirror is tried once per request (the
+    /// fallback is its retry). Connects nowhere.
     ///
     /// # Errors
-    /// As the first request would fail (see [`Self::client`]).
-    pub fn make_ready(&self) -> Result<()> {
-        self.client().map(|_| ())
+    /// As [`credentials::lookup`] fails for a mirror.
+    pub fn for_image(
+        image: &ImageRef,
+        credentials: Option<&Credentials>,
+        auth_files: &[PathBuf],
+        options: &ClientOptions,
+    ) -> Result<Self> {
+        let once = ClientOptions {
+            retry: RetryPolicy {
+                attempts: 1,
+                ..options.retry.clone()
+            },
+            ..options.clone()
+        };
+        let from = (
+            image.source.registry().to_string(),
+            image.source.repository().to_string(),
+        );
+        let mut hosts = image
+            .mirrors
+            .iter()
+            .map(|mirror| {
+                let to = (
+                    mirror.reference.registry().to_string(),
+                    mirror.reference.repository().to_string(),
+                );
+                Ok(Routed {
+                    client: HostClient::new(
+                        &mirror.endpoint,
+                        mirror_credentials(auth_files, mirror)?.as_ref(),
+                        &once,
+                    ),
+                    mirror: Some(MirrorRoute {
+                        from: from.clone(),
+                        to,
+                    }),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        hosts.push(Routed {
+            client: HostClient::new(&image.endpoint, credentials, options),
+            mirror: None,
+        });
+        Ok(RegistryClient {
+            hosts,
+            current: AtomicUsize::new(0),
+        })
     }
 
-    /// The HTTP client, made on the first call.
-    ///
-    /// # Errors
-    /// [`Error::Io`] when the endpoint's `ca_file` cannot be read,
-    /// [`Error::Registry`] when the client cannot be set up (a bad certificate).
-    fn client(&self) -> Result<&Client> {
-        if let Some(client) = self.client.get() {
-            return Ok(client);
-        }
-        let _making = self.making.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(client) = self.client.get() {
-            return Ok(client);
-        }
-        let made = make_client(&self.endpoint, &self.options)?;
-        Ok(self.client.get_or_init(|| made))
+    fn primary(&self) -> &HostClient {
+        &self
+            .hosts
+            .last()
+            .expect("the primary is always there")
+            .client
     }
 
-    pub fn host(&self) -> &str {
-        &self.host
-    }
-
-    /// Authenticates now, so a wrong token is reported as such. oci-client would
-    /// otherwise swallow the failure and surface a bare 401 later.
-    pub async fn authenticate(&self, reference: &Reference, op: RegistryOperation) -> Result<()> {
-        let anonymous = matches!(self.auth, RegistryAuth::Anonymous);
-        let client = self.client()?;
-        let result = self
-            .with_retries(reference, || client.auth(reference, &self.auth, op))
-            .await;
-        match result {
-            Ok(_) => {
-                self.authenticated.store(true, Ordering::Relaxed);
-                Ok(())
+    /// Runs read `op` on the hosts from the current one on, moving on after
+    /// an error a mirror [`falls_back`] on; the primary's result is final.
+    async fn read<T>(
+        &self,
+        reference: &Reference,
+        mut op: impl AsyncFnMut(&HostClient, &Reference) -> Result<T>,
+    ) -> Result<T> {
+        let mut index = self.current.load(Ordering::Relaxed);
+        loop {
+            let host = &self.hosts[index];
+            let Some(routed) = host.route(reference) else {
+                index += 1;
+                continue;
+            };
+            match op(&host.client, &routed).await {
+                Err(e) if index + 1 < self.hosts.len() && falls_back(&e) => {
+                    index += 1;
+                    tracing::warn!(
+                        "mirror {}: {e}; trying {}",
+                        host.client.host(),
+                        self.hosts[index].client.host()
+                    );
+                    self.current.fetch_max(index, Ordering::Relaxed);
+                }
+                other => return other,
             }
-            Err(Error::Auth { registry, reason }) if anonymous => Err(Error::Auth {
-                registry,
-                reason: format!("{reason} (no credentials were found for {})", self.host),
-            }),
-            Err(e) => Err(e),
         }
     }
 
-    /// With credentials, a client's first request authenticates before it
-    /// is sent: a request without a token costs a 401 and a retry, one round
-    /// trip more (a mount of a cached image makes its first request on a read).
-    async fn authenticate_first(&self, reference: &Reference, op: RegistryOperation) -> Result<()> {
-        if matches!(self.auth, RegistryAuth::Anonymous)
-            || self.authenticated.load(Ordering::Relaxed)
-        {
-            return Ok(());
+    /// Makes the current host's HTTP client now (see `HostClient::make_ready`).
+    ///
+    /// # Errors
+    /// As its first request would fail.
+    pub async fn make_ready(&self) -> Result<()> {
+        let index = self.current.load(Ordering::Relaxed);
+        self.hosts[index].client.make_ready().await
+    }
+
+    /// The host reads currently go to (`host[:port]`).
+    pub fn host(&self) -> &str {
+        self.hosts[self.current.load(Ordering::Relaxed)]
+            .client
+            .host()
+    }
+
+    /// Authenticates now, so a wrong token is reported as such: for a push,
+    /// at the primary; for a pull, at the first host that accepts.
+    ///
+    /// # Errors
+    /// [`Error::Auth`], [`Error::Denied`], or what reaching the host gives.
+    pub async fn authenticate(&self, reference: &Reference, op: RegistryOperation) -> Result<()> {
+        match op {
+            RegistryOperation::Push => self.primary().authenticate(reference, op).await,
+            RegistryOperation::Pull => {
+                self.read(reference, async |host, r| host.authenticate(r, op).await)
+                    .await
+            }
         }
-        self.authenticate(reference, op).await
     }
 
     /// The raw manifest bytes for `reference`. The caller checks the digest.
     pub async fn fetch_manifest(&self, reference: &Reference) -> Result<Bytes> {
-        let client = self.client()?;
-        let (bytes, _) = self
-            .call(reference, || {
-                client.pull_manifest_raw(reference, &self.auth, MANIFEST_MEDIA_TYPES)
-            })
-            .await?;
-        timeline::received(bytes.len() as u64);
-        Ok(bytes)
+        self.read(reference, async |host, r| host.fetch_manifest(r).await)
+            .await
     }
 
     /// Streams blob `digest` into `sink`, resuming with a Range request after a
-    /// dropped connection. Progress is reported in bytes as they arrive.
+    /// dropped connection (or on the next host). Progress is reported in bytes
+    /// as they arrive.
     pub async fn fetch_blob(
         &self,
         reference: &Reference,
@@ -204,167 +315,63 @@ impl RegistryClient {
         sink: &mut dyn BlobSink,
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<()> {
-        let digest_text = digest.to_string();
-        self.authenticate_first(reference, RegistryOperation::Pull)
-            .await?;
-        let mut attempt = 1;
-        let mut reauthed = false;
-        loop {
-            let failure = match self.open_blob(reference, &digest_text, sink).await {
-                Err(failure) => failure,
-                Ok(stream) => match copy_stream(stream, sink, progress).await {
-                    Ok(()) => return Ok(()),
-                    Err(StreamError::Sink(e)) => return Err(e),
-                    // A stream error once every byte has arrived is oci-client's own digest
-                    // check firing: the sink's verification gives the precise message.
-                    Err(StreamError::Transport(_)) if sink.written() == size => return Ok(()),
-                    Err(StreamError::Transport(e)) => {
-                        Failure::Retry(self.network_error(&e.to_string()))
-                    }
-                },
-            };
-            match failure {
-                Failure::Reauth(e) if reauthed => return Err(self.denied(reference, e)),
-                Failure::Reauth(_) => {
-                    reauthed = true;
-                    self.authenticate(reference, RegistryOperation::Pull)
-                        .await?;
-                }
-                Failure::Retry(e) if attempt >= self.retry.attempts => return Err(e),
-                Failure::Retry(e) => {
-                    tracing::warn!("{digest}: {e}; retrying from byte {}", sink.written());
-                    tokio::time::sleep(self.retry.delay(attempt)).await;
-                    attempt += 1;
-                }
-                Failure::Fatal(e) => return Err(self.blob_missing(reference, digest, e)),
-            }
-        }
+        self.read(reference, async |host, r| {
+            host.fetch_blob(r, digest, size, &mut *sink, &mut *progress)
+                .await
+        })
+        .await
     }
 
-    /// Bytes `range` of blob `digest`, by one single-range request (registries such
-    /// as ghcr.io refuse multi-range ones). `None` when the registry will not serve
-    /// the range: it answered with the whole blob (the distribution pull-through
-    /// proxy does, for blobs it has not cached), 416 or 501. The caller then falls
-    /// back to a whole, verified download. The bytes are not verified here.
+    /// Bytes `range` of blob `digest`, by one single-range request; `None`
+    /// when the registry will not serve ranges (the caller then downloads the
+    /// whole blob). The bytes are not verified here.
     pub async fn fetch_range(
         &self,
         reference: &Reference,
         digest: &Digest,
         range: Range<u64>,
     ) -> Result<Option<Bytes>> {
-        let digest_of_range = *digest;
-        let digest = digest.to_string();
-        let length = range.end - range.start;
-        let client = self.client()?;
-        self.call(reference, || async {
-            let response = client
-                .pull_blob_stream_partial(reference, digest.as_str(), range.start, Some(length))
-                .await;
-            let mut stream = match response {
-                Ok(BlobResponse::Partial(stream)) => stream,
-                Ok(BlobResponse::Full(_)) => return Ok(None),
-                Err(e) if matches!(status_of(&e), Some(416 | 501)) => return Ok(None),
-                Err(e) => return Err(e),
-            };
-            let mut body = BytesMut::with_capacity(length as usize);
-            while let Some(piece) = stream.next().await {
-                body.extend_from_slice(&piece?);
-                if body.len() as u64 > length {
-                    return Err(OciDistributionError::GenericError(Some(format!(
-                        "asked for {length} bytes of {digest}, got more"
-                    ))));
-                }
-            }
-            if (body.len() as u64) < length {
-                // A dropped connection: worth another attempt.
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!("{digest}: {} of {length} bytes arrived", body.len()),
-                )
-                .into());
-            }
-            timeline::received(length);
-            Ok(Some(body.freeze()))
+        self.read(reference, async |host, r| {
+            host.fetch_range(r, digest, range.clone()).await
         })
         .await
-        .map_err(|e| self.blob_missing(reference, &digest_of_range, e))
     }
 
-    /// The manifests that name manifest `subject` as their subject, optionally only
-    /// those of `artifact_type`: the referrers API, or the `sha256-<hex>` tag on
-    /// registries without it (ghcr.io, distribution 2.x).
+    /// The manifests that name manifest `subject` as their subject, optionally
+    /// only those of `artifact_type`.
     pub async fn referrers(
         &self,
         reference: &Reference,
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<Vec<crate::image::Descriptor>> {
-        let subject_ref = reference.clone_with_digest(subject.to_string());
-        let client = self.client()?;
-        let index = self
-            .call(reference, || {
-                client.pull_referrers(&subject_ref, artifact_type)
-            })
-            .await
-            .map_err(|e| match e {
-                Error::NotFound { registry, .. } => Error::NotFound {
-                    registry,
-                    what: format!("referrers of {subject} in {}", reference.repository()),
-                },
-                other => other,
-            })?;
-        // Round-trip through JSON into lazyimg's own types, which check digests.
-        let json = serde_json::to_vec(&index).expect("an index always serialises");
-        let index: crate::image::ImageIndex =
-            serde_json::from_slice(&json).map_err(|e| Error::Manifest {
-                what: format!("referrers of {subject}"),
-                reason: e.to_string(),
-            })?;
-        Ok(index.manifests)
+        self.read(reference, async |host, r| {
+            host.referrers(r, subject, artifact_type).await
+        })
+        .await
     }
 
     /// Whether the registry has blob `digest` in `reference`'s repository (HEAD).
     pub async fn blob_exists(&self, reference: &Reference, digest: &Digest) -> Result<bool> {
-        let digest = digest.to_string();
-        let client = self.client()?;
-        self.call(reference, || client.blob_exists(reference, &digest))
+        self.read(reference, async |host, r| host.blob_exists(r, digest).await)
             .await
     }
 
-    /// Asks the registry to link blob `digest` from `from_repository` (same registry)
-    /// into `reference`'s repository without uploading it. `Ok(false)` when the
-    /// registry declined (it may answer 202 and open an upload instead).
+    /// Asks the primary to link blob `digest` from `from_repository` into
+    /// `reference`'s repository; `Ok(false)` when it declined.
     pub async fn mount_blob(
         &self,
         reference: &Reference,
         from_repository: &str,
         digest: &Digest,
     ) -> Result<bool> {
-        let digest = digest.to_string();
-        let source = Reference::with_digest(
-            reference.registry().to_string(),
-            from_repository.to_string(),
-            digest.clone(),
-        );
-        let client = self.client()?;
-        let result = self
-            .call_as(reference, RegistryOperation::Push, || {
-                client.mount_blob(reference, &source, &digest)
-            })
-            .await;
-        match result {
-            Ok(()) => Ok(true),
-            Err(e @ (Error::Auth { .. } | Error::Network { .. })) => Err(e),
-            Err(e) => {
-                tracing::debug!("{digest}: no cross-repository mount from {from_repository}: {e}");
-                Ok(false)
-            }
-        }
+        self.primary()
+            .mount_blob(reference, from_repository, digest)
+            .await
     }
 
-    /// Uploads verified content `blob` (from the store) as `digest` in one streamed
-    /// PUT; `progress` gets the bytes as they are handed to the connection. A
-    /// retry starts the upload over. The registry checks the digest itself.
+    /// Uploads verified content `blob` as `digest` to the primary, in one
+    /// streamed PUT; `progress` gets the bytes as they are handed over.
     pub async fn push_blob(
         &self,
         reference: &Reference,
@@ -372,27 +379,13 @@ impl RegistryClient {
         blob: &crate::store::Blob,
         progress: std::sync::Arc<dyn Fn(u64) + Send + Sync>,
     ) -> Result<()> {
-        const CHUNK: usize = 1 << 20;
-        let digest_text = digest.to_string();
-        let size = blob.bytes().len();
-        let client = self.client()?;
-        self.call_as(reference, RegistryOperation::Push, || {
-            let blob = blob.clone();
-            let progress = std::sync::Arc::clone(&progress);
-            let chunks = futures_util::stream::iter((0..size).step_by(CHUNK)).map(move |start| {
-                let chunk = blob.slice(start..(start + CHUNK).min(size));
-                progress(chunk.len() as u64);
-                Ok::<Bytes, OciDistributionError>(chunk)
-            });
-            client.push_blob_stream(reference, chunks, &digest_text, Some(size as u64))
-        })
-        .await
-        .map(|_| ())
+        self.primary()
+            .push_blob(reference, digest, blob, progress)
+            .await
     }
 
-    /// Uploads `chunks` (exactly `size` bytes that hash to `digest`) in one streamed
-    /// PUT, once: a stream cannot be replayed, so on failure the caller falls back to
-    /// [`Self::push_blob`]. An `Err` chunk aborts the upload before it completes.
+    /// Uploads `chunks` (exactly `size` bytes that hash to `digest`) to the
+    /// primary in one streamed PUT, once.
     pub async fn push_blob_stream<S>(
         &self,
         reference: &Reference,
@@ -403,456 +396,20 @@ impl RegistryClient {
     where
         S: futures_util::Stream<Item = Result<Bytes>> + Send + 'static,
     {
-        let chunks =
-            chunks.map(|c| c.map_err(|e| OciDistributionError::GenericError(Some(e.to_string()))));
-        match self
-            .client()?
-            .push_blob_stream(reference, chunks, &digest.to_string(), Some(size))
+        self.primary()
+            .push_blob_stream(reference, digest, size, chunks)
             .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) => Err(match self.classify(reference, e) {
-                Failure::Retry(e) | Failure::Reauth(e) | Failure::Fatal(e) => e,
-            }),
-        }
     }
 
-    /// Stores manifest `bytes` exactly as given, under `reference`'s tag or digest.
+    /// Stores manifest `bytes` exactly as given at the primary.
     pub async fn push_manifest(
         &self,
         reference: &Reference,
         bytes: &Bytes,
         media_type: &str,
     ) -> Result<()> {
-        if media_type.is_empty() || !media_type.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-            return Err(Error::Manifest {
-                what: reference.whole(),
-                reason: format!("media type {media_type:?} is not a valid header value"),
-            });
-        }
-        let client = self.client()?;
-        self.call_as(reference, RegistryOperation::Push, || {
-            let content_type = media_type.parse().expect("checked: printable ASCII");
-            client.push_manifest_raw(reference, bytes.clone(), content_type)
-        })
-        .await
-        .map(|_| ())
-    }
-
-    /// Opens the blob where `sink` left off: the whole blob, or the rest by Range.
-    async fn open_blob(
-        &self,
-        reference: &Reference,
-        digest: &str,
-        sink: &mut dyn BlobSink,
-    ) -> Result<SizedStream, Failure> {
-        let offset = sink.written();
-        let client = self.client().map_err(Failure::Fatal)?;
-        timeline::request();
-        let response = if offset == 0 {
-            client.pull_blob_stream(reference, digest).await
-        } else {
-            match client
-                .pull_blob_stream_partial(reference, digest, offset, None)
-                .await
-            {
-                Ok(BlobResponse::Partial(stream)) => Ok(stream),
-                Ok(BlobResponse::Full(stream)) => {
-                    // The registry ignored the Range header: start over.
-                    sink.restart().map_err(Failure::Fatal)?;
-                    Ok(stream)
-                }
-                Err(e) => Err(e),
-            }
-        };
-        response.map_err(|e| self.classify(reference, e))
-    }
-
-    /// Runs `op`, re-authenticating once on a 401 and retrying transient failures.
-    async fn call<T, F, Fut>(&self, reference: &Reference, op: F) -> Result<T>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, OciDistributionError>>,
-    {
-        self.call_as(reference, RegistryOperation::Pull, op).await
-    }
-
-    /// [`Self::call`] for an operation that needs `operation` rights (a push).
-    async fn call_as<T, F, Fut>(
-        &self,
-        reference: &Reference,
-        operation: RegistryOperation,
-        mut op: F,
-    ) -> Result<T>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, OciDistributionError>>,
-    {
-        self.authenticate_first(reference, operation).await?;
-        let mut reauthed = false;
-        loop {
-            match self.with_retries_classified(reference, &mut op).await {
-                Err(Failure::Reauth(e)) if reauthed => return Err(self.denied(reference, e)),
-                Err(Failure::Reauth(_)) => {
-                    reauthed = true;
-                    self.authenticate(reference, operation).await?;
-                }
-                Err(Failure::Retry(e) | Failure::Fatal(e)) => return Err(e),
-                Ok(value) => return Ok(value),
-            }
-        }
-    }
-
-    async fn with_retries<T, F, Fut>(&self, reference: &Reference, mut op: F) -> Result<T>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, OciDistributionError>>,
-    {
-        self.with_retries_classified(reference, &mut op)
+        self.primary()
+            .push_manifest(reference, bytes, media_type)
             .await
-            .map_err(|(Failure::Retry(e) | Failure::Reauth(e) | Failure::Fatal(e))| e)
-    }
-
-    async fn with_retries_classified<T, F, Fut>(
-        &self,
-        reference: &Reference,
-        op: &mut F,
-    ) -> Result<T, Failure>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, OciDistributionError>>,
-    {
-        let mut attempt = 1;
-        loop {
-            timeline::request();
-            match op().await.map_err(|e| self.classify(reference, e)) {
-                Err(Failure::Retry(e)) if attempt < self.retry.attempts => {
-                    tracing::warn!("{e}; retrying");
-                    tokio::time::sleep(self.retry.delay(attempt)).await;
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
-    }
-
-    /// A 401 that survives a fresh token means the credentials work but grant nothing here.
-    fn denied(&self, reference: &Reference, cause: Error) -> Error {
-        match cause {
-            Error::Auth { reason, .. } if !matches!(self.auth, RegistryAuth::Anonymous) => {
-                Error::Denied {
-                    registry: self.host.clone(),
-                    repository: reference.repository().to_string(),
-                    reason,
-                }
-            }
-            other => other,
-        }
-    }
-
-    /// A 404 answering a request for blob `digest`: the blob is what is
-    /// missing, not the image's name (the manifest was found). Callers that
-    /// know what the blob is to the image rename it (`pull::fetch_blob`).
-    fn blob_missing(&self, reference: &Reference, digest: &Digest, err: Error) -> Error {
-        match err {
-            Error::NotFound { registry, .. } => Error::BlobNotFound {
-                registry,
-                repository: reference.repository().to_string(),
-                digest: *digest,
-                what: format!("blob {digest}"),
-            },
-            other => other,
-        }
-    }
-
-    fn network_error(&self, reason: &str) -> Error {
-        Error::Network {
-            registry: self.host.clone(),
-            reason: reason.to_string(),
-        }
-    }
-
-    fn classify(&self, reference: &Reference, err: OciDistributionError) -> Failure {
-        let registry = self.host.clone();
-        let what = || reference.whole();
-        let missing = || manifest_named(reference);
-        match err {
-            OciDistributionError::AuthenticationFailure(body) => Failure::Fatal(Error::Auth {
-                registry,
-                reason: summarise(&body),
-            }),
-            OciDistributionError::UnauthorizedError { .. } => Failure::Reauth(Error::Auth {
-                registry,
-                reason: "the registry answered 401 Unauthorized".into(),
-            }),
-            OciDistributionError::RegistryError { envelope, .. } => {
-                let message = envelope
-                    .errors
-                    .iter()
-                    .map(|e| e.message.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-                if codes.iter().any(|c| {
-                    matches!(
-                        c,
-                        OciErrorCode::ManifestUnknown
-                            | OciErrorCode::BlobUnknown
-                            | OciErrorCode::NameUnknown
-                            | OciErrorCode::NotFound
-                    )
-                }) {
-                    Failure::Fatal(Error::NotFound {
-                        registry,
-                        what: missing(),
-                    })
-                } else if codes.iter().any(|c| matches!(c, OciErrorCode::Denied)) {
-                    Failure::Fatal(Error::Denied {
-                        registry,
-                        repository: reference.repository().to_string(),
-                        reason: message,
-                    })
-                } else if codes
-                    .iter()
-                    .any(|c| matches!(c, OciErrorCode::Unauthorized))
-                {
-                    Failure::Reauth(Error::Auth {
-                        registry,
-                        reason: message,
-                    })
-                } else if codes
-                    .iter()
-                    .any(|c| matches!(c, OciErrorCode::Toomanyrequests))
-                {
-                    Failure::Retry(Error::Registry {
-                        registry,
-                        reason: message,
-                    })
-                } else {
-                    Failure::Fatal(Error::Registry {
-                        registry,
-                        reason: message,
-                    })
-                }
-            }
-            OciDistributionError::ServerError { code, message, .. } => {
-                let reason = format!("HTTP {code}: {}", summarise(&message));
-                match code {
-                    404 => Failure::Fatal(Error::NotFound {
-                        registry,
-                        what: missing(),
-                    }),
-                    403 => Failure::Fatal(Error::Denied {
-                        registry,
-                        repository: reference.repository().to_string(),
-                        reason,
-                    }),
-                    429 | 500..=599 => Failure::Retry(Error::Registry { registry, reason }),
-                    _ => Failure::Fatal(Error::Registry { registry, reason }),
-                }
-            }
-            // A bare status (e.g. from a HEAD, which has no body to explain itself).
-            OciDistributionError::RequestError(e) if e.status().is_some() => {
-                let code = e.status().map_or(0, |s| s.as_u16());
-                let reason = format!("HTTP {code}");
-                match code {
-                    401 => Failure::Reauth(Error::Auth { registry, reason }),
-                    403 => Failure::Fatal(Error::Denied {
-                        registry,
-                        repository: reference.repository().to_string(),
-                        reason,
-                    }),
-                    404 => Failure::Fatal(Error::NotFound {
-                        registry,
-                        what: missing(),
-                    }),
-                    429 | 500..=599 => Failure::Retry(Error::Registry { registry, reason }),
-                    _ => Failure::Fatal(Error::Registry { registry, reason }),
-                }
-            }
-            OciDistributionError::RequestError(e) => {
-                let reason = error_chain(&e);
-                if e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() {
-                    Failure::Retry(Error::Network { registry, reason })
-                } else {
-                    Failure::Fatal(Error::Network { registry, reason })
-                }
-            }
-            // A body cut short: the connection dropped.
-            OciDistributionError::IoError(e) => Failure::Retry(Error::Network {
-                registry,
-                reason: e.to_string(),
-            }),
-            OciDistributionError::ManifestParsingError(reason)
-            | OciDistributionError::VersionedParsingError(reason) => {
-                Failure::Fatal(Error::Manifest {
-                    what: what(),
-                    reason,
-                })
-            }
-            other => Failure::Fatal(Error::Registry {
-                registry,
-                reason: other.to_string(),
-            }),
-        }
-    }
-}
-
-/// The oci-client for `endpoint`: loads the system CA store (oci-client builds
-/// two reqwest clients, so it is read twice) plus the endpoint's `ca_file`.
-fn make_client(endpoint: &Endpoint, options: &ClientOptions) -> Result<Client> {
-    install_crypto_provider();
-    let started = std::time::Instant::now();
-    let mut extra_root_certificates = Vec::new();
-    if let Some(ca_file) = &endpoint.ca_file {
-        let data = std::fs::read(ca_file).map_err(|e| Error::io(ca_file, e))?;
-        extra_root_certificates.push(Certificate {
-            encoding: CertificateEncoding::Pem,
-            data,
-        });
-    }
-    let protocol = if endpoint.insecure {
-        ClientProtocol::HttpsExcept(vec![endpoint.host.clone()])
-    } else {
-        ClientProtocol::Https
-    };
-    let config = ClientConfig {
-        protocol,
-        extra_root_certificates,
-        // lazyimg resolves indexes itself so it can report what it chose.
-        platform_resolver: None,
-        connect_timeout: Some(options.connect_timeout),
-        read_timeout: Some(options.read_timeout),
-        user_agent: concat!("lazyimg/", env!("CARGO_PKG_VERSION")),
-        // Uploads are one streamed PUT per blob (seeding): a single request to
-        // finish or retry, rather than one PATCH per chunk.
-        use_monolithic_push: true,
-        ..Default::default()
-    };
-    let client = Client::try_from(config).map_err(|e| Error::Registry {
-        registry: endpoint.host.clone(),
-        reason: format!("cannot set up the HTTP client: {e}"),
-    })?;
-    tracing::debug!(
-        "{}: HTTP client ready (CA store loaded) in {:.1} ms",
-        endpoint.host,
-        started.elapsed().as_secs_f64() * 1e3
-    );
-    Ok(client)
-}
-
-/// What a manifest request for `reference` asked for, for "not found":
-/// a tag or a manifest digest, in its repository.
-fn manifest_named(reference: &Reference) -> String {
-    let repository = format!("{}/{}", reference.registry(), reference.repository());
-    match (reference.digest(), reference.tag()) {
-        (Some(digest), _) => format!("manifest {digest} of {repository}"),
-        (None, Some(tag)) => format!("tag {tag} of {repository}"),
-        (None, None) => format!("manifest of {repository}"),
-    }
-}
-
-/// reqwest is built without a default rustls provider (ring keeps the build light);
-/// one must be installed before the first client exists.
-fn install_crypto_provider() {
-    static INSTALL: std::sync::Once = std::sync::Once::new();
-    INSTALL.call_once(|| {
-        // Err only means another provider is already installed, which is as good.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
-
-enum StreamError {
-    Transport(std::io::Error),
-    Sink(Error),
-}
-
-async fn copy_stream(
-    mut stream: SizedStream,
-    sink: &mut dyn BlobSink,
-    progress: &mut (dyn FnMut(u64) + Send),
-) -> Result<(), StreamError> {
-    // reqwest's read timeout bounds each silence, so a stalled registry ends this loop.
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(StreamError::Transport)?;
-        timeline::received(chunk.len() as u64);
-        sink.write(&chunk).map_err(StreamError::Sink)?;
-        progress(chunk.len() as u64);
-    }
-    Ok(())
-}
-
-/// The HTTP status of a failed request, when it got that far.
-fn status_of(err: &OciDistributionError) -> Option<u16> {
-    match err {
-        OciDistributionError::ServerError { code, .. } => Some(*code),
-        OciDistributionError::RequestError(e) => e.status().map(|s| s.as_u16()),
-        _ => None,
-    }
-}
-
-/// reqwest hides the useful part (refused, timed out, certificate) in its sources.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-/// Registry error bodies can be HTML pages or JSON envelopes: keep one short line.
-fn summarise(body: &str) -> String {
-    if let Ok(envelope) = serde_json::from_str::<serde_json::Value>(body) {
-        let messages: Vec<&str> = envelope["errors"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e["message"].as_str())
-            .collect();
-        if !messages.is_empty() {
-            return messages.join("; ");
-        }
-    }
-    let line = body.split_whitespace().collect::<Vec<_>>().join(" ");
-    match line.char_indices().nth(200) {
-        Some((cut, _)) => format!("{}…", &line[..cut]),
-        None if line.is_empty() => "no reason given".into(),
-        None => line,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn summaries_prefer_envelope_messages_and_stay_short() {
-        let body = r#"{"errors":[{"code":"UNAUTHORIZED","message":"bad token"}]}"#;
-        assert_eq!(summarise(body), "bad token");
-        assert_eq!(summarise(""), "no reason given");
-        let long = "x ".repeat(500);
-        assert!(summarise(&long).chars().count() <= 201);
-    }
-
-    #[test]
-    fn not_found_names_the_tag_or_the_manifest_digest() {
-        let digest = format!("sha256:{}", "a".repeat(64));
-        let cases = [
-            ("ghcr.io/ns/img:1", "tag 1 of ghcr.io/ns/img".to_string()),
-            (
-                &format!("ghcr.io/ns/img@{digest}"),
-                format!("manifest {digest} of ghcr.io/ns/img"),
-            ),
-        ];
-        for (reference, expected) in cases {
-            let reference: Reference = reference.parse().unwrap();
-            assert_eq!(manifest_named(&reference), expected);
-        }
     }
 }

@@ -13,6 +13,7 @@
 //! * [`registry`]: throwaway `docker-registry` on 127.0.0.1.
 //! * [`pushed`]: images pushed to the plain registry for runtime tests, and their layers.
 //! * [`site`]: `ces-pull`/`seed` helpers, the demo image, podman on this host.
+//! * [`token_server`]: a token service of the test's own (`scripts/token-server.py`).
 //! * [`testenv`]: the shared topology from `scripts/testenv.sh` and a sandboxed `lazyimg`.
 #![allow(dead_code, unused_imports)]
 
@@ -27,6 +28,7 @@ pub mod pushed;
 pub mod registry;
 pub mod site;
 pub mod testenv;
+pub mod token_server;
 pub mod tools;
 pub mod torture;
 pub mod zstd_chunked;

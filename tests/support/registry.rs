@@ -19,6 +19,19 @@ pub struct RegistryOpts {
     /// Log every request (combined log format, `"GET /v2/… HTTP/1.1"`) to
     /// [`Registry::log`], for tests that count what reached the registry.
     pub access_log: bool,
+    /// Token auth (`auth.token`) against a token service such as
+    /// [`super::token_server::TokenServer`].
+    pub token_auth: Option<TokenAuth>,
+}
+
+/// A registry's `auth.token` section (distribution's configuration.md).
+#[derive(Clone, Debug)]
+pub struct TokenAuth {
+    pub realm: String,
+    pub service: String,
+    pub issuer: String,
+    /// The token signer's certificate (PEM).
+    pub rootcertbundle: PathBuf,
 }
 
 /// Running registry; `Drop` kills it and removes its storage.
@@ -202,6 +215,15 @@ fn try_start(opts: &RegistryOpts) -> Result<Registry, String> {
         cfg += &format!(
             "auth:\n  htpasswd:\n    realm: lazyimg-test\n    path: \"{}\"\n",
             htpasswd.display()
+        );
+    }
+    if let Some(token) = &opts.token_auth {
+        cfg += &format!(
+            "auth:\n  token:\n    realm: \"{}\"\n    service: \"{}\"\n    issuer: \"{}\"\n    rootcertbundle: \"{}\"\n",
+            token.realm,
+            token.service,
+            token.issuer,
+            token.rootcertbundle.display()
         );
     }
     let cfg_path = dir.path().join("config.yml");

@@ -240,12 +240,15 @@ impl Lazyimg {
         self.dir.path().join("cache")
     }
 
-    /// `lazyimg --config CONFIG`, isolated from the caller's auth files.
+    /// `lazyimg --config CONFIG`, isolated from the caller's auth files: HOME
+    /// and XDG_RUNTIME_DIR are the sandbox, the other auth-file variables unset.
     pub fn cmd(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_lazyimg"));
         cmd.arg("--config")
             .arg(&self.config)
             .env_remove("REGISTRY_AUTH_FILE")
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("DOCKER_CONFIG")
             .env_remove("LAZYIMG_CONFIG")
             .env_remove("LAZYIMG_LOG")
             .env("HOME", self.dir.path())

@@ -5,6 +5,7 @@
 //! built-in defaults (see [`config_path`]). Unknown keys are errors, so a typo
 //! never silently changes where images come from.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
@@ -12,6 +13,12 @@ use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+
+mod registries_conf;
+mod registry;
+
+pub use registries_conf::RegistriesConf;
+pub use registry::{MirrorConfig, PullFromMirror, RegistryConfig};
 
 pub const SYSTEM_CONFIG: &str = "/etc/lazyimg/config.toml";
 /// The per-user file, relative to the XDG config directory (`~/.config`).
@@ -25,8 +32,18 @@ pub struct Config {
     cache_max_size: Option<ByteSize>,
     /// The approved-image list; enforced by the policy module.
     pub approved_images: Option<PathBuf>,
+    /// `[[registry]]` tables: after [`Config::load`], the system's
+    /// registries.conf tables overridden (by prefix) by this file's.
     #[serde(default, rename = "registry")]
     pub registries: Vec<RegistryConfig>,
+    /// registries.conf's `unqualified-search-registries`: where short names
+    /// are looked up; this file's, else the system's.
+    #[serde(default, rename = "unqualified-search-registries")]
+    pub search_registries: Option<Vec<String>>,
+    /// registries.conf's `[aliases]` (short name to fully qualified name):
+    /// the system's, overridden name by name by this file's.
+    #[serde(default)]
+    pub aliases: BTreeMap<String, String>,
     #[serde(default)]
     pub network: NetworkConfig,
     /// `[lazy]`: how lazy reads use threads and memory.
@@ -49,21 +66,11 @@ pub struct Config {
     /// The file this came from, for error messages; `None` for defaults.
     #[serde(skip)]
     pub source: Option<PathBuf>,
-}
-
-/// One `[[registry]]` table, with keys as in containers-registries.conf(5).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RegistryConfig {
-    /// References under this prefix (`host[:port][/path]`) use this entry.
-    pub prefix: String,
-    /// Fetch from here instead (`host[:port][/path]`), e.g. the site proxy.
-    pub location: Option<String>,
-    /// Plain HTTP to the location.
-    #[serde(default)]
-    pub insecure: bool,
-    /// An extra CA certificate (PEM) to trust for the location.
-    pub ca_file: Option<PathBuf>,
+    /// `--tls-verify=false` on the command line: every registry is treated
+    /// as `insecure` (TLS not verified, plain HTTP allowed), as podman does.
+    /// Not a key of the file.
+    #[serde(skip)]
+    pub skip_tls_verify: bool,
 }
 
 /// `[seed]`: the site proxy registry images are copied into.
@@ -106,6 +113,12 @@ pub struct NetworkConfig {
     pub read_timeout: u64,
     /// Tries per request for transient failures (connection errors, 5xx, 429).
     pub attempts: u32,
+    /// containers-certs.d(5) directories searched, in order, for a
+    /// `HOST[:PORT]/` directory whose `*.crt` CA certificates are trusted for
+    /// that registry (the first that has one is used). Default:
+    /// `~/.config/containers/certs.d`, `/etc/containers/certs.d`,
+    /// `/etc/docker/certs.d`, as containers/image searches them.
+    pub certs_d: Option<Vec<PathBuf>>,
 }
 
 /// `[index_signing]`: how the seeding step (`lazyimg seed`, `ces-pull`,
@@ -140,6 +153,7 @@ impl Default for NetworkConfig {
             connect_timeout: 10,
             read_timeout: 30,
             attempts: 4,
+            certs_d: None,
         }
     }
 }
@@ -151,11 +165,31 @@ impl Config {
     ///
     /// # Errors
     /// [`Error::Config`] when the chosen file cannot be read or parsed.
+    /// Then the system's registries.conf files ([`RegistriesConf::load`])
+    /// are merged under it ([`Config::with_registries_conf`]).
     pub fn load(explicit: Option<&Path>) -> Result<Config> {
-        match config_path(explicit, &env_var, &|path| path.exists()) {
-            Some(path) => Self::from_file(&path),
-            None => Ok(Config::default()),
+        let own = match config_path(explicit, &env_var, &|path| path.exists()) {
+            Some(path) => Self::from_file(&path)?,
+            None => Config::default(),
+        };
+        Ok(own.with_registries_conf(RegistriesConf::load()?))
+    }
+
+    /// This configuration over `system`: a `[[registry]]` of this file
+    /// replaces the registries.conf table with the same prefix, its
+    /// `unqualified-search-registries` replaces theirs, its aliases override
+    /// theirs name by name.
+    pub fn with_registries_conf(mut self, system: RegistriesConf) -> Config {
+        let mut registries = system.registries;
+        for own in std::mem::take(&mut self.registries) {
+            registries_conf::override_by_prefix(&mut registries, own);
         }
+        self.registries = registries;
+        self.search_registries = self.search_registries.or(system.search);
+        let mut aliases = system.aliases;
+        aliases.append(&mut self.aliases);
+        self.aliases = aliases;
+        self
     }
 
     pub fn from_file(path: &Path) -> Result<Config> {
@@ -173,13 +207,18 @@ impl Config {
         };
         let mut config: Config =
             toml::from_str(text).map_err(|e| config_error(e.to_string().trim().to_string()))?;
-        for registry in &config.registries {
-            if registry.prefix.is_empty() || registry.prefix.contains("://") {
+        // Unlike registries.conf files, lazyimg's own file refuses what it
+        // does not know: a typo must not silently change where images come from.
+        for registry in &mut config.registries {
+            if let Some(key) = registry.unknown_keys().first() {
                 return Err(config_error(format!(
-                    "registry prefix {:?} must look like host[:port][/path]",
+                    "unknown field `{key}` in [[registry]] {:?}",
                     registry.prefix
                 )));
             }
+            *registry = std::mem::take(registry)
+                .with_default_prefix()
+                .map_err(config_error)?;
         }
         config.source = Some(path.to_path_buf());
         Ok(config)
@@ -194,12 +233,14 @@ impl Config {
     }
 
     /// The `[[registry]]` entry with the longest prefix matching `name`
-    /// (`host/repository`), matching only at a path boundary as registries.conf does.
+    /// (`host/repository`), matching only at a path boundary, or any
+    /// subdomain for a `*.domain` prefix, as registries.conf(5) says.
     pub fn registry_for(&self, name: &str) -> Option<&RegistryConfig> {
         self.registries
             .iter()
-            .filter(|r| prefix_matches(&r.prefix, name))
-            .max_by_key(|r| r.prefix.len())
+            .filter_map(|r| Some((r.matches(name)?, r)))
+            .max_by_key(|(len, _)| *len)
+            .map(|(_, r)| r)
     }
 }
 
@@ -251,14 +292,6 @@ fn xdg_dir(
 
 fn env_var(name: &str) -> Option<OsString> {
     std::env::var_os(name)
-}
-
-fn prefix_matches(prefix: &str, name: &str) -> bool {
-    let prefix = prefix.trim_end_matches('/');
-    name == prefix
-        || name
-            .strip_prefix(prefix)
-            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// Root shares one cache per host (the mount daemon and site jobs); users keep theirs
@@ -342,6 +375,39 @@ mod tests {
         assert_eq!(loc("ghcr.io/lab/x"), Some("lab-mirror:5000"));
         assert_eq!(loc("ghcr.io/laboratory/x"), Some("proxy:5000"));
         assert_eq!(loc("ghcr.io.evil.com/x"), None);
+    }
+
+    /// lazyimg's file stays strict (even inside mirrors) and overrides the
+    /// system's registries.conf by prefix; search registries and aliases too.
+    #[test]
+    fn own_tables_are_strict_and_override_registries_conf() {
+        let err = parse(
+            "[[registry]]\nprefix = \"a\"\n[[registry.mirror]]\nlocation = \"m\"\npull-from-mirorr = \"all\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("mirror.pull-from-mirorr"), "{err}");
+        let mut system = RegistriesConf::default();
+        system
+            .merge(
+                "unqualified-search-registries = [\"s.io\"]\n[aliases]\n\"a\" = \"s.io/a\"\n\"b\" = \"s.io/b\"\n\
+                 [[registry]]\nprefix = \"ghcr.io\"\nlocation = \"system:5000\"\n\
+                 [[registry]]\nprefix = \"quay.io\"\nblocked = true\n",
+                Path::new("/etc/containers/registries.conf"),
+            )
+            .unwrap();
+        let own = parse(
+            "[aliases]\n\"b\" = \"own.io/b\"\n\
+             [[registry]]\nprefix = \"ghcr.io\"\nlocation = \"own:5000\"\n",
+        )
+        .unwrap()
+        .with_registries_conf(system);
+        let location = |name| own.registry_for(name).and_then(|r| r.location.as_deref());
+        assert_eq!(location("ghcr.io/x/y"), Some("own:5000"));
+        assert!(own.registry_for("quay.io/x/y").unwrap().blocked);
+        assert_eq!(own.search_registries, Some(vec!["s.io".to_string()]));
+        assert_eq!(own.aliases["a"], "s.io/a");
+        assert_eq!(own.aliases["b"], "own.io/b");
     }
 
     #[test]
