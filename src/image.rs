@@ -1,11 +1,22 @@
-//! The OCI / Docker v2 schema 2 documents lazyimg reads: manifests, indexes,
-//! descriptors, platforms and the layer formats they announce.
+//! The OCI / Docker v2 schema 2 documents lazyimg reads (manifests, indexes,
+//! descriptors, image configurations, platforms) as oci-spec's types, and what
+//! lazyimg asks of them: which manifest of an index serves a platform
+//! (image-spec image-index.md), how a layer is encoded, and each descriptor's
+//! digest as lazyimg's sha256-only [`Digest`], the boundary past which every
+//! digest is one lazyimg can verify.
+//!
+//! Manifests are parsed for reading only: lazyimg re-serves and copies the
+//! bytes it fetched, never a re-serialisation, so digests stay the
+//! registry's.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+pub use oci_spec::image::{
+    Arch, Config, Descriptor, ImageConfiguration, ImageIndex, ImageManifest, ImageManifestBuilder,
+    MediaType, Os, Platform,
+};
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -14,68 +25,97 @@ use crate::layer::{
     ZSTD_CHUNKED_TOC_ANNOTATION,
 };
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Descriptor {
-    pub media_type: String,
-    pub digest: Digest,
-    pub size: u64,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<Platform>,
-    /// In referrers lists: what kind of artifact the manifest is.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub artifact_type: Option<String>,
-}
-
-impl Descriptor {
+/// What lazyimg reads from a descriptor (image-spec descriptor.md), in its
+/// own terms.
+pub trait DescriptorExt {
+    /// The descriptor's digest as a [`Digest`]. Documents parsed by
+    /// [`Manifest::parse`] and [`parse_index`] hold sha256 digests only, so
+    /// for them this never fails; otherwise an algorithm other than sha256 is
+    /// [`Error::Manifest`].
+    fn sha256(&self) -> Result<Digest>;
+    /// The annotation `key`, if the descriptor has it.
+    fn annotation(&self, key: &str) -> Option<&str>;
+    /// A layer its image marks non-distributable: OCI's
+    /// `…layer.nondistributable.v1…`, Docker's `…rootfs.foreign.diff…`.
+    fn is_non_distributable(&self) -> bool;
     /// How a layer of image `image` is compressed; a layer that is no tar
     /// (an unknown media type) is an error naming it, the same wherever a
     /// layer is read.
-    /// A layer its image marks non-distributable: OCI's
-    /// `…layer.nondistributable.v1…`, Docker's `…rootfs.foreign.diff…`.
-    pub fn is_non_distributable(&self) -> bool {
-        let media_type = self.media_type.as_str();
+    fn layer_compression(&self, image: &str) -> Result<Compression>;
+}
+
+impl DescriptorExt for Descriptor {
+    fn sha256(&self) -> Result<Digest> {
+        to_digest(self.digest())
+    }
+
+    fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations()
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .map(String::as_str)
+    }
+
+    fn is_non_distributable(&self) -> bool {
+        let media_type = self.media_type().as_ref();
         media_type.starts_with("application/vnd.oci.image.layer.nondistributable.")
             || media_type.starts_with("application/vnd.docker.image.rootfs.foreign.")
     }
 
-    pub fn layer_compression(&self, image: &str) -> Result<Compression> {
-        Compression::from_media_type(&self.media_type).ok_or_else(|| Error::Manifest {
+    fn layer_compression(&self, image: &str) -> Result<Compression> {
+        Compression::from_media_type(self.media_type().as_ref()).ok_or_else(|| Error::Manifest {
             what: image.to_string(),
             reason: format!(
                 "layer {} has unsupported media type {}",
-                self.digest, self.media_type
+                self.digest(),
+                self.media_type()
             ),
         })
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ImageManifest {
-    pub schema_version: u32,
-    #[serde(default)]
-    pub media_type: Option<String>,
-    pub config: Descriptor,
-    pub layers: Vec<Descriptor>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-    /// Artifacts only: what they are, and the manifest they describe.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub artifact_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subject: Option<Descriptor>,
+/// `digest` as a [`Digest`]; any algorithm but sha256 is [`Error::Manifest`]
+/// (lazyimg verifies sha256 only; the distribution spec makes it the one
+/// registries must support).
+pub fn to_digest(digest: &oci_spec::image::Digest) -> Result<Digest> {
+    Digest::from_hex(digest.digest())
+        .ok()
+        .filter(|_| *digest.algorithm() == oci_spec::image::DigestAlgorithm::Sha256)
+        .ok_or_else(|| Error::Manifest {
+            what: digest.to_string(),
+            reason: "not a sha256 digest, the only algorithm lazyimg verifies".into(),
+        })
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ImageIndex {
-    pub schema_version: u32,
-    #[serde(default)]
-    pub media_type: Option<String>,
-    pub manifests: Vec<Descriptor>,
+/// `digest` in oci-spec's type (always valid: a [`Digest`] is sha256).
+pub fn oci_digest(digest: &Digest) -> oci_spec::image::Digest {
+    oci_spec::image::Sha256Digest::from_str(&digest.hex())
+        .expect("a Digest is 64 lowercase hex characters")
+        .into()
+}
+
+/// A descriptor of `size` bytes of `media_type` at `digest`, with
+/// `annotations` (none when empty).
+pub fn descriptor(
+    media_type: &str,
+    digest: &Digest,
+    size: u64,
+    annotations: HashMap<String, String>,
+) -> Descriptor {
+    let mut descriptor = Descriptor::new(media_type.into(), size, oci_digest(digest));
+    if !annotations.is_empty() {
+        descriptor.set_annotations(Some(annotations));
+    }
+    descriptor
+}
+
+/// `document` as JSON with every object's keys sorted (serde_json's `Value`
+/// map is ordered), so equal documents give equal bytes and digests although
+/// oci-spec keeps annotations in `HashMap`s. For documents lazyimg writes
+/// (index artifacts, referrers lists); fetched ones are copied as fetched.
+pub fn to_json(document: &impl serde::Serialize) -> Vec<u8> {
+    let value = serde_json::to_value(document).expect("OCI documents serialise");
+    serde_json::to_vec(&value).expect("JSON values serialise")
 }
 
 /// A manifest document as fetched by reference.
@@ -88,7 +128,9 @@ pub enum Manifest {
 }
 
 impl Manifest {
-    /// Parses manifest bytes; `what` names the document in errors.
+    /// Parses manifest bytes; `what` names the document in errors
+    /// ([`Error::Manifest`]: not JSON, not an image manifest or index of
+    /// schemaVersion 2, a digest that is not sha256).
     pub fn parse(bytes: &[u8], what: &str) -> Result<Manifest> {
         let malformed = |reason: String| Error::Manifest {
             what: what.to_string(),
@@ -99,178 +141,180 @@ impl Manifest {
         let media_type = value
             .get("mediaType")
             .and_then(|m| m.as_str())
-            .unwrap_or("");
+            .unwrap_or("")
+            .to_string();
         let is_index = media_type.contains("index")
             || media_type.contains("manifest.list")
             || (media_type.is_empty() && value.get("manifests").is_some());
+        let schema = value.get("schemaVersion").and_then(|v| v.as_u64());
+        if schema != Some(2) {
+            let schema = schema.map_or("missing".to_string(), |s| s.to_string());
+            return Err(malformed(format!("schemaVersion {schema}, expected 2")));
+        }
         let manifest = if is_index {
-            Manifest::Index(serde_json::from_value(value).map_err(|e| malformed(e.to_string()))?)
+            let index: ImageIndex =
+                serde_json::from_value(value).map_err(|e| malformed(e.to_string()))?;
+            check_digests(index.manifests().iter(), what)?;
+            Manifest::Index(index)
         } else {
             let image: ImageManifest =
                 serde_json::from_value(value).map_err(|e| malformed(e.to_string()))?;
-            if let Some(media_type) = &image.media_type
-                && !media_type.ends_with("manifest.v1+json")
-                && !media_type.ends_with("manifest.v2+json")
+            if !(media_type.is_empty()
+                || media_type.ends_with("manifest.v1+json")
+                || media_type.ends_with("manifest.v2+json"))
             {
                 return Err(malformed(format!("unsupported media type {media_type}")));
             }
+            let descriptors = std::iter::once(image.config())
+                .chain(image.layers())
+                .chain(image.subject());
+            check_digests(descriptors, what)?;
             Manifest::Image(image)
         };
-        let schema = match &manifest {
-            Manifest::Image(m) => m.schema_version,
-            Manifest::Index(i) => i.schema_version,
-        };
-        if schema != 2 {
-            return Err(malformed(format!("schemaVersion {schema}, expected 2")));
-        }
         Ok(manifest)
     }
 }
 
-/// The parts of an image configuration lazyimg uses.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct ImageConfig {
-    #[serde(default)]
-    pub architecture: String,
-    #[serde(default)]
-    pub os: String,
-    #[serde(default)]
-    pub variant: Option<String>,
-    #[serde(default)]
-    pub config: Option<RuntimeConfig>,
-    #[serde(default)]
-    pub rootfs: Option<RootFsConfig>,
+/// The layers of `manifest`, bottom first, each with its digest as a
+/// [`Digest`] (see [`DescriptorExt::sha256`]).
+pub fn layers(manifest: &ImageManifest) -> Result<Vec<(Digest, &Descriptor)>> {
+    manifest
+        .layers()
+        .iter()
+        .map(|layer| Ok((layer.sha256()?, layer)))
+        .collect()
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct RootFsConfig {
-    /// sha256 of each layer's uncompressed tar, bottom first.
-    #[serde(default)]
-    pub diff_ids: Vec<Digest>,
+/// An image index read from `bytes` (a referrers list, image-spec
+/// image-index.md), its entries' digests sha256; `what` names it in errors.
+pub fn parse_index(bytes: &[u8], what: &str) -> Result<ImageIndex> {
+    let index: ImageIndex = serde_json::from_slice(bytes).map_err(|e| Error::Manifest {
+        what: what.to_string(),
+        reason: e.to_string(),
+    })?;
+    check_digests(index.manifests().iter(), what)?;
+    Ok(index)
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct RuntimeConfig {
-    #[serde(default)]
-    pub env: Option<Vec<String>>,
-    #[serde(default)]
-    pub entrypoint: Option<Vec<String>>,
-    #[serde(default)]
-    pub cmd: Option<Vec<String>>,
-    #[serde(default)]
-    pub working_dir: Option<String>,
-    #[serde(default)]
-    pub user: Option<String>,
-    /// Image labels (image-spec config.md `Labels`).
-    #[serde(default)]
-    pub labels: Option<std::collections::BTreeMap<String, String>>,
-}
-
-impl ImageConfig {
-    pub fn parse(bytes: &[u8], what: &str) -> Result<ImageConfig> {
-        serde_json::from_slice(bytes).map_err(|e| Error::Manifest {
+fn check_digests<'a>(descriptors: impl Iterator<Item = &'a Descriptor>, what: &str) -> Result<()> {
+    for descriptor in descriptors {
+        to_digest(descriptor.digest()).map_err(|_| Error::Manifest {
             what: what.to_string(),
-            reason: format!("bad image configuration: {e}"),
+            reason: format!(
+                "digest {} is not sha256, the only algorithm lazyimg verifies",
+                descriptor.digest()
+            ),
+        })?;
+    }
+    Ok(())
+}
+
+/// Parses an image configuration (image-spec config.md); `what` names it in
+/// errors ([`Error::Manifest`]).
+pub fn parse_config(bytes: &[u8], what: &str) -> Result<ImageConfiguration> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Manifest {
+        what: what.to_string(),
+        reason: format!("bad image configuration: {e}"),
+    })
+}
+
+/// The config's DiffIDs (`rootfs.diff_ids`: sha256 of each layer's
+/// uncompressed tar, bottom first) as [`Digest`]s.
+pub fn diff_ids(config: &ImageConfiguration, what: &str) -> Result<Vec<Digest>> {
+    config
+        .rootfs()
+        .diff_ids()
+        .iter()
+        .map(|text| {
+            text.parse().map_err(|e| Error::Manifest {
+                what: what.to_string(),
+                reason: format!("bad diff_id: {e}"),
+            })
         })
-    }
-
-    pub fn platform(&self) -> Platform {
-        Platform {
-            os: self.os.clone(),
-            architecture: self.architecture.clone(),
-            variant: self.variant.clone(),
-        }
-    }
+        .collect()
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Platform {
-    pub os: String,
-    pub architecture: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
+/// The platform a configuration describes.
+pub fn config_platform(config: &ImageConfiguration) -> Platform {
+    let mut platform = Platform::default();
+    platform.set_os(config.os().clone());
+    platform.set_architecture(config.architecture().clone());
+    platform.set_variant(config.variant().clone());
+    platform
 }
 
-impl Platform {
-    /// The platform this binary runs on, in OCI terms.
-    pub fn host() -> Platform {
-        let architecture = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            "x86" => "386",
-            "powerpc64" if cfg!(target_endian = "little") => "ppc64le",
-            other => other,
-        };
-        Platform {
-            os: std::env::consts::OS.to_string(),
-            architecture: architecture.to_string(),
-            variant: None,
-        }
-    }
-
-    /// Whether an index entry for `candidate` serves this (wanted) platform. A wanted
-    /// platform without a variant accepts any variant.
-    pub fn accepts(&self, candidate: &Platform) -> bool {
-        let variant_ok = match (&self.variant, &candidate.variant) {
-            (None, _) => true,
-            (Some(want), Some(have)) => want == have,
-            // arm64 images often omit the implied v8.
-            (Some(want), None) => self.architecture == "arm64" && want == "v8",
-        };
-        self.os == candidate.os && self.architecture == candidate.architecture && variant_ok
-    }
+/// The platform this binary runs on, in OCI terms (image-spec
+/// image-index.md's GOOS/GOARCH values; oci-spec's default).
+pub fn host_platform() -> Platform {
+    Platform::default()
 }
 
-impl fmt::Display for Platform {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        match &self.variant {
-            Some(variant) => write!(f, "/{variant}"),
-            None => Ok(()),
-        }
-    }
-}
-
-impl FromStr for Platform {
-    type Err = String;
-
-    fn from_str(text: &str) -> std::result::Result<Self, String> {
-        let parts: Vec<&str> = text.split('/').collect();
-        match parts[..] {
-            [os, arch] | [os, arch, _] if !os.is_empty() && !arch.is_empty() => Ok(Platform {
-                os: os.to_string(),
-                architecture: arch.to_string(),
-                variant: parts
+/// Parses `OS/ARCH[/VARIANT]` as `podman --platform` takes it.
+pub fn parse_platform(text: &str) -> std::result::Result<Platform, String> {
+    let parts: Vec<&str> = text.split('/').collect();
+    match parts[..] {
+        [os, arch] | [os, arch, _] if !os.is_empty() && !arch.is_empty() => {
+            let mut platform = Platform::default();
+            platform.set_os(os.into());
+            platform.set_architecture(arch.into());
+            platform.set_variant(
+                parts
                     .get(2)
                     .filter(|v| !v.is_empty())
                     .map(|v| v.to_string()),
-            }),
-            _ => Err(format!(
-                "{text:?} is not OS/ARCH[/VARIANT], e.g. linux/arm64"
-            )),
+            );
+            Ok(platform)
         }
+        _ => Err(format!(
+            "{text:?} is not OS/ARCH[/VARIANT], e.g. linux/arm64"
+        )),
     }
 }
 
-impl ImageIndex {
-    /// The manifest for `wanted`, skipping attestation entries (`unknown/unknown`).
-    pub fn select(&self, wanted: &Platform) -> Result<&Descriptor> {
-        self.manifests
-            .iter()
-            .find(|d| d.platform.as_ref().is_some_and(|p| wanted.accepts(p)))
-            .ok_or_else(|| Error::Platform {
-                wanted: wanted.to_string(),
-                available: self
-                    .manifests
-                    .iter()
-                    .filter_map(|d| d.platform.as_ref())
-                    .filter(|p| p.os != "unknown")
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })
+/// `OS/ARCH[/VARIANT]`, as [`parse_platform`] reads it.
+pub fn platform_name(platform: &Platform) -> String {
+    let mut name = format!("{}/{}", platform.os(), platform.architecture());
+    if let Some(variant) = platform.variant() {
+        name.push('/');
+        name.push_str(variant);
     }
+    name
+}
+
+/// Whether an index entry for `candidate` serves the `wanted` platform. A
+/// wanted platform without a variant accepts any variant; arm64 images often
+/// omit the implied v8.
+pub fn platform_accepts(wanted: &Platform, candidate: &Platform) -> bool {
+    let variant_ok = match (wanted.variant(), candidate.variant()) {
+        (None, _) => true,
+        (Some(want), Some(have)) => want == have,
+        (Some(want), None) => *wanted.architecture() == Arch::ARM64 && want == "v8",
+    };
+    wanted.os() == candidate.os() && wanted.architecture() == candidate.architecture() && variant_ok
+}
+
+/// The manifest of `index` for `wanted`, skipping attestation entries
+/// (`unknown/unknown`); none is [`Error::Platform`] listing those there are.
+pub fn select_platform<'a>(index: &'a ImageIndex, wanted: &Platform) -> Result<&'a Descriptor> {
+    index
+        .manifests()
+        .iter()
+        .find(|d| {
+            d.platform()
+                .as_ref()
+                .is_some_and(|p| platform_accepts(wanted, p))
+        })
+        .ok_or_else(|| Error::Platform {
+            wanted: platform_name(wanted),
+            available: index
+                .manifests()
+                .iter()
+                .filter_map(|d| d.platform().as_ref())
+                .filter(|p| p.os().to_string() != "unknown")
+                .map(platform_name)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
 }
 
 /// How a layer blob is encoded, as its descriptor announces it.
@@ -287,8 +331,11 @@ pub enum LayerFormat {
 }
 
 impl LayerFormat {
+    /// From the layer's media type and its TOC annotations (eStargz:
+    /// stargz-snapshotter docs/estargz.md; zstd:chunked: containers/storage
+    /// pkg/chunked).
     pub fn of(layer: &Descriptor) -> LayerFormat {
-        let media_type = layer.media_type.as_str();
+        let media_type = layer.media_type().as_ref();
         let base = media_type
             .strip_prefix("application/vnd.oci.image.layer.")
             .or_else(|| media_type.strip_prefix("application/vnd.docker.image.rootfs."));
@@ -299,16 +346,16 @@ impl LayerFormat {
         match base {
             Some("v1.tar" | "diff.tar") => LayerFormat::Tar,
             Some("v1.tar+gzip" | "diff.tar.gzip")
-                if layer.annotations.contains_key(ESTARGZ_TOC_ANNOTATION) =>
+                if layer.annotation(ESTARGZ_TOC_ANNOTATION).is_some() =>
             {
                 LayerFormat::Estargz
             }
             Some("v1.tar+gzip" | "diff.tar.gzip") => LayerFormat::Gzip,
             Some("v1.tar+zstd" | "diff.tar.zstd")
-                if layer.annotations.contains_key(ZSTD_CHUNKED_TOC_ANNOTATION)
+                if layer.annotation(ZSTD_CHUNKED_TOC_ANNOTATION).is_some()
                     || layer
-                        .annotations
-                        .contains_key(ZSTD_CHUNKED_LEGACY_TOC_ANNOTATION) =>
+                        .annotation(ZSTD_CHUNKED_LEGACY_TOC_ANNOTATION)
+                        .is_some() =>
             {
                 LayerFormat::ZstdChunked
             }
@@ -362,17 +409,15 @@ mod tests {
     const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
     fn layer(media_type: &str, annotation: Option<&str>) -> Descriptor {
-        Descriptor {
-            media_type: media_type.into(),
-            digest: D.parse().unwrap(),
-            size: 0,
-            annotations: annotation
+        descriptor(
+            media_type,
+            &D.parse().unwrap(),
+            0,
+            annotation
                 .map(|a| (a.to_string(), D.to_string()))
                 .into_iter()
                 .collect(),
-            platform: None,
-            artifact_type: None,
-        }
+        )
     }
 
     #[test]
@@ -414,32 +459,26 @@ mod tests {
     }
 
     fn index() -> ImageIndex {
-        let entry = |arch: &str, variant: Option<&str>| Descriptor {
-            platform: Some(Platform {
-                os: "linux".into(),
-                architecture: arch.into(),
-                variant: variant.map(String::from),
-            }),
-            ..layer("application/vnd.oci.image.manifest.v1+json", None)
+        let entry = |platform: &str| {
+            let mut entry = layer("application/vnd.oci.image.manifest.v1+json", None);
+            entry.set_platform(Some(parse_platform(platform).unwrap()));
+            entry
         };
-        ImageIndex {
-            schema_version: 2,
-            media_type: None,
-            manifests: vec![
-                entry("amd64", None),
-                entry("arm", Some("v7")),
-                entry("arm64", None),
-            ],
-        }
+        let mut index = ImageIndex::default();
+        index.set_manifests(vec![
+            entry("linux/amd64"),
+            entry("linux/arm/v7"),
+            entry("linux/arm64"),
+        ]);
+        index
     }
 
     #[test]
     fn platforms_select_the_right_entry() {
         let index = index();
         let pick = |p: &str| {
-            index
-                .select(&p.parse().unwrap())
-                .map(|d| d.platform.clone().unwrap().to_string())
+            select_platform(&index, &parse_platform(p).unwrap())
+                .map(|d| platform_name(d.platform().as_ref().unwrap()))
         };
         assert_eq!(pick("linux/amd64").unwrap(), "linux/amd64");
         assert_eq!(pick("linux/arm64/v8").unwrap(), "linux/arm64");
@@ -449,7 +488,7 @@ mod tests {
             err.contains("linux/arm/v7") && err.contains("linux/s390x"),
             "{err}"
         );
-        assert!("linux".parse::<Platform>().is_err());
+        assert!(parse_platform("linux").is_err());
     }
 
     #[test]
@@ -470,5 +509,13 @@ mod tests {
         );
         let bad_digest = br#"{"schemaVersion":2,"config":{"mediaType":"a","digest":"md5:00","size":1},"layers":[]}"#;
         assert!(Manifest::parse(bad_digest, "x").is_err());
+        let sha512 = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"a","digest":"sha512:{}","size":1}},"layers":[]}}"#,
+            "0".repeat(128)
+        );
+        let err = Manifest::parse(sha512.as_bytes(), "x")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not sha256"), "{err}");
     }
 }

@@ -7,7 +7,9 @@ use oci_client::RegistryOperation;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::image::{Descriptor, ImageConfig, ImageIndex, ImageManifest, Manifest, Platform};
+use crate::image::{
+    self, Descriptor, DescriptorExt, ImageIndex, ImageManifest, Manifest, Platform,
+};
 use crate::reference::ImageRef;
 use crate::registry::RegistryClient;
 use crate::store::{ImageRecord, Store};
@@ -72,10 +74,11 @@ pub async fn resolve(
             platform: None,
         }),
         Manifest::Index(index) => {
-            let entry = index.select(wanted)?.clone();
-            let what = format!("{} manifest of {image}", wanted);
+            let entry = image::select_platform(&index, wanted)?.clone();
+            let entry_digest = entry.sha256()?;
+            let what = format!("{} manifest of {image}", image::platform_name(wanted));
             let manifest_bytes = registry
-                .fetch_manifest(&image.source.clone_with_digest(entry.digest.to_string()))
+                .fetch_manifest(&image.source.clone_with_digest(entry_digest.to_string()))
                 .await?;
             check_descriptor(&entry, &manifest_bytes, &what)?;
             let Manifest::Image(manifest) = Manifest::parse(&manifest_bytes, &what)? else {
@@ -88,10 +91,10 @@ pub async fn resolve(
                 digest,
                 bytes,
                 index: Some(index),
-                manifest_digest: entry.digest,
+                manifest_digest: entry_digest,
                 manifest_bytes,
                 manifest,
-                platform: entry.platform,
+                platform: entry.platform().clone(),
             })
         }
     }
@@ -119,17 +122,18 @@ pub(crate) async fn fetch_named_manifest(
 /// Checks that `bytes` are what `descriptor` names: digest and size.
 pub(crate) fn check_descriptor(descriptor: &Descriptor, bytes: &[u8], what: &str) -> Result<()> {
     let actual = Digest::of(bytes);
-    if actual != descriptor.digest {
+    let expected = descriptor.sha256()?;
+    if actual != expected {
         return Err(Error::DigestMismatch {
             what: what.to_string(),
-            expected: descriptor.digest,
+            expected,
             actual,
         });
     }
-    if bytes.len() as u64 != descriptor.size {
+    if bytes.len() as u64 != descriptor.size() {
         return Err(Error::SizeMismatch {
             what: what.to_string(),
-            expected: descriptor.size,
+            expected: descriptor.size(),
             actual: bytes.len() as u64,
         });
     }
@@ -176,23 +180,23 @@ pub async fn pull_gated(
     let name = image.to_string();
     let manifest = &resolved.manifest;
     let layers: Vec<(&Descriptor, String)> = manifest
-        .layers
+        .layers()
         .iter()
         .enumerate()
         .map(|(i, layer)| {
             let what = format!(
                 "layer {}/{} {} of {name}",
                 i + 1,
-                manifest.layers.len(),
-                layer.digest
+                manifest.layers().len(),
+                layer.digest()
             );
             (layer, what)
         })
         .collect();
     let bytes_cached: u64 = layers
         .iter()
-        .filter(|(d, _)| store.contains(&d.digest))
-        .map(|(d, _)| d.size)
+        .filter(|(d, _)| d.sha256().is_ok_and(|digest| store.contains(&digest)))
+        .map(|(d, _)| d.size())
         .sum();
     let fetched: Vec<u64> = futures_util::stream::iter(layers.iter())
         .map(|(descriptor, what)| {
@@ -232,8 +236,8 @@ pub async fn fetch_metadata(
     ] {
         store.put(digest, bytes, &format!("manifest of {name}"))?;
     }
-    let config = &resolved.manifest.config;
-    let what = format!("config {} of {name}", config.digest);
+    let config = resolved.manifest.config();
+    let what = format!("config {} of {name}", config.digest());
     fetch_blob(store, registry, image, config, (&what, &what), &Silent).await?;
     Ok(resolved)
 }
@@ -249,24 +253,24 @@ pub(crate) fn record(
 ) -> Result<PullReport> {
     let name = image.to_string();
     let manifest = &resolved.manifest;
-    let config_bytes = store.require(&manifest.config.digest)?;
-    let config = ImageConfig::parse(config_bytes.bytes(), &format!("config of {name}"))?;
+    let config_bytes = store.require(&manifest.config().sha256()?)?;
+    let config = image::parse_config(config_bytes.bytes(), &format!("config of {name}"))?;
     let platform = resolved
         .platform
         .clone()
-        .unwrap_or_else(|| config.platform());
+        .unwrap_or_else(|| image::config_platform(&config));
     store.record_image(&ImageRecord::new(
         name.clone(),
         resolved.digest,
         resolved.manifest_digest,
-        wanted.to_string(),
+        image::platform_name(wanted),
     ))?;
     Ok(PullReport {
         name,
         digest: resolved.digest,
         manifest: resolved.manifest_digest,
-        platform: platform.to_string(),
-        layers: manifest.layers.len(),
+        platform: image::platform_name(&platform),
+        layers: manifest.layers().len(),
         bytes_fetched,
         bytes_cached,
     })
@@ -282,17 +286,18 @@ pub(crate) async fn fetch_blob(
     (label, what): (&str, &str),
     progress: &dyn Progress,
 ) -> Result<u64> {
-    if store.contains(&descriptor.digest) {
+    let digest = descriptor.sha256()?;
+    if store.contains(&digest) {
         return Ok(0);
     }
-    let task = progress.start(label, descriptor.size);
-    let mut writer = store.writer(descriptor.digest, Some(descriptor.size), what)?;
+    let task = progress.start(label, descriptor.size());
+    let mut writer = store.writer(digest, Some(descriptor.size()), what)?;
     let mut advance = |n: u64| task.advance(n);
     let result = registry
         .fetch_blob(
             &image.source,
-            &descriptor.digest,
-            descriptor.size,
+            &digest,
+            descriptor.size(),
             &mut writer,
             &mut advance,
         )
@@ -304,7 +309,7 @@ pub(crate) async fn fetch_blob(
         Ok(()) => task.finish("verified"),
         Err(e) => task.finish(&format!("failed: {e}")),
     }
-    result.map(|()| descriptor.size)
+    result.map(|()| descriptor.size())
 }
 
 /// A blob the registry lacks, named as what it is to the image (`what`); a

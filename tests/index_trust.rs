@@ -226,14 +226,12 @@ fn push_rogue_index(site: &Site) {
     };
     set(&mut entries[a], at_b);
     set(&mut entries[b], at_a);
-    let subject = Descriptor {
-        media_type: manifest["mediaType"].as_str().unwrap().to_string(),
-        digest: lazyimg::digest::Digest::of(&manifest_bytes),
-        size: manifest_bytes.len() as u64,
-        annotations: Default::default(),
-        platform: None,
-        artifact_type: None,
-    };
+    let subject = lazyimg::image::descriptor(
+        manifest["mediaType"].as_str().unwrap(),
+        &lazyimg::digest::Digest::of(&manifest_bytes),
+        manifest_bytes.len() as u64,
+        Default::default(),
+    );
     runtime
         .block_on(index_artifact::push(
             &store,

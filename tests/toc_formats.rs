@@ -10,7 +10,7 @@ use std::fs;
 use std::io::Read;
 
 use lazyimg::digest::Digest;
-use lazyimg::image::{LayerFormat, Manifest};
+use lazyimg::image::{DescriptorExt, LayerFormat, Manifest};
 use lazyimg::layer::{
     Chunk, ChunkCodec, ChunkedLayer, EntryKind, EntryTable, TarEntry, estargz, read_entries,
     zstd_chunked,
@@ -41,7 +41,7 @@ fn spec() -> ImageSpec {
 /// The lazyimg view of a built image's layer descriptors.
 fn layer_descriptors(manifest_json: &[u8]) -> Vec<lazyimg::image::Descriptor> {
     match Manifest::parse(manifest_json, "test image").unwrap() {
-        Manifest::Image(manifest) => manifest.layers,
+        Manifest::Image(manifest) => manifest.layers().clone(),
         Manifest::Index(_) => panic!("expected an image manifest"),
     }
 }
@@ -125,7 +125,7 @@ fn estargz_tocs_match_the_layer_tars() {
     for (i, (desc, layer_spec)) in descriptors.iter().zip(&spec.layers).enumerate() {
         let what = format!("eStargz layer {i}");
         assert_eq!(LayerFormat::of(desc), LayerFormat::Estargz, "{what}");
-        let blob = fs::read(layout.blob_path(&desc.digest.to_string())).unwrap();
+        let blob = fs::read(layout.blob_path(&desc.digest().to_string())).unwrap();
         // Still one gzip stream of the tar the config's diff_id names.
         let mut tar = Vec::new();
         flate2::read::MultiGzDecoder::new(&blob[..])
@@ -136,7 +136,11 @@ fn estargz_tocs_match_the_layer_tars() {
         let size = blob.len() as u64;
         let footer = &blob[blob.len() - estargz::FOOTER_SIZE as usize..];
         let range = estargz::toc_range(footer, size).unwrap();
-        let toc_digest: Digest = desc.annotations[TOC_DIGEST_ANNOTATION].parse().unwrap();
+        let toc_digest: Digest = desc
+            .annotation(TOC_DIGEST_ANNOTATION)
+            .unwrap()
+            .parse()
+            .unwrap();
         let toc = &blob[range.start as usize..range.end as usize];
         let layer = estargz::parse_toc(toc, range.start, &toc_digest).unwrap();
 
@@ -210,12 +214,18 @@ fn zstd_chunked_tocs_match_the_layer_tars() {
     for (i, (desc, layer_spec)) in descriptors.iter().zip(&spec.layers).enumerate() {
         let what = format!("zstd:chunked layer {i}");
         assert_eq!(LayerFormat::of(desc), LayerFormat::ZstdChunked, "{what}");
-        let blob = converted.blob(&desc.digest.to_string());
+        let blob = converted.blob(&desc.digest().to_string());
         // The diff_id skopeo left in the config still names the stream.
         let tar = zstd::stream::decode_all(&blob[..]).unwrap();
         assert_eq!(sha256_digest(&tar), img.layers[i].diff_id, "{what}");
 
-        let position = zstd_chunked::toc_position(&desc.annotations)
+        let annotations = desc
+            .annotations()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let position = zstd_chunked::toc_position(&annotations)
             .unwrap()
             .expect("TOC position annotations");
         let start = position.offset as usize;

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::progress::Reporter;
 use super::{Context, RegistryArgs};
-use crate::image::{Descriptor, ImageConfig, LayerFormat, Manifest};
+use crate::image::{self, Descriptor, DescriptorExt, LayerFormat, Manifest};
 use crate::lazy::index_artifact;
 use crate::pull::{self, PullReport};
 use crate::reference::ImageRef;
@@ -108,31 +108,29 @@ pub(super) async fn index(ctx: &Context, args: IndexArgs) -> anyhow::Result<Exit
     let Manifest::Image(manifest) = Manifest::parse(manifest_bytes.bytes(), &report.name)? else {
         anyhow::bail!("{}: the resolved manifest is an index", report.name);
     };
-    let diff_ids = ImageConfig::parse(
-        store.require(&manifest.config.digest)?.bytes(),
+    let config = image::parse_config(
+        store.require(&manifest.config().sha256()?)?.bytes(),
         &report.name,
-    )?
-    .rootfs
-    .map(|r| r.diff_ids)
-    .unwrap_or_default();
-    if diff_ids.len() != manifest.layers.len() {
+    )?;
+    let diff_ids = image::diff_ids(&config, &report.name)?;
+    if diff_ids.len() != manifest.layers().len() {
         anyhow::bail!(
             "{}: its config lists {} diff_ids for {} layers",
             report.name,
             diff_ids.len(),
-            manifest.layers.len()
+            manifest.layers().len()
         );
     }
     let started = Instant::now();
     let mut built = Vec::new();
-    for (layer, diff_id) in manifest.layers.iter().zip(&diff_ids) {
+    for (layer, diff_id) in manifest.layers().iter().zip(&diff_ids) {
         let index =
             tokio::task::block_in_place(|| index_artifact::build_layer(&store, layer, diff_id))?;
         match index {
             Some(index) => {
                 eprintln!(
                     "  {}  {:<12} {:>6} entries, {:>5} chunks, {} of windows",
-                    layer.digest,
+                    layer.digest(),
                     LayerFormat::of(layer).to_string(),
                     index.file.chunked.table.entries.len(),
                     index.file.chunked.chunks.len(),
@@ -142,35 +140,36 @@ pub(super) async fn index(ctx: &Context, args: IndexArgs) -> anyhow::Result<Exit
             }
             None => eprintln!(
                 "  {}  {:<12} not indexable: a plain zstd layer is one frame, fetched whole",
-                layer.digest,
+                layer.digest(),
                 LayerFormat::of(layer).to_string()
             ),
         }
     }
     tokio::task::block_in_place(|| {
-        index_artifact::check_tree(&store, &report.name, &manifest.layers, &built)
+        index_artifact::check_tree(&store, &report.name, manifest.layers(), &built)
     })?;
-    let compressed: u64 = manifest.layers.iter().map(|l| l.size).sum();
+    let compressed: u64 = manifest.layers().iter().map(|l| l.size()).sum();
     let elapsed = started.elapsed().as_secs_f64();
     eprintln!(
         "indexed {} of {} layers of {} in {elapsed:.2} s ({:.0} MB/s of layer data)",
         built.len(),
-        manifest.layers.len(),
+        manifest.layers().len(),
         report.name,
         compressed as f64 / 1e6 / elapsed.max(1e-9)
     );
     if args.push {
-        let subject = Descriptor {
-            media_type: manifest
-                .media_type
-                .clone()
-                .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into()),
-            digest: report.manifest,
-            size: manifest_bytes.bytes().len() as u64,
-            annotations: Default::default(),
-            platform: None,
-            artifact_type: None,
-        };
+        let media_type = manifest
+            .media_type()
+            .as_ref()
+            .map_or("application/vnd.oci.image.manifest.v1+json".into(), |m| {
+                m.to_string()
+            });
+        let subject = image::descriptor(
+            &media_type,
+            &report.manifest,
+            manifest_bytes.bytes().len() as u64,
+            Default::default(),
+        );
         let prefetch = match &args.prefetch {
             Some(path) => Some(
                 std::fs::read(path)
@@ -238,14 +237,14 @@ pub(super) async fn inspect(
             registry
                 .fetch_blob(
                     &image.source,
-                    &manifest.config.digest,
-                    manifest.config.size,
+                    &manifest.config().sha256()?,
+                    manifest.config().size(),
                     &mut sink,
                     &mut |_| {},
                 )
                 .await?;
-            pull::check_descriptor(&manifest.config, &config, &what)?;
-            ImageConfig::parse(&config, &what)?.platform()
+            pull::check_descriptor(manifest.config(), &config, &what)?;
+            image::config_platform(&image::parse_config(&config, &what)?)
         }
     };
     let trust = TrustedKeys::load(&ctx.config.trusted_index_keys)?;
@@ -264,17 +263,17 @@ pub(super) async fn inspect(
         source: image.source.whole(),
         digest: resolved.digest.to_string(),
         manifest: resolved.manifest_digest.to_string(),
-        media_type: manifest.media_type.clone(),
-        platform: platform.to_string(),
-        total_size: manifest.layers.iter().map(|l| l.size).sum(),
+        media_type: manifest.media_type().as_ref().map(|m| m.to_string()),
+        platform: image::platform_name(&platform),
+        total_size: manifest.layers().iter().map(|l| l.size()).sum(),
         layers: manifest
-            .layers
+            .layers()
             .iter()
             .map(|l| LayerInfo {
-                digest: l.digest.to_string(),
-                media_type: l.media_type.clone(),
+                digest: l.digest().to_string(),
+                media_type: l.media_type().to_string(),
                 compression: LayerFormat::of(l).to_string(),
-                size: l.size,
+                size: l.size(),
                 lazy: lazy_source(l, &indexed),
             })
             .collect(),
@@ -320,7 +319,7 @@ fn print_inspection(i: &Inspection) {
 
 /// How a mount will read `layer`, given the layers the image's lazyimg index covers.
 fn lazy_source(layer: &Descriptor, indexed: &[String]) -> &'static str {
-    if indexed.contains(&layer.digest.to_string()) {
+    if indexed.contains(&layer.digest().to_string()) {
         return "lazy: lazyimg index";
     }
     match LayerFormat::of(layer) {

@@ -9,7 +9,7 @@ use clap::Args;
 
 use super::Context;
 use crate::fuse::MountOptions;
-use crate::image::Platform;
+use crate::image::{self, Platform};
 use crate::mount::{self, RegistryImages};
 use crate::rootfs::layer_store::LayerStore;
 use crate::tree::OverlayXattrs;
@@ -26,7 +26,7 @@ pub(super) struct LayerStoreArgs {
     #[arg(long)]
     print_config: bool,
     /// Platform to choose from multi-platform images (default: this machine's).
-    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]", value_parser = image::parse_platform)]
     platform: Option<Platform>,
     #[command(flatten)]
     pub(super) connect: super::ConnectArgs,
@@ -57,7 +57,7 @@ pub(super) async fn layer_store(ctx: &Context, args: LayerStoreArgs) -> anyhow::
         config: ctx.config.clone(),
         auth_files: ctx.auth_files.clone(),
         store: ctx.open_store()?,
-        platform: args.platform.unwrap_or_else(Platform::host),
+        platform: args.platform.unwrap_or_else(image::host_platform),
         runtime: tokio::runtime::Handle::current(),
         xattrs: overlay_xattrs(),
     };

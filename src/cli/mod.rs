@@ -27,7 +27,7 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime as _, SystemTime};
 
 use crate::config::Config;
-use crate::image::Platform;
+use crate::image::{self, Platform};
 use crate::reference::ImageRef;
 use crate::registry::{ClientOptions, RegistryClient, credentials};
 use crate::secret::{Credentials, Secret};
@@ -226,7 +226,7 @@ impl Command {
 #[derive(Args, Debug)]
 struct RegistryArgs {
     /// Platform to choose from a multi-platform image (default: this machine's).
-    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]", value_parser = image::parse_platform)]
     platform: Option<Platform>,
     /// User name for the registry; the token is read from standard input.
     #[arg(long, requires = "password_stdin")]
@@ -372,7 +372,7 @@ impl Context {
     }
 
     fn platform(&self, args: &RegistryArgs) -> Platform {
-        args.platform.clone().unwrap_or_else(Platform::host)
+        args.platform.clone().unwrap_or_else(image::host_platform)
     }
 }
 

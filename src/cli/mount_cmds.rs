@@ -277,12 +277,13 @@ pub(super) async fn run(
     let (store, manifest) =
         prepare(ctx, &image, &args.registry, &registry, args.mount.pull).await?;
     let config = mount::image_config(&store, &manifest, &image)?;
-    let runtime_config = config.config.unwrap_or_default();
+    let runtime_config = config.config().clone().unwrap_or_default();
     let command = if args.command.is_empty() {
-        let default: Vec<String> = [runtime_config.entrypoint, runtime_config.cmd]
+        let default: Vec<String> = [runtime_config.entrypoint(), runtime_config.cmd()]
             .into_iter()
             .flatten()
             .flatten()
+            .cloned()
             .collect();
         if default.is_empty() {
             bail!("{image} defines no entrypoint or cmd: give a command after `--`");
@@ -341,15 +342,16 @@ pub(super) async fn run(
 
     let mut spec = RunSpec::new(mountpoint.path().to_path_buf(), command);
     spec.host = host;
-    spec.image_env = runtime_config.env.unwrap_or_default();
+    spec.image_env = runtime_config.env().clone().unwrap_or_default();
     spec.env = env;
     spec.env_host = args.env_host;
     spec.gpus = gpus;
     spec.binds = args.binds;
-    spec.workdir = args
-        .workdir
-        .or(runtime_config.working_dir.filter(|w| !w.is_empty()));
-    spec.user = runtime_config.user.filter(|u| !u.is_empty());
+    spec.workdir = args.workdir.or(runtime_config
+        .working_dir()
+        .clone()
+        .filter(|w| !w.is_empty()));
+    spec.user = runtime_config.user().clone().filter(|u| !u.is_empty());
     let status = runtime::run(args.runtime, &spec);
     drop(mounted);
     let code = status?;
@@ -413,7 +415,7 @@ fn open(
         .apptainer
         .then(|| mount::image_config(store, manifest, image))
         .transpose()?
-        .map(|c| c.config.unwrap_or_default());
+        .map(|c| c.config().clone().unwrap_or_default());
     let extra = |tree: &crate::tree::Tree| -> anyhow::Result<Option<SyntheticFiles>> {
         if runtime_config.is_none() && driver.is_none() {
             return Ok(None);

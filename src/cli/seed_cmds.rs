@@ -14,7 +14,7 @@ use super::Context;
 use super::progress::Reporter;
 use crate::config::SeedMode;
 use crate::fuse::{self, MountOptions};
-use crate::image::Platform;
+use crate::image;
 use crate::reference::ImageRef;
 use crate::registry::{ClientOptions, RegistryClient, credentials};
 use crate::runtime::{self, Runtime};
@@ -355,7 +355,7 @@ async fn write_squashfs(ctx: &Context, seeded: &Seeded, file: &Path) -> anyhow::
         &seeded.store,
         &seeded.target_client,
         &seeded.target,
-        &Platform::host(),
+        &image::host_platform(),
         &reporter,
     )
     .await?;

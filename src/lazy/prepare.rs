@@ -10,7 +10,7 @@ use super::index_artifact;
 use crate::chunkmap::ChunkMap;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::image::{Descriptor, ImageConfig, LayerFormat, Manifest, Platform};
+use crate::image::{self, Descriptor, DescriptorExt, LayerFormat, Manifest, Platform};
 use crate::pull::{self, Gate, Progress, PullPolicy, PullReport};
 use crate::reference::ImageRef;
 use crate::registry::RegistryClient;
@@ -41,7 +41,7 @@ pub async fn ensure_mountable(
         match policy {
             PullPolicy::Always => None,
             _ => store
-                .image_record(&image.to_string(), &wanted.to_string())?
+                .image_record(&image.to_string(), &image::platform_name(wanted))?
                 .filter(|record| is_mountable(store, &record.manifest)),
         }
     };
@@ -68,21 +68,18 @@ fn is_mountable(store: &Store, manifest_digest: &Digest) -> bool {
         else {
             return Ok(false);
         };
-        let config = ImageConfig::parse(
-            store.require(&manifest.config.digest)?.bytes(),
+        let config = image::parse_config(
+            store.require(&manifest.config().sha256()?)?.bytes(),
             "cached config",
         )?;
-        let diff_ids = config.rootfs.map(|r| r.diff_ids).unwrap_or_default();
-        Ok(diff_ids.len() == manifest.layers.len()
-            && manifest
-                .layers
-                .iter()
-                .zip(&diff_ids)
-                .all(|(layer, diff_id)| {
-                    store.contains(diff_id)
-                        || store.contains(&layer.digest)
-                        || ChunkMap::load(store, &layer.digest).is_some()
-                }))
+        let diff_ids = image::diff_ids(&config, "cached config")?;
+        let layers = image::layers(&manifest)?;
+        Ok(diff_ids.len() == layers.len()
+            && layers.iter().zip(&diff_ids).all(|((digest, _), diff_id)| {
+                store.contains(diff_id)
+                    || store.contains(digest)
+                    || ChunkMap::load(store, digest).is_some()
+            }))
     };
     open().unwrap_or(false)
 }
@@ -105,12 +102,12 @@ pub async fn pull_lazy(
             "{name}: {} of {} layers have no table of contents and no lazyimg index, so they are fetched whole; \
              `lazyimg index --push {name}` makes the next mount lazy on every machine",
             whole.len(),
-            resolved.manifest.layers.len()
+            resolved.manifest.layers().len()
         );
     }
     let fetched: Vec<u64> = futures_util::stream::iter(&whole)
         .map(|layer| {
-            let what = format!("layer {} of {name}", layer.digest);
+            let what = format!("layer {} of {name}", layer.digest());
             async move {
                 pull::fetch_blob(store, registry, image, layer, (&what, &what), progress).await
             }
@@ -138,20 +135,20 @@ pub async fn pull_chunk_maps(
         .instrument(timeline::phase("manifest"))
         .await?;
     let name = image.to_string();
-    let config = ImageConfig::parse(
-        store.require(&resolved.manifest.config.digest)?.bytes(),
-        &format!("config of {name}"),
+    let config_what = format!("config of {name}");
+    let config = image::parse_config(
+        store
+            .require(&resolved.manifest.config().sha256()?)?
+            .bytes(),
+        &config_what,
     )?;
-    let diff_ids = config.rootfs.map(|r| r.diff_ids).unwrap_or_default();
-    let layers = &resolved.manifest.layers;
-    let needed: Vec<&Descriptor> = layers
-        .iter()
+    let diff_ids = image::diff_ids(&config, &config_what)?;
+    let needed: Vec<(Digest, &Descriptor)> = image::layers(&resolved.manifest)?
+        .into_iter()
         .enumerate()
-        .filter(|(i, layer)| {
+        .filter(|(i, (digest, _))| {
             let unpacked = diff_ids.get(*i).is_some_and(|d| store.contains(d));
-            !(unpacked
-                || store.contains(&layer.digest)
-                || ChunkMap::load(store, &layer.digest).is_some())
+            !(unpacked || store.contains(digest) || ChunkMap::load(store, digest).is_some())
         })
         .map(|(_, layer)| layer)
         .collect();
@@ -170,15 +167,15 @@ pub async fn pull_chunk_maps(
         )
         .await?
     };
-    let maps: Vec<(&Descriptor, Option<ChunkMap>)> = futures_util::stream::iter(needed)
-        .map(|layer| {
-            let from_index = indexed.remove(&layer.digest);
+    let maps: Vec<(Digest, &Descriptor, Option<ChunkMap>)> = futures_util::stream::iter(needed)
+        .map(|(digest, layer)| {
+            let from_index = indexed.remove(&digest);
             async move {
                 match from_index {
                     Some(map) => Ok(Some(map)),
                     None => find_chunk_map(registry, image, layer).await,
                 }
-                .map(|map| (layer, map))
+                .map(|map| (digest, layer, map))
             }
         })
         .buffered(PARALLEL_TOCS)
@@ -186,9 +183,9 @@ pub async fn pull_chunk_maps(
         .instrument(timeline::phase("tables of contents"))
         .await?;
     let mut whole = Vec::new();
-    for (layer, map) in maps {
+    for (digest, layer, map) in maps {
         match map {
-            Some(map) => map.save(store, &layer.digest)?,
+            Some(map) => map.save(store, &digest)?,
             None => whole.push(layer.clone()),
         }
     }
@@ -216,7 +213,7 @@ pub(super) fn unusable(layer: &Descriptor, what: &str, err: Error) -> Result<Opt
     match err {
         Error::Auth { .. } | Error::Denied { .. } => Err(err),
         err => {
-            tracing::warn!("layer {}: ignoring its {what}: {err}", layer.digest);
+            tracing::warn!("layer {}: ignoring its {what}: {err}", layer.digest());
             Ok(None)
         }
     }

@@ -13,7 +13,6 @@ use tokio::runtime::Handle;
 use crate::chunkmap::BlobHome;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::image::Descriptor;
 use crate::pull::{self, Silent};
 use crate::reference::ImageRef;
 use crate::registry::RegistryClient;
@@ -123,14 +122,7 @@ impl RangeSource for RegistryRanges {
     }
 
     fn fetch_whole(&self, blob: &Digest, size: u64) -> Result<()> {
-        let descriptor = Descriptor {
-            media_type: String::new(),
-            digest: *blob,
-            size,
-            annotations: Default::default(),
-            platform: None,
-            artifact_type: None,
-        };
+        let descriptor = crate::image::descriptor("", blob, size, Default::default());
         let what = format!("layer {blob} of {}", self.image);
         let name = blob.to_string();
         // An overall deadline as well as the client's read timeout (which cuts

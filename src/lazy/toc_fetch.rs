@@ -1,13 +1,15 @@
 //! Chunk maps from the tables of contents eStargz and zstd:chunked layers carry,
 //! fetched by range and checked against the digest the manifest gives for them.
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 
 use super::prepare::unusable;
 use crate::chunkmap::{ChunkMap, MapSource};
 use crate::digest::Digest;
 use crate::error::Result;
-use crate::image::Descriptor;
+use crate::image::{Descriptor, DescriptorExt};
 use crate::layer::{ESTARGZ_TOC_ANNOTATION, LayerError, estargz, zstd_chunked};
 use crate::reference::ImageRef;
 use crate::registry::RegistryClient;
@@ -21,13 +23,13 @@ pub(super) async fn estargz_map(
     let Some(toc_digest) = annotated_digest(layer, ESTARGZ_TOC_ANNOTATION) else {
         return Ok(None);
     };
-    let Some(footer_start) = layer.size.checked_sub(estargz::FOOTER_SIZE) else {
+    let Some(footer_start) = layer.size().checked_sub(estargz::FOOTER_SIZE) else {
         return Ok(None);
     };
-    let Some(footer) = fetch(registry, image, layer, footer_start..layer.size).await? else {
+    let Some(footer) = fetch(registry, image, layer, footer_start..layer.size()).await? else {
         return Ok(None);
     };
-    let toc_range = match estargz::toc_range(&footer, layer.size) {
+    let toc_range = match estargz::toc_range(&footer, layer.size()) {
         Ok(range) => range,
         Err(e) => return unusable(layer, WHAT, layer_error(layer, e)),
     };
@@ -47,14 +49,23 @@ pub(super) async fn zstd_chunked_map(
     layer: &Descriptor,
 ) -> Result<Option<ChunkMap>> {
     const WHAT: &str = "zstd:chunked table of contents";
-    let position = match zstd_chunked::toc_position(&layer.annotations) {
+    let annotations: BTreeMap<String, String> = layer
+        .annotations()
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let position = match zstd_chunked::toc_position(&annotations) {
         Ok(Some(position)) => position,
         Ok(None) => return Ok(None),
         Err(e) => return unusable(layer, WHAT, layer_error(layer, e)),
     };
     let range = position.offset..position.offset.saturating_add(position.length);
-    if range.end > layer.size {
-        let reason = format!("position {range:?} is past the blob's {} bytes", layer.size);
+    if range.end > layer.size() {
+        let reason = format!(
+            "position {range:?} is past the blob's {} bytes",
+            layer.size()
+        );
         let error = layer_error(
             layer,
             LayerError::Toc {
@@ -81,20 +92,23 @@ async fn fetch(
     range: std::ops::Range<u64>,
 ) -> Result<Option<Bytes>> {
     registry
-        .fetch_range(&image.source, &layer.digest, range)
+        .fetch_range(&image.source, &layer.sha256()?, range)
         .await
 }
 
 fn annotated_digest(layer: &Descriptor, key: &str) -> Option<Digest> {
-    let text = layer.annotations.get(key)?;
+    let text = layer.annotation(key)?;
     text.parse()
-        .inspect_err(|_| tracing::warn!("layer {}: {key} {text:?} is not a digest", layer.digest))
+        .inspect_err(|_| tracing::warn!("layer {}: {key} {text:?} is not a digest", layer.digest()))
         .ok()
 }
 
 fn layer_error(layer: &Descriptor, source: LayerError) -> crate::Error {
-    crate::Error::Layer {
-        layer: layer.digest,
-        source,
+    match layer.sha256() {
+        Ok(digest) => crate::Error::Layer {
+            layer: digest,
+            source,
+        },
+        Err(e) => e,
     }
 }

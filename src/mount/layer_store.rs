@@ -15,11 +15,10 @@ use super::open::open_bottom_layers;
 use crate::chunkmap::{ChunkMap, MapSource};
 use crate::config::Config;
 use crate::digest::Digest;
-use crate::error::{Error, Result};
-use crate::image::{Descriptor, ImageConfig, ImageManifest, LayerFormat, Platform};
+use crate::error::Result;
+use crate::image::{self, Descriptor, DescriptorExt, ImageManifest, LayerFormat, Platform};
 use crate::layer::{
-    Compression, ESTARGZ_TOC_ANNOTATION, ZSTD_CHUNKED_LEGACY_TOC_ANNOTATION,
-    ZSTD_CHUNKED_TOC_ANNOTATION,
+    ESTARGZ_TOC_ANNOTATION, ZSTD_CHUNKED_LEGACY_TOC_ANNOTATION, ZSTD_CHUNKED_TOC_ANNOTATION,
 };
 use crate::lazy::prepare::pull_chunk_maps;
 use crate::lazy::source::{RangeSource, RegistryRanges};
@@ -79,10 +78,10 @@ impl ImageResolver for RegistryImages {
         let manifest = &resolved.manifest;
         let name = image.to_string();
         let count = lazy_bottom_layers(manifest, &whole);
-        if let Some(first) = manifest.layers.get(count) {
+        if let Some(first) = manifest.layers().get(count) {
             tracing::info!(
                 "layer store: {name}: layer {} cannot be read lazily; Podman pulls it and those above it itself",
-                first.digest
+                first.digest()
             );
         }
         let (source, options) = lazy_source(
@@ -121,10 +120,10 @@ impl ImageResolver for RegistryImages {
 /// on them however it gets them.
 fn lazy_bottom_layers(manifest: &ImageManifest, whole: &[Descriptor]) -> usize {
     manifest
-        .layers
+        .layers()
         .iter()
-        .position(|layer| whole.iter().any(|w| w.digest == layer.digest))
-        .unwrap_or(manifest.layers.len())
+        .position(|layer| whole.iter().any(|w| w.digest() == layer.digest()))
+        .unwrap_or(manifest.layers().len())
 }
 
 /// The bottom `count` layers of `manifest`, with their views in `tree` and
@@ -136,43 +135,36 @@ fn store_layers(
     tree: &crate::tree::Tree,
     count: usize,
 ) -> Result<Vec<StoreLayer>> {
-    let config = ImageConfig::parse(
-        store.require(&manifest.config.digest)?.bytes(),
-        &format!("config of {name}"),
+    let config_what = format!("config of {name}");
+    let config = image::parse_config(
+        store.require(&manifest.config().sha256()?)?.bytes(),
+        &config_what,
     )?;
-    let diff_ids = config.rootfs.map(|r| r.diff_ids).unwrap_or_default();
+    let diff_ids = image::diff_ids(&config, &config_what)?;
     // open_view checked that there is one diff_id per layer, and a tar
     // media type for every layer it had to unpack.
-    manifest
-        .layers
-        .iter()
+    image::layers(manifest)?
+        .into_iter()
         .zip(&diff_ids)
         .take(count)
         .zip(0u32..)
-        .map(|((layer, diff_id), n)| {
-            let compression =
-                Compression::from_media_type(&layer.media_type).ok_or_else(|| Error::Manifest {
-                    what: name.to_string(),
-                    reason: format!(
-                        "layer {} has unsupported media type {}",
-                        layer.digest, layer.media_type
-                    ),
-                })?;
+        .map(|(((digest, layer), diff_id), n)| {
+            let compression = layer.layer_compression(name)?;
             let view = tree
                 .lookup(ROOT_INO, &layer_dir_name(n))
                 .expect("a layer view tree holds a directory per layer");
             let toc_digest = toc_digest(layer);
             Ok(StoreLayer {
-                digest: layer.digest,
+                digest,
                 toc_digest,
-                size: layer.size,
+                size: layer.size(),
                 view,
                 info: LayerInfo::new(
-                    &layer.digest,
-                    layer.size,
+                    &digest,
+                    layer.size(),
                     compression,
                     diff_id,
-                    tar_size(store, layer, diff_id),
+                    tar_size(store, (&digest, layer), diff_id),
                     toc_digest.as_ref(),
                 )
                 .to_json(),
@@ -193,7 +185,7 @@ fn toc_digest(layer: &Descriptor) -> Option<Digest> {
         _ => &[],
     };
     keys.iter()
-        .find_map(|key| layer.annotations.get(*key)?.parse().ok())
+        .find_map(|key| layer.annotation(key)?.parse().ok())
 }
 
 /// How long layer `layer`'s uncompressed tar (`diff_id`) is, where that is
@@ -201,11 +193,15 @@ fn toc_digest(layer: &Descriptor) -> Option<Digest> {
 /// chunk of a lazyimg index, whose chunks cover the whole tar stream; or
 /// the `io.containers.estargz.uncompressed-size` annotation Podman's
 /// eStargz writer leaves (unverified, as stargz-snapshotter reads it).
-fn tar_size(store: &Store, layer: &Descriptor, diff_id: &Digest) -> Option<u64> {
+fn tar_size(
+    store: &Store,
+    (digest, layer): (&Digest, &Descriptor),
+    diff_id: &Digest,
+) -> Option<u64> {
     if let Ok(Some(tar)) = store.get(diff_id) {
         return Some(tar.bytes().len() as u64);
     }
-    if let Some(map) = ChunkMap::load(store, &layer.digest)
+    if let Some(map) = ChunkMap::load(store, digest)
         && map.source == MapSource::LazyimgIndex
     {
         return map
@@ -214,15 +210,10 @@ fn tar_size(store: &Store, layer: &Descriptor, diff_id: &Digest) -> Option<u64> 
             .last()
             .map(|c| c.content_offset + c.content_size);
     }
-    let size = layer
-        .annotations
-        .get(ESTARGZ_UNCOMPRESSED_SIZE)?
-        .parse()
-        .ok();
+    let size = layer.annotation(ESTARGZ_UNCOMPRESSED_SIZE)?.parse().ok();
     if size.is_none() {
         tracing::warn!(
-            "layer store: the tar size of layer {} is unknown, so `podman save` will fail on it",
-            layer.digest
+            "layer store: the tar size of layer {digest} is unknown, so `podman save` will fail on it"
         );
     }
     size

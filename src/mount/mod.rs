@@ -17,7 +17,7 @@ use anyhow::{Context as _, bail};
 
 use crate::config::Config;
 use crate::digest::Digest;
-use crate::image::{ImageConfig, Manifest};
+use crate::image::{self, DescriptorExt, ImageConfiguration, Manifest};
 use crate::lazy::LazyOptions;
 use crate::lazy::prefetch::{Recorder, prefetch_files};
 use crate::lazy::source::{RangeSource, RegistryRanges};
@@ -168,14 +168,14 @@ pub fn image_config(
     store: &Store,
     manifest: &Digest,
     image: &ImageRef,
-) -> anyhow::Result<ImageConfig> {
+) -> anyhow::Result<ImageConfiguration> {
     let what = image.to_string();
     let Manifest::Image(manifest) = Manifest::parse(store.require(manifest)?.bytes(), &what)?
     else {
         bail!("{what}: the cached manifest is an index");
     };
-    Ok(ImageConfig::parse(
-        store.require(&manifest.config.digest)?.bytes(),
+    Ok(image::parse_config(
+        store.require(&manifest.config().sha256()?)?.bytes(),
         &what,
     )?)
 }

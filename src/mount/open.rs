@@ -12,8 +12,7 @@ use std::sync::Arc;
 use crate::chunkmap::ChunkMap;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::image::Descriptor;
-use crate::image::{ImageConfig, Manifest};
+use crate::image::{self, DescriptorExt, Manifest};
 use crate::layer::{self, Compression, EntryTable};
 use crate::lazy::decode::DeflateResume;
 use crate::lazy::source::{RangeSource, Routed};
@@ -67,24 +66,24 @@ pub fn open_bottom_layers(
         });
     };
     let config_what = format!("config of {name}");
-    let config = ImageConfig::parse(
-        store.require(&manifest.config.digest)?.bytes(),
+    let config = image::parse_config(
+        store.require(&manifest.config().sha256()?)?.bytes(),
         &config_what,
     )?;
-    let mut diff_ids = config.rootfs.map(|r| r.diff_ids).unwrap_or_default();
-    if diff_ids.len() != manifest.layers.len() {
+    let mut diff_ids = image::diff_ids(&config, &config_what)?;
+    if diff_ids.len() != manifest.layers().len() {
         return Err(Error::Manifest {
             what: config_what,
             reason: format!(
                 "{} diff_ids for {} layers",
                 diff_ids.len(),
-                manifest.layers.len()
+                manifest.layers().len()
             ),
         });
     }
     // A tree of fewer layers is another tree: cached under its own key.
-    let image_key = if count < manifest.layers.len() {
-        manifest.layers.truncate(count);
+    let image_key = if count < manifest.layers().len() {
+        manifest.layers_mut().truncate(count);
         diff_ids.truncate(count);
         Digest::of(format!("{manifest_digest} bottom {count} layers").as_bytes())
     } else {
@@ -98,11 +97,12 @@ pub fn open_bottom_layers(
     // follows from the diff_id, which the manifest names), else the map's
     // content identity.
     let mut layouts = String::new();
-    for (layer, diff_id) in manifest.layers.iter().zip(&diff_ids) {
+    for (layer, diff_id) in manifest.layers().iter().zip(&diff_ids) {
+        let digest = layer.sha256()?;
         let mut fresh_table = None;
-        if !store.contains(diff_id) && store.contains(&layer.digest) {
+        if !store.contains(diff_id) && store.contains(&digest) {
             let compression = layer.layer_compression(name)?;
-            fresh_table = Some(unpack_layer(store, &layer.digest, compression, diff_id)?);
+            fresh_table = Some(unpack_layer(store, &digest, compression, diff_id)?);
         }
         if let Some(tar) = store.get(diff_id)? {
             let table = match fresh_table {
@@ -112,12 +112,16 @@ pub fn open_bottom_layers(
             tables.push(table);
             plans.push(Plan::Tar(tar, *diff_id));
             layouts.push_str(" t");
-        } else if let Some(map) = ChunkMap::load(store, &layer.digest) {
+        } else if let Some(map) = ChunkMap::load(store, &digest) {
             layouts.push_str(&format!(" {}", map.content_identity()));
             tables.push(map.layer.table.clone());
-            plans.push(Plan::Chunked(layer, *diff_id, Box::new(map)));
+            plans.push(Plan::Chunked(
+                (digest, layer.size()),
+                *diff_id,
+                Box::new(map),
+            ));
         } else {
-            return Err(Error::NotCached(layer.digest));
+            return Err(Error::NotCached(digest));
         }
     }
     let chunked = plans.iter().any(|plan| matches!(plan, Plan::Chunked(..)));
@@ -172,19 +176,19 @@ pub fn open_bottom_layers(
         .into_iter()
         .map(|plan| match plan {
             Plan::Tar(tar, diff_id) => LayerContent::Unpacked { tar, diff_id },
-            Plan::Chunked(layer, diff_id, map) => {
+            Plan::Chunked((digest, size), diff_id, map) => {
                 let deflate = match (map.gzip, &fetcher, &source) {
                     (Some(resume), Some(fetcher), Some(source)) => {
                         let spans = GzipSpans::new(resume, &map.layer.chunks, Arc::clone(fetcher));
-                        let whole = whole_tar(store, source, layer, diff_id);
+                        let whole = whole_tar(store, source, (digest, size), diff_id);
                         Some(Arc::new(spans.or_whole(Arc::clone(source), whole))
                             as Arc<dyn DeflateResume>)
                     }
                     _ => None,
                 };
                 LayerContent::Chunked(Arc::new(LazyBlob {
-                    digest: layer.digest,
-                    size: layer.size,
+                    digest,
+                    size,
                     deflate,
                     chunks: map.layer.chunks,
                 }))
@@ -204,11 +208,11 @@ pub fn open_bottom_layers(
 }
 
 /// How one layer will be read.
-enum Plan<'m> {
+enum Plan {
     /// The layer's verified tar and its diff_id.
     Tar(Blob, Digest),
-    /// The layer, its diff_id and its map.
-    Chunked(&'m Descriptor, Digest, Box<ChunkMap>),
+    /// The layer's blob (digest, size in bytes), its diff_id and its map.
+    Chunked((Digest, u64), Digest, Box<ChunkMap>),
 }
 
 /// `source`, but fetching each map's auxiliary blobs from the repository that
@@ -231,18 +235,17 @@ fn route_auxiliary_blobs(source: Arc<dyn RangeSource>, plans: &[Plan]) -> Arc<dy
     Arc::new(Routed::new(source, routes))
 }
 
-/// The verified uncompressed tar of gzip layer `layer`, made on demand: the
+/// The verified uncompressed tar of the gzip layer blob `(digest, size)`, made on demand: the
 /// layer is downloaded whole from `source` (verified against its digest)
 /// unless stored, then unpacked (verified against `diff_id`). Reads of a gzip
 /// layer whose windows are out of reach end here.
 fn whole_tar(
     store: &Arc<Store>,
     source: &Arc<dyn RangeSource>,
-    layer: &Descriptor,
+    (digest, size): (Digest, u64),
     diff_id: Digest,
 ) -> impl Fn() -> Result<Blob> + Send + Sync + 'static {
     let (store, source) = (Arc::clone(store), Arc::clone(source));
-    let (digest, size) = (layer.digest, layer.size);
     move || {
         if let Some(tar) = store.get(&diff_id)? {
             return Ok(tar);

@@ -300,14 +300,11 @@ impl HostClient {
                 },
                 other => other,
             })?;
-        // Round-trip through JSON into lazyimg's own types, which check digests.
+        // oci-client's own copy of the OCI types: through JSON into ours, where
+        // every digest is checked to be sha256.
         let json = serde_json::to_vec(&index).expect("an index always serialises");
-        let index: crate::image::ImageIndex =
-            serde_json::from_slice(&json).map_err(|e| Error::Manifest {
-                what: format!("referrers of {subject}"),
-                reason: e.to_string(),
-            })?;
-        Ok(index.manifests)
+        let index = crate::image::parse_index(&json, &format!("referrers of {subject}"))?;
+        Ok(index.manifests().clone())
     }
 
     /// Whether the registry has blob `digest` in `reference`'s repository (HEAD).

@@ -6,15 +6,17 @@
 //! `Cmd`, as `docker run` does), `labels.json` with the image's labels, and
 //! an empty `actions/` (Apptainer binds its own action scripts there).
 
-use crate::image::RuntimeConfig;
+use std::collections::BTreeMap;
+
+use crate::image::Config;
 use crate::rootfs::synthetic::SyntheticFiles;
 
 /// The files of `/.singularity.d` for an image whose config is `config`.
-pub fn singularity_files(config: &RuntimeConfig) -> SyntheticFiles {
+pub fn singularity_files(config: &Config) -> SyntheticFiles {
     let mut env = String::from(
         "#!/bin/sh\n# The image's Env, written by lazyimg as Apptainer's OCI conversion does.\n",
     );
-    for pair in config.env.iter().flatten() {
+    for pair in config.env().iter().flatten() {
         if let Some((name, value)) = pair.split_once('=')
             && is_shell_name(name)
         {
@@ -22,12 +24,12 @@ pub fn singularity_files(config: &RuntimeConfig) -> SyntheticFiles {
         }
     }
     let entrypoint: Vec<String> = config
-        .entrypoint
+        .entrypoint()
         .iter()
         .flatten()
         .map(|a| quote(a))
         .collect();
-    let cmd: Vec<String> = config.cmd.iter().flatten().map(|a| quote(a)).collect();
+    let cmd: Vec<String> = config.cmd().iter().flatten().map(|a| quote(a)).collect();
     let (with_args, without_args) = match (entrypoint.is_empty(), cmd.is_empty()) {
         (true, true) => ("\"$@\"".to_string(), "/bin/sh".to_string()),
         (true, false) => ("\"$@\"".to_string(), cmd.join(" ")),
@@ -43,8 +45,9 @@ pub fn singularity_files(config: &RuntimeConfig) -> SyntheticFiles {
         "#!/bin/sh\n# Entrypoint and Cmd of the image, written by lazyimg as Apptainer's OCI conversion does.\n\
          if [ $# -gt 0 ]; then\n    exec {with_args}\nfi\nexec {without_args}\n"
     );
-    let labels = serde_json::to_string_pretty(&config.labels.clone().unwrap_or_default())
-        .expect("labels serialise");
+    // Sorted: the file's bytes must not change from one mount to the next.
+    let labels: BTreeMap<&String, &String> = config.labels().iter().flatten().collect();
+    let labels = serde_json::to_string_pretty(&labels).expect("labels serialise");
     let mut files = SyntheticFiles::default();
     files
         .dir(".singularity.d", 0o755)
@@ -82,14 +85,13 @@ fn quote(text: &str) -> String {
 mod tests {
     use super::*;
 
-    fn config(env: &[&str], entrypoint: &[&str], cmd: &[&str]) -> RuntimeConfig {
+    fn config(env: &[&str], entrypoint: &[&str], cmd: &[&str]) -> Config {
         let list = |v: &[&str]| (!v.is_empty()).then(|| v.iter().map(|s| s.to_string()).collect());
-        RuntimeConfig {
-            env: list(env),
-            entrypoint: list(entrypoint),
-            cmd: list(cmd),
-            ..RuntimeConfig::default()
-        }
+        let mut config = Config::default();
+        config.set_env(list(env));
+        config.set_entrypoint(list(entrypoint));
+        config.set_cmd(list(cmd));
+        config
     }
 
     /// Runs `script` with `sh -c`, arguments `args`; its stdout.
@@ -131,7 +133,7 @@ mod tests {
 
     #[test]
     fn the_runscript_runs_entrypoint_and_cmd_and_arguments_replace_cmd() {
-        let runscript = |c: &RuntimeConfig, args: &[&str]| {
+        let runscript = |c: &Config, args: &[&str]| {
             let files = singularity_files(c);
             let script = file(&files, ".singularity.d/runscript").replace("exec ", "exec echo ");
             sh(&script, args)

@@ -4,7 +4,7 @@
 use super::{Plan, SeedReport, Seeder};
 use crate::config::SeedMode;
 use crate::error::Result;
-use crate::image::{Descriptor, ImageConfig, LayerFormat, Manifest};
+use crate::image::{self, DescriptorExt, LayerFormat, Manifest};
 use crate::lazy::index_artifact;
 use crate::reference::ImageRef;
 use crate::registry::RegistryClient;
@@ -46,15 +46,13 @@ async fn push_index_artifacts(
             continue;
         };
         let result = async {
-            let diff_ids = ImageConfig::parse(
-                store.require(&manifest.config.digest)?.bytes(),
+            let config = image::parse_config(
+                store.require(&manifest.config().sha256()?)?.bytes(),
                 "seeded image config",
-            )?
-            .rootfs
-            .map(|r| r.diff_ids)
-            .unwrap_or_default();
+            )?;
+            let diff_ids = image::diff_ids(&config, "seeded image config")?;
             let mut built = Vec::new();
-            for (layer, diff_id) in manifest.layers.iter().zip(&diff_ids) {
+            for (layer, diff_id) in manifest.layers().iter().zip(&diff_ids) {
                 if matches!(LayerFormat::of(layer), LayerFormat::Gzip | LayerFormat::Tar) {
                     let index = tokio::task::block_in_place(|| {
                         index_artifact::build_layer(store, layer, diff_id)
@@ -66,16 +64,14 @@ async fn push_index_artifacts(
                 return Ok(None);
             }
             tokio::task::block_in_place(|| {
-                index_artifact::check_tree(store, &target.to_string(), &manifest.layers, &built)
+                index_artifact::check_tree(store, &target.to_string(), manifest.layers(), &built)
             })?;
-            let subject = Descriptor {
-                media_type: document.media_type.clone(),
-                digest: document.digest,
-                size: document.bytes.len() as u64,
-                annotations: Default::default(),
-                platform: None,
-                artifact_type: None,
-            };
+            let subject = image::descriptor(
+                &document.media_type,
+                &document.digest,
+                document.bytes.len() as u64,
+                Default::default(),
+            );
             index_artifact::push(store, target_client, target, &subject, &built, None, signer)
                 .await
                 .map(Some)

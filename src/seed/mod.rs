@@ -30,7 +30,6 @@ use serde::Serialize;
 use crate::config::SeedMode;
 use crate::digest::{Digest, Hasher};
 use crate::error::{Error, Result};
-use crate::image::Descriptor;
 use crate::pull::{Progress, ProgressTask};
 use crate::reference::ImageRef;
 use crate::registry::RegistryClient;
@@ -165,7 +164,7 @@ impl Seeder<'_> {
             ..SeedReport::default()
         };
         for (blob, outcome) in plan.blobs.iter().zip(outcomes) {
-            let size = blob.descriptor.size;
+            let size = blob.size;
             match outcome {
                 Outcome::Skipped => {
                     report.blobs_skipped += 1;
@@ -239,8 +238,8 @@ impl Seeder<'_> {
         blob: &PlannedBlob,
         locations: &Locations,
     ) -> Result<Outcome> {
-        let digest = blob.descriptor.digest;
-        let size = blob.descriptor.size;
+        let digest = blob.digest;
+        let size = blob.size;
         let host = self.target.host();
         if self.target.blob_exists(at, &digest).await? {
             locations.remember(host, &digest, at.repository());
@@ -273,11 +272,11 @@ impl Seeder<'_> {
 
     /// Uploads a cached blob (read back by mmap), with retries.
     async fn upload_from_store(&self, at: &Reference, blob: &PlannedBlob) -> Result<()> {
-        let digest = blob.descriptor.digest;
+        let digest = blob.digest;
         let data = self.store.require(&digest)?;
         let task: Arc<dyn ProgressTask> = Arc::from(
             self.progress
-                .start(&format!("upload {}", blob.what), blob.descriptor.size),
+                .start(&format!("upload {}", blob.what), blob.size),
         );
         let result = self
             .target
@@ -293,19 +292,16 @@ impl Seeder<'_> {
     /// Downloads a blob into the cache and uploads it at the same time (see
     /// [`tee`]); if only the upload fails, it is redone from the cache.
     async fn stream_through(&self, plan: &Plan, at: &Reference, blob: &PlannedBlob) -> Result<()> {
-        let descriptor = &blob.descriptor;
         let shared = tee::Shared::new();
         let download_task = self
             .progress
-            .start(&format!("download {}", blob.what), descriptor.size);
+            .start(&format!("download {}", blob.what), blob.size);
         let upload_task: Arc<dyn ProgressTask> = Arc::from(
             self.progress
-                .start(&format!("upload {}", blob.what), descriptor.size),
+                .start(&format!("upload {}", blob.what), blob.size),
         );
         let download = async {
-            let writer = self
-                .store
-                .writer(descriptor.digest, Some(descriptor.size), &blob.what);
+            let writer = self.store.writer(blob.digest, Some(blob.size), &blob.what);
             let mut sink = match writer {
                 Ok(writer) => tee::TeeSink::new(writer, Arc::clone(&shared)),
                 Err(e) => {
@@ -318,14 +314,14 @@ impl Seeder<'_> {
                 .source
                 .fetch_blob(
                     &plan.image.source,
-                    &descriptor.digest,
-                    descriptor.size,
+                    &blob.digest,
+                    blob.size,
                     &mut sink,
                     &mut advance,
                 )
                 .await
                 .and_then(|()| tokio::task::block_in_place(|| sink.commit()))
-                .and_then(|()| self.store.require(&descriptor.digest));
+                .and_then(|()| self.store.require(&blob.digest));
             shared.finish(result.as_ref().map(Clone::clone).map_err(|e| e.to_string()));
             match &result {
                 Ok(_) => download_task.finish("verified"),
@@ -336,13 +332,13 @@ impl Seeder<'_> {
         let upload = async {
             let body = tee::upload_stream(
                 Arc::clone(&shared),
-                descriptor.size,
+                blob.size,
                 self.source.host().to_string(),
                 advancer(&upload_task),
             );
             let result = self
                 .target
-                .push_blob_stream(at, &descriptor.digest, descriptor.size, body)
+                .push_blob_stream(at, &blob.digest, blob.size, body)
                 .await;
             if result.is_err() {
                 shared.stop();
@@ -421,38 +417,25 @@ impl Seeder<'_> {
     /// Fetches one blob through the target: into the local cache if it lacks it,
     /// else only hashed; either way verified.
     async fn warm_blob(&self, at: &Reference, blob: &PlannedBlob) -> Result<Outcome> {
-        let descriptor = &blob.descriptor;
         let task = self
             .progress
-            .start(&format!("fetch through {}", blob.what), descriptor.size);
+            .start(&format!("fetch through {}", blob.what), blob.size);
         let mut advance = |n: u64| task.advance(n);
-        let cached = self.store.contains(&descriptor.digest);
+        let cached = self.store.contains(&blob.digest);
         let result = if cached {
             let mut sink = HashSink::default();
             let fetched = self
                 .target
-                .fetch_blob(
-                    at,
-                    &descriptor.digest,
-                    descriptor.size,
-                    &mut sink,
-                    &mut advance,
-                )
+                .fetch_blob(at, &blob.digest, blob.size, &mut sink, &mut advance)
                 .await;
-            fetched.and_then(|()| sink.verify(descriptor, &blob.what))
+            fetched.and_then(|()| sink.verify(blob.digest, blob.size, &blob.what))
         } else {
-            let mut writer =
-                self.store
-                    .writer(descriptor.digest, Some(descriptor.size), &blob.what)?;
+            let mut writer = self
+                .store
+                .writer(blob.digest, Some(blob.size), &blob.what)?;
             let fetched = self
                 .target
-                .fetch_blob(
-                    at,
-                    &descriptor.digest,
-                    descriptor.size,
-                    &mut writer,
-                    &mut advance,
-                )
+                .fetch_blob(at, &blob.digest, blob.size, &mut writer, &mut advance)
                 .await;
             fetched.and_then(|()| tokio::task::block_in_place(|| writer.commit()))
         };
@@ -462,7 +445,7 @@ impl Seeder<'_> {
         }
         result?;
         Ok(Outcome::Copied {
-            downloaded: if cached { 0 } else { descriptor.size },
+            downloaded: if cached { 0 } else { blob.size },
         })
     }
 }
@@ -480,19 +463,19 @@ struct HashSink {
 }
 
 impl HashSink {
-    fn verify(self, descriptor: &Descriptor, what: &str) -> Result<()> {
-        if self.hasher.len() != descriptor.size {
+    fn verify(self, digest: Digest, size: u64, what: &str) -> Result<()> {
+        if self.hasher.len() != size {
             return Err(Error::SizeMismatch {
                 what: what.to_string(),
-                expected: descriptor.size,
+                expected: size,
                 actual: self.hasher.len(),
             });
         }
         let actual = self.hasher.finish();
-        if actual != descriptor.digest {
+        if actual != digest {
             return Err(Error::DigestMismatch {
                 what: what.to_string(),
-                expected: descriptor.digest,
+                expected: digest,
                 actual,
             });
         }

@@ -7,7 +7,7 @@ use oci_client::RegistryOperation;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::image::{Descriptor, Manifest};
+use crate::image::{Descriptor, DescriptorExt, Manifest};
 use crate::pull::{check_descriptor, fetch_named_manifest};
 use crate::reference::ImageRef;
 use crate::registry::RegistryClient;
@@ -31,6 +31,9 @@ pub struct Document {
 #[derive(Debug, Clone)]
 pub struct PlannedBlob {
     pub descriptor: Descriptor,
+    /// The descriptor's digest and size (bytes).
+    pub digest: Digest,
+    pub size: u64,
     pub what: String,
 }
 
@@ -51,7 +54,7 @@ impl Plan {
     }
 
     pub fn blob_bytes(&self) -> u64 {
-        self.blobs.iter().map(|b| b.descriptor.size).sum()
+        self.blobs.iter().map(|b| b.size).sum()
     }
 }
 
@@ -104,20 +107,18 @@ fn visit<'a>(
                         reason: format!("indexes nested more than {MAX_INDEX_DEPTH} deep"),
                     });
                 }
-                for entry in &index.manifests {
-                    if !seen.insert(entry.digest) {
+                for entry in index.manifests() {
+                    let digest = entry.sha256()?;
+                    if !seen.insert(digest) {
                         continue;
                     }
-                    let child_ref = plan
-                        .image
-                        .source
-                        .clone_with_digest(entry.digest.to_string());
+                    let child_ref = plan.image.source.clone_with_digest(digest.to_string());
                     let bytes = source.fetch_manifest(&child_ref).await?;
-                    let child_what = format!("manifest {} of {name}", entry.digest);
+                    let child_what = format!("manifest {digest} of {name}");
                     check_descriptor(entry, &bytes, &child_what)?;
                     let child = Document {
-                        digest: entry.digest,
-                        media_type: media_type_of(&bytes, Some(&entry.media_type)),
+                        digest,
+                        media_type: media_type_of(&bytes, Some(entry.media_type().as_ref())),
                         bytes,
                     };
                     visit(store, source, plan, &child, depth + 1, seen).await?;
@@ -126,25 +127,29 @@ fn visit<'a>(
             }
             Manifest::Image(manifest) => {
                 let platform = manifest_label(doc, depth);
-                let mut add = |descriptor: &Descriptor, what: String| {
-                    if seen.insert(descriptor.digest) {
+                let mut add = |descriptor: &Descriptor, what: String| -> Result<()> {
+                    let digest = descriptor.sha256()?;
+                    if seen.insert(digest) {
                         plan.blobs.push(PlannedBlob {
                             descriptor: descriptor.clone(),
+                            digest,
+                            size: descriptor.size(),
                             what,
                         });
                     }
+                    Ok(())
                 };
-                add(&manifest.config, format!("config{platform} of {name}"));
-                let count = manifest.layers.len();
-                for (i, layer) in manifest.layers.iter().enumerate() {
+                add(manifest.config(), format!("config{platform} of {name}"))?;
+                let count = manifest.layers().len();
+                for (i, layer) in manifest.layers().iter().enumerate() {
                     add(
                         layer,
                         format!(
                             "layer {}/{count}{platform} {} of {name}",
                             i + 1,
-                            layer.digest
+                            layer.digest()
                         ),
-                    );
+                    )?;
                 }
             }
         }

@@ -6,7 +6,7 @@ use super::{ArtifactLayer, FORMAT_VERSION, GZIP_SPAN, TAR_CHUNK};
 use crate::chunkmap::GzipResume;
 use crate::digest::{Digest, Hasher};
 use crate::error::{Error, Result};
-use crate::image::Descriptor;
+use crate::image::{Descriptor, DescriptorExt};
 use crate::layer::gzip_checkpoints::{self, Checkpoint, GzipCheckpointer};
 use crate::layer::{self, Chunk, ChunkCodec, ChunkedLayer, Compression};
 use crate::store::Store;
@@ -29,10 +29,11 @@ pub fn build_layer(
     layer: &Descriptor,
     diff_id: &Digest,
 ) -> Result<Option<BuiltLayer>> {
-    let blob = store.require(&layer.digest)?;
+    let digest = layer.sha256()?;
+    let blob = store.require(&digest)?;
     let bytes = blob.bytes();
     let layer_error = |source| Error::Layer {
-        layer: layer.digest,
+        layer: digest,
         source,
     };
     let check_diff_id = |actual: Digest| {
@@ -40,16 +41,16 @@ pub fn build_layer(
             Ok(())
         } else {
             Err(Error::DigestMismatch {
-                what: format!("uncompressed layer {} (its diff_id)", layer.digest),
+                what: format!("uncompressed layer {digest} (its diff_id)"),
                 expected: *diff_id,
                 actual,
             })
         }
     };
-    let (chunked, gzip, windows) = match Compression::from_media_type(&layer.media_type) {
+    let (chunked, gzip, windows) = match Compression::from_media_type(layer.media_type().as_ref()) {
         Some(Compression::None) => {
             // The stored blob matched the layer digest, which is then its diff_id.
-            check_diff_id(layer.digest)?;
+            check_diff_id(digest)?;
             let table = layer::read_entries(bytes).map_err(layer_error)?;
             let chunks = (0..bytes.len() as u64)
                 .step_by(TAR_CHUNK as usize)
@@ -102,8 +103,8 @@ pub fn build_layer(
     Ok(Some(BuiltLayer {
         file: ArtifactLayer {
             version: FORMAT_VERSION,
-            layer: layer.digest,
-            layer_size: layer.size,
+            layer: digest,
+            layer_size: layer.size(),
             chunked,
             gzip,
         },
@@ -124,13 +125,14 @@ pub fn check_tree(
 ) -> Result<()> {
     let mut tables = Vec::with_capacity(layers.len());
     for layer in layers {
-        let table = match built.iter().find(|b| b.file.layer == layer.digest) {
+        let digest = layer.sha256()?;
+        let table = match built.iter().find(|b| b.file.layer == digest) {
             Some(built) => built.file.chunked.table.clone(),
             None => {
                 let compression = layer.layer_compression(image)?;
-                let blob = store.require(&layer.digest)?;
+                let blob = store.require(&digest)?;
                 let layer_error = |source| Error::Layer {
-                    layer: layer.digest,
+                    layer: digest,
                     source,
                 };
                 let tar = layer::decompress(compression, blob.bytes())
@@ -273,14 +275,7 @@ mod tests {
         };
         let digest = Digest::of(&blob);
         store.put(digest, &blob, "test layer").unwrap();
-        Descriptor {
-            media_type: media_type.into(),
-            digest,
-            size: blob.len() as u64,
-            annotations: Default::default(),
-            platform: None,
-            artifact_type: None,
-        }
+        crate::image::descriptor(media_type, &digest, blob.len() as u64, Default::default())
     }
 
     const GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
@@ -288,8 +283,8 @@ mod tests {
 
     /// The sha256 of a stored gzip or plain tar layer's uncompressed bytes.
     fn diff_id(store: &Store, layer: &Descriptor) -> Digest {
-        let blob = store.require(&layer.digest).unwrap();
-        if layer.media_type == GZIP {
+        let blob = store.require(&layer.sha256().unwrap()).unwrap();
+        if layer.media_type().as_ref() == GZIP {
             let mut tar = Vec::new();
             std::io::Read::read_to_end(
                 &mut flate2::read::MultiGzDecoder::new(blob.bytes()),
@@ -298,7 +293,7 @@ mod tests {
             .unwrap();
             Digest::of(&tar)
         } else {
-            layer.digest
+            layer.sha256().unwrap()
         }
     }
 
@@ -337,15 +332,14 @@ mod tests {
         // A plain zstd layer has no index of its own: it is read from the store.
         let zstd_tar = TestTar::new().hardlink("z", "missing").bytes();
         let zstd_blob = zstd::encode_all(&zstd_tar[..], 3).unwrap();
-        let zstd_layer = Descriptor {
-            media_type: ZSTD.into(),
-            digest: Digest::of(&zstd_blob),
-            size: zstd_blob.len() as u64,
-            ..base.clone()
-        };
-        store
-            .put(zstd_layer.digest, &zstd_blob, "test layer")
-            .unwrap();
+        let zstd_digest = Digest::of(&zstd_blob);
+        let zstd_layer = crate::image::descriptor(
+            ZSTD,
+            &zstd_digest,
+            zstd_blob.len() as u64,
+            Default::default(),
+        );
+        store.put(zstd_digest, &zstd_blob, "test layer").unwrap();
 
         check(&store, std::slice::from_ref(&base)).unwrap();
         check(
@@ -404,7 +398,7 @@ mod tests {
                 Err(Error::DigestMismatch {
                     expected, actual, ..
                 }) => assert_eq!((expected, actual), (wrong, right)),
-                other => panic!("{}: {:?}", layer.media_type, other.map(|_| ())),
+                other => panic!("{}: {:?}", layer.media_type(), other.map(|_| ())),
             }
         }
     }

@@ -6,7 +6,7 @@ use super::FORMAT_VERSION;
 use crate::chunkmap::GzipResume;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::image::{Descriptor, ImageManifest};
+use crate::image::{Descriptor, DescriptorExt, ImageManifest};
 use crate::layer::{self, Chunk, ChunkCodec, ChunkedLayer};
 
 /// One layer's chunk map and entry table, as stored in the artifact (postcard, then zstd).
@@ -46,13 +46,13 @@ pub(super) fn check_file(
     layer: &Descriptor,
     windows: Option<&Descriptor>,
 ) -> std::result::Result<(), String> {
-    if file.layer != layer.digest || file.layer_size != layer.size {
+    if layer.sha256().ok() != Some(file.layer) || file.layer_size != layer.size() {
         return Err(format!(
             "describes {} ({} bytes), not this layer",
             file.layer, file.layer_size
         ));
     }
-    check_chunks(&file.chunked.chunks, layer.size)?;
+    check_chunks(&file.chunked.chunks, layer.size())?;
     match (&file.gzip, windows) {
         (None, _) => {
             if file
@@ -65,8 +65,8 @@ pub(super) fn check_file(
             }
         }
         (Some(gzip), windows)
-            if windows.map(|w| (w.digest, w.size))
-                == Some((gzip.windows_blob, gzip.windows_size))
+            if windows.map(|w| (w.sha256().ok(), w.size()))
+                == Some((Some(gzip.windows_blob), gzip.windows_size))
                 || (windows.is_none() && gzip.windows.is_empty()) =>
         {
             check_chunks(&gzip.windows, gzip.windows_size)?;
@@ -115,48 +115,45 @@ fn check_chunks(chunks: &[Chunk], blob_size: u64) -> std::result::Result<(), Str
 /// what a node serves.
 pub(super) fn signed_payload(artifact: &ImageManifest) -> Vec<u8> {
     let subject = artifact
-        .subject
+        .subject()
         .as_ref()
-        .map_or_else(|| "-".to_string(), |s| s.digest.to_string());
+        .map_or_else(|| "-".to_string(), |s| s.digest().to_string());
     let mut text = format!("lazyimg index signature v1\nsubject {subject}\n");
-    for blob in &artifact.layers {
-        let layer = blob
-            .annotations
-            .get(super::LAYER_ANNOTATION)
-            .map_or("-", String::as_str);
-        text += &format!("blob {} {} {layer}\n", blob.media_type, blob.digest);
+    for blob in artifact.layers() {
+        let layer = blob.annotation(super::LAYER_ANNOTATION).unwrap_or("-");
+        text += &format!("blob {} {} {layer}\n", blob.media_type(), blob.digest());
     }
     text.into_bytes()
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use std::collections::HashMap;
 
     use super::*;
+    use crate::image::{ImageManifestBuilder, oci_digest};
     use crate::signing::{self, IndexSigner, TrustedKeys, Untrusted};
 
+    fn blob(media_type: &str, content: &[u8], layer: &str) -> Descriptor {
+        crate::image::descriptor(
+            media_type,
+            &Digest::of(content),
+            content.len() as u64,
+            HashMap::from([(super::super::LAYER_ANNOTATION.into(), layer.into())]),
+        )
+    }
+
     fn artifact() -> ImageManifest {
-        let blob = |media_type: &str, content: &[u8], layer: &str| Descriptor {
-            media_type: media_type.into(),
-            digest: Digest::of(content),
-            size: content.len() as u64,
-            annotations: BTreeMap::from([(super::super::LAYER_ANNOTATION.into(), layer.into())]),
-            platform: None,
-            artifact_type: None,
-        };
-        ImageManifest {
-            schema_version: 2,
-            media_type: None,
-            config: blob(super::super::EMPTY_MEDIA_TYPE, b"{}", "-"),
-            layers: vec![
+        ImageManifestBuilder::default()
+            .schema_version(2u32)
+            .config(blob(super::super::EMPTY_MEDIA_TYPE, b"{}", "-"))
+            .layers(vec![
                 blob(super::super::INDEX_MEDIA_TYPE, b"index", "sha256:layer"),
                 blob(super::super::WINDOWS_MEDIA_TYPE, b"windows", "sha256:layer"),
-            ],
-            annotations: BTreeMap::new(),
-            artifact_type: None,
-            subject: Some(blob("m", b"image manifest", "-")),
-        }
+            ])
+            .subject(blob("m", b"image manifest", "-"))
+            .build()
+            .unwrap()
     }
 
     /// A signature over one index never verifies another: every blob's digest,
@@ -174,15 +171,14 @@ mod tests {
         assert_eq!(check(&original), Ok(()));
 
         let mut other_blob = artifact();
-        other_blob.layers[0].digest = Digest::of(b"rogue index");
+        other_blob.layers_mut()[0].set_digest(oci_digest(&Digest::of(b"rogue index")));
         let mut other_layer = artifact();
-        other_layer.layers[1]
-            .annotations
-            .insert(super::super::LAYER_ANNOTATION.into(), "sha256:other".into());
+        other_layer.layers_mut()[1] =
+            blob(super::super::WINDOWS_MEDIA_TYPE, b"windows", "sha256:other");
         let mut other_subject = artifact();
-        other_subject.subject.as_mut().unwrap().digest = Digest::of(b"another image");
+        other_subject.set_subject(Some(blob("m", b"another image", "-")));
         let mut dropped = artifact();
-        dropped.layers.pop();
+        dropped.layers_mut().pop();
         for changed in [other_blob, other_layer, other_subject, dropped] {
             assert!(matches!(
                 check(&changed),

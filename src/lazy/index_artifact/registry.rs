@@ -1,6 +1,6 @@
 //! Pushing an index artifact beside its image, and finding it again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
@@ -15,7 +15,9 @@ use super::{
 use crate::chunkmap::{BlobHome, ChunkMap, MapSource};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::image::{Descriptor, ImageManifest, Manifest};
+use crate::image::{
+    self, Descriptor, DescriptorExt, ImageManifest, ImageManifestBuilder, Manifest, MediaType,
+};
 use crate::pull::{self, Silent};
 use crate::reference::ImageRef;
 use crate::registry::RegistryClient;
@@ -41,7 +43,7 @@ pub async fn push(
     let mut blobs = vec![(Digest::of(&empty_config), empty_config.clone())];
     for index in built {
         let annotations =
-            BTreeMap::from([(LAYER_ANNOTATION.to_string(), index.file.layer.to_string())]);
+            HashMap::from([(LAYER_ANNOTATION.to_string(), index.file.layer.to_string())]);
         let encoded = Bytes::from(index.file.encode()?);
         layers.push(descriptor(INDEX_MEDIA_TYPE, &encoded, annotations.clone()));
         blobs.push((Digest::of(&encoded), encoded));
@@ -53,7 +55,7 @@ pub async fn push(
     }
     if let Some(list) = prefetch {
         let list = Bytes::copy_from_slice(list);
-        layers.push(descriptor(PREFETCH_MEDIA_TYPE, &list, BTreeMap::new()));
+        layers.push(descriptor(PREFETCH_MEDIA_TYPE, &list, HashMap::new()));
         blobs.push((Digest::of(&list), list));
     }
     for (digest, bytes) in &blobs {
@@ -65,23 +67,23 @@ pub async fn push(
                 .await?;
         }
     }
-    let mut manifest = ImageManifest {
-        schema_version: 2,
-        media_type: Some(MANIFEST_MEDIA_TYPE.into()),
-        config: descriptor(EMPTY_MEDIA_TYPE, &empty_config, BTreeMap::new()),
-        layers,
-        annotations: BTreeMap::new(),
-        artifact_type: Some(ARTIFACT_TYPE.into()),
-        subject: Some(subject.clone()),
-    };
+    let mut manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(descriptor(EMPTY_MEDIA_TYPE, &empty_config, HashMap::new()))
+        .layers(layers)
+        .artifact_type(MediaType::from(ARTIFACT_TYPE))
+        .subject(subject.clone())
+        .build()
+        .expect("every required field is set");
     if let Some(signer) = signer {
         let signature = signer.sign(&signed_payload(&manifest));
-        manifest.annotations = BTreeMap::from([
+        manifest.set_annotations(Some(HashMap::from([
             (SIGNATURE_ANNOTATION.to_string(), signature),
             (SIGNATURE_KEY_ANNOTATION.to_string(), signer.key_id()),
-        ]);
+        ])));
     }
-    let manifest_bytes = Bytes::from(serde_json::to_vec(&manifest).expect("manifests serialise"));
+    let manifest_bytes = Bytes::from(image::to_json(&manifest));
     let artifact = Digest::of(&manifest_bytes);
     let by_digest = image.source.clone_with_digest(artifact.to_string());
     registry
@@ -91,15 +93,13 @@ pub async fn push(
     Ok(artifact)
 }
 
-fn descriptor(media_type: &str, bytes: &[u8], annotations: BTreeMap<String, String>) -> Descriptor {
-    Descriptor {
-        media_type: media_type.into(),
-        digest: Digest::of(bytes),
-        size: bytes.len() as u64,
+fn descriptor(media_type: &str, bytes: &[u8], annotations: HashMap<String, String>) -> Descriptor {
+    image::descriptor(
+        media_type,
+        &Digest::of(bytes),
+        bytes.len() as u64,
         annotations,
-        platform: None,
-        artifact_type: None,
-    }
+    )
 }
 
 /// Adds the artifact to the referrers index at tag `sha256-<hex>`, replacing
@@ -110,7 +110,7 @@ async fn update_referrers_tag(
     subject: &Descriptor,
     artifact_bytes: &[u8],
 ) -> Result<()> {
-    let tag = subject.digest.to_string().replace(':', "-");
+    let tag = subject.digest().to_string().replace(':', "-");
     let tagged = oci_client::Reference::with_tag(
         image.source.registry().to_string(),
         image.source.repository().to_string(),
@@ -118,22 +118,22 @@ async fn update_referrers_tag(
     );
     let mut manifests = match registry.fetch_manifest(&tagged).await {
         Ok(bytes) => match Manifest::parse(&bytes, "referrers index") {
-            Ok(Manifest::Index(index)) => index.manifests,
+            Ok(Manifest::Index(index)) => index.manifests().clone(),
             _ => Vec::new(),
         },
         Err(Error::NotFound { .. }) => Vec::new(),
         Err(e) => return Err(e),
     };
-    manifests.retain(|m| m.artifact_type.as_deref() != Some(ARTIFACT_TYPE));
-    let mut entry = descriptor(MANIFEST_MEDIA_TYPE, artifact_bytes, BTreeMap::new());
-    entry.artifact_type = Some(ARTIFACT_TYPE.into());
+    manifests.retain(|m| !is_index_artifact(m));
+    let mut entry = descriptor(MANIFEST_MEDIA_TYPE, artifact_bytes, HashMap::new());
+    entry.set_artifact_type(Some(ARTIFACT_TYPE.into()));
     manifests.push(entry);
     let index = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": INDEX_MANIFEST_MEDIA_TYPE,
         "manifests": manifests,
     });
-    let bytes = Bytes::from(serde_json::to_vec(&index).expect("indexes serialise"));
+    let bytes = Bytes::from(image::to_json(&index));
     registry
         .push_manifest(&tagged, &bytes, INDEX_MANIFEST_MEDIA_TYPE)
         .await
@@ -163,16 +163,13 @@ pub async fn locate(
         }
         Err(e) => return ignore(format!("cannot list referrers: {e}")),
     };
-    let Some(entry) = referrers
-        .iter()
-        .rev()
-        .find(|d| d.artifact_type.as_deref() == Some(ARTIFACT_TYPE))
-    else {
+    let Some(entry) = referrers.iter().rev().find(|d| is_index_artifact(d)) else {
         return Ok(None);
     };
-    let what = format!("lazyimg index {} of {image}", entry.digest);
+    let entry_digest = entry.sha256()?;
+    let what = format!("lazyimg index {entry_digest} of {image}");
     let bytes = registry
-        .fetch_manifest(&image.source.clone_with_digest(entry.digest.to_string()))
+        .fetch_manifest(&image.source.clone_with_digest(entry_digest.to_string()))
         .await?;
     if let Err(e) = pull::check_descriptor(entry, &bytes, &what) {
         return ignore(e.to_string());
@@ -182,31 +179,24 @@ pub async fn locate(
         Ok(Manifest::Index(_)) => return ignore("it is an index".into()),
         Err(e) => return ignore(e.to_string()),
     };
-    if artifact.subject.as_ref().map(|s| s.digest) != Some(*manifest_digest) {
+    if artifact.subject().as_ref().and_then(|s| s.sha256().ok()) != Some(*manifest_digest) {
         return ignore(format!("its subject is not {manifest_digest}"));
     }
     if trust.is_empty() {
         tracing::warn!(
             "{image}: using lazyimg index {} without a signature check (no trusted_index_keys): \
              it is trusted because of who can push to {}",
-            entry.digest,
+            entry_digest,
             image.source.repository()
         );
     } else if let Err(untrusted) = trust.accept(
-        &entry.digest,
+        &entry_digest,
         &signed_payload(&artifact),
-        artifact
-            .annotations
-            .get(SIGNATURE_KEY_ANNOTATION)
-            .map(String::as_str),
-        artifact
-            .annotations
-            .get(SIGNATURE_ANNOTATION)
-            .map(String::as_str),
+        annotation(&artifact, SIGNATURE_KEY_ANNOTATION),
+        annotation(&artifact, SIGNATURE_ANNOTATION),
     ) {
         return ignore(format!(
-            "{} is not trusted: {untrusted}; its layers are read whole, verified by their digests",
-            entry.digest
+            "{entry_digest} is not trusted: {untrusted}; its layers are read whole, verified by their digests"
         ));
     }
     Ok(Some(artifact))
@@ -215,11 +205,28 @@ pub async fn locate(
 /// The image layers an index artifact has an index for.
 pub fn indexed_layers(artifact: &ImageManifest) -> Vec<String> {
     artifact
-        .layers
+        .layers()
         .iter()
-        .filter(|d| d.media_type == INDEX_MEDIA_TYPE)
-        .filter_map(|d| d.annotations.get(LAYER_ANNOTATION).cloned())
+        .filter(|d| d.media_type().as_ref() == INDEX_MEDIA_TYPE)
+        .filter_map(|d| d.annotation(LAYER_ANNOTATION).map(String::from))
         .collect()
+}
+
+/// Whether a referrers entry is a lazyimg index artifact (by its `artifactType`).
+fn is_index_artifact(entry: &Descriptor) -> bool {
+    entry
+        .artifact_type()
+        .as_ref()
+        .is_some_and(|t| t.as_ref() == ARTIFACT_TYPE)
+}
+
+/// The manifest's own annotation `key`.
+fn annotation<'a>(manifest: &'a ImageManifest, key: &str) -> Option<&'a str> {
+    manifest
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map(String::as_str)
 }
 
 /// Chunk maps from the image's lazyimg index, for those of `layers` it covers
@@ -230,7 +237,7 @@ pub async fn find(
     registry: &RegistryClient,
     image: &ImageRef,
     manifest_digest: &Digest,
-    layers: &[&Descriptor],
+    layers: &[(Digest, &Descriptor)],
     trust: &TrustedKeys,
 ) -> Result<BTreeMap<Digest, ChunkMap>> {
     let discovered = locate(registry, image, manifest_digest, trust)
@@ -239,24 +246,25 @@ pub async fn find(
     let Some(artifact) = discovered else {
         return Ok(BTreeMap::new());
     };
-    let annotated = |layer: &Descriptor, media_type: &str| {
-        artifact.layers.iter().find(|d| {
-            d.media_type == media_type
-                && d.annotations.get(LAYER_ANNOTATION) == Some(&layer.digest.to_string())
+    let annotated = |layer: &Digest, media_type: &str| {
+        let layer = layer.to_string();
+        artifact.layers().iter().find(|d| {
+            d.media_type().as_ref() == media_type
+                && d.annotation(LAYER_ANNOTATION) == Some(layer.as_str())
         })
     };
     // One round trip for all of them, not one per layer: links can be slow.
-    let wanted: Vec<(&Descriptor, &Descriptor)> = layers
+    let wanted: Vec<(Digest, &Descriptor, &Descriptor)> = layers
         .iter()
-        .filter_map(|layer| Some((*layer, annotated(layer, INDEX_MEDIA_TYPE)?)))
+        .filter_map(|&(digest, layer)| Some((digest, layer, annotated(&digest, INDEX_MEDIA_TYPE)?)))
         .collect();
     let prefetch = artifact
-        .layers
+        .layers()
         .iter()
-        .find(|d| d.media_type == PREFETCH_MEDIA_TYPE);
+        .find(|d| d.media_type().as_ref() == PREFETCH_MEDIA_TYPE);
     let blobs: Vec<(&Descriptor, String)> = wanted
         .iter()
-        .map(|(layer, index)| (*index, format!("lazyimg index of layer {}", layer.digest)))
+        .map(|(layer, _, index)| (*index, format!("lazyimg index of layer {layer}")))
         .chain(prefetch.map(|list| (list, "lazyimg prefetch list".to_string())))
         .collect();
     futures_util::stream::iter(&blobs)
@@ -266,14 +274,14 @@ pub async fn find(
         .instrument(timeline::phase("index blobs"))
         .await?;
     if let Some(list) = prefetch {
-        let bytes = store.require(&list.digest)?;
+        let bytes = store.require(&list.sha256()?)?;
         store.write_derived(Derived::PrefetchList, manifest_digest, bytes.bytes())?;
     }
     let mut maps = BTreeMap::new();
-    for (layer, index) in wanted {
+    for (digest, layer, index) in wanted {
         let checked =
-            ArtifactLayer::decode(store.require(&index.digest)?.bytes()).and_then(|file| {
-                check_file(&file, layer, annotated(layer, WINDOWS_MEDIA_TYPE)).map(|()| file)
+            ArtifactLayer::decode(store.require(&index.sha256()?)?.bytes()).and_then(|file| {
+                check_file(&file, layer, annotated(&digest, WINDOWS_MEDIA_TYPE)).map(|()| file)
             });
         match checked {
             Ok(file) => {
@@ -281,13 +289,10 @@ pub async fn find(
                 // images sharing the layer (and so this map) may not be.
                 let map = ChunkMap::new(MapSource::LazyimgIndex, file.chunked, file.gzip)
                     .kept_in(BlobHome::of(image));
-                maps.insert(layer.digest, map);
+                maps.insert(digest, map);
             }
             Err(reason) => {
-                tracing::warn!(
-                    "lazyimg index of layer {}: ignoring it: {reason}",
-                    layer.digest
-                );
+                tracing::warn!("lazyimg index of layer {digest}: ignoring it: {reason}");
                 return Ok(BTreeMap::new());
             }
         }
