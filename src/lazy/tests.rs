@@ -590,3 +590,38 @@ fn files_compare_by_their_chunks_digests_without_a_fetch() {
     let c_identity = c.content.identity(&at(8, 4)).unwrap();
     assert_eq!(c_identity.compare(&identity), None);
 }
+
+/// A file whose chunks are equal but for one it shares with bytes beyond it
+/// (the last file of a layer a rebuild appends to): only that chunk's part
+/// of the file is read, from each side.
+#[test]
+fn files_differing_only_in_a_shared_chunk_read_only_that_part() {
+    use crate::rootfs::{ContentReader, same_content};
+    use crate::tree::SameContent;
+    let a = setup(gzip_blob(b"aaaabbbbccccdddd", 4), 0);
+    let b = setup(gzip_blob(b"aaaabbbbccccddXd", 4), 0);
+    let c = setup(gzip_blob(b"aaaabbbbccccdddd", 4), 0);
+    let at = |size| ContentLocation {
+        layer: 0,
+        offset: 0,
+        size,
+    };
+    let compare = |x: &Setup, y: &Setup, size, fetch| {
+        same_content(&x.content, &at(size), &y.content, &at(size), fetch).unwrap()
+    };
+    assert_eq!(compare(&a, &b, 14, false), SameContent::Unknown);
+    assert_eq!(compare(&a, &b, 14, true), SameContent::Yes);
+    let last_chunk = |s: &Setup| {
+        let chunk = s.blob.chunks.last().unwrap();
+        chunk.blob_offset..chunk.blob_offset + chunk.blob_size
+    };
+    for side in [&a, &b] {
+        assert_eq!(*side.source.requests.lock().unwrap(), vec![last_chunk(side)]);
+    }
+    assert_eq!(compare(&c, &b, 15, true), SameContent::No);
+    assert_eq!(*c.source.requests.lock().unwrap(), vec![last_chunk(&c)]);
+    let identity = a.content.identity(&at(14)).unwrap();
+    let other = b.content.identity(&at(14)).unwrap();
+    assert_eq!(identity.equal_ranges(&other, 14), vec![0..4, 4..8, 8..12]);
+    assert_eq!(identity.equal_ranges(&identity, 14), vec![0..14]);
+}

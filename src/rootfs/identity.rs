@@ -1,6 +1,8 @@
 //! Telling two files' bytes apart with as little reading as possible: by
 //! what names them ([`ContentIdentity`]), else by reading both.
 
+use std::ops::Range;
+
 use crate::digest::Digest;
 use crate::error::Result;
 use crate::tree::{ContentLocation, SameContent};
@@ -72,14 +74,86 @@ impl ContentIdentity {
             _ => None,
         }
     }
+
+    /// Byte ranges of a `size`-byte file, relative to its start, that
+    /// `self` and `other` show equal without reading: the whole file when the
+    /// identities are equal; else, for two [`ContentIdentity::Chunks`], the
+    /// parts covered by a chunk both have at the same place (same start
+    /// relative to the file, same length, same digest). In file order, not
+    /// overlapping. A rebuild that changes one file of a layer leaves its
+    /// neighbours' chunks equal except where they share a chunk with it.
+    pub fn equal_ranges(&self, other: &ContentIdentity, size: u64) -> Vec<Range<u64>> {
+        if self == other {
+            return vec![0..size];
+        }
+        let (
+            ContentIdentity::Chunks {
+                skip,
+                chunks,
+                size: own_size,
+            },
+            ContentIdentity::Chunks {
+                skip: other_skip,
+                chunks: other_chunks,
+                size: other_size,
+            },
+        ) = (self, other)
+        else {
+            return Vec::new();
+        };
+        if (own_size, other_size) != (&size, &size) {
+            return Vec::new();
+        }
+        // Each chunk as (start relative to the file, length, digest); the
+        // first chunk may start before the file.
+        let placed = |skip: u64, chunks: &[(Digest, u64)]| {
+            let mut start = -(skip as i128);
+            chunks
+                .iter()
+                .map(|(digest, len)| {
+                    let placed = (start, *len, *digest);
+                    start += *len as i128;
+                    placed
+                })
+                .collect::<Vec<_>>()
+        };
+        let theirs: std::collections::HashSet<(i128, u64, Digest)> =
+            placed(*other_skip, other_chunks).into_iter().collect();
+        placed(*skip, chunks)
+            .into_iter()
+            .filter(|chunk| theirs.contains(chunk))
+            .filter_map(|(start, len, _)| {
+                let from = start.max(0) as u64;
+                let to = ((start + len as i128).max(0) as u64).min(size);
+                (from < to).then_some(from..to)
+            })
+            .collect()
+    }
+}
+
+/// The parts of `0..size` that `known` (in order, not overlapping) leaves out.
+fn gaps(known: &[Range<u64>], size: u64) -> Vec<Range<u64>> {
+    let mut gaps = Vec::new();
+    let mut at = 0;
+    for range in known {
+        if range.start > at {
+            gaps.push(at..range.start);
+        }
+        at = at.max(range.end);
+    }
+    if at < size {
+        gaps.push(at..size);
+    }
+    gaps
 }
 
 /// Whether the file at `a` of `a_content` and the file at `b` of `b_content`,
 /// of equal size, hold the same bytes. Decided by their identities where
 /// those tell; else by reading both through the content readers (verified,
-/// as `cat` reads), a piece of each at a time, stopping at the first piece
-/// that differs. Without `fetch`, only files of cached tars are read and the
-/// answer is otherwise [`SameContent::Unknown`].
+/// as `cat` reads) where their chunks do not already show them equal
+/// ([`ContentIdentity::equal_ranges`]), a piece of each at a time, stopping
+/// at the first piece that differs. Without `fetch`, only files of cached
+/// tars are read and the answer is otherwise [`SameContent::Unknown`].
 pub fn same_content(
     a_content: &dyn ContentReader,
     a: &ContentLocation,
@@ -97,23 +171,33 @@ pub fn same_content(
             SameContent::No
         });
     }
+    let known = match (&a_identity, &b_identity) {
+        (Some(x), Some(y)) => x.equal_ranges(y, a.size),
+        _ => Vec::new(),
+    };
+    let unknown = gaps(&known, a.size);
+    if unknown.is_empty() {
+        return Ok(SameContent::Yes);
+    }
     let local =
         |identity: &Option<ContentIdentity>| matches!(identity, Some(ContentIdentity::Tar { .. }));
     let at_hand = local(&a_identity) && local(&b_identity);
     if !(fetch || at_hand) {
         return Ok(SameContent::Unknown);
     }
-    let mut offset = 0;
-    while offset < a.size {
-        let len = PIECE.min((a.size - offset) as usize);
-        let piece = a_content.read(a, offset, len)?;
-        if piece != b_content.read(b, offset, len)? {
-            return Ok(SameContent::No);
+    for range in unknown {
+        let mut offset = range.start;
+        while offset < range.end {
+            let len = PIECE.min((range.end - offset) as usize);
+            let piece = a_content.read(a, offset, len)?;
+            if piece != b_content.read(b, offset, len)? {
+                return Ok(SameContent::No);
+            }
+            if piece.is_empty() {
+                break;
+            }
+            offset += piece.len() as u64;
         }
-        if piece.is_empty() {
-            break;
-        }
-        offset += piece.len() as u64;
     }
     Ok(SameContent::Yes)
 }
