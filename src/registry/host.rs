@@ -9,9 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
+use futures_util::future::Either;
 use oci_client::client::{BlobResponse, SizedStream};
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
+use oci_client::token_cache::{RegistryToken, RegistryTokenType};
 use oci_client::{Client, Reference, RegistryOperation};
 
 use super::classify::{Failure, classify, status_of};
@@ -40,6 +42,9 @@ pub(super) struct HostClient {
     identity_token: Option<Secret>,
     /// Whether [`Self::authenticate`] has succeeded once.
     authenticated: AtomicBool,
+    /// Without credentials: whether the registry's `GET /v2/` answer
+    /// challenges for a token (asked once; see [`Self::skip_needless_pings`]).
+    challenges: tokio::sync::OnceCell<bool>,
     host: String,
     retry: RetryPolicy,
 }
@@ -70,6 +75,7 @@ impl HostClient {
             auth,
             identity_token,
             authenticated: AtomicBool::new(false),
+            challenges: tokio::sync::OnceCell::new(),
             host: endpoint.host.clone(),
             retry: options.retry.clone(),
         }
@@ -120,7 +126,11 @@ impl HostClient {
             .with_retries(reference, || client.auth(reference, &auth, op))
             .await;
         match result {
-            Ok(_) => {
+            Ok(token) => {
+                if anonymous {
+                    // Without credentials a token comes only with a challenge.
+                    let _ = self.challenges.set(token.is_some());
+                }
                 self.authenticated.store(true, Ordering::Relaxed);
                 Ok(())
             }
@@ -163,10 +173,51 @@ impl HostClient {
     /// is sent: a request without a token costs a 401 and a retry, one round
     /// trip more (a mount of a cached image makes its first request on a read).
     async fn authenticate_first(&self, reference: &Reference, op: RegistryOperation) -> Result<()> {
-        if !self.has_credentials() || self.authenticated.load(Ordering::Relaxed) {
+        if !self.has_credentials() {
+            return self.skip_needless_pings(reference, op).await;
+        }
+        if self.authenticated.load(Ordering::Relaxed) {
             return Ok(());
         }
         self.authenticate(reference, op).await
+    }
+
+    /// Without credentials, on a registry that asks for no token (its
+    /// `GET /v2/` answer carries no `WWW-Authenticate` challenge: a site
+    /// registry without auth), oci-client would send that `GET /v2/` again
+    /// before every request, because its token cache holds tokens and "none
+    /// needed" is not one: a round trip more per read. The registry is asked
+    /// once; if it sets no challenge, an empty bearer token, which a
+    /// registry without auth ignores, stands in for "none needed" in
+    /// oci-client's cache for `reference`'s repository. Registries that do
+    /// challenge (ghcr.io's anonymous tokens) keep oci-client's own handling,
+    /// and so does any failure to ask, which the request itself then meets.
+    async fn skip_needless_pings(
+        &self,
+        reference: &Reference,
+        op: RegistryOperation,
+    ) -> Result<()> {
+        let client = self.client().await?;
+        let challenges = self
+            .challenges
+            .get_or_try_init(|| async {
+                // With no credentials, `auth` answers a token only when challenged.
+                client
+                    .auth(reference, &RegistryAuth::Anonymous, op)
+                    .await
+                    .map(|token| token.is_some())
+            })
+            .await;
+        if let Ok(false) = challenges {
+            let none_needed = RegistryToken::Token {
+                token: String::new(),
+            };
+            client
+                .tokens
+                .insert(reference, op, RegistryTokenType::Bearer(none_needed))
+                .await;
+        }
+        Ok(())
     }
 
     /// The raw manifest bytes for `reference`. The caller checks the digest.
@@ -279,8 +330,50 @@ impl HostClient {
 
     /// The manifests that name manifest `subject` as their subject, optionally only
     /// those of `artifact_type`: the referrers API, or the `sha256-<hex>` tag on
-    /// registries without it (ghcr.io, distribution 2.x).
+    /// registries without it (ghcr.io, distribution 2.x), as distribution-spec
+    /// "Listing Referrers" and its tag schema fallback describe. Both are asked
+    /// at once: where the API is missing, its 404 would otherwise cost a round
+    /// trip before the tag is asked. A tag that lists entries of `artifact_type`
+    /// answers; else the API's answer (which falls back to the tag itself).
     pub async fn referrers(
+        &self,
+        reference: &Reference,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<crate::image::Descriptor>> {
+        let what = format!("referrers of {subject}");
+        let by_tag = async {
+            let tag = Reference::with_tag(
+                reference.registry().to_string(),
+                reference.repository().to_string(),
+                subject.to_string().replace(':', "-"),
+            );
+            let bytes = self.fetch_manifest(&tag).await.ok()?;
+            let index = crate::image::parse_index(&bytes, &what).ok()?;
+            let entries: Vec<_> = (index.manifests().iter())
+                .filter(|d| {
+                    artifact_type.is_none_or(|wanted| {
+                        d.artifact_type()
+                            .as_ref()
+                            .is_some_and(|t| t.as_ref() == wanted)
+                    })
+                })
+                .cloned()
+                .collect();
+            (!entries.is_empty()).then_some(entries)
+        };
+        let by_api = self.referrers_api(reference, subject, artifact_type);
+        let (by_tag, by_api) = (std::pin::pin!(by_tag), std::pin::pin!(by_api));
+        match futures_util::future::select(by_tag, by_api).await {
+            Either::Left((Some(entries), _)) => Ok(entries),
+            Either::Left((None, by_api)) => by_api.await,
+            Either::Right((Ok(entries), _)) if !entries.is_empty() => Ok(entries),
+            Either::Right((answer, by_tag)) => by_tag.await.map_or(answer, Ok),
+        }
+    }
+
+    /// The referrers API's answer (oci-client falls back to the tag on a 404).
+    async fn referrers_api(
         &self,
         reference: &Reference,
         subject: &Digest,
