@@ -224,6 +224,20 @@ pub async fn fetch_metadata(
     wanted: &Platform,
     gate: Gate<'_>,
 ) -> Result<Resolved> {
+    let resolved = fetch_manifests(store, registry, image, wanted, gate).await?;
+    fetch_config(store, registry, image, &resolved).await?;
+    Ok(resolved)
+}
+
+/// The first half of [`fetch_metadata`]: authenticates, resolves `image` for
+/// `wanted`, lets `gate` judge the digests, then stores the manifests.
+pub async fn fetch_manifests(
+    store: &Store,
+    registry: &RegistryClient,
+    image: &ImageRef,
+    wanted: &Platform,
+    gate: Gate<'_>,
+) -> Result<Resolved> {
     registry
         .authenticate(&image.source, RegistryOperation::Pull)
         .await?;
@@ -236,10 +250,20 @@ pub async fn fetch_metadata(
     ] {
         store.put(digest, bytes, &format!("manifest of {name}"))?;
     }
-    let config = resolved.manifest.config();
-    let what = format!("config {} of {name}", config.digest());
-    fetch_blob(store, registry, image, config, (&what, &what), &Silent).await?;
     Ok(resolved)
+}
+
+/// The second half of [`fetch_metadata`]: the config `resolved` names, into
+/// the store unless there; returns the bytes fetched.
+pub async fn fetch_config(
+    store: &Store,
+    registry: &RegistryClient,
+    image: &ImageRef,
+    resolved: &Resolved,
+) -> Result<u64> {
+    let config = resolved.manifest.config();
+    let what = format!("config {} of {image}", config.digest());
+    fetch_blob(store, registry, image, config, (&what, &what), &Silent).await
 }
 
 /// Records that `image` for `wanted` is `resolved`, once its content is usable.

@@ -142,14 +142,23 @@ fn mount_daemons_killed_while_writing_chunks_leave_a_consistent_cache() {
     let work = tempfile::tempdir().unwrap();
     // A file of its own per round, so every round's daemon is fetching and
     // writing chunks nobody cached yet when it is killed.
-    let (reference, bigs) = push_image(env, work.path(), "crash", 20, 4 << 20);
+    let (reference, bigs) = push_image(env, work.path(), "crash", 21, 4 << 20);
     let lazyimg = Lazyimg::new(env);
+    // Kill moments fall within the time a whole read of a file nobody read
+    // takes here (timed on file 20, which no round reads), so most kills
+    // land mid-read however fast this machine and registry are.
+    let read_ms = {
+        let (mounted, _daemon) = Mounted::with_daemon(&lazyimg, &reference, &[]);
+        let start = std::time::Instant::now();
+        std::fs::read(mounted.path.join("data/big-20.bin")).unwrap();
+        start.elapsed().as_millis() as u64
+    };
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64
         | 1;
-    eprintln!("kill moments seeded with {seed}");
+    eprintln!("kill moments seeded with {seed}, within {read_ms} ms");
     let mut moments = Moments(seed);
     let mut interrupted = 0;
     for round in 0..20 {
@@ -160,7 +169,8 @@ fn mount_daemons_killed_while_writing_chunks_leave_a_consistent_cache() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let delay = moments.next_ms(300);
+        // Not in the first fifth: the read has started fetching by then.
+        let delay = read_ms / 5 + moments.next_ms((read_ms * 4 / 5).max(1));
         std::thread::sleep(Duration::from_millis(delay));
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(daemon.pid, libc::SIGKILL) };

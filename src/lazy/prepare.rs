@@ -131,10 +131,30 @@ pub async fn pull_chunk_maps(
     gate: Gate<'_>,
     trust: &TrustedKeys,
 ) -> Result<(pull::Resolved, Vec<Descriptor>)> {
-    let resolved = pull::fetch_metadata(store, registry, image, wanted, gate)
+    let resolved = pull::fetch_manifests(store, registry, image, wanted, gate)
         .instrument(timeline::phase("manifest"))
         .await?;
     let name = image.to_string();
+    let layers = image::layers(&resolved.manifest)?;
+    // The lazyimg index is looked for while the config arrives (it names the
+    // manifest, not the config), unless every layer's blob or map is stored.
+    let may_need_index = layers
+        .iter()
+        .any(|(digest, _)| !store.contains(digest) && ChunkMap::load(store, digest).is_none());
+    let discovery = async {
+        if !may_need_index {
+            return Ok(None);
+        }
+        index_artifact::locate(registry, image, &resolved.manifest_digest, trust)
+            .instrument(timeline::phase("index discovery"))
+            .await
+    };
+    let (config, artifact) = tokio::join!(
+        pull::fetch_config(store, registry, image, &resolved).instrument(timeline::phase("config")),
+        discovery
+    );
+    config?;
+    let artifact = artifact?;
     let config_what = format!("config of {name}");
     let config = image::parse_config(
         store
@@ -143,7 +163,7 @@ pub async fn pull_chunk_maps(
         &config_what,
     )?;
     let diff_ids = image::diff_ids(&config, &config_what)?;
-    let needed: Vec<(Digest, &Descriptor)> = image::layers(&resolved.manifest)?
+    let needed: Vec<(Digest, &Descriptor)> = layers
         .into_iter()
         .enumerate()
         .filter(|(i, (digest, _))| {
@@ -154,18 +174,19 @@ pub async fn pull_chunk_maps(
         .collect();
     // A lazyimg index pushed beside the image comes first: it also covers
     // plain gzip layers, which carry no table of contents.
-    let mut indexed = if needed.is_empty() {
-        Default::default()
-    } else {
-        index_artifact::find(
-            store,
-            registry,
-            image,
-            &resolved.manifest_digest,
-            &needed,
-            trust,
-        )
-        .await?
+    let mut indexed = match &artifact {
+        Some(artifact) if !needed.is_empty() => {
+            index_artifact::chunk_maps(
+                store,
+                registry,
+                image,
+                &resolved.manifest_digest,
+                artifact,
+                &needed,
+            )
+            .await?
+        }
+        _ => Default::default(),
     };
     let maps: Vec<(Digest, &Descriptor, Option<ChunkMap>)> = futures_util::stream::iter(needed)
         .map(|(digest, layer)| {

@@ -616,7 +616,10 @@ fn files_differing_only_in_a_shared_chunk_read_only_that_part() {
         chunk.blob_offset..chunk.blob_offset + chunk.blob_size
     };
     for side in [&a, &b] {
-        assert_eq!(*side.source.requests.lock().unwrap(), vec![last_chunk(side)]);
+        assert_eq!(
+            *side.source.requests.lock().unwrap(),
+            vec![last_chunk(side)]
+        );
     }
     assert_eq!(compare(&c, &b, 15, true), SameContent::No);
     assert_eq!(*c.source.requests.lock().unwrap(), vec![last_chunk(&c)]);

@@ -22,7 +22,7 @@ mod registry;
 
 pub use build::{BuiltLayer, build_layer, check_tree};
 pub use format::ArtifactLayer;
-pub use registry::{find, indexed_layers, locate, push};
+pub use registry::{chunk_maps, indexed_layers, locate, push};
 
 pub const ARTIFACT_TYPE: &str = "application/vnd.lazyimg.index.v1";
 const INDEX_MEDIA_TYPE: &str = "application/vnd.lazyimg.layer-index.v1+zstd";

@@ -229,23 +229,18 @@ fn annotation<'a>(manifest: &'a ImageManifest, key: &str) -> Option<&'a str> {
         .map(String::as_str)
 }
 
-/// Chunk maps from the image's lazyimg index, for those of `layers` it covers
-/// and that pass every check; its prefetch list, if any, is kept for the mount
-/// ([`Derived::PrefetchList`]). Anything wrong with the index is a warning.
-pub async fn find(
+/// Chunk maps from `artifact`, the image's lazyimg index ([`locate`]), for
+/// those of `layers` it covers and that pass every check; its prefetch list,
+/// if any, is kept for the mount ([`Derived::PrefetchList`]). Anything wrong
+/// with the index is a warning.
+pub async fn chunk_maps(
     store: &Store,
     registry: &RegistryClient,
     image: &ImageRef,
     manifest_digest: &Digest,
+    artifact: &ImageManifest,
     layers: &[(Digest, &Descriptor)],
-    trust: &TrustedKeys,
 ) -> Result<BTreeMap<Digest, ChunkMap>> {
-    let discovered = locate(registry, image, manifest_digest, trust)
-        .instrument(timeline::phase("index discovery"))
-        .await?;
-    let Some(artifact) = discovered else {
-        return Ok(BTreeMap::new());
-    };
     let annotated = |layer: &Digest, media_type: &str| {
         let layer = layer.to_string();
         artifact.layers().iter().find(|d| {
