@@ -381,6 +381,7 @@ fn entry_json(path: &OsStr, ino: Ino, inode: &Inode) -> serde_json::Value {
         "mtime": inode.mtime.secs,
         "nlink": inode.nlink,
         "ino": ino,
+        "layer": inode.layer,
         "xattrs": inode.xattrs.iter()
             .map(|(name, value)| (name.clone(), json!(hex::encode(value))))
             .collect::<serde_json::Map<_, _>>(),
@@ -402,7 +403,8 @@ fn entry_json(path: &OsStr, ino: Ino, inode: &Inode) -> serde_json::Value {
 }
 
 /// `ls -l`'s columns: type and permissions, links, uid, gid, size, mtime (UTC),
-/// path, and ` -> target` for symlinks.
+/// the layer that last wrote the entry (0 = bottom, `-` for directories no
+/// layer names), path, and ` -> target` for symlinks.
 fn long_line(path: &OsStr, inode: &Inode) -> String {
     let letter = match FileType::of(inode) {
         FileType::Regular => '-',
@@ -412,8 +414,9 @@ fn long_line(path: &OsStr, inode: &Inode) -> String {
         || inode.mtime.secs.to_string(),
         |t| t.format("%Y-%m-%d %H:%M").to_string(),
     );
+    let layer = inode.layer.map_or("-".to_string(), |n| n.to_string());
     let mut line = format!(
-        "{letter}{} {:>3} {:>5} {:>5} {:>10} {mtime} {}",
+        "{letter}{} {:>3} {:>5} {:>5} {:>10} {mtime} {layer:>3} {}",
         permissions(inode.mode),
         inode.nlink,
         inode.uid,

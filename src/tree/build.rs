@@ -57,6 +57,10 @@ struct Node {
 
 #[derive(Clone)]
 pub(super) struct Meta {
+    /// The layer whose entry last set this metadata (0 = bottom); `None`
+    /// for directories no entry named (implied parents, the root before a
+    /// `./` entry).
+    pub(super) layer: Option<u32>,
     pub(super) mode: u32,
     pub(super) uid: u32,
     pub(super) gid: u32,
@@ -80,6 +84,7 @@ impl Meta {
     /// keeps builds reproducible.
     pub(super) fn implicit_dir() -> Meta {
         Meta {
+            layer: None,
             mode: 0o755,
             uid: 0,
             gid: 0,
@@ -88,8 +93,10 @@ impl Meta {
         }
     }
 
-    pub(super) fn of(entry: &TarEntry) -> Meta {
+    /// The metadata entry `entry` of layer `layer` sets.
+    pub(super) fn of(layer: u32, entry: &TarEntry) -> Meta {
         Meta {
+            layer: Some(layer),
             mode: entry.mode,
             uid: entry.uid,
             gid: entry.gid,
@@ -166,7 +173,7 @@ impl Merge {
             // The root itself (`./`): only its metadata can change.
             return match entry.kind {
                 EntryKind::Directory => {
-                    self.nodes[ROOT].meta = Meta::of(entry);
+                    self.nodes[ROOT].meta = Meta::of(layer, entry);
                     Ok(None)
                 }
                 _ => Err(TreeError::RootNotDirectory { layer }),
@@ -199,11 +206,11 @@ impl Merge {
         {
             // A directory over a directory merges: children stay, metadata
             // is the new one.
-            self.nodes[existing].meta = Meta::of(entry);
+            self.nodes[existing].meta = Meta::of(layer, entry);
             return Ok(None);
         }
         let is_dir = matches!(kind, NodeKind::Directory(_));
-        let node = self.push(Meta::of(entry), kind);
+        let node = self.push(Meta::of(layer, entry), kind);
         // Replaces whatever had this name, dropping a replaced directory's
         // whole subtree.
         self.insert(parent, name, node);
@@ -388,6 +395,7 @@ impl Table {
         };
         self.inodes.push(Inode {
             kind,
+            layer: node.meta.layer,
             mode: node.meta.mode,
             uid: node.meta.uid,
             gid: node.meta.gid,

@@ -80,6 +80,8 @@ impl Tree {
         }
         self.inodes.push(Inode {
             kind,
+            // No image layer wrote it.
+            layer: None,
             mode: entry.mode & 0o7777,
             uid: entry.uid,
             gid: entry.gid,

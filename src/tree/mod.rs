@@ -67,6 +67,10 @@ pub struct ContentLocation {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inode {
     pub kind: InodeKind,
+    /// The layer (0 = bottom) whose entry last wrote this entry's metadata,
+    /// as `lazyimg ls -l` shows it; `None` for directories no entry named
+    /// (implied parents) and entries no image layer holds (grafted ones).
+    pub layer: Option<u32>,
     /// Permission bits including setuid/setgid/sticky; see `st_mode` for
     /// the full value with the file type.
     pub mode: u32,

@@ -147,18 +147,18 @@ impl Merge {
                 Some(node) => self.insert(dir, name, node),
                 None => match self.child(dir, name) {
                     Some(existing) if self.is_dir(existing) => {
-                        *self.meta_mut(existing) = Meta::of(entry);
+                        *self.meta_mut(existing) = Meta::of(layer, entry);
                     }
                     _ => {
                         let created =
-                            self.push(Meta::of(entry), NodeKind::Directory(BTreeMap::new()));
+                            self.push(Meta::of(layer, entry), NodeKind::Directory(BTreeMap::new()));
                         self.insert(dir, name, created);
                     }
                 },
             }
         }
         for whiteout in &index.whiteouts {
-            opaque.extend(self.add_whiteout(view, whiteout));
+            opaque.extend(self.add_whiteout(layer, view, whiteout));
         }
         *self.meta_mut(view) = self.meta(ROOT).clone();
         Ok(view)
@@ -166,7 +166,7 @@ impl Merge {
 
     /// Turns one OCI whiteout into its overlayfs form in `view` (module
     /// docs); returns the directory to mark opaque, if any.
-    fn add_whiteout(&mut self, view: NodeId, whiteout: &Whiteout) -> Option<NodeId> {
+    fn add_whiteout(&mut self, layer: u32, view: NodeId, whiteout: &Whiteout) -> Option<NodeId> {
         let (dir, name) = match whiteout {
             Whiteout::Opaque(dir) => (dir.as_bytes(), None),
             Whiteout::Remove(path) => {
@@ -184,7 +184,10 @@ impl Merge {
         match self.child(dir, name) {
             Some(existing) => self.is_dir(existing).then_some(existing),
             None => {
-                let device = self.push(whiteout_meta(), NodeKind::CharDevice(Device::default()));
+                let device = self.push(
+                    whiteout_meta(layer),
+                    NodeKind::CharDevice(Device::default()),
+                );
                 self.insert(dir, name, device);
                 None
             }
@@ -211,8 +214,9 @@ impl Merge {
 /// created as containers/storage's overlay driver does (`mknod` with mode
 /// 0, i.e. no permission bits) and owned by root. overlayfs never shows a
 /// whiteout, so none of it reaches a container.
-fn whiteout_meta() -> Meta {
+fn whiteout_meta(layer: u32) -> Meta {
     Meta {
+        layer: Some(layer),
         mode: 0,
         uid: 0,
         gid: 0,

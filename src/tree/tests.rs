@@ -385,3 +385,27 @@ fn large_tree_lookups_are_fast() {
     // quadratic algorithm would take minutes.
     assert!(start.elapsed().as_secs() < 20, "took {:?}", start.elapsed());
 }
+
+/// Each entry names the layer that last wrote it: a file replaced above
+/// names the upper layer, a directory named again takes the later entry's
+/// layer, and a parent no entry names has none.
+#[test]
+fn entries_name_the_layer_that_last_wrote_them() {
+    let tree = build(&mut [
+        TestTar::new()
+            .dir("etc/")
+            .file("etc/passwd", b"root")
+            .file("etc/hosts", b"localhost"),
+        TestTar::new()
+            .file("etc/passwd", b"root, alice")
+            .file("opt/tool/bin", b"#!"),
+        TestTar::new().dir("etc/"),
+    ]);
+    let layer = |path| attr(&tree, path).layer;
+    assert_eq!(layer("etc/hosts"), Some(0));
+    assert_eq!(layer("etc/passwd"), Some(1));
+    assert_eq!(layer("opt/tool/bin"), Some(1));
+    assert_eq!(layer("etc"), Some(2));
+    assert_eq!(layer("opt"), None);
+    assert_eq!(tree.attr(ROOT_INO).unwrap().layer, None);
+}
