@@ -323,3 +323,49 @@ fn an_index_pinned_by_the_approved_list_needs_no_signature_and_is_the_only_one_u
         daemon.log()
     );
 }
+
+/// A gzip layer whose uncompressed bytes miss the config's diff_id is refused
+/// by `lazyimg index` with the same digest-mismatch error as `pull`, and a
+/// mount of the image (no index can exist for it) fails the same way: a lazy
+/// mount is never the one path that accepts it (issue 14, acceptance 6).
+#[test]
+fn a_layer_missing_its_diff_id_is_refused_by_index_pull_and_mount_alike() {
+    let registry = Registry::start().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let spec = ImageSpec::new(vec![LayerSpec::new(vec![
+        dir("data"),
+        file("data/a.txt", b"A".repeat(5000)),
+    ])]);
+    let mut layers: Vec<BuiltLayer> = spec.layers.iter().map(build_layer).collect();
+    let true_diff_id = layers[0].diff_id.clone();
+    let wrong = format!("sha256:{}", sha256_hex(b"another tar"));
+    layers[0].diff_id = wrong.clone();
+    let (layout, _) =
+        support::testenv::build_layout_from_layers(&work.path().join("img"), &spec, &layers, "1");
+    let reference = registry.reference("trust/bad-diff-id:1");
+    push_layout(&layout.dir, "1", &reference, registry.push_opts()).unwrap();
+
+    let mismatch = |what: &str, args: &[&str]| {
+        let node = lazyimg(&registry, "");
+        let run = node.run(args);
+        let stderr = run.stderr();
+        assert!(!run.success(), "{what} accepted the image:\n{stderr}");
+        assert!(
+            stderr.contains("digest mismatch")
+                && stderr.contains(&wrong)
+                && stderr.contains(&true_diff_id),
+            "{what}: {stderr}"
+        );
+        stderr
+    };
+    mismatch("index", &["index", "--push", &reference]);
+    mismatch("pull", &["pull", &reference]);
+    let mountpoint = work.path().join("mnt");
+    std::fs::create_dir_all(&mountpoint).unwrap();
+    mismatch(
+        "mount",
+        &["mount", &reference, mountpoint.to_str().unwrap()],
+    );
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(!mounts.contains(mountpoint.to_str().unwrap()), "{mounts}");
+}
