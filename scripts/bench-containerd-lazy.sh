@@ -105,8 +105,13 @@ once() { # lazy|baseline: prints "pull_s run_s total_s down_bytes ctd_rss_mib sn
     store_pid=$(daemon_pid "$(cat "$WORK/n/sn.log")")
     store_rss=$(peak_rss_mib "$store_pid")
   fi
-  awk -v a="$t0" -v b="$t1" -v c="$t2" -v d="$down" -v r="$(peak_rss_mib "$CTD_PID")" \
-    -v s="$sn_rss" -v l="$store_rss" 'BEGIN { printf "%.3f %.3f %.3f %d %s %s %s\n", b - a, c - b, c - a, d, r, s, l }'
+  local row
+  row=$(awk -v a="$t0" -v b="$t1" -v c="$t2" -v d="$down" -v r="$(peak_rss_mib "$CTD_PID")" \
+    -v s="$sn_rss" -v l="$store_rss" 'BEGIN { printf "%.3f %.3f %.3f %d %s %s %s\n", b - a, c - b, c - a, d, r, s, l }')
+  # This runs in a command substitution: its daemons' pids die with it, so
+  # they are stopped here, not by the next run.
+  stop_all
+  echo "$row"
 }
 
 declare -A rows

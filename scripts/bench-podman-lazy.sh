@@ -77,8 +77,13 @@ once() { # lazy|baseline: prints "pull_s run_s total_s down_bytes store_rss_mib"
   t2=$(now)
   down=$(relay_field "$WORK/relay.json" down_bytes)
   [[ $kind == lazy ]] && store_rss=$(peak_rss_mib "$STORE_PID")
-  awk -v a="$t0" -v b="$t1" -v c="$t2" -v d="$down" -v s="$store_rss" \
-    'BEGIN { printf "%.3f %.3f %.3f %d %s\n", b - a, c - b, c - a, d, s }'
+  local row
+  row=$(awk -v a="$t0" -v b="$t1" -v c="$t2" -v d="$down" -v s="$store_rss" \
+    'BEGIN { printf "%.3f %.3f %.3f %d %s\n", b - a, c - b, c - a, d, s }')
+  # This runs in a command substitution: the store daemon's pid dies with it,
+  # so the daemon is stopped here, not by the next run.
+  stop_all
+  echo "$row"
 }
 
 declare -A rows
