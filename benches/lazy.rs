@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::median;
 use lazyimg::digest::Digest;
-use lazyimg::image::Descriptor;
+use lazyimg::image::{Descriptor, DescriptorExt};
 use lazyimg::layer::EntryKind;
 use lazyimg::lazy::decode::DeflateResume;
 use lazyimg::lazy::index_artifact::{BuiltLayer, build_layer};
@@ -70,7 +70,7 @@ fn main() {
             .expect("gzip runs");
         assert!(status.success());
     });
-    let blob = store.require(&descriptor.digest).expect("layer stored");
+    let blob = store.require(&sha256(&descriptor)).expect("layer stored");
     let flate2 = median(RUNS, || {
         let mut decoder = flate2::read::MultiGzDecoder::new(blob.bytes());
         let out = io::copy(&mut decoder, &mut io::sink()).expect("flate2 inflates");
@@ -270,14 +270,19 @@ fn store_file(store: &Store, path: &Path) -> Descriptor {
     store
         .put(digest, &bytes, "bench layer")
         .expect("store layer");
-    Descriptor {
-        media_type: GZIP_MEDIA_TYPE.into(),
-        digest,
-        size: bytes.len() as u64,
-        annotations: Default::default(),
-        platform: None,
-        artifact_type: None,
-    }
+    lazyimg::image::descriptor(
+        GZIP_MEDIA_TYPE,
+        &digest,
+        bytes.len() as u64,
+        Default::default(),
+    )
+}
+
+/// The digest of a descriptor `store_file` made (always sha256).
+fn sha256(descriptor: &Descriptor) -> Digest {
+    descriptor
+        .sha256()
+        .expect("store_file's descriptors are sha256")
 }
 
 /// The registry of a local or warm read: never asked. A read that reaches it
@@ -315,8 +320,8 @@ fn image_content(store: &Arc<Store>, layer: &Descriptor, built: &BuiltLayer) -> 
     let chunks = &built.file.chunked.chunks;
     let spans = GzipSpans::new(resume, chunks, Arc::clone(&fetcher));
     let blob = LazyBlob {
-        digest: layer.digest,
-        size: layer.size,
+        digest: sha256(layer),
+        size: layer.size(),
         chunks: chunks.clone(),
         deflate: Some(Arc::new(spans) as Arc<dyn DeflateResume>),
     };
@@ -426,7 +431,7 @@ fn random_reads(
     plain: &Layer,
 ) -> RandomReads {
     let store = Arc::new(Store::open(store_root, u64::MAX).expect("store reopens"));
-    fs::remove_file(store.blob_path(&layer.digest)).expect("remove the layer blob");
+    fs::remove_file(store.blob_path(&sha256(layer))).expect("remove the layer blob");
     let content = image_content(&store, layer, built);
 
     let reference = File::open(&plain.plain_path).expect("open big.bin");

@@ -11,6 +11,8 @@ use crate::digest::Digest;
 use crate::policy::{self, Policy, Rule};
 use crate::pull;
 
+// Parsed once per process: boxing the large variant would save nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub(super) enum PolicyCommand {
     /// Say whether an image may be pulled, mounted or run here, and which rule

@@ -84,7 +84,7 @@ impl ContentIdentity {
     /// neighbours' chunks equal except where they share a chunk with it.
     pub fn equal_ranges(&self, other: &ContentIdentity, size: u64) -> Vec<Range<u64>> {
         if self == other {
-            return vec![0..size];
+            return std::iter::once(0..size).collect();
         }
         let (
             ContentIdentity::Chunks {
