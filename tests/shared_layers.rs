@@ -293,10 +293,18 @@ fn two_images_sharing_an_estargz_layer_through_its_toc_and_a_lazyimg_index_first
     for round in 0..3 {
         let lazyimg = Lazyimg::new(testenv());
         for pass in ["first", "second"] {
+            // A mount point of its own per mount: fuser 0.18 unmounts a session's
+            // path again when its session ends after an external unmount (its
+            // already-unmounted check reads POLLERR the wrong way round), which
+            // can take down a new mount made at once on the same path.
+            let (toc_dir, indexed_dir) = (
+                format!("toc-{round}-{pass}"),
+                format!("indexed-{round}-{pass}"),
+            );
             let (toc, indexed) = std::thread::scope(|scope| {
-                let toc = scope.spawn(|| Mounted::at(&lazyimg, &by_toc.reference, "toc", &[]));
+                let toc = scope.spawn(|| Mounted::at(&lazyimg, &by_toc.reference, &toc_dir, &[]));
                 let indexed =
-                    scope.spawn(|| Mounted::at(&lazyimg, &by_index.reference, "indexed", &[]));
+                    scope.spawn(|| Mounted::at(&lazyimg, &by_index.reference, &indexed_dir, &[]));
                 (toc.join().unwrap(), indexed.join().unwrap())
             });
             std::thread::scope(|scope| {
