@@ -2,6 +2,7 @@
 //! `lazyimg` command per test: its own cache, config and (empty) auth files.
 
 use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -399,13 +400,49 @@ impl Daemon {
 
 impl Drop for Mounted {
     fn drop(&mut self) {
+        // Found before the unmount ends them.
+        let daemons = daemons_serving(&self.path);
         // Usually unmounted already; then fusermount3's complaint is noise.
         let _ = Command::new("fusermount3")
             .arg("-u")
             .arg(&self.path)
             .stderr(std::process::Stdio::null())
             .status();
+        // fuser 0.18 unmounts a session's path once more as the session ends
+        // after an external unmount (cberner/fuser#703): a test's next mount
+        // on the same path must not be made before the daemon is gone.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for pid in daemons {
+            while is_running(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
     }
+}
+
+/// The processes with `path` as one of their arguments: the daemons of
+/// `lazyimg mount … PATH` (which keep their command line).
+fn daemons_serving(path: &Path) -> Vec<i32> {
+    let wanted = path.as_os_str().as_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| cmdline.split(|&b| b == 0).any(|arg| arg == wanted))
+        })
+        .collect()
+}
+
+/// Whether process `pid` exists and is not a zombie waiting to be reaped.
+fn is_running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
 }
 
 pub fn run(cmd: &mut Command) -> Run {
