@@ -87,16 +87,9 @@ once() { # lazy|baseline: prints "pull_s run_s total_s down_bytes store_rss_mib"
 }
 
 declare -A rows
-for run in $(seq "$RUNS"); do
-  for kind in lazy baseline; do
-    line=$(once "$kind")
-    rows[$kind]+="$line"$'\n'
-    log "run $run, $kind: pull / run / total s, relay down bytes, store RSS MiB: $line"
-  done
-done
+bench_lazy_and_baseline "$RUNS" "pull / run / total s, relay down bytes, store RSS MiB"
 stop_all
 
-col() { awk -v c="$1" 'NF { print $c }' | median; }
 echo "Podman cold start of $ref ($RTT ms RTT, $RATE Mbit/s; $BIG_BLOB_BYTES blob bytes; medians of $RUNS):"
 printf '  %-9s %8s %8s %8s %14s %8s %10s\n' "" "pull s" "run s" "total s" "relay down B" "% blobs" "store MiB"
 for kind in lazy baseline; do

@@ -43,6 +43,22 @@ need() {
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.3f", b - a}'; } # seconds since $1
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+# col N: the median of column N of the lines on stdin (blank lines skipped).
+col() { awk -v c="$1" 'NF { print $c }' | median; }
+# bench_lazy_and_baseline RUNS FIELDS: runs the caller's `once lazy` and `once
+# baseline` in turn, RUNS times (both sides in the same run), keeping each
+# printed row in the associative array `rows` (declare it first) and logging
+# it with FIELDS, the names of its columns.
+bench_lazy_and_baseline() {
+  local runs=$1 fields=$2 run kind line
+  for run in $(seq "$runs"); do
+    for kind in lazy baseline; do
+      line=$(once "$kind")
+      rows[$kind]+="$line"$'\n'
+      log "run $run, $kind: $fields: $line"
+    done
+  done
+}
 maximum() { sort -g | tail -n1; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 
