@@ -298,6 +298,11 @@ pub enum ReadError {
     /// before settling it.
     #[error("the fetch of chunk {chunk} was abandoned")]
     Abandoned { chunk: Digest },
+    /// The layer failed its whole-layer check (see
+    /// [`crate::lazy::WholeLayerCheck`]): the index it is read through does not
+    /// describe its verified bytes, so nothing more of it is served.
+    #[error("layer {layer} failed its whole-layer check: {reason}")]
+    BadLayer { layer: Digest, reason: String },
     /// Another reader's fetch of this chunk did not settle within the wait deadline.
     #[error("timed out after {} s waiting for another reader's fetch of chunk {chunk}", waited.as_secs())]
     WaitTimedOut {
@@ -318,6 +323,10 @@ impl ReadError {
             ReadError::Rejected { .. } => {
                 "the registry holds damaged or tampered data; nothing was cached or served. \
                  Report it to the registry's operators"
+            }
+            ReadError::BadLayer { .. } => {
+                "the layer's lazyimg index was not made from its bytes; remount to read the \
+                 verified layer whole, and have the site re-seed the image"
             }
             ReadError::MapGap { .. } | ReadError::Abandoned { .. } => {
                 "this is a lazyimg bug or a damaged cache: the mount log has details; \

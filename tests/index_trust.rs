@@ -276,6 +276,66 @@ fn a_rogue_index_serves_no_wrong_byte_on_a_node_that_trusts_the_site_key() {
     );
 }
 
+/// `lazyimg stats --json MNT`: its report, and whether it exited 0.
+fn stats(node: &Lazyimg, mounted: &Mounted) -> (serde_json::Value, bool) {
+    let run = node.run(&["stats", "--json", mounted.path.to_str().unwrap()]);
+    (serde_json::from_str(&run.stdout()).unwrap(), run.success())
+}
+
+/// Waits (60 s at most) until the daemon's log holds `line`.
+fn wait_for_log(daemon: &support::testenv::Daemon, line: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !daemon.log().contains(line) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {line:?} in the log:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_rogue_index_is_caught_by_the_background_whole_layer_check_on_a_node_without_keys() {
+    let site = Site::new();
+    push_rogue_index(&site);
+    let node = lazyimg(&site.registry, "");
+    let (mounted, daemon) = Mounted::with_daemon(&node, &site.reference, &["--background-fetch"]);
+    wait_for_log(&daemon, "failed its whole-layer check");
+    // b.txt was never read: nothing of the bad layer is served any more.
+    let err = std::fs::read(mounted.path.join("data/b.txt")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let (report, ok) = stats(&node, &mounted);
+    assert_eq!(report["bad_layers"], 1, "{report}");
+    assert!(!ok, "stats exits non-zero with a bad layer");
+    let log = daemon.log();
+    assert!(log.contains("places files differently"), "{log}");
+    // The next mount reads the layer whole from the verified blob the check stored.
+    drop(mounted);
+    let (mounted, _) = Mounted::with_daemon(&node, &site.reference, &[]);
+    assert_eq!(read(&mounted, "data/a.txt"), b"A".repeat(5000));
+    assert_eq!(read(&mounted, "data/b.txt"), b"B".repeat(5000));
+}
+
+#[test]
+fn an_honest_index_passes_the_background_whole_layer_check() {
+    let site = Site::new();
+    site.push_index(None);
+    let node = lazyimg(&site.registry, "");
+    let (mounted, daemon) = Mounted::with_daemon(&node, &site.reference, &["--background-fetch"]);
+    wait_for_log(&daemon, "background fetch done");
+    assert!(daemon.log().contains("whole-layer check passed"), "{}", daemon.log());
+    let (report, ok) = stats(&node, &mounted);
+    assert_eq!(report["bad_layers"], 0, "{report}");
+    assert!(ok);
+    assert_eq!(read(&mounted, "data/b.txt"), b"B".repeat(5000));
+    assert_eq!(
+        read(&mounted, "data/big.bin"),
+        prng_bytes(7, BIG),
+        "the spans filled after the check are the layer's"
+    );
+}
+
 /// An approved list whose rule for the image pins `pin` (`index_digest`).
 fn pinned_node(site: &Site, dir: &std::path::Path, pin: &str) -> Lazyimg {
     let list = dir.join("approved.toml");

@@ -23,9 +23,16 @@ pub(super) struct StatsArgs {
 
 pub(super) fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
     let report = read_stats(&args.mountpoint)?;
+    // A layer that failed its whole-layer check served bytes its digest does
+    // not vouch for: scripts checking a mount must see that as a failure.
+    let verdict = if report.bad_layers > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(verdict);
     }
     let latency = &report.fetch_latency_ms;
     println!(
@@ -40,11 +47,19 @@ pub(super) fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
     println!("verification failures  {}", report.verification_failures);
     println!("fetch failures         {}", report.fetch_failures);
     println!("whole-blob fallbacks   {}", report.whole_blob_fallbacks);
+    println!("layers failing check   {}", report.bad_layers);
     println!(
         "fetch latency          p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         latency.p50, latency.p90, latency.p99, latency.max
     );
-    Ok(ExitCode::SUCCESS)
+    if report.bad_layers > 0 {
+        eprintln!(
+            "lazyimg: {} layer(s) of this mount failed the whole-layer check: their index does not \
+             match their bytes (the mount log names them)\n  hint: remount; the verified layer is read whole",
+            report.bad_layers
+        );
+    }
+    Ok(verdict)
 }
 
 /// Asks the mount's daemon through an attribute of the mount's root.

@@ -125,9 +125,21 @@ pub enum LayerContent {
     Chunked(Arc<LazyBlob>),
 }
 
+/// The whole-layer check of a layer read through a lazyimg index, run by the
+/// background fetch ([`ContentReader::fill`]) before it fills the layer: it
+/// downloads the layer whole, verified against its digest, and compares the
+/// index with the one its bytes give. `Ok(None)`: the index describes the
+/// layer; `Ok(Some(reason))`: it does not (or the bytes missed a digest), and
+/// the layer is marked bad; `Err`: the check could not run (network, disk).
+pub type WholeLayerCheck = Box<dyn Fn() -> Result<Option<String>> + Send + Sync>;
+
 /// Every layer of a mounted image, as the tree's content locations address them.
 pub struct ImageContent {
     layers: Vec<LayerContent>,
+    /// Per layer: its whole-layer check, if it has one.
+    checks: Vec<Option<WholeLayerCheck>>,
+    /// Per layer: why it failed its whole-layer check; every read of it fails from then on.
+    bad: Vec<std::sync::OnceLock<String>>,
     /// Present when any layer is chunked.
     fetcher: Option<Arc<ChunkFetcher>>,
     /// Bytes of the same file fetched ahead of a sequential reader.
@@ -147,12 +159,41 @@ impl ImageContent {
         stats: Arc<Stats>,
     ) -> Self {
         ImageContent {
+            checks: layers.iter().map(|_| None).collect(),
+            bad: layers.iter().map(|_| Default::default()).collect(),
             layers,
             fetcher,
             readahead,
             read_ends: Default::default(),
             stats,
         }
+    }
+
+    /// The same content, layer `layer` checked whole by `check` when the
+    /// background fetch gets to it.
+    pub fn with_check(mut self, layer: usize, check: WholeLayerCheck) -> Self {
+        self.checks[layer] = Some(check);
+        self
+    }
+
+    /// Runs layer `index`'s whole-layer check, if any; `false` when it failed
+    /// (the layer is then bad: logged with the reason, counted in the stats).
+    fn check_whole(&self, index: usize, blob: &LazyBlob) -> Result<bool> {
+        let Some(check) = &self.checks[index] else {
+            return Ok(true);
+        };
+        let Some(reason) = check()? else {
+            tracing::info!("layer {}: whole-layer check passed", blob.digest);
+            return Ok(true);
+        };
+        tracing::error!(
+            "layer {} failed its whole-layer check: {reason}; every read of it fails with EIO from now on",
+            blob.digest
+        );
+        if self.bad[index].set(reason).is_ok() {
+            self.stats.bad_layer();
+        }
+        Ok(false)
     }
 
     /// The chunks of `blob` holding content `range`, as an index range.
@@ -261,6 +302,13 @@ impl ImageContent {
             LayerContent::Unpacked { tar, .. } => {
                 tar.slice(range.start as usize..range.end as usize)
             }
+            LayerContent::Chunked(blob) if let Some(reason) = self.bad[location.layer as usize].get() => {
+                return Err(Arc::new(ReadError::BadLayer {
+                    layer: blob.digest,
+                    reason: reason.clone(),
+                })
+                .into());
+            }
             LayerContent::Chunked(blob) if range.start < range.end => {
                 match self.read_chunked(blob, location, range, ready_only)? {
                     Some(bytes) => bytes,
@@ -350,10 +398,13 @@ impl ContentReader for ImageContent {
         };
         let mut pacer = prefetch::Pacer::new(max_rate);
         let mut fetched = 0;
-        for layer in &self.layers {
+        for (index, layer) in self.layers.iter().enumerate() {
             let LayerContent::Chunked(blob) = layer else {
                 continue;
             };
+            if !self.check_whole(index, blob)? {
+                continue;
+            }
             let mut start = 0;
             while start < blob.chunks.len() {
                 let mut end = start;

@@ -111,6 +111,13 @@ impl RegistryRanges {
 
 impl RangeSource for RegistryRanges {
     fn fetch_range(&self, blob: &Digest, range: Range<u64>) -> Result<Option<Bytes>> {
+        // A blob downloaded whole (a whole-layer check) serves its ranges from
+        // disk: the background fill after the check costs no second download.
+        if let Some(stored) = self.store.get(blob)?
+            && range.end <= stored.bytes().len() as u64
+        {
+            return Ok(Some(stored.slice(range.start as usize..range.end as usize)));
+        }
         let fetch = self
             .registry
             .fetch_range(&self.image.source, blob, range.clone());

@@ -9,14 +9,17 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 use std::sync::Arc;
 
-use crate::chunkmap::ChunkMap;
+use crate::chunkmap::{ChunkMap, MapSource};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::image::{self, DescriptorExt, Manifest};
+use crate::image::{self, Descriptor, DescriptorExt, Manifest};
 use crate::layer::{self, Compression, EntryTable};
 use crate::lazy::decode::DeflateResume;
 use crate::lazy::source::{RangeSource, Routed};
-use crate::lazy::{ChunkFetcher, GzipSpans, ImageContent, LayerContent, LazyBlob, LazyOptions};
+use crate::lazy::index_artifact;
+use crate::lazy::{
+    ChunkFetcher, GzipSpans, ImageContent, LayerContent, LazyBlob, LazyOptions, WholeLayerCheck,
+};
 use crate::rootfs::{RootFs, Stats, View};
 use crate::store::BlobSink;
 use crate::store::{Blob, BlobWriter, Derived, Store};
@@ -115,11 +118,7 @@ pub fn open_bottom_layers(
         } else if let Some(map) = ChunkMap::load(store, &digest) {
             layouts.push_str(&format!(" {}", map.content_identity()));
             tables.push(map.layer.table.clone());
-            plans.push(Plan::Chunked(
-                (digest, layer.size()),
-                *diff_id,
-                Box::new(map),
-            ));
+            plans.push(Plan::Chunked(Box::new(layer.clone()), *diff_id, Box::new(map)));
         } else {
             return Err(Error::NotCached(digest));
         }
@@ -172,11 +171,17 @@ pub fn open_bottom_layers(
         }
         _ => (None, None, 0),
     };
+    let mut checks = Vec::new();
     let layers = plans
         .into_iter()
-        .map(|plan| match plan {
-            Plan::Tar(tar, diff_id) => LayerContent::Unpacked { tar, diff_id },
-            Plan::Chunked((digest, size), diff_id, map) => {
+        .enumerate()
+        .map(|(index, plan)| match plan {
+            Plan::Tar(tar, diff_id) => Ok(LayerContent::Unpacked { tar, diff_id }),
+            Plan::Chunked(layer, diff_id, map) => {
+                let (digest, size) = (layer.sha256()?, layer.size());
+                if let (MapSource::LazyimgIndex, Some(source)) = (map.source, &source) {
+                    checks.push((index, whole_layer_check(store, source, *layer, diff_id, &map)));
+                }
                 let deflate = match (map.gzip, &fetcher, &source) {
                     (Some(resume), Some(fetcher), Some(source)) => {
                         let spans = GzipSpans::new(resume, &map.layer.chunks, Arc::clone(fetcher));
@@ -186,23 +191,22 @@ pub fn open_bottom_layers(
                     }
                     _ => None,
                 };
-                LayerContent::Chunked(Arc::new(LazyBlob {
+                Ok(LayerContent::Chunked(Arc::new(LazyBlob {
                     digest,
                     size,
                     deflate,
                     chunks: map.layer.chunks,
-                }))
+                })))
             }
         })
-        .collect();
+        .collect::<Result<Vec<_>>>()?;
+    let content = checks.into_iter().fold(
+        ImageContent::new(layers, fetcher, readahead, Arc::clone(&stats)),
+        |content, (index, check)| content.with_check(index, check),
+    );
     Ok(RootFs {
         tree,
-        content: Arc::new(ImageContent::new(
-            layers,
-            fetcher,
-            readahead,
-            Arc::clone(&stats),
-        )),
+        content: Arc::new(content),
         stats: Some(stats),
     })
 }
@@ -211,8 +215,8 @@ pub fn open_bottom_layers(
 enum Plan {
     /// The layer's verified tar and its diff_id.
     Tar(Blob, Digest),
-    /// The layer's blob (digest, size in bytes), its diff_id and its map.
-    Chunked((Digest, u64), Digest, Box<ChunkMap>),
+    /// The layer's descriptor, its diff_id and its map.
+    Chunked(Box<Descriptor>, Digest, Box<ChunkMap>),
 }
 
 /// `source`, but fetching each map's auxiliary blobs from the repository that
@@ -233,6 +237,31 @@ fn route_auxiliary_blobs(source: Arc<dyn RangeSource>, plans: &[Plan]) -> Arc<dy
         return source;
     }
     Arc::new(Routed::new(source, routes))
+}
+
+/// The whole-layer check of `layer`, read through the lazyimg index `map`:
+/// the layer is downloaded whole from `source` (verified against its digest)
+/// unless stored, and the index compared with the one its bytes give
+/// ([`index_artifact::check_map`]). A download whose bytes miss the digest
+/// fails the check; one that cannot finish is an error (checked another time).
+fn whole_layer_check(
+    store: &Arc<Store>,
+    source: &Arc<dyn RangeSource>,
+    layer: Descriptor,
+    diff_id: Digest,
+    map: &ChunkMap,
+) -> WholeLayerCheck {
+    let (store, source, map) = (Arc::clone(store), Arc::clone(source), map.clone());
+    Box::new(move || {
+        let digest = layer.sha256()?;
+        if !store.contains(&digest) {
+            match source.fetch_whole(&digest, layer.size()) {
+                Err(e @ Error::DigestMismatch { .. }) => return Ok(Some(e.to_string())),
+                downloaded => downloaded?,
+            }
+        }
+        index_artifact::check_map(&store, &layer, &diff_id, &map)
+    })
 }
 
 /// The verified uncompressed tar of the gzip layer blob `(digest, size)`, made on demand: the

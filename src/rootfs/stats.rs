@@ -20,6 +20,7 @@ pub struct Stats {
     verification_failures: AtomicU64,
     fetch_failures: AtomicU64,
     whole_blob_fallbacks: AtomicU64,
+    bad_layers: AtomicU64,
     latencies: Mutex<Latencies>,
 }
 
@@ -48,6 +49,10 @@ pub struct StatsReport {
     pub fetch_failures: u64,
     /// Times a registry would not serve a range and the whole blob was fetched.
     pub whole_blob_fallbacks: u64,
+    /// Layers read through a lazyimg index whose whole-layer check failed
+    /// (`--background-fetch`): every read of them now fails with EIO.
+    #[serde(default)]
+    pub bad_layers: u64,
     pub fetch_latency_ms: Percentiles,
 }
 
@@ -98,6 +103,10 @@ impl Stats {
         self.verification_failures.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn bad_layer(&self) {
+        self.bad_layers.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn fetch_failed(&self) {
         self.fetch_failures.fetch_add(1, Ordering::Relaxed);
     }
@@ -125,6 +134,7 @@ impl Stats {
             verification_failures: get(&self.verification_failures),
             fetch_failures: get(&self.fetch_failures),
             whole_blob_fallbacks: get(&self.whole_blob_fallbacks),
+            bad_layers: get(&self.bad_layers),
             fetch_latency_ms: Percentiles {
                 p50: at(0.5),
                 p90: at(0.9),

@@ -3,7 +3,7 @@
 use std::io::{self, Read};
 
 use super::{ArtifactLayer, FORMAT_VERSION, GZIP_SPAN, TAR_CHUNK};
-use crate::chunkmap::GzipResume;
+use crate::chunkmap::{ChunkMap, GzipResume, MapSource};
 use crate::digest::{Digest, Hasher};
 use crate::error::{Error, Result};
 use crate::image::{Descriptor, DescriptorExt};
@@ -110,6 +110,41 @@ pub fn build_layer(
         },
         windows,
     }))
+}
+
+/// Checks a lazyimg index's map of stored layer `layer` against the layer's
+/// verified bytes: `None` when `map` is exactly what [`build_layer`] makes of
+/// them (entries, spans, checkpoints, windows), `Some(reason)` when it is not
+/// or when the uncompressed bytes miss `diff_id`. An index is trusted through
+/// its signature, or on the registry's write access alone when no keys are
+/// configured: this is the check that holds either way, once the whole layer
+/// is at hand. Errors: reading the stored blob.
+pub fn check_map(
+    store: &Store,
+    layer: &Descriptor,
+    diff_id: &Digest,
+    map: &ChunkMap,
+) -> Result<Option<String>> {
+    let built = match build_layer(store, layer, diff_id) {
+        Ok(Some(built)) => built,
+        Ok(None) => return Ok(Some("the layer cannot be read piecewise".into())),
+        Err(e @ (Error::DigestMismatch { .. } | Error::Layer { .. })) => {
+            return Ok(Some(e.to_string()));
+        }
+        Err(e) => return Err(e),
+    };
+    let rebuilt = ChunkMap::new(MapSource::LazyimgIndex, built.file.chunked, built.file.gzip);
+    Ok(if rebuilt.layer.table != map.layer.table {
+        Some(format!(
+            "its index places files differently from the layer's bytes (entry table {}, the bytes give {})",
+            map.content_identity(),
+            rebuilt.content_identity()
+        ))
+    } else if rebuilt.layer.chunks != map.layer.chunks || rebuilt.gzip != map.gzip {
+        Some("its index's spans or gzip checkpoints are not the layer's".into())
+    } else {
+        None
+    })
 }
 
 /// Refuses, with the error a mount gives, an image whose layers do not merge

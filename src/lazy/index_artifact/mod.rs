@@ -20,7 +20,7 @@ mod build;
 mod format;
 mod registry;
 
-pub use build::{BuiltLayer, build_layer, check_tree};
+pub use build::{BuiltLayer, build_layer, check_map, check_tree};
 pub use format::ArtifactLayer;
 pub use registry::{chunk_maps, indexed_layers, locate, push};
 
