@@ -17,7 +17,8 @@ use lazyimg::registry::{ClientOptions, RegistryClient};
 use lazyimg::store::Store;
 use support::image::*;
 use support::registry::Registry;
-use support::testenv::{Lazyimg, Mounted, build_layout, run, testenv};
+use support::site::ces_pull;
+use support::testenv::{Lazyimg, Mounted, build_layout, nonce, run, testenv};
 use support::tools::push_layout;
 
 /// Size of the big file: a small read fetches one ~1 MiB gzip span of it,
@@ -428,4 +429,96 @@ fn a_layer_missing_its_diff_id_is_refused_by_index_pull_and_mount_alike() {
     );
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
     assert!(!mounts.contains(mountpoint.to_str().unwrap()), "{mounts}");
+}
+
+/// Bytes of blob `digest` a distribution registry sent, from the access-log
+/// lines (`"GET /v2/…/blobs/DIGEST HTTP/1.1" STATUS BYTES …`) after byte `from`.
+fn blob_bytes_served(log: &str, from: usize, digest: &str) -> u64 {
+    let request = format!("/blobs/{digest} HTTP/");
+    log[from..]
+        .lines()
+        .filter(|l| l.contains("\"GET /v2/") && l.contains(&request))
+        .filter_map(|l| {
+            let after = l.split("\" ").nth(1)?;
+            after.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+/// Issue 14, acceptance 7: a site proxy that is a pull-through cache takes
+/// no pushes, so `ces-pull` puts the signed index in the `[index_store]`,
+/// and a GPU node mounting the proxy name finds it there and reads lazily.
+#[test]
+fn a_pull_through_site_reads_lazily_through_the_signed_index_in_the_index_store() {
+    let env = testenv();
+    let repo = format!("trust/pull-through-{}", nonce());
+    let work = tempfile::tempdir().unwrap();
+    let (layout, image) = build_layout(&work.path().join("img"), &spec(), "1");
+    env.push_upstream(&layout.dir, "1", &format!("{repo}:1"), false);
+    let keys = tempfile::tempdir().unwrap();
+    let keys_dir = keys.path().join("site");
+    Lazyimg::new(env)
+        .run(&["key", "generate", keys_dir.to_str().unwrap()])
+        .ok();
+    let index_store = format!("[index_store]\nlocation = \"{}/lazyimg-indexes\"\n", env.plain());
+
+    let seeding = Lazyimg::with_config(
+        env,
+        &format!(
+            "[index_signing]\nkey_file = {:?}\n{index_store}\
+             [seed]\ntarget = {:?}\nmode = \"pull-through\"\n\
+             [[registry]]\nprefix = \"ghcr.io\"\nlocation = {:?}\nca_file = {:?}\n",
+            keys_dir.join("index.key"),
+            env.proxy(),
+            env.upstream(),
+            env.ca(),
+        ),
+    );
+    let pulled = ces_pull(
+        &seeding,
+        &["charliecloud", env.user(), env.token(), &format!("ghcr.io/{repo}:1")],
+        None,
+    )
+    .ok();
+    assert!(
+        pulled.stderr().contains("1 lazyimg index(es) pushed to the index store"),
+        "{}",
+        pulled.stderr()
+    );
+
+    // The proxy commits what it served in the background; until then it
+    // answers ranges with the whole blob (FACTS.md).
+    let layer = image.layers[0].digest.as_str();
+    let hex = layer.strip_prefix("sha256:").unwrap();
+    let stored = std::path::Path::new(env.var("LAZYIMG_TEST_PROXY_DATA"))
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !stored.exists() {
+        assert!(std::time::Instant::now() < deadline, "{layer} never reached the proxy's storage");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    let node = Lazyimg::with_config(
+        env,
+        &format!(
+            "trusted_index_keys = [{:?}]\n{index_store}",
+            keys_dir.join("index.pub")
+        ),
+    );
+    let proxy_log = std::path::Path::new(env.var("LAZYIMG_TEST_PROXY_LOG"));
+    let from = std::fs::read_to_string(proxy_log).unwrap().len();
+    let (mounted, daemon) =
+        Mounted::with_daemon(&node, &format!("{}/{repo}:1", env.proxy()), &[]);
+    assert_eq!(read(&mounted, "data/a.txt"), b"A".repeat(5000));
+    let served = blob_bytes_served(&std::fs::read_to_string(proxy_log).unwrap(), from, layer);
+    let size = image.layers[0].size;
+    assert!(
+        served > 0 && served * 100 < size * 3,
+        "the proxy served {served} bytes of the {size}-byte layer:\n{}",
+        daemon.log()
+    );
+    assert!(!layer_cached_whole(&node));
 }

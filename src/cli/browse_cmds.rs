@@ -15,6 +15,7 @@ use serde_json::json;
 
 use super::mount_cmds::prepare;
 use super::{Context, RegistryArgs};
+use crate::lazy::index_artifact::IndexStore;
 use crate::mount;
 use crate::pull::PullPolicy;
 use crate::rootfs::{RootFs, same_content};
@@ -332,7 +333,15 @@ async fn open(
     let registry = Arc::new(ctx.registry_with(&image, credentials.as_ref())?);
     let (store, manifest) =
         prepare(ctx, &image, registry_args, &registry, PullPolicy::Missing).await?;
-    mount::open_reading(&ctx.config, &store, &manifest, &image, registry)
+    let index_store = IndexStore::for_image(&ctx.config, &ctx.auth_files, &image)?;
+    mount::open_reading(
+        &ctx.config,
+        &store,
+        &manifest,
+        &image,
+        registry,
+        index_store,
+    )
 }
 
 /// How a starting path is shown: absolute, as inside the image.

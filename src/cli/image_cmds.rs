@@ -13,11 +13,10 @@ use serde::Serialize;
 use super::progress::Reporter;
 use super::{Context, RegistryArgs};
 use crate::image::{self, Descriptor, DescriptorExt, LayerFormat, Manifest};
-use crate::lazy::index_artifact;
+use crate::lazy::index_artifact::{self, IndexSources};
 use crate::pull::{self, PullReport};
 use crate::reference::ImageRef;
 use crate::registry::RegistryClient;
-use crate::signing::TrustedKeys;
 use crate::store::Store;
 
 #[derive(Args, Debug)]
@@ -247,11 +246,11 @@ pub(super) async fn inspect(
             image::config_platform(&image::parse_config(&config, &what)?)
         }
     };
-    let trust = TrustedKeys::load(&ctx.config.trusted_index_keys)?;
+    let sources = IndexSources::for_image(&ctx.config, &ctx.auth_files, &image, Vec::new())?;
     let indexed =
-        match index_artifact::locate(&registry, &image, &resolved.manifest_digest, &trust).await {
+        match index_artifact::find(&registry, &image, &resolved.manifest_digest, &sources).await {
             Ok(found) => found
-                .map(|a| index_artifact::indexed_layers(&a))
+                .map(|found| index_artifact::indexed_layers(&found.artifact))
                 .unwrap_or_default(),
             Err(e) => {
                 tracing::warn!("cannot look for a lazyimg index: {e}");

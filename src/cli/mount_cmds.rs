@@ -12,6 +12,7 @@ use super::rootless::PodmanNamespaceMount;
 use super::{Context, RegistryArgs};
 use crate::digest::Digest;
 use crate::fuse::{self, MountOptions};
+use crate::lazy::index_artifact::{IndexSources, IndexStore};
 use crate::mount::{self, Prefetching};
 use crate::pull::PullPolicy;
 use crate::reference::ImageRef;
@@ -382,12 +383,15 @@ pub(super) async fn prepare(
         registry,
         &reporter,
         &crate::policy::gate(approval.as_ref()),
-        &crate::signing::TrustedKeys::load(&ctx.config.trusted_index_keys)?.pinning(
+        &IndexSources::for_image(
+            &ctx.config,
+            &ctx.auth_files,
+            image,
             approval
                 .as_ref()
                 .map(|a| a.index_pins())
                 .unwrap_or_default(),
-        ),
+        )?,
     )
     .await?;
     Ok((store, manifest))
@@ -431,12 +435,13 @@ fn open(
         }
         Ok(Some(files))
     };
+    let index_store = IndexStore::for_image(&ctx.config, &ctx.auth_files, image)?;
     mount::open_lazy(
         &ctx.config,
         store,
         manifest,
         image,
-        registry,
+        (registry, index_store),
         &prefetching,
         extra,
     )

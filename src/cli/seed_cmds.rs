@@ -15,6 +15,7 @@ use super::progress::Reporter;
 use crate::config::SeedMode;
 use crate::fuse::{self, MountOptions};
 use crate::image;
+use crate::lazy::index_artifact::IndexStore;
 use crate::reference::ImageRef;
 use crate::registry::{ClientOptions, RegistryClient, credentials};
 use crate::runtime::{self, Runtime};
@@ -234,6 +235,7 @@ async fn seed_image(
         RegistryClient::new(&target.endpoint, target_credentials.as_ref(), &options)?;
     let reporter = Reporter::new(ctx.quiet);
     let signer = ctx.index_signer()?;
+    let index_store = IndexStore::for_image(&ctx.config, auth_files, &target)?;
     let seeder = Seeder {
         store: &store,
         source: &source,
@@ -241,8 +243,10 @@ async fn seed_image(
         progress: &reporter,
         jobs: args.jobs,
         signer: signer.as_ref(),
+        index_store: index_store.as_ref(),
     };
-    // 4. lazyimg's index beside the image, so GPU nodes mount it lazily.
+    // 4. lazyimg's index beside the image and in the index store, so GPU
+    // nodes mount it lazily.
     let mut report = seeder.copy_and_index(&plan, &target, mode).await?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(Seeded {
@@ -278,6 +282,12 @@ fn summarise(ctx: &Context, r: &SeedReport) {
     }
     if !r.lazy_indexes.is_empty() {
         parts.push(format!("{} lazyimg index(es) pushed", r.lazy_indexes.len()));
+    }
+    if !r.stored_indexes.is_empty() {
+        parts.push(format!(
+            "{} lazyimg index(es) pushed to the index store",
+            r.stored_indexes.len()
+        ));
     }
     eprintln!(
         "seeded {} to {} ({}, {}, {} manifests): {}; {} newly cached locally; {:.1} s",

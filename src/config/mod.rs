@@ -63,6 +63,10 @@ pub struct Config {
     /// `[seed]`: where `lazyimg seed` and `ces-pull` copy images to.
     #[serde(default)]
     pub seed: Option<SeedConfig>,
+    /// `[index_store]`: a site registry holding signed lazyimg indexes, for
+    /// images whose own registry takes no pushes (a pull-through proxy).
+    #[serde(default)]
+    pub index_store: Option<IndexStoreConfig>,
     /// The file this came from, for error messages; `None` for defaults.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -129,6 +133,18 @@ pub struct IndexSigningConfig {
     /// The private key (PKCS#8 PEM from `lazyimg key generate`), readable only
     /// by the account that runs the seeding step.
     pub key_file: PathBuf,
+}
+
+/// `[index_store]`: where the seeding step pushes each (signed) lazyimg index
+/// and mounting machines look for one besides the image's own repository.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IndexStoreConfig {
+    /// `HOST[:PORT]/PREFIX`: an image's indexes go to repository
+    /// `PREFIX/<the image's repository>` there, listed under the image
+    /// manifest's `sha256-<hex>` tag (the OCI referrers tag schema). Its
+    /// transport (`insecure`, CA) follows the `[[registry]]` matching it.
+    pub location: String,
 }
 
 /// `[lazy]`: the lazy-read engine's knobs; absent keys take the defaults of

@@ -6,7 +6,7 @@
 use futures_util::{StreamExt, TryStreamExt};
 use tracing::Instrument as _;
 
-use super::index_artifact;
+use super::index_artifact::{self, IndexSources};
 use crate::chunkmap::ChunkMap;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -14,7 +14,6 @@ use crate::image::{self, Descriptor, DescriptorExt, LayerFormat, Manifest, Platf
 use crate::pull::{self, Gate, Progress, PullPolicy, PullReport};
 use crate::reference::ImageRef;
 use crate::registry::RegistryClient;
-use crate::signing::TrustedKeys;
 use crate::store::Store;
 use crate::timeline;
 
@@ -34,7 +33,7 @@ pub async fn ensure_mountable(
     registry: &RegistryClient,
     progress: &dyn Progress,
     gate: Gate<'_>,
-    trust: &TrustedKeys,
+    indexes: &IndexSources,
 ) -> Result<Digest> {
     let cached = {
         let _phase = timeline::phase("cache lookup").entered();
@@ -55,7 +54,7 @@ pub async fn ensure_mountable(
             image: image.to_string(),
         });
     }
-    let report = pull_lazy(store, registry, image, wanted, progress, gate, trust).await?;
+    let report = pull_lazy(store, registry, image, wanted, progress, gate, indexes).await?;
     Ok(report.manifest)
 }
 
@@ -93,9 +92,9 @@ pub async fn pull_lazy(
     wanted: &Platform,
     progress: &dyn Progress,
     gate: Gate<'_>,
-    trust: &TrustedKeys,
+    indexes: &IndexSources,
 ) -> Result<PullReport> {
-    let (resolved, whole) = pull_chunk_maps(store, registry, image, wanted, gate, trust).await?;
+    let (resolved, whole) = pull_chunk_maps(store, registry, image, wanted, gate, indexes).await?;
     let name = image.to_string();
     if !whole.is_empty() {
         tracing::warn!(
@@ -120,8 +119,8 @@ pub async fn pull_lazy(
 }
 
 /// The first half of [`pull_lazy`]: the manifests and config, and a chunk
-/// map for every layer that is not stored and has one (a lazyimg index only
-/// if `trust` accepts it). Returns what was resolved and the layers left,
+/// map for every layer that is not stored and has one (a lazyimg index from
+/// `indexes`, only if their trust accepts it). Returns what was resolved and the layers left,
 /// which can only be read whole.
 pub async fn pull_chunk_maps(
     store: &Store,
@@ -129,7 +128,7 @@ pub async fn pull_chunk_maps(
     image: &ImageRef,
     wanted: &Platform,
     gate: Gate<'_>,
-    trust: &TrustedKeys,
+    indexes: &IndexSources,
 ) -> Result<(pull::Resolved, Vec<Descriptor>)> {
     let resolved = pull::fetch_manifests(store, registry, image, wanted, gate)
         .instrument(timeline::phase("manifest"))
@@ -145,7 +144,7 @@ pub async fn pull_chunk_maps(
         if !may_need_index {
             return Ok(None);
         }
-        index_artifact::locate(registry, image, &resolved.manifest_digest, trust)
+        index_artifact::find(registry, image, &resolved.manifest_digest, indexes)
             .instrument(timeline::phase("index discovery"))
             .await
     };
@@ -174,14 +173,14 @@ pub async fn pull_chunk_maps(
         .collect();
     // A lazyimg index pushed beside the image comes first: it also covers
     // plain gzip layers, which carry no table of contents.
-    let mut indexed = match &artifact {
-        Some(artifact) if !needed.is_empty() => {
+    let mut indexed = match artifact {
+        Some(found) if !needed.is_empty() => {
             index_artifact::chunk_maps(
                 store,
-                registry,
-                image,
+                found.registry,
+                found.at,
                 &resolved.manifest_digest,
-                artifact,
+                &found.artifact,
                 &needed,
             )
             .await?

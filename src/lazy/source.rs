@@ -13,6 +13,7 @@ use tokio::runtime::Handle;
 use crate::chunkmap::BlobHome;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use super::index_artifact::IndexStore;
 use crate::pull::{self, Silent};
 use crate::reference::ImageRef;
 use crate::registry::RegistryClient;
@@ -98,6 +99,9 @@ pub struct RegistryRanges {
     /// Longest a whole-blob download may take; a stall inside it is cut sooner
     /// by the client's read timeout.
     pub whole_blob_deadline: Duration,
+    /// The site's index store for this image, if configured: the windows
+    /// blobs of indexes found there are fetched from there.
+    pub index_store: Option<Arc<IndexStore>>,
 }
 
 impl RegistryRanges {
@@ -168,15 +172,27 @@ impl RangeSource for RegistryRanges {
 
     fn elsewhere(&self, home: &BlobHome) -> Option<Arc<dyn RangeSource>> {
         let own = &self.image.source;
-        if home.registry != own.registry() || home.repository == own.repository() {
-            return None;
-        }
         // Only the repository matters for blob requests; the tag is a placeholder.
         let source = Reference::with_tag(
             home.registry.clone(),
             home.repository.clone(),
             "latest".into(),
         );
+        if let Some(store) = &self.index_store
+            && home.registry == store.image.source.registry()
+        {
+            return Some(Arc::new(RegistryRanges {
+                registry: Arc::clone(&store.client),
+                image: ImageRef {
+                    source,
+                    ..store.image.clone()
+                },
+                ..self.clone()
+            }));
+        }
+        if home.registry != own.registry() || home.repository == own.repository() {
+            return None;
+        }
         Some(Arc::new(RegistryRanges {
             image: ImageRef {
                 source,

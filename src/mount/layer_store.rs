@@ -27,7 +27,7 @@ use crate::reference::ImageRef;
 use crate::registry::{ClientOptions, RegistryClient, credentials};
 use crate::rootfs::View;
 use crate::rootfs::layer_store::{BlobReader, ImageResolver, LayerInfo, StoreImage, StoreLayer};
-use crate::signing::TrustedKeys;
+use crate::lazy::index_artifact::IndexSources;
 use crate::store::Store;
 use crate::tree::{OverlayXattrs, ROOT_INO, layer_dir_name};
 
@@ -62,18 +62,22 @@ impl ImageResolver for RegistryImages {
         )?);
         // Like `lazyimg mount`, but a layer that can only be read whole is
         // left to Podman instead of downloaded.
+        let sources = IndexSources::for_image(
+            &self.config,
+            &self.auth_files,
+            &image,
+            approval
+                .as_ref()
+                .map(|a| a.index_pins())
+                .unwrap_or_default(),
+        )?;
         let (resolved, whole) = self.runtime.block_on(pull_chunk_maps(
             &self.store,
             &registry,
             &image,
             &self.platform,
             &policy::gate(approval.as_ref()),
-            &TrustedKeys::load(&self.config.trusted_index_keys)?.pinning(
-                approval
-                    .as_ref()
-                    .map(|a| a.index_pins())
-                    .unwrap_or_default(),
-            ),
+            &sources,
         ))?;
         let manifest = &resolved.manifest;
         let name = image.to_string();
@@ -89,6 +93,7 @@ impl ImageResolver for RegistryImages {
             &self.store,
             &image,
             registry,
+            sources.store,
             self.runtime.clone(),
         );
         let lazy: Arc<dyn RangeSource> = source.clone();

@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::digest::Digest;
 use crate::image::{self, DescriptorExt, ImageConfiguration, Manifest};
 use crate::lazy::LazyOptions;
+use crate::lazy::index_artifact::IndexStore;
 use crate::lazy::prefetch::{Recorder, prefetch_files};
 use crate::lazy::source::{RangeSource, RegistryRanges};
 use crate::reference::ImageRef;
@@ -49,7 +50,8 @@ pub struct Prefetching {
 }
 
 /// Opens the prepared image `manifest` of `image`; layers not in the cache
-/// are read lazily from `registry`, as `config` says. Starts the prefetching
+/// are read lazily from `registry` (the windows of indexes found in the
+/// site's index store from there), as `config` says. Starts the prefetching
 /// `prefetching` asks for. The files `extra` makes of the image's tree, if
 /// any, are grafted on (a mount for Apptainer, a GPU job's driver);
 /// recording and prefetching see only the image's files.
@@ -58,11 +60,11 @@ pub fn open_lazy(
     store: &Arc<Store>,
     manifest: &Digest,
     image: &ImageRef,
-    registry: Arc<RegistryClient>,
+    (registry, index_store): (Arc<RegistryClient>, Option<IndexStore>),
     prefetching: &Prefetching,
     extra: impl FnOnce(&Tree) -> anyhow::Result<Option<SyntheticFiles>>,
 ) -> anyhow::Result<Arc<RootFs>> {
-    let mut rootfs = open_reading(config, store, manifest, image, registry)?;
+    let mut rootfs = open_reading(config, store, manifest, image, registry, index_store)?;
     if let Some(list) = &prefetching.record {
         let recorder = Recorder::new(&rootfs.tree, Arc::clone(&rootfs.content), list)?;
         rootfs.content = Arc::new(recorder);
@@ -84,7 +86,8 @@ pub fn open_lazy(
 }
 
 /// Opens the prepared image `manifest` of `image` for reading only what is
-/// asked: layers not in the cache are read lazily from `registry`, nothing is
+/// asked: layers not in the cache are read lazily from `registry` (and
+/// `index_store`, as [`open_lazy`] says), nothing is
 /// prefetched or recorded (what `lazyimg ls`, `cat` and `find` need). Call
 /// from a tokio runtime's thread: reads use that runtime.
 pub fn open_reading(
@@ -93,12 +96,14 @@ pub fn open_reading(
     manifest: &Digest,
     image: &ImageRef,
     registry: Arc<RegistryClient>,
+    index_store: Option<IndexStore>,
 ) -> anyhow::Result<RootFs> {
     let (source, options) = lazy_source(
         config,
         store,
         image,
         registry,
+        index_store,
         tokio::runtime::Handle::current(),
     );
     let lazy: (Arc<dyn RangeSource>, LazyOptions) = (source, options);
@@ -108,13 +113,15 @@ pub fn open_reading(
     })?)
 }
 
-/// Where `image`'s lazily read layers come from: `registry`, reached from
-/// plain threads through `runtime`, with the limits `config` sets.
+/// Where `image`'s lazily read layers come from: `registry` (and
+/// `index_store` for the windows of indexes found there), reached from plain
+/// threads through `runtime`, with the limits `config` sets.
 fn lazy_source(
     config: &Config,
     store: &Arc<Store>,
     image: &ImageRef,
     registry: Arc<RegistryClient>,
+    index_store: Option<IndexStore>,
     runtime: tokio::runtime::Handle,
 ) -> (Arc<RegistryRanges>, LazyOptions) {
     let options = LazyOptions::from_config(config);
@@ -125,6 +132,7 @@ fn lazy_source(
         runtime,
         read_deadline: options.read_deadline,
         whole_blob_deadline: options.whole_blob_deadline,
+        index_store: index_store.map(Arc::new),
     };
     (Arc::new(source), options)
 }

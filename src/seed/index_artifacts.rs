@@ -1,20 +1,23 @@
 //! Seeding, then indexing: after an image is pushed to the site registry,
-//! lazyimg's index artifact goes beside it, so GPU nodes mount it lazily.
+//! lazyimg's index artifact goes beside it, and into the site's index store
+//! when one is configured, so GPU nodes mount it lazily.
 
 use super::{Plan, SeedReport, Seeder};
 use crate::config::SeedMode;
+use crate::digest::Digest;
 use crate::error::Result;
-use crate::image::{self, DescriptorExt, LayerFormat, Manifest};
-use crate::lazy::index_artifact;
+use crate::image::{self, Descriptor, DescriptorExt, LayerFormat, Manifest};
+use crate::lazy::index_artifact::{self, BuiltLayer};
 use crate::reference::ImageRef;
 use crate::registry::RegistryClient;
-use crate::signing::IndexSigner;
 use crate::store::Store;
 
 impl Seeder<'_> {
-    /// [`copy`](Self::copy), then (pushing) a lazyimg index artifact for each
-    /// platform manifest, listed in the report. A pull-through proxy takes no
-    /// pushes; an index that cannot be made costs only laziness, never the seed.
+    /// [`copy`](Self::copy), then a lazyimg index artifact for each platform
+    /// manifest: pushed beside the image (push mode; a pull-through proxy
+    /// takes no pushes) and into the index store (any mode), listed in the
+    /// report. An index that cannot be made or pushed costs only laziness,
+    /// never the seed.
     pub async fn copy_and_index(
         &self,
         plan: &Plan,
@@ -22,69 +25,100 @@ impl Seeder<'_> {
         mode: SeedMode,
     ) -> Result<SeedReport> {
         let mut report = self.copy(plan, target, mode).await?;
-        if mode == SeedMode::Push {
-            report.lazy_indexes =
-                push_index_artifacts(self.store, self.target, target, plan, self.signer).await;
+        let beside = (mode == SeedMode::Push).then_some((self.target, target));
+        let in_store = self.index_store.map(|s| (s.client.as_ref(), &s.image));
+        if beside.is_none() && in_store.is_none() {
+            return Ok(report);
         }
-        Ok(report)
-    }
-}
-
-/// Builds and pushes a lazyimg index for every platform manifest of `plan` that
-/// has gzip or tar layers without a table of contents; returns the artifacts.
-async fn push_index_artifacts(
-    store: &Store,
-    target_client: &RegistryClient,
-    target: &ImageRef,
-    plan: &Plan,
-    signer: Option<&IndexSigner>,
-) -> Vec<String> {
-    let mut pushed = Vec::new();
-    for document in std::iter::once(&plan.top).chain(&plan.children) {
-        let Ok(Manifest::Image(manifest)) = Manifest::parse(&document.bytes, "seeded manifest")
-        else {
-            continue;
-        };
-        let result = async {
-            let config = image::parse_config(
-                store.require(&manifest.config().sha256()?)?.bytes(),
-                "seeded image config",
-            )?;
-            let diff_ids = image::diff_ids(&config, "seeded image config")?;
-            let mut built = Vec::new();
-            for (layer, diff_id) in manifest.layers().iter().zip(&diff_ids) {
-                if matches!(LayerFormat::of(layer), LayerFormat::Gzip | LayerFormat::Tar) {
-                    let index = tokio::task::block_in_place(|| {
-                        index_artifact::build_layer(store, layer, diff_id)
-                    })?;
-                    built.extend(index);
+        if in_store.is_some() && self.signer.is_none() {
+            tracing::warn!(
+                "{target}: no [index_signing] key: mounting machines use indexes from the index \
+                 store only when signed by a key they trust"
+            );
+        }
+        for document in std::iter::once(&plan.top).chain(&plan.children) {
+            let Ok(Manifest::Image(manifest)) = Manifest::parse(&document.bytes, "seeded manifest")
+            else {
+                continue;
+            };
+            let built = match build_indexes(self.store, target, &manifest) {
+                Ok(built) if built.is_empty() => continue,
+                Ok(built) => built,
+                Err(e) => {
+                    tracing::warn!(
+                        "{target}: no lazyimg index for {} (mounts will fetch its layers whole): {e}",
+                        document.digest
+                    );
+                    continue;
                 }
-            }
-            if built.is_empty() {
-                return Ok(None);
-            }
-            tokio::task::block_in_place(|| {
-                index_artifact::check_tree(store, &target.to_string(), manifest.layers(), &built)
-            })?;
+            };
             let subject = image::descriptor(
                 &document.media_type,
                 &document.digest,
                 document.bytes.len() as u64,
                 Default::default(),
             );
-            index_artifact::push(store, target_client, target, &subject, &built, None, signer)
-                .await
-                .map(Some)
+            if let Some((client, at)) = beside
+                && let Some(digest) = self.push_index(client, at, &subject, &built).await
+            {
+                report.lazy_indexes.push(digest.to_string());
+            }
+            if let Some((client, at)) = in_store
+                && let Some(digest) = self.push_index(client, at, &subject, &built).await
+            {
+                let place = format!("{}/{}", at.source.registry(), at.source.repository());
+                report.stored_indexes.push(format!("{place}@{digest}"));
+            }
         }
-        .await;
-        match result {
-            Ok(Some(digest)) => pushed.push(digest.to_string()),
-            Ok(None) => {}
-            Err(e) => tracing::warn!(
-                "{target}: no lazyimg index for {} (mounts will fetch its layers whole): {e}",
-                document.digest
-            ),
+        Ok(report)
+    }
+
+    /// Pushes one image manifest's index to repository `at` of `client`,
+    /// signed if the seeder signs; a failure is a warning.
+    async fn push_index(
+        &self,
+        client: &RegistryClient,
+        at: &ImageRef,
+        subject: &Descriptor,
+        built: &[BuiltLayer],
+    ) -> Option<Digest> {
+        index_artifact::push(self.store, client, at, subject, built, None, self.signer)
+            .await
+            .inspect_err(|e| {
+                tracing::warn!(
+                    "{}: cannot push the lazyimg index of {} (mounts will fetch its layers whole): {e}",
+                    at.source.repository(),
+                    subject.digest()
+                );
+            })
+            .ok()
+    }
+}
+
+/// The lazyimg indexes of `manifest`'s gzip and tar layers without a table
+/// of contents (none: nothing to index), after checking its layers merge.
+fn build_indexes(
+    store: &Store,
+    target: &ImageRef,
+    manifest: &image::ImageManifest,
+) -> Result<Vec<BuiltLayer>> {
+    let config = image::parse_config(
+        store.require(&manifest.config().sha256()?)?.bytes(),
+        "seeded image config",
+    )?;
+    let diff_ids = image::diff_ids(&config, "seeded image config")?;
+    let mut built = Vec::new();
+    for (layer, diff_id) in manifest.layers().iter().zip(&diff_ids) {
+        if matches!(LayerFormat::of(layer), LayerFormat::Gzip | LayerFormat::Tar) {
+            let index =
+                tokio::task::block_in_place(|| index_artifact::build_layer(store, layer, diff_id))?;
+            built.extend(index);
         }
     }
-    pushed
+    if !built.is_empty() {
+        tokio::task::block_in_place(|| {
+            index_artifact::check_tree(store, &target.to_string(), manifest.layers(), &built)
+        })?;
+    }
+    Ok(built)
 }

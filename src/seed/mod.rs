@@ -123,6 +123,10 @@ pub struct SeedReport {
     pub bytes_downloaded: u64,
     /// lazyimg index artifacts pushed beside the image (push mode), by digest.
     pub lazy_indexes: Vec<String>,
+    /// The same pushed to the site's index store (`[index_store]`), as
+    /// `HOST/REPOSITORY@DIGEST`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stored_indexes: Vec<String>,
     pub seconds: f64,
 }
 
@@ -144,6 +148,9 @@ pub struct Seeder<'a> {
     pub jobs: usize,
     /// Signs the lazyimg index artifacts pushed beside the image (`[index_signing]`).
     pub signer: Option<&'a crate::signing::IndexSigner>,
+    /// The site's index store for the image (`[index_store]`), which gets
+    /// every index too, whatever the mode.
+    pub index_store: Option<&'a crate::lazy::index_artifact::IndexStore>,
 }
 
 impl Seeder<'_> {

@@ -14,15 +14,18 @@
 //!
 //! [`format`]: the artifact's encoding and the checks a fetched one must
 //! pass; [`build`]: making one from stored layers; [`registry`]: pushing it
-//! beside an image and finding it again.
+//! beside an image (or into the site's index store, [`site_store`]) and
+//! finding it again.
 
 mod build;
 mod format;
 mod registry;
+mod site_store;
 
 pub use build::{BuiltLayer, build_layer, check_map, check_tree};
 pub use format::ArtifactLayer;
-pub use registry::{chunk_maps, indexed_layers, locate, push};
+pub use registry::{Found, chunk_maps, find, indexed_layers, locate, push};
+pub use site_store::{IndexSources, IndexStore};
 
 pub const ARTIFACT_TYPE: &str = "application/vnd.lazyimg.index.v1";
 const INDEX_MEDIA_TYPE: &str = "application/vnd.lazyimg.layer-index.v1+zstd";

@@ -7,6 +7,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use tracing::Instrument as _;
 
 use super::format::{check_file, signed_payload};
+use super::site_store::IndexSources;
 use super::{
     ARTIFACT_TYPE, ArtifactLayer, BuiltLayer, EMPTY_MEDIA_TYPE, INDEX_MANIFEST_MEDIA_TYPE,
     INDEX_MEDIA_TYPE, LAYER_ANNOTATION, MANIFEST_MEDIA_TYPE, PREFETCH_MEDIA_TYPE,
@@ -200,6 +201,62 @@ pub async fn locate(
         ));
     }
     Ok(Some(artifact))
+}
+
+/// An image's index artifact as [`find`] found it, and where: its blobs are
+/// fetched from the same place.
+pub struct Found<'a> {
+    pub artifact: ImageManifest,
+    pub registry: &'a RegistryClient,
+    /// The repository holding it: the image's own, or its place in the index store.
+    pub at: &'a ImageRef,
+}
+
+/// The image's lazyimg index artifact ([`locate`]), looked for beside the
+/// image and in the site's index store at once; one beside the image wins.
+/// The store is asked only when `sources` trusts a key or pin, since what it
+/// holds is used only through one; a store that cannot be asked costs a
+/// warning, never the mount. Errors: as [`locate`] beside the image.
+pub async fn find<'a>(
+    registry: &'a RegistryClient,
+    image: &'a ImageRef,
+    manifest_digest: &Digest,
+    sources: &'a IndexSources,
+) -> Result<Option<Found<'a>>> {
+    let beside = locate(registry, image, manifest_digest, &sources.trust);
+    let in_store = async {
+        let store = sources.store.as_ref()?;
+        if sources.trust.is_empty() {
+            tracing::warn!(
+                "{image}: [index_store] is set but no trusted_index_keys: its indexes are used \
+                 only through a trusted signature, so it is not asked"
+            );
+            return None;
+        }
+        let found = locate(&store.client, &store.image, manifest_digest, &sources.trust)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(
+                    "{image}: cannot ask the index store {}: {e}",
+                    store.image.source.registry()
+                );
+                None
+            })?;
+        Some(Found {
+            artifact: found,
+            registry: store.client.as_ref(),
+            at: &store.image,
+        })
+    };
+    let (beside, in_store) = tokio::join!(beside, in_store);
+    Ok(match beside? {
+        Some(artifact) => Some(Found {
+            artifact,
+            registry,
+            at: image,
+        }),
+        None => in_store,
+    })
 }
 
 /// The image layers an index artifact has an index for.
