@@ -4,7 +4,8 @@
 //! without a groff warning, `scripts/install.sh` puts both where bash and man
 //! look, `cache verify --json` and `cache prune --json` report what they did
 //! as one JSON object on stdout, and log lines on a terminal carry no color
-//! while `NO_COLOR` is set (no-color.org).
+//! while `NO_COLOR` is set (no-color.org), and a closed output pipe ends
+//! it as SIGPIPE ends other tools.
 //!
 //! Needs bash, `script` (util-linux), and man-db with groff-base
 //! (`scripts/setup-runtimes.sh` installs them); without them these tests
@@ -340,4 +341,25 @@ fn no_color_turns_off_the_colors_of_log_lines_on_a_terminal() {
         empty.contains(ESCAPE),
         "an empty NO_COLOR counts as unset (no-color.org):\n{empty:?}"
     );
+}
+
+/// `lazyimg … | head`: a reader that stops reading ends lazyimg as SIGPIPE
+/// ends other Unix tools, silently with status 141, not with an error line.
+#[test]
+fn a_closed_output_pipe_ends_the_command_silently_with_status_141() {
+    use std::io::Read as _;
+    // The read end closes at once: the completion script's first write fails.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = Command::new(LAZYIMG)
+        .args(["completions", "bash"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(141), "{stderr}");
+    assert_eq!(stderr, "");
 }

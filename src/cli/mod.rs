@@ -465,6 +465,14 @@ fn finish(
     failure: fn(&anyhow::Error) -> u8,
 ) -> ExitCode {
     result.unwrap_or_else(|err| {
+        // A reader that stopped reading (`lazyimg ls … | head`) is no error:
+        // exit as a program killed by SIGPIPE does, silently (128 + 13).
+        if err.chain().any(|e| {
+            e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+        }) {
+            return ExitCode::from(141);
+        }
         report(program, &err);
         ExitCode::from(failure(&err))
     })
@@ -525,8 +533,11 @@ fn work(
 
 /// One line for the error (with its causes), then the library's hint if it has one.
 fn report(program: &str, err: &anyhow::Error) {
+    use std::io::Write as _;
     let stamp = line_stamp();
-    eprintln!("{stamp}{program}: error: {}", one_line(err));
+    // Not eprintln!: with standard error closed it would panic (exit 101).
+    let mut stderr = std::io::stderr().lock();
+    let _ = writeln!(stderr, "{stamp}{program}: error: {}", one_line(err));
     let hint = err.chain().find_map(|e| {
         e.downcast_ref::<crate::Error>()
             .and_then(crate::Error::hint)
@@ -536,7 +547,7 @@ fn report(program: &str, err: &anyhow::Error) {
             })
     });
     if let Some(hint) = hint {
-        eprintln!("{stamp}hint: {hint}");
+        let _ = writeln!(stderr, "{stamp}hint: {hint}");
     }
 }
 
