@@ -13,6 +13,10 @@ pub enum Error {
     #[error("{path}: {message}")]
     Config { path: PathBuf, message: String },
 
+    /// A containers-auth.json(5) file that cannot be read as one.
+    #[error("{path}: {message}")]
+    AuthFile { path: PathBuf, message: String },
+
     #[error("invalid image reference {reference:?}: {reason}")]
     Reference { reference: String, reason: String },
 
@@ -173,6 +177,9 @@ impl Error {
     pub fn hint(&self) -> Option<&'static str> {
         Some(match self {
             Error::Config { .. } => "fix the file, or point --config / LAZYIMG_CONFIG elsewhere",
+            Error::AuthFile { .. } => {
+                "fix the auth file, or name another with --authfile / REGISTRY_AUTH_FILE"
+            }
             Error::Reference { .. } => {
                 "references look like ghcr.io/NAMESPACE/NAME:TAG or HOST:PORT/NAME@sha256:HEX"
             }

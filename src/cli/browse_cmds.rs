@@ -73,8 +73,8 @@ pub(super) struct FindArgs {
     #[arg(long, value_name = "[+-]N[ckMG]", allow_hyphen_values = true)]
     size: Option<SizeTest>,
     /// Only entries modified after DATE (YYYY-MM-DD or RFC 3339, UTC).
-    #[arg(long, value_name = "DATE")]
-    newer: Option<String>,
+    #[arg(long, value_name = "DATE", value_parser = parse_date)]
+    newer: Option<crate::layer::Timestamp>,
     /// Only entries carrying this extended attribute (e.g. security.capability).
     #[arg(long, value_name = "NAME")]
     xattr: Option<String>,
@@ -171,7 +171,7 @@ pub(super) async fn find(ctx: &Context, args: FindArgs) -> anyhow::Result<ExitCo
             .transpose()
             .context("--name holds a NUL byte")?,
         size: args.size,
-        newer: args.newer.as_deref().map(parse_date).transpose()?,
+        newer: args.newer,
         xattr: args.xattr.clone(),
         setuid: args.setuid,
     };
@@ -467,7 +467,7 @@ fn parse_date(text: &str) -> anyhow::Result<crate::layer::Timestamp> {
             chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
                 .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc())
         })
-        .with_context(|| format!("bad date {text:?}: use YYYY-MM-DD or RFC 3339"))?;
+        .with_context(|| format!("{text:?} is no date: use YYYY-MM-DD or RFC 3339"))?;
     Ok(crate::layer::Timestamp {
         secs: time.timestamp(),
         nanos: time.timestamp_subsec_nanos(),

@@ -92,7 +92,7 @@ pub fn auth_file_paths(
 ///
 /// # Errors
 /// [`Error::Io`] for a file that cannot be read otherwise,
-/// [`Error::Config`] for one that is not an auth file (naming it), and
+/// [`Error::AuthFile`] for one that is not an auth file (naming it), and
 /// [`Error::CredentialHelper`] when a helper fails.
 pub fn lookup(files: &[PathBuf], host: &str, repository: &str) -> Result<Option<Credentials>> {
     lookup_with(files, host, repository, &super::helper::get)
@@ -132,7 +132,7 @@ fn lookup_in(
     repository: &str,
     helper: HelperFn,
 ) -> Result<Option<Credentials>> {
-    let bad = |message: String| Error::Config {
+    let bad = |message: String| Error::AuthFile {
         path: file.to_path_buf(),
         message,
     };

@@ -229,10 +229,12 @@ fn the_first_file_with_credentials_wins() {
 }
 
 #[test]
-fn malformed_files_name_the_file() {
+fn malformed_files_name_the_file_and_hint_at_authfile() {
     let none = |_: &str, _: &str| Ok(None);
     let err = lookup_in("{not json", Path::new("/run/auth.json"), "h", "r", &none).unwrap_err();
     assert!(err.to_string().contains("/run/auth.json"), "{err}");
+    // The hint names the options that choose auth files, not the config's.
+    assert!(err.hint().is_some_and(|h| h.contains("--authfile")), "{err}");
     let text = r#"{"auths":{"ghcr.io":{"auth":"!!!"}}}"#;
     assert!(lookup_in(text, Path::new("a.json"), "ghcr.io", "r", &none).is_err());
 }
