@@ -130,6 +130,32 @@ upstream_since() {
     awk '/"GET \/v2\/.*\/blobs\/sha256:/ { n++; b += $10 } END { printf "%d %d\n", n, b }'
 }
 log_size() { stat -c %s "$LAZYIMG_TEST_UPSTREAM_LOG"; }
+# The distinct 1 MiB slices (digest, slice number) the nodes' blob requests in
+# nginx's log touch: with a fresh cache each must reach the registry once, so
+# more upstream blob requests than this means a slice was fetched twice.
+SLICE=$((1 << 20))
+unique_slices() {
+  "$(system_python)" - "$NGINX_DIR/access.log" "$SLICE" <<'PY'
+import re, sys
+slice_size = int(sys.argv[2])
+seen = set()
+line_re = re.compile(r'"GET /v2/\S+/blobs/(sha256:[0-9a-f]{64}) [^"]*" (\d+) (\d+) range="([^"]*)"')
+for line in open(sys.argv[1]):
+    m = line_re.search(line)
+    if not m:
+        continue
+    digest, status, sent, wanted = m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
+    r = re.fullmatch(r"bytes=(\d+)-(\d+)", wanted)
+    if r:
+        first, last = int(r.group(1)), int(r.group(2))
+    elif status == 200 and sent > 0:
+        first, last = 0, sent - 1
+    else:
+        continue
+    seen.update((digest, k) for k in range(first // slice_size, last // slice_size + 1))
+print(len(seen))
+PY
+}
 cache_counts() { # "HIT MISS" in nginx's log
   awk '/cache=HIT/ { h++ } /cache=MISS/ { m++ } END { printf "%d %d\n", h, m }' "$NGINX_DIR/access.log"
 }
@@ -164,6 +190,7 @@ read -r direct_requests direct_bytes < <(many_at_once direct)
 nginx_start
 read -r many_requests many_bytes < <(many_at_once)
 read -r hits misses < <(cache_counts)
+slices=$(unique_slices)
 secs=$(for i in $(seq 1 "$N"); do cat "$WORK/node-$i/secs"; echo; done)
 p50=$(median <<<"$secs")
 p99=$(maximum <<<"$secs") # with N <= 100 nodes, p99 is the slowest
@@ -182,3 +209,10 @@ printf '  upstream for %2d nodes           %d requests, %d bytes: %.2fx one node
 printf '  nginx cache                    %d hits, %d misses\n' "$hits" "$misses"
 printf '  without the cache, %2d nodes     %d requests, %d bytes upstream: %.2fx one node alone\n' \
   "$N" "$direct_requests" "$direct_bytes" "$(ratio "$direct_bytes" "$alone_bytes")"
+duplicates=$((many_requests - slices))
+if ((duplicates > 0)); then
+  printf '  slices fetched upstream twice  %d (of %d distinct slices the nodes touched): FAIL\n' "$duplicates" "$slices"
+else
+  printf '  slices fetched upstream twice  0 (%d upstream blob requests for %d distinct slices the nodes touched)\n' \
+    "$many_requests" "$slices"
+fi
