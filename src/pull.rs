@@ -279,10 +279,20 @@ pub(crate) fn record(
     let manifest = &resolved.manifest;
     let config_bytes = store.require(&manifest.config().sha256()?)?;
     let config = image::parse_config(config_bytes.bytes(), &format!("config of {name}"))?;
-    let platform = resolved
-        .platform
-        .clone()
-        .unwrap_or_else(|| image::config_platform(&config));
+    let platform = resolved.platform.clone().unwrap_or_else(|| {
+        // A single-platform image is used whatever it was built for, as
+        // Podman does (containers/image warns the same way); an index had its
+        // platform chosen already.
+        let built_for = image::config_platform(&config);
+        if !image::platform_accepts(wanted, &built_for) {
+            tracing::warn!(
+                "{name}: image platform ({}) does not match the expected platform ({})",
+                image::platform_name(&built_for),
+                image::platform_name(wanted)
+            );
+        }
+        built_for
+    });
     store.record_image(&ImageRecord::new(
         name.clone(),
         resolved.digest,

@@ -220,6 +220,25 @@ fn multi_arch_index_resolves_to_the_host_or_the_requested_platform() {
     assert_eq!(pull.stdout().trim(), index.digest);
     assert!(lazyimg.cached_blobs().contains(&arm64.layers[0].digest));
     assert!(!lazyimg.cached_blobs().contains(&amd64.layers[0].digest));
+
+    // A single-platform arm64 image: used anyway, with Podman's warning.
+    layout.tag("arm-only", &arm64.manifest);
+    env.push_upstream(&layout.dir, "arm-only", "pull/arm-only:1", false);
+    let single = support::testenv::run(
+        lazyimg
+            .cmd()
+            .env("REGISTRY_AUTH_FILE", env.auth_file())
+            .args(["pull", "--platform", "linux/amd64"])
+            .arg(format!("{}/pull/arm-only:1", env.upstream())),
+    )
+    .ok();
+    assert!(
+        single.stderr().contains(
+            "image platform (linux/arm64/v8) does not match the expected platform (linux/amd64)"
+        ),
+        "{}",
+        single.stderr()
+    );
 }
 
 #[test]
