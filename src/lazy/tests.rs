@@ -139,11 +139,7 @@ fn setup(blob: TestBlob, readahead: u64) -> Setup {
         chunks: blob.chunks.clone(),
         deflate: None,
     };
-    let location = ContentLocation {
-        layer: 0,
-        offset: 0,
-        size: blob.content.len() as u64,
-    };
+    let location = ContentLocation::dense(0, 0, blob.content.len() as u64);
     let content = ImageContent::new(
         vec![LayerContent::Chunked(Arc::new(lazy))],
         Some(fetcher),
@@ -554,11 +550,7 @@ fn files_compare_by_their_chunks_digests_without_a_fetch() {
     use crate::tree::SameContent;
     let a = setup(gzip_blob(b"aaaabbbbccccdddd", 4), 0);
     let b = setup(gzip_blob(b"aaaabbbbXcccdddd", 4), 0);
-    let at = |offset, size| ContentLocation {
-        layer: 0,
-        offset,
-        size,
-    };
+    let at = |offset, size| ContentLocation::dense(0, offset, size);
     let compare = |offset, size, fetch| {
         same_content(
             &a.content,
@@ -601,11 +593,7 @@ fn files_differing_only_in_a_shared_chunk_read_only_that_part() {
     let a = setup(gzip_blob(b"aaaabbbbccccdddd", 4), 0);
     let b = setup(gzip_blob(b"aaaabbbbccccddXd", 4), 0);
     let c = setup(gzip_blob(b"aaaabbbbccccdddd", 4), 0);
-    let at = |size| ContentLocation {
-        layer: 0,
-        offset: 0,
-        size,
-    };
+    let at = |size| ContentLocation::dense(0, 0, size);
     let compare = |x: &Setup, y: &Setup, size, fetch| {
         same_content(&x.content, &at(size), &y.content, &at(size), fetch).unwrap()
     };

@@ -30,7 +30,7 @@ pub(super) fn names(tree: &Tree, path: &str) -> Vec<String> {
 }
 
 fn location(tree: &Tree, path: &str) -> ContentLocation {
-    *attr(tree, path).content().expect("regular file")
+    attr(tree, path).content().expect("regular file").clone()
 }
 
 #[test]
