@@ -657,3 +657,22 @@ fn sparse_holes_read_as_zeros_without_a_fetch() {
             .all(|&b| b == 0)
     );
 }
+
+/// A zeros chunk (zstd:chunked's `chunkType: zeros`) keeps its table of
+/// contents' blob offset; it reads as zeros with nothing fetched for it.
+#[test]
+fn zeros_chunks_read_without_a_fetch_wherever_they_sit() {
+    let data = pseudo_random(4_000);
+    let mut content = data.clone();
+    content.extend_from_slice(&[0; 4_000]);
+    content.extend_from_slice(&data);
+    let mut blob = gzip_blob(&content, 4_000);
+    blob.chunks[1].codec = ChunkCodec::Zeros;
+    blob.chunks[1].blob_size = 0;
+    assert!(blob.chunks[1].blob_offset > 0);
+    let s = setup(blob, 0);
+    let zeros = ContentLocation::dense(0, 4_000, 4_000);
+    assert_eq!(s.content.read(&zeros, 0, 4_000).unwrap(), vec![0; 4_000]);
+    assert!(s.source.requests.lock().unwrap().is_empty());
+    assert_eq!(s.content.read(&s.location, 0, 12_000).unwrap(), content);
+}
