@@ -86,7 +86,7 @@ impl PaxSparse {
                 return Ok(true);
             }
             SPARSE_OFFSET | SPARSE_NUMBYTES => {
-                let due = if self.pairs.len() % 2 == 0 {
+                let due = if self.pairs.len().is_multiple_of(2) {
                     SPARSE_OFFSET
                 } else {
                     SPARSE_NUMBYTES
