@@ -85,16 +85,18 @@ fn expand(tar: &[u8], kind: &EntryKind) -> Vec<u8> {
 
 /// Members: PAX 0.0 (repeated offset/numbytes records), PAX 0.1 (the
 /// `GNU.sparse.map` list), PAX 1.0 (the map in the data area, the name in
-/// `GNU.sparse.name`), old GNU (`S` with extension blocks).
+/// `GNU.sparse.name`), old GNU (`S` with extension blocks, as both
+/// `--format=gnu` and `--format=oldgnu` write it).
 #[test]
 fn every_gnu_sparse_format_reads_as_the_files_archived() {
     let dir = tempfile::tempdir().unwrap();
     make_files(dir.path());
-    let formats: [(&str, &[&str]); 4] = [
+    let formats: [(&str, &[&str]); 5] = [
         ("pax 0.0", &["--format=pax", "--sparse-version=0.0"]),
         ("pax 0.1", &["--format=pax", "--sparse-version=0.1"]),
         ("pax 1.0", &["--format=pax", "--sparse-version=1.0"]),
         ("gnu", &["--format=gnu"]),
+        ("oldgnu", &["--format=oldgnu"]),
     ];
     for (label, format) in formats {
         let tar = gnu_tar(dir.path(), format);
