@@ -193,7 +193,8 @@ fn index_entry<R: Read>(
     let kind = match sparse {
         None => member_kind(entry, entry_type, &raw_path, &cx)?,
         Some(sparse) => {
-            // Go refuses a map on a header-only type (`isHeaderOnlyType`).
+            // Go refuses a map on a header-only type (`isHeaderOnlyType`);
+            // a type lazyimg cannot represent is refused anyway.
             if !matches!(
                 entry_type,
                 EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse

@@ -34,10 +34,11 @@ const SPARSE_NAME: &[u8] = b"GNU.sparse.name";
 const SPARSE_SIZE: &[u8] = b"GNU.sparse.size";
 const SPARSE_REALSIZE: &[u8] = b"GNU.sparse.realsize";
 
-/// Go reads at most this much of a 1.0 map (`maxSpecialFileSize`, the
-/// bound it puts on every variable-length header), so a hostile map cannot
-/// make the indexer buffer without end.
-const MAX_MAP_1X0: u64 = 1 << 20;
+/// Go reads at most this much of a 1.0 map, and of an old GNU map's slots
+/// (`maxSpecialFileSize`, the bound it puts on every variable-length
+/// header; errSparseTooLong beyond), so a hostile map cannot make the
+/// indexer buffer without end.
+const MAX_SPECIAL_FILE: u64 = 1 << 20;
 
 /// The `GNU.sparse.*` records of one entry's PAX header; the last record of
 /// a key wins, as in Go's `parsePAX`.
@@ -188,7 +189,7 @@ fn read_map_1x0(entry: &mut impl Read, data_size: u64) -> Result<(Vec<(i64, i64)
     // Reads blocks until `lines` newlines are in; none more than needed.
     let mut feed = |text: &mut Vec<u8>, lines: usize| -> Result<(), String> {
         while text.iter().filter(|&&b| b == b'\n').count() < lines {
-            if text.len() as u64 + 512 > data_size.min(MAX_MAP_1X0) {
+            if text.len() as u64 + 512 > data_size.min(MAX_SPECIAL_FILE) {
                 return Err("sparse 1.0 map runs past the entry's data".into());
             }
             entry
@@ -241,7 +242,8 @@ fn pairs(numbers: &[&str]) -> Result<Vec<(i64, i64)>, String> {
 /// the member when the segments do not add up to its data area.
 ///
 /// # Errors
-/// An unreadable number, extension blocks missing, or a map Go refuses.
+/// An unreadable number, extension blocks missing, more of them than Go
+/// reads, or a map Go refuses.
 pub(super) fn old_gnu_map(header: &tar::GnuHeader, extensions: &[u8]) -> Result<SparseMap, String> {
     let mut segments = Vec::new();
     let mut take = |slots: &[tar::GnuSparseHeader]| -> Result<(), String> {
@@ -255,8 +257,14 @@ pub(super) fn old_gnu_map(header: &tar::GnuHeader, extensions: &[u8]) -> Result<
     take(&header.sparse)?;
     let mut extended = header.isextended[0] > 0;
     let mut blocks = extensions.chunks_exact(512);
+    // Bytes of slots read, as Go counts them against its bound.
+    let mut read = 4 * 24;
     while extended {
         let block = blocks.next().ok_or("sparse extension block missing")?;
+        read += 21 * 24;
+        if read >= MAX_SPECIAL_FILE {
+            return Err("sparse map longer than Go reads (1 MiB of slots)".into());
+        }
         // 21 slots of 24 bytes, then the `isextended` byte.
         let slots: Vec<tar::GnuSparseHeader> = (block[..504].chunks_exact(24))
             .map(|slot| tar::GnuSparseHeader {
