@@ -626,8 +626,9 @@ const SPARSE_FORMATS: [(&str, &[&str]); 4] = [
 /// expand them, holes as zeros and the real size, through the whole-layer
 /// mount, the lazy mount via the index, zstd:chunked (skopeo's, whose
 /// `zeros` chunks are the holes) and pull. eStargz is not among them: its
-/// writers read the tar with Go's archive/tar and store the expanded
-/// zeros as file data, and its TOC has no way to say "hole".
+/// TOC has no way to say "hole", and the peer writer here (stargz-snapshotter
+/// 0.12's `ctr-remote image convert --estargz`) fails on these images
+/// ("archive/tar: missed writing 119808 bytes" for `many`).
 #[test]
 fn sparse_files_read_as_go_and_gnu_tar_expand_them_on_every_path() {
     let files = sparse_files();
@@ -666,7 +667,7 @@ fn sparse_files_read_as_go_and_gnu_tar_expand_them_on_every_path() {
 }
 
 /// Kind 5, lazily: reading a sparse file's holes through a lazy mount
-/// fetches nothing; reading its data then does.
+/// fetches nothing; reading its data then does. `lazyimg cat` expands it too.
 #[test]
 fn sparse_holes_read_lazily_fetch_nothing() {
     use std::os::unix::fs::FileExt;
@@ -693,4 +694,10 @@ fn sparse_holes_read_lazily_fetch_nothing() {
     assert_eq!(fetched(), 0, "{}", lazyimg.stats(&mounted));
     assert_eq!(read("start", 65_536, 4), b"s\ns\n");
     assert!(fetched() > 0, "{}", lazyimg.stats(&mounted));
+    // `cat` reads through the same content reader, without a mount.
+    for name in ["start", "many"] {
+        let cat = authed(&lazyimg, &["cat", &image.reference, name]).ok();
+        let want = std::fs::read(files.path().join(name)).unwrap();
+        assert!(cat.output.stdout == want, "cat {name}");
+    }
 }
