@@ -128,6 +128,9 @@ pub fn prefetch_files(rootfs: &RootFs, list: &[u8]) -> Prefetched {
             done.skipped += 1;
             continue;
         };
+        // The stored bytes are what there is to fetch: a sparse file's
+        // holes are never fetched, so reading them would only make zeros.
+        let location = location.packed();
         let mut offset = 0;
         while offset < location.size {
             match rootfs.content.read(&location, offset, PREFETCH_READ) {
