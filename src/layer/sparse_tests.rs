@@ -300,3 +300,44 @@ fn hand_written_maps_place_data_exactly() {
     );
     assert_eq!(expand(&tar, &table.entries[1].kind), b"n");
 }
+
+/// A long name comes in its own member (GNU `L`, PAX `path`) before the
+/// sparse header: the extension blocks and data are still found.
+#[test]
+fn long_names_before_sparse_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("{}/f", "d".repeat(120));
+    let script = format!(
+        r#"mkdir {d}; for i in 0 2 4 6 8 10; do yes l | head -c 4096 | dd of={name} bs=4096 seek=$i conv=notrunc status=none; done; truncate -s 64K {name}"#,
+        d = "d".repeat(120)
+    );
+    let status = Command::new("sh")
+        .args(["-euc", &script])
+        .current_dir(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let want = std::fs::read(dir.path().join(&name)).unwrap();
+    for format in [
+        &["--format=gnu"][..],
+        &["--format=pax", "--sparse-version=1.0"],
+    ] {
+        let out = Command::new("tar")
+            .args(["-S", "-b", "1"])
+            .args(format)
+            .arg("-C")
+            .arg(dir.path())
+            .args(["-cf", "-", &name])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let table = read_entries(&out.stdout[..]).unwrap();
+        let entry = table
+            .entries
+            .iter()
+            .find(|e| e.path == name.as_str())
+            .unwrap();
+        assert!(matches!(entry.kind, EntryKind::Sparse { .. }), "{format:?}");
+        assert!(expand(&out.stdout, &entry.kind) == want, "{format:?}");
+    }
+}
