@@ -27,7 +27,6 @@ use bytes::Bytes;
 use common::median;
 use lazyimg::digest::Digest;
 use lazyimg::image::{Descriptor, DescriptorExt};
-use lazyimg::layer::EntryKind;
 use lazyimg::lazy::decode::DeflateResume;
 use lazyimg::lazy::index_artifact::{BuiltLayer, build_layer};
 use lazyimg::lazy::source::RangeSource;
@@ -368,14 +367,7 @@ fn first_read(
         .table
         .entries
         .iter()
-        .filter_map(|entry| match entry.kind {
-            EntryKind::Regular { offset, size } => Some(ContentLocation {
-                layer: 0,
-                offset,
-                size,
-            }),
-            _ => None,
-        })
+        .filter_map(|entry| ContentLocation::of_entry(0, &entry.kind))
         .max_by_key(|location| location.size)
         .expect("the layer has files");
     let content = image_content(store, layer, built);

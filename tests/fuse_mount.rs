@@ -150,7 +150,11 @@ fn location(tree: &Tree, path: &str) -> ContentLocation {
     let ino = tree
         .resolve_path(path)
         .unwrap_or_else(|| panic!("{path} in tree"));
-    *tree.attr(ino).unwrap().content().expect("regular file")
+    tree.attr(ino)
+        .unwrap()
+        .content()
+        .expect("regular file")
+        .clone()
 }
 
 /// A live mount; dropping it unmounts, then removes the mountpoint.

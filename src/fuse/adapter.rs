@@ -231,7 +231,12 @@ impl Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let Some(&location) = self.tree().attr(ino.0).and_then(|inode| inode.content()) else {
+        let Some(location) = self
+            .tree()
+            .attr(ino.0)
+            .and_then(|inode| inode.content())
+            .cloned()
+        else {
             return reply.error(wrong_kind(self.tree(), ino.0, false));
         };
         read_file(

@@ -167,7 +167,13 @@ impl Filesystem for StoreAdapter {
             let Some(image) = self.store.image(slot) else {
                 return reply.error(Errno::ENOENT);
             };
-            let Some(&location) = image.rootfs.tree.attr(ino).and_then(|i| i.content()) else {
+            let Some(location) = image
+                .rootfs
+                .tree
+                .attr(ino)
+                .and_then(|i| i.content())
+                .cloned()
+            else {
                 return reply.error(Errno::EINVAL);
             };
             return read_file(

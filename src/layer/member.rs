@@ -27,6 +27,11 @@ pub enum MemberKind {
     CharDevice(Device),
     BlockDevice(Device),
     Fifo,
+    /// A regular file with holes; see [`EntryKind::Sparse`].
+    Sparse {
+        offset: u64,
+        map: super::SparseMap,
+    },
     /// A type byte lazyimg cannot represent; an error unless the member is a whiteout.
     Unsupported(u8),
 }
@@ -108,6 +113,7 @@ impl EntryTable {
             MemberKind::CharDevice(device) => EntryKind::CharDevice(device),
             MemberKind::BlockDevice(device) => EntryKind::BlockDevice(device),
             MemberKind::Fifo => EntryKind::Fifo,
+            MemberKind::Sparse { offset, map } => EntryKind::Sparse { offset, map },
             MemberKind::Unsupported(type_byte) => {
                 return Err(LayerError::UnsupportedEntryType {
                     path: shown(),

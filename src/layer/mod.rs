@@ -10,8 +10,10 @@ pub mod estargz;
 pub mod gzip_checkpoints;
 mod member;
 pub(crate) mod path;
+mod sparse;
 mod tar_entries;
 mod tar_number;
+mod tar_sparse;
 #[cfg(test)]
 pub(crate) mod test_tar;
 #[cfg(test)]
@@ -27,6 +29,7 @@ use crate::digest::Digest;
 
 pub use compression::{Compression, decompress};
 pub use member::{MemberKind, MemberMeta};
+pub use sparse::{Piece, SparseMap};
 pub use tar_entries::read_entries;
 
 /// The layer annotation naming an eStargz layer's TOC digest.
@@ -138,6 +141,15 @@ pub enum EntryKind {
     CharDevice(Device),
     BlockDevice(Device),
     Fifo,
+    /// A regular file with holes (GNU sparse; see [`SparseMap`]): its data
+    /// segments are stored one after another, `map.packed_size()` bytes at
+    /// `offset` of the content space; its other bytes, up to `map.size()`,
+    /// are zeros. Last of the variants, so entry tables encoded before it
+    /// existed still decode.
+    Sparse {
+        offset: u64,
+        map: SparseMap,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,8 +201,10 @@ pub enum LayerError {
     NulByte { path: String, what: &'static str },
     #[error("tar entry {path:?}: invalid whiteout name")]
     InvalidWhiteout { path: String },
-    #[error("unsupported sparse file {path:?}")]
-    UnsupportedSparse { path: String },
+    /// A GNU sparse file whose map Go's archive/tar refuses too (see
+    /// [`SparseMap::new`]), or whose stored data does not match its map.
+    #[error("tar entry {path:?}: bad sparse file: {reason}")]
+    BadSparse { path: String, reason: String },
     #[error("tar entry {path:?}: unsupported entry type {type_byte:#04x}")]
     UnsupportedEntryType { path: String, type_byte: u8 },
     /// An eStargz or zstd:chunked table of contents is unusable: footer,
@@ -202,5 +216,7 @@ pub enum LayerError {
     },
 }
 
+#[cfg(test)]
+mod sparse_tests;
 #[cfg(test)]
 mod tests;

@@ -1,18 +1,18 @@
 //! Streaming tar reader for entry tables: reads each header once, skips file data, unpacks
 //! nothing.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io::{self, Read};
 
 use tar::{Archive, Entry, EntryType};
 
 use super::member::{MemberKind, MemberMeta};
 use super::tar_number::{header_number, pax_integer, to_u32};
+use super::tar_sparse::{PaxSparse, SparseEntry, old_gnu_map};
 use super::{Device, EntryTable, LayerError, Timestamp};
 
 const XATTR_PREFIX: &[u8] = b"SCHILY.xattr.";
-/// PAX keys used by GNU tar's sparse formats 0.x and 1.0.
-const PAX_SPARSE_PREFIX: &[u8] = b"GNU.sparse.";
+const BLOCK: u64 = 512;
 
 /// Indexes a layer from its uncompressed tar stream in one pass.
 pub fn read_entries(reader: impl Read) -> Result<EntryTable, LayerError> {
@@ -28,17 +28,28 @@ pub fn read_entries(reader: impl Read) -> Result<EntryTable, LayerError> {
     for entry in entries {
         let mut entry = entry.map_err(|e| state.error(e, &last_path))?;
         last_path = format!("after {}", String::from_utf8_lossy(&entry.path_bytes()));
-        index_entry(&mut entry, &mut index)?;
+        let stored = index_entry(&mut entry, &mut index, &state)?;
+        // The next member's headers start after this entry's data.
+        let next = (stored.start).saturating_add(stored.size.div_ceil(BLOCK) * BLOCK);
+        state.capture_from.set(next);
+        state.captured.borrow_mut().clear();
     }
     Ok(index)
 }
 
 /// What the tar crate consumed so far and whether the source itself failed;
 /// shared with the reader the archive owns.
+///
+/// It also keeps the headers of the member being read (the bytes from
+/// `capture_from`, where they start, on): the tar crate consumes an old GNU
+/// sparse file's extension blocks itself and keeps their map private, and
+/// the map must be known to serve the file without reading its data.
 #[derive(Default)]
 struct StreamState {
     pos: Cell<u64>,
     source_failed: Cell<bool>,
+    capture_from: Cell<u64>,
+    captured: RefCell<Vec<u8>>,
 }
 
 impl StreamState {
@@ -70,7 +81,16 @@ impl<R: Read> Read for TrackedReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self.inner.read(buf) {
             Ok(n) => {
-                self.state.pos.set(self.state.pos.get() + n as u64);
+                let pos = self.state.pos.get();
+                let from = self.state.capture_from.get();
+                if pos + n as u64 > from {
+                    let skip = from.saturating_sub(pos) as usize;
+                    self.state
+                        .captured
+                        .borrow_mut()
+                        .extend_from_slice(&buf[skip..n]);
+                }
+                self.state.pos.set(pos + n as u64);
                 Ok(n)
             }
             Err(e) => {
@@ -91,7 +111,14 @@ struct PaxInfo {
     uid: Option<i64>,
     gid: Option<i64>,
     xattrs: Vec<(String, Vec<u8>)>,
-    sparse: bool,
+    sparse: PaxSparse,
+}
+
+/// Where an entry's data area lies in the tar stream: `size` bytes from
+/// `start` (for an old GNU sparse file, after its extension blocks).
+struct StoredData {
+    start: u64,
+    size: u64,
 }
 
 /// Identifies the entry being indexed in error messages.
@@ -110,27 +137,82 @@ impl Context {
     }
 }
 
+/// Adds `entry` to `index`; returns where its data lies, so the reader can
+/// tell where the next member's headers start.
 fn index_entry<R: Read>(
     entry: &mut Entry<'_, R>,
     index: &mut EntryTable,
-) -> Result<(), LayerError> {
-    let raw_path = entry.path_bytes().into_owned();
+    state: &StreamState,
+) -> Result<StoredData, LayerError> {
+    let mut raw_path = entry.path_bytes().into_owned();
     let cx = Context {
         shown: String::from_utf8_lossy(&raw_path).into_owned(),
         header_pos: entry.raw_header_position(),
     };
     let entry_type = entry.header().entry_type();
+    // The stream stands at the entry's data: the tar crate has read every
+    // header of the member, and nothing of its data.
+    let mut stored = StoredData {
+        start: state.pos.get(),
+        size: entry.size(),
+    };
     if entry_type == EntryType::XGlobalHeader {
         // Global PAX defaults; image tools do not emit meaningful ones.
         tracing::debug!(entry = %cx.shown, "ignoring global PAX header");
-        return Ok(());
+        return Ok(stored);
     }
-    let pax =
+    let mut pax =
         read_pax(entry, &cx.shown).map_err(|e| cx.malformed(format!("bad PAX record: {e}")))?;
-    if pax.sparse || entry_type.is_gnu_sparse() {
-        return Err(LayerError::UnsupportedSparse { path: cx.shown });
-    }
-    let kind = member_kind(entry, entry_type, &raw_path, &cx)?;
+    let sparse = std::mem::take(&mut pax.sparse);
+    let bad_sparse = |reason: String| LayerError::BadSparse {
+        path: cx.shown.clone(),
+        reason,
+    };
+    let sparse = if entry_type.is_gnu_sparse() {
+        let header = entry.header().as_gnu().ok_or_else(|| {
+            // The tar crate refuses these before; kept for the type's sake.
+            bad_sparse("typeflag S on a header that is not GNU".into())
+        })?;
+        // The tar crate sized the entry to the real size; the data area is
+        // what the segments hold, which it checked (`parse_sparse_header`).
+        let captured = state.captured.borrow();
+        let extensions = (cx.header_pos + BLOCK)
+            .checked_sub(state.capture_from.get())
+            .and_then(|from| captured.get(from as usize..))
+            .ok_or_else(|| bad_sparse("extension blocks not captured".into()))?;
+        let map = old_gnu_map(header, extensions).map_err(&bad_sparse)?;
+        stored.size = map.packed_size();
+        Some(SparseEntry {
+            map,
+            data_skip: 0,
+            name: None,
+        })
+    } else {
+        sparse.resolve(entry, stored.size).map_err(&bad_sparse)?
+    };
+    let kind = match sparse {
+        None => member_kind(entry, entry_type, &raw_path, &cx)?,
+        Some(sparse) => {
+            // Go refuses a map on a header-only type (`isHeaderOnlyType`);
+            // a type lazyimg cannot represent is refused anyway.
+            if !matches!(
+                entry_type,
+                EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse
+            ) {
+                return Err(bad_sparse(format!(
+                    "a sparse map on an entry of type {:#04x}",
+                    entry_type.as_byte()
+                )));
+            }
+            if let Some(name) = sparse.name {
+                raw_path = name;
+            }
+            MemberKind::Sparse {
+                offset: stored.start + sparse.data_skip,
+                map: sparse.map,
+            }
+        }
+    };
     let old = entry.header().as_old();
     let field = |what: &str, raw: &[u8]| {
         header_number(raw).map_err(|reason| cx.malformed(format!("{what}: {reason}")))
@@ -159,7 +241,7 @@ fn index_entry<R: Read>(
         xattrs: pax.xattrs,
     };
     index.add_member(&raw_path, kind, meta)?;
-    Ok(())
+    Ok(stored)
 }
 
 /// The member a header describes, typeflag by typeflag:
@@ -267,8 +349,8 @@ fn read_pax<R: Read>(entry: &mut Entry<'_, R>, shown: &str) -> Result<PaxInfo, S
                 Some(slot) => slot.1 = value,
                 None => info.xattrs.push((name.to_owned(), value)),
             }
-        } else if key.starts_with(PAX_SPARSE_PREFIX) {
-            info.sparse = true;
+        } else {
+            info.sparse.record(key, record.value_bytes())?;
         }
     }
     Ok(info)

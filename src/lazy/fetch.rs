@@ -354,7 +354,10 @@ impl ChunkFetcher {
             .drain(..)
             .partition(|c| blob.chunks[c.index].blob_size == 0);
         for claim in empty {
-            self.decode_run(blob, vec![claim], Bytes::new(), 0, urgent);
+            // The empty run starts where the chunk says it is: a zeros chunk
+            // keeps its table-of-contents offset, which need not be 0.
+            let at = blob.chunks[claim.index].blob_offset;
+            self.decode_run(blob, vec![claim], Bytes::new(), at, urgent);
         }
         let indices: Vec<usize> = to_fetch.iter().map(|c| c.index).collect();
         let mut to_fetch = to_fetch.into_iter();

@@ -28,6 +28,7 @@ use bytes::{Bytes, BytesMut};
 use crate::config::Config;
 use crate::digest::Digest;
 use crate::error::{ReadError, Result};
+use crate::layer::{Piece, SparseMap};
 use crate::rootfs::{ContentIdentity, ContentReader, Stats};
 use crate::store::Blob;
 use crate::tree::ContentLocation;
@@ -297,6 +298,9 @@ impl ImageContent {
         len: usize,
         ready_only: bool,
     ) -> Result<Option<Bytes>> {
+        if let Some(map) = &location.sparse {
+            return self.read_sparse(location, map, offset, len, ready_only);
+        }
         let range = Self::content_range(location, offset, len);
         let bytes = match &self.layers[location.layer as usize] {
             LayerContent::Unpacked { tar, .. } => {
@@ -321,11 +325,43 @@ impl ImageContent {
         Ok(Some(bytes))
     }
 
+    /// Reads a sparse file: its data pieces from the packed run like any
+    /// file's bytes (so readahead follows the packed data), its holes as
+    /// zeros that are never fetched, nor waited for.
+    fn read_sparse(
+        &self,
+        location: &ContentLocation,
+        map: &SparseMap,
+        offset: u64,
+        len: usize,
+        ready_only: bool,
+    ) -> Result<Option<Bytes>> {
+        let packed = location.packed();
+        let mut out = BytesMut::new();
+        let mut holes = 0;
+        for piece in map.pieces(offset, len as u64) {
+            match piece {
+                Piece::Hole { len } => {
+                    out.resize(out.len() + len as usize, 0);
+                    holes += len;
+                }
+                Piece::Data { packed: at, len } => {
+                    match self.read_layer(&packed, at, len as usize, ready_only)? {
+                        Some(bytes) => out.extend_from_slice(&bytes),
+                        None => return Ok(None),
+                    }
+                }
+            }
+        }
+        self.stats.served(holes);
+        Ok(Some(out.freeze()))
+    }
+
     /// Whether a read at `range` of the file at `location` continues the
     /// previous one (or starts the file), remembering where it ends.
     fn follows_last_read(&self, location: &ContentLocation, range: &std::ops::Range<u64>) -> bool {
         let mut ends = self.read_ends.lock().unwrap_or_else(|p| p.into_inner());
-        let end = ends.entry(*location).or_insert(location.offset);
+        let end = ends.entry(location.clone()).or_insert(location.offset);
         // The kernel sends a sequential reader's requests a few at a time and
         // not always in order: near enough counts.
         let sequential = range.start.abs_diff(*end) <= SEQUENTIAL_SLACK;
@@ -381,6 +417,11 @@ impl ContentReader for ImageContent {
     }
 
     fn identity(&self, location: &ContentLocation) -> Option<ContentIdentity> {
+        // The identities name runs of content-space bytes; a sparse file is
+        // not one, so it is compared by reading.
+        if location.sparse.is_some() {
+            return None;
+        }
         let range = location.offset..location.offset + location.size;
         match &self.layers[location.layer as usize] {
             LayerContent::Unpacked { diff_id, .. } => Some(ContentIdentity::Tar {

@@ -41,7 +41,7 @@ impl Recorder {
     fn note(&self, location: &ContentLocation) {
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         let (out, seen) = &mut *log;
-        if !seen.insert(*location) {
+        if !seen.insert(location.clone()) {
             return;
         }
         if let Some(path) = self.paths.get(location) {
@@ -95,7 +95,7 @@ fn file_paths(tree: &Tree) -> HashMap<ContentLocation, OsString> {
                 Some(InodeKind::Directory(_)) => stack.push((entry.ino, path)),
                 Some(InodeKind::Regular(location)) => {
                     paths
-                        .entry(*location)
+                        .entry(location.clone())
                         .or_insert_with(|| std::os::unix::ffi::OsStringExt::from_vec(path));
                 }
                 _ => {}
@@ -123,11 +123,14 @@ pub fn prefetch_files(rootfs: &RootFs, list: &[u8]) -> Prefetched {
         let location = rootfs
             .tree
             .resolve_path(path)
-            .and_then(|ino| rootfs.tree.attr(ino)?.content().copied());
+            .and_then(|ino| rootfs.tree.attr(ino)?.content().cloned());
         let Some(location) = location else {
             done.skipped += 1;
             continue;
         };
+        // The stored bytes are what there is to fetch: a sparse file's
+        // holes are never fetched, so reading them would only make zeros.
+        let location = location.packed();
         let mut offset = 0;
         while offset < location.size {
             match rootfs.content.read(&location, offset, PREFETCH_READ) {

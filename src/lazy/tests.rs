@@ -139,11 +139,7 @@ fn setup(blob: TestBlob, readahead: u64) -> Setup {
         chunks: blob.chunks.clone(),
         deflate: None,
     };
-    let location = ContentLocation {
-        layer: 0,
-        offset: 0,
-        size: blob.content.len() as u64,
-    };
+    let location = ContentLocation::dense(0, 0, blob.content.len() as u64);
     let content = ImageContent::new(
         vec![LayerContent::Chunked(Arc::new(lazy))],
         Some(fetcher),
@@ -554,11 +550,7 @@ fn files_compare_by_their_chunks_digests_without_a_fetch() {
     use crate::tree::SameContent;
     let a = setup(gzip_blob(b"aaaabbbbccccdddd", 4), 0);
     let b = setup(gzip_blob(b"aaaabbbbXcccdddd", 4), 0);
-    let at = |offset, size| ContentLocation {
-        layer: 0,
-        offset,
-        size,
-    };
+    let at = |offset, size| ContentLocation::dense(0, offset, size);
     let compare = |offset, size, fetch| {
         same_content(
             &a.content,
@@ -601,11 +593,7 @@ fn files_differing_only_in_a_shared_chunk_read_only_that_part() {
     let a = setup(gzip_blob(b"aaaabbbbccccdddd", 4), 0);
     let b = setup(gzip_blob(b"aaaabbbbccccddXd", 4), 0);
     let c = setup(gzip_blob(b"aaaabbbbccccdddd", 4), 0);
-    let at = |size| ContentLocation {
-        layer: 0,
-        offset: 0,
-        size,
-    };
+    let at = |size| ContentLocation::dense(0, 0, size);
     let compare = |x: &Setup, y: &Setup, size, fetch| {
         same_content(&x.content, &at(size), &y.content, &at(size), fetch).unwrap()
     };
@@ -627,4 +615,64 @@ fn files_differing_only_in_a_shared_chunk_read_only_that_part() {
     let other = b.content.identity(&at(14)).unwrap();
     assert_eq!(identity.equal_ranges(&other, 14), vec![0..4, 4..8, 8..12]);
     assert_eq!(identity.equal_ranges(&identity, 14), vec![0..14]);
+}
+
+/// A sparse file over a chunked layer: holes read as zeros from the FUSE
+/// loop's ready path and never fetch; data pieces fetch only their chunks.
+#[test]
+fn sparse_holes_read_as_zeros_without_a_fetch() {
+    let packed = pseudo_random(16_000);
+    let s = setup(gzip_blob(&packed, 4_000), 0);
+    // 100 000 bytes: hole, 8 000 data, hole, 8 000 data, hole.
+    let map = crate::layer::SparseMap::new(100_000, [(10_000, 8_000), (60_000, 8_000)]).unwrap();
+    let location = ContentLocation {
+        sparse: Some(Arc::new(map)),
+        ..ContentLocation::dense(0, 0, 100_000)
+    };
+    let hole = s
+        .content
+        .read_ready(&location, 20_000, 30_000)
+        .unwrap()
+        .unwrap();
+    assert_eq!(hole, vec![0; 30_000]);
+    assert!(s.source.requests.lock().unwrap().is_empty());
+    assert_eq!(s.stats.report().chunks_fetched, 0);
+    // Data not yet fetched: the ready path declines, a read fetches it.
+    assert!(s.content.read_ready(&location, 9_000, 2_000).is_none());
+    let got = s.content.read(&location, 59_000, 10_000).unwrap();
+    let mut want = vec![0; 1_000];
+    want.extend_from_slice(&packed[8_000..16_000]);
+    want.extend_from_slice(&[0; 1_000]);
+    assert_eq!(got, want);
+    let requests = s.source.requests.lock().unwrap().clone();
+    let second = &s.blob.chunks[2];
+    assert_eq!(requests[0].start, second.blob_offset, "{requests:?}");
+    let whole = s.content.read(&location, 0, 200_000).unwrap();
+    assert_eq!(whole.len(), 100_000);
+    assert_eq!(&whole[10_000..18_000], &packed[..8_000]);
+    assert!(
+        whole[..10_000]
+            .iter()
+            .chain(&whole[68_000..])
+            .all(|&b| b == 0)
+    );
+}
+
+/// A zeros chunk (zstd:chunked's `chunkType: zeros`) keeps its table of
+/// contents' blob offset; it reads as zeros with nothing fetched for it.
+#[test]
+fn zeros_chunks_read_without_a_fetch_wherever_they_sit() {
+    let data = pseudo_random(4_000);
+    let mut content = data.clone();
+    content.extend_from_slice(&[0; 4_000]);
+    content.extend_from_slice(&data);
+    let mut blob = gzip_blob(&content, 4_000);
+    blob.chunks[1].codec = ChunkCodec::Zeros;
+    blob.chunks[1].blob_size = 0;
+    assert!(blob.chunks[1].blob_offset > 0);
+    let s = setup(blob, 0);
+    let zeros = ContentLocation::dense(0, 4_000, 4_000);
+    assert_eq!(s.content.read(&zeros, 0, 4_000).unwrap(), vec![0; 4_000]);
+    assert!(s.source.requests.lock().unwrap().is_empty());
+    assert_eq!(s.content.read(&s.location, 0, 12_000).unwrap(), content);
 }

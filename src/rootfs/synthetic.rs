@@ -224,7 +224,7 @@ mod tests {
         let rootfs = rootfs.with_synthetic(files);
         let dir = rootfs.tree.lookup(ROOT_INO, OsStr::new("s")).unwrap();
         let b = rootfs.tree.lookup(dir, OsStr::new("b")).unwrap();
-        let InodeKind::Regular(location) = rootfs.tree.attr(b).unwrap().kind else {
+        let InodeKind::Regular(location) = rootfs.tree.attr(b).unwrap().kind.clone() else {
             panic!("not a file");
         };
         assert_eq!(
@@ -260,7 +260,7 @@ mod tests {
         let rootfs = rootfs.with_synthetic(files);
         let read = |name: &str, offset, len| {
             let ino = rootfs.tree.lookup(ROOT_INO, OsStr::new(name)).unwrap();
-            let InodeKind::Regular(location) = rootfs.tree.attr(ino).unwrap().kind else {
+            let InodeKind::Regular(location) = rootfs.tree.attr(ino).unwrap().kind.clone() else {
                 panic!("not a file");
             };
             rootfs.content.read(&location, offset, len).unwrap()

@@ -189,11 +189,9 @@ impl Merge {
                 return Ok(Some(node));
             }
             EntryKind::Directory => NodeKind::Directory(BTreeMap::new()),
-            &EntryKind::Regular { offset, size } => NodeKind::Regular(ContentLocation {
-                layer,
-                offset,
-                size,
-            }),
+            kind @ (EntryKind::Regular { .. } | EntryKind::Sparse { .. }) => NodeKind::Regular(
+                ContentLocation::of_entry(layer, kind).expect("a regular file has content"),
+            ),
             EntryKind::Symlink { target } => NodeKind::Symlink(target.clone()),
             EntryKind::CharDevice(device) => NodeKind::CharDevice(*device),
             EntryKind::BlockDevice(device) => NodeKind::BlockDevice(*device),

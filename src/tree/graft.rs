@@ -48,12 +48,10 @@ impl Tree {
                 }),
                 2,
             ),
-            EntryKind::Regular { offset, size } => (
-                InodeKind::Regular(ContentLocation {
-                    layer,
-                    offset: *offset,
-                    size: *size,
-                }),
+            kind @ (EntryKind::Regular { .. } | EntryKind::Sparse { .. }) => (
+                InodeKind::Regular(
+                    ContentLocation::of_entry(layer, kind).expect("a regular file has content"),
+                ),
                 1,
             ),
             EntryKind::Symlink { target } => (InodeKind::Symlink(target.clone()), 1),
@@ -153,11 +151,7 @@ mod tests {
         let script = tree.lookup(dir, OsStr::new("runscript")).unwrap();
         assert_eq!(
             tree.attr(script).unwrap().kind,
-            InodeKind::Regular(ContentLocation {
-                layer: 9,
-                offset: 5,
-                size: 7
-            })
+            InodeKind::Regular(ContentLocation::dense(9, 5, 7))
         );
         assert_eq!(tree.parent(dir), Some(ROOT_INO));
         let names: Vec<_> = tree
@@ -206,11 +200,7 @@ mod tests {
         let hosts = tree.lookup(etc, OsStr::new("hosts")).unwrap();
         assert_eq!(
             tree.attr(hosts).unwrap().kind,
-            InodeKind::Regular(ContentLocation {
-                layer: 0,
-                offset: 0,
-                size: 3
-            })
+            InodeKind::Regular(ContentLocation::dense(0, 0, 3))
         );
     }
 }

@@ -38,10 +38,11 @@ pub use walk::{MAX_SYMLINKS, ResolveError};
 mod walk_tests;
 
 use std::ffi::OsString;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::layer::{Device, Timestamp};
+use crate::layer::{Device, EntryKind, SparseMap, Timestamp};
 
 pub use overlay::{OverlayXattrs, layer_dir_name};
 pub use persist::FORMAT_VERSION;
@@ -54,14 +55,60 @@ pub const ROOT_INO: Ino = 1;
 pub const DIR_SIZE: u64 = 4096;
 
 /// Where a regular file's bytes live: `size` bytes at `offset` of layer
-/// `layer`'s uncompressed tar stream (`layer` indexes the slice given to
-/// `Tree::build` or `Tree::overlay_layers`, bottom layer first). Nothing
-/// else in the tree knows how content is addressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// `layer`'s content space (the uncompressed tar stream for tar layers;
+/// `layer` indexes the slice given to `Tree::build` or
+/// `Tree::overlay_layers`, bottom layer first). Nothing else in the tree
+/// knows how content is addressed.
+///
+/// A sparse file (`sparse` set) is `size` bytes too, its holes included,
+/// but the content space holds only its data segments, packed: the map's
+/// `packed_size()` bytes at `offset`. Readers resolve it with
+/// [`ContentLocation::packed`] and [`SparseMap::pieces`], and read a hole
+/// as zeros without touching the layer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ContentLocation {
     pub layer: u32,
     pub offset: u64,
     pub size: u64,
+    /// Shared, not copied, by every name and handle of the file.
+    pub sparse: Option<Arc<SparseMap>>,
+}
+
+impl ContentLocation {
+    /// `size` bytes stored whole at `offset` of layer `layer`.
+    pub fn dense(layer: u32, offset: u64, size: u64) -> ContentLocation {
+        ContentLocation {
+            layer,
+            offset,
+            size,
+            sparse: None,
+        }
+    }
+
+    /// Where layer `layer`'s entry of kind `kind` keeps its bytes; `None`
+    /// unless it is a regular file (sparse or not).
+    pub fn of_entry(layer: u32, kind: &EntryKind) -> Option<ContentLocation> {
+        match kind {
+            &EntryKind::Regular { offset, size } => Some(Self::dense(layer, offset, size)),
+            EntryKind::Sparse { offset, map } => Some(ContentLocation {
+                layer,
+                offset: *offset,
+                size: map.size(),
+                sparse: Some(Arc::new(map.clone())),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The stored bytes of the file as one dense run: itself when it is
+    /// not sparse, else its packed data segments, which
+    /// [`SparseMap::pieces`] offsets point into.
+    pub fn packed(&self) -> ContentLocation {
+        match &self.sparse {
+            None => self.clone(),
+            Some(map) => Self::dense(self.layer, self.offset, map.packed_size()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

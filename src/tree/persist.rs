@@ -7,7 +7,8 @@ use super::{Tree, TreeError};
 const MAGIC: &[u8; 8] = b"lzimgtre";
 
 /// Bump whenever any serialized tree or layer type changes shape.
-pub const FORMAT_VERSION: u32 = 2;
+/// 3: `ContentLocation::sparse` (GNU sparse files).
+pub const FORMAT_VERSION: u32 = 3;
 
 impl Tree {
     pub fn to_bytes(&self) -> Result<Vec<u8>, TreeError> {

@@ -30,7 +30,7 @@ pub(super) fn names(tree: &Tree, path: &str) -> Vec<String> {
 }
 
 fn location(tree: &Tree, path: &str) -> ContentLocation {
-    *attr(tree, path).content().expect("regular file")
+    attr(tree, path).content().expect("regular file").clone()
 }
 
 #[test]
@@ -408,4 +408,29 @@ fn entries_name_the_layer_that_last_wrote_them() {
     assert_eq!(layer("etc"), Some(2));
     assert_eq!(layer("opt"), None);
     assert_eq!(tree.attr(ROOT_INO).unwrap().layer, None);
+}
+
+/// A sparse file is as big as its holes make it; its map rides along to
+/// the content reader (shared by its names) and through the tree cache.
+#[test]
+fn sparse_files_keep_their_size_and_map_through_the_cache() {
+    let mut tar = TestTar::new();
+    tar.pax(&[
+        ("GNU.sparse.major", b"0"),
+        ("GNU.sparse.minor", b"1"),
+        ("GNU.sparse.numblocks", b"1"),
+        ("GNU.sparse.map", b"1000,4"),
+        ("GNU.sparse.size", b"5000"),
+    ])
+    .file("holes", b"data")
+    .hardlink("again", "holes");
+    let tree = build(&mut [&mut tar]);
+    let at = location(&tree, "holes");
+    assert_eq!(at.size, 5000);
+    assert_eq!(at.packed().size, 4);
+    let map = at.sparse.as_ref().expect("sparse");
+    assert_eq!(map.segments().collect::<Vec<_>>(), [(1000, 4)]);
+    assert_eq!(location(&tree, "again"), at);
+    let bytes = tree.to_bytes().unwrap();
+    assert_eq!(Tree::from_bytes(&bytes).unwrap(), tree);
 }

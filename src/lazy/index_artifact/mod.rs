@@ -45,6 +45,10 @@ const SIGNATURE_KEY_ANNOTATION: &str = "dev.lazyimg.signature.key";
 /// 3: entries read by issue 15's rules (Go's numeric fields, typeflags with a
 /// trailing slash, no empty xattrs): a version 2 index may disagree with the
 /// whole-layer read, so it is ignored and the layer read whole.
+/// Sparse files needed no bump: `EntryKind::Sparse` is a new last variant, so
+/// every version 3 index still decodes as it was written (builds before it
+/// refused sparse layers, so none holds one), and an older build fails to
+/// decode an index that holds one and reads that layer whole.
 const FORMAT_VERSION: u32 = 3;
 /// Compressed bytes between gzip checkpoints: about what one cold random read fetches.
 pub const GZIP_SPAN: u64 = 1 << 20;
