@@ -358,7 +358,12 @@ fn a_closed_output_pipe_ends_the_command_silently_with_status_141() {
         .spawn()
         .unwrap();
     let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(141), "{stderr}");
     assert_eq!(stderr, "");

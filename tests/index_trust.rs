@@ -325,7 +325,11 @@ fn an_honest_index_passes_the_background_whole_layer_check() {
     let node = lazyimg(&site.registry, "");
     let (mounted, daemon) = Mounted::with_daemon(&node, &site.reference, &["--background-fetch"]);
     wait_for_log(&daemon, "background fetch done");
-    assert!(daemon.log().contains("whole-layer check passed"), "{}", daemon.log());
+    assert!(
+        daemon.log().contains("whole-layer check passed"),
+        "{}",
+        daemon.log()
+    );
     let (report, ok) = stats(&node, &mounted);
     assert_eq!(report["bad_layers"], 0, "{report}");
     assert!(ok);
@@ -460,7 +464,10 @@ fn a_pull_through_site_reads_lazily_through_the_signed_index_in_the_index_store(
     Lazyimg::new(env)
         .run(&["key", "generate", keys_dir.to_str().unwrap()])
         .ok();
-    let index_store = format!("[index_store]\nlocation = \"{}/lazyimg-indexes\"\n", env.plain());
+    let index_store = format!(
+        "[index_store]\nlocation = \"{}/lazyimg-indexes\"\n",
+        env.plain()
+    );
 
     let seeding = Lazyimg::with_config(
         env,
@@ -476,12 +483,19 @@ fn a_pull_through_site_reads_lazily_through_the_signed_index_in_the_index_store(
     );
     let pulled = ces_pull(
         &seeding,
-        &["charliecloud", env.user(), env.token(), &format!("ghcr.io/{repo}:1")],
+        &[
+            "charliecloud",
+            env.user(),
+            env.token(),
+            &format!("ghcr.io/{repo}:1"),
+        ],
         None,
     )
     .ok();
     assert!(
-        pulled.stderr().contains("1 lazyimg index(es) pushed to the index store"),
+        pulled
+            .stderr()
+            .contains("1 lazyimg index(es) pushed to the index store"),
         "{}",
         pulled.stderr()
     );
@@ -497,7 +511,10 @@ fn a_pull_through_site_reads_lazily_through_the_signed_index_in_the_index_store(
         .join("data");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !stored.exists() {
-        assert!(std::time::Instant::now() < deadline, "{layer} never reached the proxy's storage");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{layer} never reached the proxy's storage"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 
@@ -510,8 +527,7 @@ fn a_pull_through_site_reads_lazily_through_the_signed_index_in_the_index_store(
     );
     let proxy_log = std::path::Path::new(env.var("LAZYIMG_TEST_PROXY_LOG"));
     let from = std::fs::read_to_string(proxy_log).unwrap().len();
-    let (mounted, daemon) =
-        Mounted::with_daemon(&node, &format!("{}/{repo}:1", env.proxy()), &[]);
+    let (mounted, daemon) = Mounted::with_daemon(&node, &format!("{}/{repo}:1", env.proxy()), &[]);
     assert_eq!(read(&mounted, "data/a.txt"), b"A".repeat(5000));
     let served = blob_bytes_served(&std::fs::read_to_string(proxy_log).unwrap(), from, layer);
     let size = image.layers[0].size;

@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use clap::Args;
 use serde_json::json;
 
@@ -20,7 +20,8 @@ use crate::mount;
 use crate::pull::PullPolicy;
 use crate::rootfs::{RootFs, same_content};
 use crate::tree::{
-    Attribute, Change, ChangeKind, FileType, FindQuery, Ino, Inode, InodeKind, SizeTest, Tree,
+    Attribute, Change, ChangeKind, FileType, FindQuery, Ino, Inode, InodeKind, ResolveError,
+    SizeTest, Tree,
 };
 
 /// Bytes `cat` asks the content reader for at once.
@@ -195,14 +196,19 @@ pub(super) async fn diff(ctx: &Context, args: DiffArgs) -> anyhow::Result<ExitCo
     let a = open(ctx, &args.reference_a, &args.registry).await?;
     let b = open(ctx, &args.reference_b, &args.registry).await?;
     let path = args.path.unwrap_or_default();
-    let a_start = a
-        .tree
-        .resolve_in_image(&path, true)
-        .with_context(|| format!("in {}", args.reference_a))?;
-    let b_start = b
-        .tree
-        .resolve_in_image(&path, true)
-        .with_context(|| format!("in {}", args.reference_b))?;
+    // A path in one image only is all added (or all removed), as diff -r
+    // reports a directory present on one side.
+    let start = |tree: &crate::tree::Tree, reference: &str| match tree.resolve_in_image(&path, true)
+    {
+        Ok(ino) => Ok(Some(ino)),
+        Err(ResolveError::NotFound(_)) => Ok(None),
+        Err(e) => Err(anyhow::Error::from(e).context(format!("in {reference}"))),
+    };
+    let a_start = start(&a.tree, &args.reference_a)?;
+    let b_start = start(&b.tree, &args.reference_b)?;
+    if a_start.is_none() && b_start.is_none() {
+        bail!("{path:?}: no such file or directory in either image");
+    }
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     // Comparing content may wait on the network through this runtime.
     tokio::task::block_in_place(|| {

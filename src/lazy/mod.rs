@@ -306,7 +306,9 @@ impl ImageContent {
             LayerContent::Unpacked { tar, .. } => {
                 tar.slice(range.start as usize..range.end as usize)
             }
-            LayerContent::Chunked(blob) if let Some(reason) = self.bad[location.layer as usize].get() => {
+            LayerContent::Chunked(blob)
+                if let Some(reason) = self.bad[location.layer as usize].get() =>
+            {
                 return Err(Arc::new(ReadError::BadLayer {
                     layer: blob.digest,
                     reason: reason.clone(),

@@ -10,10 +10,10 @@ use bytes::Bytes;
 use oci_client::Reference;
 use tokio::runtime::Handle;
 
+use super::index_artifact::IndexStore;
 use crate::chunkmap::BlobHome;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use super::index_artifact::IndexStore;
 use crate::pull::{self, Silent};
 use crate::reference::ImageRef;
 use crate::registry::RegistryClient;

@@ -20,6 +20,7 @@ use crate::image::{self, Descriptor, DescriptorExt, ImageManifest, LayerFormat, 
 use crate::layer::{
     ESTARGZ_TOC_ANNOTATION, ZSTD_CHUNKED_LEGACY_TOC_ANNOTATION, ZSTD_CHUNKED_TOC_ANNOTATION,
 };
+use crate::lazy::index_artifact::IndexSources;
 use crate::lazy::prepare::pull_chunk_maps;
 use crate::lazy::source::{RangeSource, RegistryRanges};
 use crate::policy;
@@ -27,7 +28,6 @@ use crate::reference::ImageRef;
 use crate::registry::{ClientOptions, RegistryClient, credentials};
 use crate::rootfs::View;
 use crate::rootfs::layer_store::{BlobReader, ImageResolver, LayerInfo, StoreImage, StoreLayer};
-use crate::lazy::index_artifact::IndexSources;
 use crate::store::Store;
 use crate::tree::{OverlayXattrs, ROOT_INO, layer_dir_name};
 

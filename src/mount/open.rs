@@ -15,8 +15,8 @@ use crate::error::{Error, Result};
 use crate::image::{self, Descriptor, DescriptorExt, Manifest};
 use crate::layer::{self, Compression, EntryTable};
 use crate::lazy::decode::DeflateResume;
-use crate::lazy::source::{RangeSource, Routed};
 use crate::lazy::index_artifact;
+use crate::lazy::source::{RangeSource, Routed};
 use crate::lazy::{
     ChunkFetcher, GzipSpans, ImageContent, LayerContent, LazyBlob, LazyOptions, WholeLayerCheck,
 };
@@ -118,7 +118,11 @@ pub fn open_bottom_layers(
         } else if let Some(map) = ChunkMap::load(store, &digest) {
             layouts.push_str(&format!(" {}", map.content_identity()));
             tables.push(map.layer.table.clone());
-            plans.push(Plan::Chunked(Box::new(layer.clone()), *diff_id, Box::new(map)));
+            plans.push(Plan::Chunked(
+                Box::new(layer.clone()),
+                *diff_id,
+                Box::new(map),
+            ));
         } else {
             return Err(Error::NotCached(digest));
         }
@@ -180,7 +184,10 @@ pub fn open_bottom_layers(
             Plan::Chunked(layer, diff_id, map) => {
                 let (digest, size) = (layer.sha256()?, layer.size());
                 if let (MapSource::LazyimgIndex, Some(source)) = (map.source, &source) {
-                    checks.push((index, whole_layer_check(store, source, *layer, diff_id, &map)));
+                    checks.push((
+                        index,
+                        whole_layer_check(store, source, *layer, diff_id, &map),
+                    ));
                 }
                 let deflate = match (map.gzip, &fetcher, &source) {
                     (Some(resume), Some(fetcher), Some(source)) => {

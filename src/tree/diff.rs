@@ -97,6 +97,8 @@ enum Visit {
 impl Tree {
     /// Every difference between `self` under `a_from` and `b` under
     /// `b_from`, passed to `emit` in walk order with paths below `prefix`.
+    /// A start that is `None` (the path is in one tree only) makes everything
+    /// under the other start added or removed; both `None`: no difference.
     /// Under a directory present in one tree only, or replaced by another
     /// type, every entry is added or removed. Hardlinks compare name by name.
     ///
@@ -106,14 +108,20 @@ impl Tree {
     /// callback ends the diff.
     pub fn diff<E>(
         &self,
-        a_from: Ino,
+        a_from: Option<Ino>,
         b: &Tree,
-        b_from: Ino,
+        b_from: Option<Ino>,
         prefix: &OsStr,
         mut same_content: impl FnMut(&ContentLocation, &ContentLocation) -> Result<SameContent, E>,
         mut emit: impl FnMut(Change) -> Result<(), E>,
     ) -> Result<(), E> {
-        let mut stack = vec![(prefix.to_os_string(), Visit::Both(a_from, b_from))];
+        let start = match (a_from, b_from) {
+            (Some(a), Some(b)) => Visit::Both(a, b),
+            (Some(a), None) => Visit::OnlyA(a),
+            (None, Some(b)) => Visit::OnlyB(b),
+            (None, None) => return Ok(()),
+        };
+        let mut stack = vec![(prefix.to_os_string(), start)];
         while let Some((path, visit)) = stack.pop() {
             let (kind, a_children, b_children) = match visit {
                 Visit::OnlyA(ino) => (Some(ChangeKind::Removed(ino)), self.children(ino), None),

@@ -87,9 +87,9 @@ fn lines(a: &Image, b: &Image, unknown: bool) -> (Vec<String>, usize) {
     let mut out = Vec::new();
     a.tree
         .diff(
-            ROOT_INO,
+            Some(ROOT_INO),
             &b.tree,
-            ROOT_INO,
+            Some(ROOT_INO),
             OsStr::new("/"),
             |x, y| {
                 asked += 1;
@@ -166,4 +166,46 @@ fn equal_trees_differ_nowhere_and_content_is_asked_only_at_equal_sizes() {
         unknown.contains(&"M /etc/both (mode, size, content)".to_string()),
         "sizes tell without asking: {unknown:?}"
     );
+}
+
+#[test]
+fn a_start_in_one_tree_only_is_all_added_or_all_removed() {
+    let a = Image::new(vec![base()]);
+    let mut added = Vec::new();
+    a.tree
+        .diff(
+            None,
+            &a.tree,
+            Some(ROOT_INO),
+            OsStr::new("/"),
+            |_, _| Ok::<_, ()>(SameContent::Yes),
+            |change| {
+                assert!(matches!(change.kind, ChangeKind::Added(_)), "{change:?}");
+                added.push(change.path);
+                Ok(())
+            },
+        )
+        .unwrap();
+    let every: Vec<_> = a
+        .tree
+        .walk(ROOT_INO, OsStr::new("/"))
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(added, every);
+    let mut removed = 0;
+    a.tree
+        .diff(
+            Some(ROOT_INO),
+            &a.tree,
+            None,
+            OsStr::new("/"),
+            |_, _| Ok::<_, ()>(SameContent::Yes),
+            |change| {
+                assert!(matches!(change.kind, ChangeKind::Removed(_)), "{change:?}");
+                removed += 1;
+                Ok(())
+            },
+        )
+        .unwrap();
+    assert_eq!(removed, every.len());
 }

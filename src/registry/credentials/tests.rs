@@ -234,7 +234,10 @@ fn malformed_files_name_the_file_and_hint_at_authfile() {
     let err = lookup_in("{not json", Path::new("/run/auth.json"), "h", "r", &none).unwrap_err();
     assert!(err.to_string().contains("/run/auth.json"), "{err}");
     // The hint names the options that choose auth files, not the config's.
-    assert!(err.hint().is_some_and(|h| h.contains("--authfile")), "{err}");
+    assert!(
+        err.hint().is_some_and(|h| h.contains("--authfile")),
+        "{err}"
+    );
     let text = r#"{"auths":{"ghcr.io":{"auth":"!!!"}}}"#;
     assert!(lookup_in(text, Path::new("a.json"), "ghcr.io", "r", &none).is_err());
 }
