@@ -119,6 +119,24 @@ impl UnmountSignals {
 
 /// Unmounts the FUSE filesystem at `mountpoint` with fusermount3.
 pub fn umount(mountpoint: &Path) -> anyhow::Result<()> {
+    // fusermount3 says only "Invalid argument" for a path nothing is mounted on.
+    // The kernel lists the path with symlinks resolved: resolve the parent's
+    // (never the mount point itself: a hung mount would hang the lookup).
+    let resolved = match (mountpoint.parent(), mountpoint.file_name()) {
+        (Some(parent), Some(name)) if !parent.as_os_str().is_empty() => parent
+            .canonicalize()
+            .map_or_else(|_| mountpoint.to_path_buf(), |p| p.join(name)),
+        _ => mountpoint.to_path_buf(),
+    };
+    if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts")
+        && !is_fuse_mount(&mounts, mountpoint)
+        && !is_fuse_mount(&mounts, &resolved)
+    {
+        bail!(
+            "{} is not mounted: no lazyimg (FUSE) mount there",
+            mountpoint.display()
+        );
+    }
     let out = Command::new("fusermount3")
         .arg("-u")
         .arg(mountpoint)
@@ -132,6 +150,28 @@ pub fn umount(mountpoint: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Whether `mounts` (proc_pid_mounts(5) text) lists a FUSE file system at
+/// `mountpoint` (made absolute first; fields escape space, tab, newline and
+/// backslash in octal, as getmntent(3) reads them).
+fn is_fuse_mount(mounts: &str, mountpoint: &Path) -> bool {
+    let wanted = std::path::absolute(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+    let wanted = wanted.to_string_lossy();
+    let wanted = wanted.trim_end_matches('/');
+    let escaped = wanted
+        .replace('\\', "\\134")
+        .replace(' ', "\\040")
+        .replace('\t', "\\011")
+        .replace('\n', "\\012");
+    mounts.lines().any(|line| {
+        let mut fields = line.split(' ');
+        let (Some(_), Some(dir), Some(fstype)) = (fields.next(), fields.next(), fields.next())
+        else {
+            return false;
+        };
+        (dir == escaped || (escaped.is_empty() && dir == "/")) && fstype.starts_with("fuse")
+    })
 }
 
 /// A mount daemon that serves its image.
@@ -452,5 +492,15 @@ mod tests {
         let failed = DaemonFailed::from_log(log, Path::new("/x.log"));
         assert_eq!(failed.message, "manifest unknown");
         assert_eq!(failed.hint.as_deref(), Some("check the tag"));
+    }
+
+    #[test]
+    fn fuse_mounts_are_found_by_their_escaped_directory() {
+        let mounts = "lazyimg:ghcr.io/a/b:1 /mnt/my\\040image fuse.lazyimg ro 0 0\n\
+                      /dev/vda / ext4 rw 0 0\n";
+        assert!(is_fuse_mount(mounts, Path::new("/mnt/my image")));
+        assert!(is_fuse_mount(mounts, Path::new("/mnt/my image/")));
+        assert!(!is_fuse_mount(mounts, Path::new("/mnt")));
+        assert!(!is_fuse_mount(mounts, Path::new("/")), "not FUSE");
     }
 }
