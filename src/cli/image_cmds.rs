@@ -304,10 +304,11 @@ fn print_inspection(i: &Inspection) {
         i.layers.len(),
         ByteSize::b(i.total_size).display().iec()
     );
+    // Numbered from 0 = bottom, as `ls -l` and `--json` number layers.
     for (n, layer) in i.layers.iter().enumerate() {
         println!(
             "  {:>3}  {}  {:<14} {:>10}  {}",
-            n + 1,
+            n,
             layer.digest,
             layer.compression,
             ByteSize::b(layer.size).display().iec().to_string(),
