@@ -205,7 +205,17 @@ fn qualify(text: &str, config: &Config) -> Result<String> {
         [only] => Ok(format!("{only}/{text}")),
         several => Err(Error::ShortName {
             name: text.to_string(),
-            candidates: several.iter().map(|r| format!("{r}/{name}")).collect(),
+            // Each as its registry names it: Docker Hub's one-word names live
+            // under library/.
+            candidates: several
+                .iter()
+                .map(|r| {
+                    let candidate = format!("{r}/{name}");
+                    parse_reference(&candidate).map_or(candidate, |c| {
+                        format!("{}/{}", c.registry(), c.repository())
+                    })
+                })
+                .collect(),
         }),
     }
 }
@@ -447,6 +457,12 @@ mod tests {
         );
         let r = ImageRef::parse("localhost/app", &several).unwrap();
         assert_eq!(r.name.registry(), "localhost");
+        let hub = config("unqualified-search-registries = [\"docker.io\", \"a.io\"]\n");
+        let err = ImageRef::parse("big", &hub).unwrap_err().to_string();
+        assert!(
+            err.contains("docker.io/library/big") && err.contains("a.io/big"),
+            "{err}"
+        );
 
         let one = config("unqualified-search-registries = [\"a.io\"]\n");
         assert_eq!(
