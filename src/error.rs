@@ -13,6 +13,10 @@ pub enum Error {
     #[error("{path}: {message}")]
     Config { path: PathBuf, message: String },
 
+    /// A containers-registries.conf(5) file (or drop-in) that cannot be read as one.
+    #[error("{path}: {message}")]
+    RegistriesConf { path: PathBuf, message: String },
+
     /// A containers-auth.json(5) file that cannot be read as one.
     #[error("{path}: {message}")]
     AuthFile { path: PathBuf, message: String },
@@ -177,6 +181,9 @@ impl Error {
     pub fn hint(&self) -> Option<&'static str> {
         Some(match self {
             Error::Config { .. } => "fix the file, or point --config / LAZYIMG_CONFIG elsewhere",
+            Error::RegistriesConf { .. } => {
+                "fix the file (Podman reads it too), or point CONTAINERS_REGISTRIES_CONF elsewhere"
+            }
             Error::AuthFile { .. } => {
                 "fix the auth file, or name another with --authfile / REGISTRY_AUTH_FILE"
             }

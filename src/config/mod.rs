@@ -222,7 +222,7 @@ impl Config {
             message,
         };
         let mut config: Config =
-            toml::from_str(text).map_err(|e| config_error(e.to_string().trim().to_string()))?;
+            toml::from_str(text).map_err(|e| config_error(toml_error(&e, text)))?;
         // Unlike registries.conf files, lazyimg's own file refuses what it
         // does not know: a typo must not silently change where images come from.
         for registry in &mut config.registries {
@@ -258,6 +258,24 @@ impl Config {
             .max_by_key(|(len, _)| *len)
             .map(|(_, r)| r)
     }
+}
+
+/// A TOML parse error as one line: `line L, column C: MESSAGE` (the
+/// toml crate's own text spans several lines with a source excerpt).
+pub(crate) fn toml_error(err: &toml::de::Error, text: &str) -> String {
+    let message = err.message().trim();
+    let Some(at) = err.span().map(|span| span.start.min(text.len())) else {
+        return message.to_string();
+    };
+    let before = &text.as_bytes()[..at];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let column = at
+        - before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1)
+        + 1;
+    format!("line {line}, column {column}: {message}")
 }
 
 /// The configuration file: the first of
@@ -325,6 +343,29 @@ fn default_cache_dir() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn toml_mistakes_are_one_line_naming_line_and_column() {
+        let err = Config::parse(
+            "cache_max_size = \"1GiB\"\ncache_dir = \n",
+            Path::new("/c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("/c.toml: line 2, column 13: "), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+        let err = RegistriesConf::default()
+            .merge("bad = [\n", Path::new("/r.conf"))
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with("/r.conf: line 1, column 8: "),
+            "{err}"
+        );
+        assert!(
+            err.hint()
+                .is_some_and(|h| h.contains("CONTAINERS_REGISTRIES_CONF"))
+        );
+    }
 
     fn parse(text: &str) -> Result<Config> {
         Config::parse(text, Path::new("/etc/lazyimg/test.toml"))

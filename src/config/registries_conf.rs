@@ -54,7 +54,7 @@ impl RegistriesConf {
     /// environment; none existing gives the empty configuration.
     ///
     /// # Errors
-    /// [`Error::Config`] naming a file that cannot be read or is not TOML.
+    /// [`Error::RegistriesConf`] naming a file that cannot be read or is not TOML.
     pub fn load() -> Result<RegistriesConf> {
         let files = conf_files(
             &|name| std::env::var_os(name),
@@ -68,7 +68,7 @@ impl RegistriesConf {
                 // The main file may be absent: Podman then runs on defaults.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => {
-                    return Err(Error::Config {
+                    return Err(Error::RegistriesConf {
                         path: file,
                         message: format!("cannot read registries.conf: {e}"),
                     });
@@ -82,15 +82,15 @@ impl RegistriesConf {
     /// Merges `text`, the contents of `file`, over what is here.
     ///
     /// # Errors
-    /// [`Error::Config`] when it is not TOML or a table has neither
+    /// [`Error::RegistriesConf`] when it is not TOML or a table has neither
     /// `prefix` nor `location`.
     pub fn merge(&mut self, text: &str, file: &Path) -> Result<()> {
-        let bad = |message: String| Error::Config {
+        let bad = |message: String| Error::RegistriesConf {
             path: file.to_path_buf(),
             message,
         };
         let parsed: ConfFile =
-            toml::from_str(text).map_err(|e| bad(e.to_string().trim().to_string()))?;
+            toml::from_str(text).map_err(|e| bad(super::toml_error(&e, text)))?;
         if let Some(search) = parsed.unqualified_search_registries {
             self.search = Some(search);
         }
