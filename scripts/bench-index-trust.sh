@@ -66,13 +66,7 @@ once() { # keys|nokeys: seconds until the mount is live, bytes a small file's re
 once keys >/dev/null
 once nokeys >/dev/null
 declare -A rows
-for run in $(seq "$RUNS"); do
-  for kind in keys nokeys; do
-    line=$(once "$kind")
-    rows[$kind]+="$line"$'\n'
-    log "run $run, $kind: seconds bytes_fetched: $line"
-  done
-done
+bench_alternate "$RUNS" "seconds bytes_fetched" keys nokeys
 with=$(col 1 <<<"${rows[keys]}")
 without=$(col 1 <<<"${rows[nokeys]}")
 fetched=$(col 2 <<<"${rows[keys]}")

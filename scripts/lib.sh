@@ -45,20 +45,23 @@ since() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.3f", b - a}'; } # second
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 # col N: the median of column N of the lines on stdin (blank lines skipped).
 col() { awk -v c="$1" 'NF { print $c }' | median; }
-# bench_lazy_and_baseline RUNS FIELDS: runs the caller's `once lazy` and `once
-# baseline` in turn, RUNS times (both sides in the same run), keeping each
-# printed row in the associative array `rows` (declare it first) and logging
-# it with FIELDS, the names of its columns.
-bench_lazy_and_baseline() {
+# bench_alternate RUNS FIELDS KIND...: runs the caller's `once KIND` for each
+# KIND in turn, RUNS times (every side in the same run), keeping each printed
+# row in the associative array `rows` (declare it first) and logging it with
+# FIELDS, the names of its columns.
+bench_alternate() {
   local runs=$1 fields=$2 run kind line
+  shift 2
   for run in $(seq "$runs"); do
-    for kind in lazy baseline; do
+    for kind in "$@"; do
       line=$(once "$kind")
       rows[$kind]+="$line"$'\n'
       log "run $run, $kind: $fields: $line"
     done
   done
 }
+# bench_lazy_and_baseline RUNS FIELDS: bench_alternate with `once lazy` and `once baseline`.
+bench_lazy_and_baseline() { bench_alternate "$1" "$2" lazy baseline; }
 maximum() { sort -g | tail -n1; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 
