@@ -14,9 +14,21 @@ const XATTR_PREFIX: &[u8] = b"SCHILY.xattr.";
 /// PAX keys used by GNU tar's sparse formats 0.x and 1.0.
 const PAX_SPARSE_PREFIX: &[u8] = b"GNU.sparse.";
 
+/// Most bytes of extension headers (PAX `x` records, GNU `L`/`K` long names,
+/// with their own headers and padding) the stream may hold before one entry.
+/// The tar crate reads those into memory whole, so a header claiming
+/// gigabytes of them (a few KiB of gzip can) would have it allocate that
+/// much. Go's archive/tar refuses a PAX header or long name over 1 MiB
+/// (`maxSpecialFileSize`) and the tar crate takes one of each per entry:
+/// every layer Go reads fits.
+const MAX_EXTENSION_BYTES: u64 = 4 << 20;
+
 /// Indexes a layer from its uncompressed tar stream in one pass.
 pub fn read_entries(reader: impl Read) -> Result<EntryTable, LayerError> {
-    let state = StreamState::default();
+    let state = StreamState {
+        extensions_end: Cell::new(MAX_EXTENSION_BYTES),
+        ..StreamState::default()
+    };
     let mut archive = Archive::new(TrackedReader {
         inner: reader,
         state: &state,
@@ -28,6 +40,11 @@ pub fn read_entries(reader: impl Read) -> Result<EntryTable, LayerError> {
     for entry in entries {
         let mut entry = entry.map_err(|e| state.error(e, &last_path))?;
         last_path = format!("after {}", String::from_utf8_lossy(&entry.path_bytes()));
+        // Whatever the tar crate reads past this entry's padded data before
+        // it yields the next entry is that entry's extension headers.
+        let data_end = (entry.raw_file_position())
+            .saturating_add(entry.size().div_ceil(512).saturating_mul(512));
+        (state.extensions_end).set(data_end.saturating_add(MAX_EXTENSION_BYTES));
         index_entry(&mut entry, &mut index)?;
     }
     Ok(index)
@@ -39,6 +56,10 @@ pub fn read_entries(reader: impl Read) -> Result<EntryTable, LayerError> {
 struct StreamState {
     pos: Cell<u64>,
     source_failed: Cell<bool>,
+    /// Reading stops here until the next entry is yielded: the end of the
+    /// current entry's data plus [`MAX_EXTENSION_BYTES`].
+    extensions_end: Cell<u64>,
+    extensions_too_long: Cell<bool>,
 }
 
 impl StreamState {
@@ -46,7 +67,15 @@ impl StreamState {
     /// the reader wrapper tells them apart.
     fn error(&self, err: io::Error, context: &str) -> LayerError {
         let offset = self.pos.get();
-        if self.source_failed.get() {
+        if self.extensions_too_long.get() {
+            LayerError::MalformedTar {
+                offset,
+                entry: context.to_owned(),
+                reason: format!(
+                    "extension headers (PAX records, long names) over {MAX_EXTENSION_BYTES} bytes"
+                ),
+            }
+        } else if self.source_failed.get() {
             LayerError::Read {
                 offset,
                 source: err,
@@ -68,7 +97,18 @@ struct TrackedReader<'s, R> {
 
 impl<R: Read> Read for TrackedReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self.inner.read(buf) {
+        let allowed = (self.state.extensions_end.get()).saturating_sub(self.state.pos.get());
+        if allowed == 0 {
+            self.state.extensions_too_long.set(true);
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "extension headers too long",
+            ));
+        }
+        let len = buf
+            .len()
+            .min(usize::try_from(allowed).unwrap_or(usize::MAX));
+        match self.inner.read(&mut buf[..len]) {
             Ok(n) => {
                 self.state.pos.set(self.state.pos.get() + n as u64);
                 Ok(n)
