@@ -21,7 +21,7 @@ mod format;
 mod registry;
 
 pub use build::{BuiltLayer, build_layer, check_tree};
-pub use format::ArtifactLayer;
+pub use format::{ArtifactLayer, check_file};
 pub use registry::{chunk_maps, indexed_layers, locate, push};
 
 pub const ARTIFACT_TYPE: &str = "application/vnd.lazyimg.index.v1";
