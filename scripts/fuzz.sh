@@ -109,7 +109,8 @@ found=0
       "$(stat execs_done "$stats")" "$(stat execs_per_sec "$stats")" \
       "$(stat corpus_count "$stats")" "$(stat bitmap_cvg "$stats")" "$crashes" "$hangs"
   done
-} | tee "$out/summary.txt"
+} >"$out/summary.txt"
+cat "$out/summary.txt"
 if ((found)); then
   echo "fuzz.sh: findings under $out/*/default/{crashes,hangs}; reproduce with $bin/replay TARGET FILE" >&2
   exit 1
