@@ -90,10 +90,10 @@ for target in "${targets[@]}"; do
 done
 wait
 
-stat() { sed -n "s/^$1 *: *//p" "$2"; }
+field() { sed -n "s/^$1 *: *//p" "$2"; } # NAME FILE: a fuzzer_stats value
 found=0
 {
-  printf '%-15s %7s %12s %9s %8s %9s %7s %5s\n' target minutes execs execs/s corpus bitmap crashes hangs
+  printf '%-15s %7s %12s %9s %8s %20s %7s %5s\n' target minutes execs execs/s corpus edges crashes hangs
   for target in "${targets[@]}"; do
     stats=$out/$target/default/fuzzer_stats
     if [[ ! -f $stats ]]; then
@@ -101,13 +101,14 @@ found=0
       found=1
       continue
     fi
-    crashes=$(stat saved_crashes "$stats")
-    hangs=$(stat saved_hangs "$stats")
+    crashes=$(field saved_crashes "$stats")
+    hangs=$(field saved_hangs "$stats")
     ((crashes + hangs == 0)) || found=1
-    printf '%-15s %7s %12s %9s %8s %9s %7s %5s\n' "$target" \
-      "$(awk -v s="$(stat run_time "$stats")" 'BEGIN {printf "%.1f", s / 60}')" \
-      "$(stat execs_done "$stats")" "$(stat execs_per_sec "$stats")" \
-      "$(stat corpus_count "$stats")" "$(stat bitmap_cvg "$stats")" "$crashes" "$hangs"
+    printf '%-15s %7s %12s %9s %8s %20s %7s %5s\n' "$target" \
+      "$(awk -v s="$(field run_time "$stats")" 'BEGIN {printf "%.1f", s / 60}')" \
+      "$(field execs_done "$stats")" "$(field execs_per_sec "$stats")" "$(field corpus_count "$stats")" \
+      "$(field edges_found "$stats")/$(field total_edges "$stats") ($(field bitmap_cvg "$stats"))" \
+      "$crashes" "$hangs"
   done
 } >"$out/summary.txt"
 cat "$out/summary.txt"
