@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Digest;
 use crate::error::Result;
 use crate::layer::gzip_checkpoints::Checkpoint;
-use crate::layer::{Chunk, ChunkedLayer};
+use crate::layer::{Chunk, ChunkedLayer, budget};
 use crate::reference::ImageRef;
 use crate::store::{Derived, Store};
 
@@ -106,11 +106,14 @@ impl ChunkMap {
 /// How to restart inflation at each checkpoint of a gzip layer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GzipResume {
+    #[serde(deserialize_with = "budget::vec")]
     pub checkpoints: Vec<Checkpoint>,
     /// Per checkpoint, its window's index in `windows`; `None` at member starts.
+    #[serde(deserialize_with = "budget::vec")]
     pub window_of: Vec<Option<u32>>,
     /// The windows blob, also an artifact layer, read chunk by chunk like a layer.
     pub windows_blob: Digest,
     pub windows_size: u64,
+    #[serde(deserialize_with = "budget::vec")]
     pub windows: Vec<Chunk>,
 }

@@ -5,6 +5,7 @@
 //! Paths and link targets are kept as raw bytes (`OsString`): Linux file
 //! names need not be UTF-8 and an image with one odd name must still mount.
 
+pub mod budget;
 mod compression;
 pub mod estargz;
 pub mod gzip_checkpoints;
@@ -43,9 +44,11 @@ pub const ZSTD_CHUNKED_LEGACY_TOC_ANNOTATION: &str = "io.containers.zstd-chunked
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntryTable {
     /// Non-whiteout entries in the order they appear in the tar.
+    #[serde(deserialize_with = "budget::vec")]
     pub entries: Vec<TarEntry>,
     /// Whiteouts of this layer. They only affect lower layers, so their
     /// position relative to `entries` is irrelevant and not recorded.
+    #[serde(deserialize_with = "budget::vec")]
     pub whiteouts: Vec<Whiteout>,
 }
 
@@ -60,6 +63,7 @@ pub struct ChunkedLayer {
     pub table: EntryTable,
     /// Sorted by `content_offset`, not overlapping. Bytes of the space no
     /// chunk covers belong to no file.
+    #[serde(deserialize_with = "budget::vec")]
     pub chunks: Vec<Chunk>,
 }
 
@@ -117,6 +121,7 @@ pub struct TarEntry {
     pub gid: u32,
     pub mtime: Timestamp,
     /// From PAX `SCHILY.xattr.NAME` records; values are raw bytes.
+    #[serde(deserialize_with = "budget::vec")]
     pub xattrs: Vec<(String, Vec<u8>)>,
 }
 

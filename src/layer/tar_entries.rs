@@ -14,9 +14,21 @@ use super::{Device, EntryTable, LayerError, Timestamp};
 const XATTR_PREFIX: &[u8] = b"SCHILY.xattr.";
 const BLOCK: u64 = 512;
 
+/// Most bytes of extension headers (PAX `x` records, GNU `L`/`K` long names,
+/// with their own headers and padding) the stream may hold before one entry.
+/// The tar crate reads those into memory whole, so a header claiming
+/// gigabytes of them (a few KiB of gzip can) would have it allocate that
+/// much. Go's archive/tar refuses a PAX header or long name over 1 MiB
+/// (`maxSpecialFileSize`) and the tar crate takes one of each per entry:
+/// every layer Go reads fits.
+const MAX_EXTENSION_BYTES: u64 = 4 << 20;
+
 /// Indexes a layer from its uncompressed tar stream in one pass.
 pub fn read_entries(reader: impl Read) -> Result<EntryTable, LayerError> {
-    let state = StreamState::default();
+    let state = StreamState {
+        extensions_end: Cell::new(MAX_EXTENSION_BYTES),
+        ..StreamState::default()
+    };
     let mut archive = Archive::new(TrackedReader {
         inner: reader,
         state: &state,
@@ -28,11 +40,18 @@ pub fn read_entries(reader: impl Read) -> Result<EntryTable, LayerError> {
     for entry in entries {
         let mut entry = entry.map_err(|e| state.error(e, &last_path))?;
         last_path = format!("after {}", String::from_utf8_lossy(&entry.path_bytes()));
+        // The entry's own data may be read whole (a sparse 1.0 map lives there).
+        state.extensions_end.set(u64::MAX);
         let stored = index_entry(&mut entry, &mut index, &state)?;
-        // The next member's headers start after this entry's data.
+        // The next member's headers start after this entry's data: whatever
+        // the tar crate reads past it before it yields the next entry is
+        // that entry's extension headers, bounded.
         let next = (stored.start).saturating_add(stored.size.div_ceil(BLOCK) * BLOCK);
         state.capture_from.set(next);
         state.captured.borrow_mut().clear();
+        state
+            .extensions_end
+            .set(next.saturating_add(MAX_EXTENSION_BYTES));
     }
     Ok(index)
 }
@@ -50,6 +69,10 @@ struct StreamState {
     source_failed: Cell<bool>,
     capture_from: Cell<u64>,
     captured: RefCell<Vec<u8>>,
+    /// Reading stops here until the next entry is yielded: the end of the
+    /// current entry's data plus [`MAX_EXTENSION_BYTES`].
+    extensions_end: Cell<u64>,
+    extensions_too_long: Cell<bool>,
 }
 
 impl StreamState {
@@ -57,7 +80,15 @@ impl StreamState {
     /// the reader wrapper tells them apart.
     fn error(&self, err: io::Error, context: &str) -> LayerError {
         let offset = self.pos.get();
-        if self.source_failed.get() {
+        if self.extensions_too_long.get() {
+            LayerError::MalformedTar {
+                offset,
+                entry: context.to_owned(),
+                reason: format!(
+                    "extension headers (PAX records, long names) over {MAX_EXTENSION_BYTES} bytes"
+                ),
+            }
+        } else if self.source_failed.get() {
             LayerError::Read {
                 offset,
                 source: err,
@@ -79,7 +110,18 @@ struct TrackedReader<'s, R> {
 
 impl<R: Read> Read for TrackedReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self.inner.read(buf) {
+        let allowed = (self.state.extensions_end.get()).saturating_sub(self.state.pos.get());
+        if allowed == 0 {
+            self.state.extensions_too_long.set(true);
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "extension headers too long",
+            ));
+        }
+        let len = buf
+            .len()
+            .min(usize::try_from(allowed).unwrap_or(usize::MAX));
+        match self.inner.read(&mut buf[..len]) {
             Ok(n) => {
                 let pos = self.state.pos.get();
                 let from = self.state.capture_from.get();

@@ -349,6 +349,72 @@ fn truncated_and_garbage_tars_are_malformed() {
     }
 }
 
+/// Extension headers (PAX records, GNU long names) claiming gigabytes are
+/// refused after a few MiB, not read into memory: a few KiB of gzip can
+/// claim that much. Go's limit (1 MiB each) still reads.
+#[test]
+fn huge_extension_headers_are_refused_before_they_are_read() {
+    /// A header, then endless bytes; counts what was read.
+    struct Endless {
+        header: Vec<u8>,
+        served: u64,
+    }
+    impl Read for Endless {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let at = self.served as usize;
+            let n = if at < self.header.len() {
+                let n = buf.len().min(self.header.len() - at);
+                buf[..n].copy_from_slice(&self.header[at..at + n]);
+                n
+            } else {
+                buf.fill(b'a');
+                buf.len()
+            };
+            self.served += n as u64;
+            Ok(n)
+        }
+    }
+    for kind in [
+        EntryType::XHeader,
+        EntryType::GNULongName,
+        EntryType::GNULongLink,
+    ] {
+        let mut claim = header(kind, 0o644);
+        claim.set_size((1 << 33) - 1);
+        claim.set_cksum();
+        let mut stream = Endless {
+            header: claim.as_bytes().to_vec(),
+            served: 0,
+        };
+        match read_entries(&mut stream) {
+            Err(e @ LayerError::MalformedTar { .. }) => {
+                assert!(e.to_string().contains("extension headers"), "{kind:?}: {e}")
+            }
+            other => panic!("{kind:?}: expected MalformedTar, got {other:?}"),
+        }
+        assert!(
+            stream.served <= 5 << 20,
+            "{kind:?}: read {} bytes",
+            stream.served
+        );
+    }
+
+    let long_name = format!("{}file", "dir/".repeat(250_000));
+    let raw = TestTar::new()
+        .file("big", &[1; 5000])
+        .pax(&[("comment", &[b'c'; 1 << 20][..])])
+        .file(&long_name, b"x")
+        .bytes();
+    let index = read_entries(&raw[..]).unwrap();
+    assert_eq!(
+        entry(&index, &long_name).kind,
+        EntryKind::Regular {
+            offset: raw.len() as u64 - 1024 - 512,
+            size: 1
+        }
+    );
+}
+
 #[test]
 fn source_errors_are_not_called_malformed() {
     struct Failing;

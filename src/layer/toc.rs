@@ -14,12 +14,21 @@ use serde::Deserialize;
 
 use super::member::{MemberKind, MemberMeta};
 use super::path::normalize;
-use super::{Chunk, ChunkCodec, ChunkedLayer, Device, LayerError, MAX_CHUNK_SIZE, Timestamp};
+use super::{
+    Chunk, ChunkCodec, ChunkedLayer, Device, LayerError, MAX_CHUNK_SIZE, Timestamp, budget,
+};
 use crate::digest::Digest;
 
 /// Largest table of contents, compressed or not, lazyimg accepts: it is held
 /// in memory whole. The same limit containers/storage applies.
 pub(super) const MAX_TOC_SIZE: u64 = 150 << 20;
+
+/// Memory the TOC's entries may take once decoded ([`budget`]): room for
+/// 1.3 million of the smallest (a realistic TOC of [`MAX_TOC_SIZE`] has
+/// fewer than a million). With the JSON itself and its strings, each at most
+/// [`MAX_TOC_SIZE`], and the layer made from the entries, a TOC never takes
+/// more than 1 GiB; a bigger one is refused (and its layer read whole).
+const MAX_TOC_MEMORY: u64 = 384 << 20;
 
 /// How one format lays its table of contents over the blob.
 pub(super) struct Format {
@@ -57,6 +66,7 @@ impl Format {
 #[derive(Deserialize)]
 struct Toc {
     version: u32,
+    #[serde(deserialize_with = "budget::vec")]
     entries: Vec<TocEntry>,
 }
 
@@ -88,7 +98,7 @@ struct TocEntry {
     dev_minor: u32,
     /// Values are base64: Go's JSON for eStargz's `[]byte`, and what
     /// zstd:chunked writes explicitly.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "budget::map")]
     xattrs: BTreeMap<String, String>,
     /// The whole file's digest.
     #[serde(default)]
@@ -123,7 +133,10 @@ pub(super) fn chunked_layer(
     payload_end: u64,
 ) -> Result<ChunkedLayer, LayerError> {
     let toc: Toc =
-        serde_json::from_slice(json).map_err(|e| format.error(format!("bad JSON: {e}")))?;
+        budget::within(MAX_TOC_MEMORY, || serde_json::from_slice(json)).map_err(|e| match e {
+            budget::Refused::Decode(e) => format.error(format!("bad JSON: {e}")),
+            over => format.error(over.to_string()),
+        })?;
     if toc.version != 1 {
         return Err(format.error(format!("version {}, expected 1", toc.version)));
     }

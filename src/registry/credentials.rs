@@ -125,7 +125,14 @@ fn lookup_with(
     Ok(None)
 }
 
-fn lookup_in(
+/// Credentials for `host` and `repository` from `text`, the contents of
+/// auth file `file` (named in errors), with `helper` running credential
+/// helpers: the parsing step of [`lookup`], public so that untrusted auth
+/// file contents can be fed to it directly (the fuzz targets in `tests/fuzz`).
+///
+/// # Errors
+/// As [`lookup`], for this one file.
+pub fn lookup_in(
     text: &str,
     file: &Path,
     host: &str,

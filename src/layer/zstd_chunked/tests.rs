@@ -253,3 +253,16 @@ fn malformed_entries_are_rejected() {
         assert!(err.contains(expected), "{what}: {err}");
     }
 }
+
+/// A TOC within its byte limit whose entries would decode into gigabytes
+/// (150 MiB of `{"name":"","type":""}` is 7 million 300-byte structs) is
+/// refused once they pass the memory budget, long before.
+#[test]
+fn tocs_that_decode_into_too_much_memory_are_refused() {
+    let entries = vec![r#"{"name":"","type":""}"#; (1 << 20) + 1].join(",");
+    let json = format!(r#"{{"version":1,"entries":[{entries}]}}"#);
+    let (blob, annotations) =
+        zstd_chunked_with(&TestBlob::new(Style::ZstdChunked), json.as_bytes());
+    let err = toc_error(open(&blob, &annotations));
+    assert!(err.contains("of memory lazyimg allows"), "{err}");
+}

@@ -7,7 +7,17 @@ use crate::chunkmap::GzipResume;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::{Descriptor, DescriptorExt, ImageManifest};
-use crate::layer::{self, Chunk, ChunkCodec, ChunkedLayer};
+use crate::layer::{self, Chunk, ChunkCodec, ChunkedLayer, budget};
+
+/// Largest layer file, decompressed: room for about three million entries.
+const MAX_FILE_SIZE: usize = 256 << 20;
+
+/// Memory a layer file's collections may take once decoded ([`budget`]):
+/// its postcard is compact (a 10-byte entry becomes a 110-byte one). With
+/// the decompressed file and the strings in it, each at most
+/// [`MAX_FILE_SIZE`], a hostile file never makes lazyimg allocate more than
+/// 1 GiB; a bigger one is refused (and its layer read whole).
+const MAX_FILE_MEMORY: u64 = 384 << 20;
 
 /// One layer's chunk map and entry table, as stored in the artifact (postcard, then zstd).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,10 +35,13 @@ impl ArtifactLayer {
         zstd::bulk::compress(&raw, 3).map_err(|e| Error::io("zstd", e))
     }
 
-    pub(super) fn decode(bytes: &[u8]) -> std::result::Result<ArtifactLayer, String> {
-        // Bounded: a hostile blob cannot make us allocate more than this.
-        let raw = zstd::bulk::decompress(bytes, 512 << 20).map_err(|e| e.to_string())?;
-        let file: ArtifactLayer = postcard::from_bytes(&raw).map_err(|e| e.to_string())?;
+    /// Decodes an artifact layer file fetched from a registry: untrusted bytes,
+    /// which [`check_file`] must then match against the image's layer.
+    /// Public so that the fuzz targets in `tests/fuzz` can feed it directly.
+    pub fn decode(bytes: &[u8]) -> std::result::Result<ArtifactLayer, String> {
+        let raw = zstd::bulk::decompress(bytes, MAX_FILE_SIZE).map_err(|e| e.to_string())?;
+        let file: ArtifactLayer = budget::within(MAX_FILE_MEMORY, || postcard::from_bytes(&raw))
+            .map_err(|e| e.to_string())?;
         if file.version != FORMAT_VERSION {
             return Err(format!(
                 "format version {}, this build reads {FORMAT_VERSION}",
@@ -40,8 +53,9 @@ impl ArtifactLayer {
 }
 
 /// An artifact layer must describe exactly this layer, and its chunks must lie
-/// inside it, in order, without overlapping content.
-pub(super) fn check_file(
+/// inside it, in order, without overlapping content. `windows` is the artifact's
+/// windows blob for this layer, if it lists one.
+pub fn check_file(
     file: &ArtifactLayer,
     layer: &Descriptor,
     windows: Option<&Descriptor>,
@@ -154,6 +168,52 @@ mod tests {
             .subject(blob("m", b"image manifest", "-"))
             .build()
             .unwrap()
+    }
+
+    /// A layer file within its size limit whose entries would decode into
+    /// gigabytes (10 bytes of postcard each, 110 bytes decoded) is refused
+    /// once they pass the memory budget.
+    #[test]
+    fn files_that_decode_into_too_much_memory_are_refused() {
+        let entry = layer::TarEntry {
+            path: "".into(),
+            kind: layer::EntryKind::Directory,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            mtime: layer::Timestamp::default(),
+            xattrs: Vec::new(),
+        };
+        let file = |entries| ArtifactLayer {
+            version: FORMAT_VERSION,
+            layer: Digest::of(b"layer"),
+            layer_size: 1,
+            chunked: ChunkedLayer {
+                table: layer::EntryTable {
+                    entries,
+                    whiteouts: Vec::new(),
+                },
+                chunks: Vec::new(),
+            },
+            gzip: None,
+        };
+        let one = file(vec![entry.clone()]);
+        assert_eq!(ArtifactLayer::decode(&one.encode().unwrap()).unwrap(), one);
+
+        // The same file with 2 million entries, made by repeating the one's bytes.
+        let bytes = postcard::to_stdvec(&one).unwrap();
+        let encoded = postcard::to_stdvec(&entry).unwrap();
+        let listed = [&[1][..], &encoded].concat();
+        let at = (bytes.windows(listed.len()))
+            .position(|w| w == listed)
+            .unwrap();
+        let count: usize = (1 << 21) + 1;
+        let mut many = bytes[..at].to_vec();
+        many.extend(postcard::to_stdvec(&count).unwrap());
+        many.extend(encoded.repeat(count));
+        many.extend(&bytes[at + listed.len()..]);
+        let err = ArtifactLayer::decode(&zstd::bulk::compress(&many, 1).unwrap()).unwrap_err();
+        assert!(err.contains("of memory lazyimg allows"), "{err}");
     }
 
     /// A signature over one index never verifies another: every blob's digest,

@@ -23,7 +23,7 @@ mod registry;
 mod site_store;
 
 pub use build::{BuiltLayer, build_layer, check_map, check_tree};
-pub use format::ArtifactLayer;
+pub use format::{ArtifactLayer, check_file};
 pub use registry::{Found, chunk_maps, find, indexed_layers, locate, push};
 pub use site_store::{IndexSources, IndexStore};
 
