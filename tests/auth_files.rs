@@ -312,6 +312,23 @@ fn credential_helpers_on_path_speak_the_docker_protocol() {
     assert!(!read("lazyimgtest.env").contains("testtoken"));
     assert!(!out.stderr().contains("testtoken"), "{}", out.stderr());
 
+    // A helper that prints its answer, secret included, and fails anyway:
+    // the failure is reported without quoting that answer.
+    let leaky = bin.join("docker-credential-leaky");
+    std::fs::write(&leaky, format!("#!/bin/sh\nprintf '%s' '{good}'\nexit 1\n")).unwrap();
+    std::fs::set_permissions(&leaky, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = inspect(
+        serde_json::json!({ "credHelpers": { host: "leaky" } }),
+        None,
+    );
+    assert!(!out.success());
+    assert!(
+        out.stderr().contains("docker-credential-leaky failed"),
+        "{}",
+        out.stderr()
+    );
+    assert!(!out.stderr().contains("testtoken"), "{}", out.stderr());
+
     // A helper that is not on PATH: named, with the way to check it.
     let out = inspect(
         serde_json::json!({ "credHelpers": { host: "nosuchhelper" } }),

@@ -143,8 +143,20 @@ pub fn lookup_in(
         path: file.to_path_buf(),
         message,
     };
-    let parsed: AuthFile =
-        serde_json::from_str(text).map_err(|e| bad(format!("not a containers auth file: {e}")))?;
+    // serde_json's messages quote the offending value, which may be a
+    // secret: say only what kind of problem it is, and where.
+    let parsed: AuthFile = serde_json::from_str(text).map_err(|e| {
+        let problem = match e.classify() {
+            serde_json::error::Category::Data => "not the containers-auth.json(5) layout",
+            serde_json::error::Category::Eof => "JSON that ends early",
+            serde_json::error::Category::Syntax | serde_json::error::Category::Io => "not JSON",
+        };
+        bad(format!(
+            "not a containers auth file: {problem} at line {}, column {}",
+            e.line(),
+            e.column()
+        ))
+    })?;
     let host = canonical_host(host);
     let helpers: HashMap<String, &String> = parsed
         .cred_helpers

@@ -61,8 +61,13 @@ pub fn get(name: &str, host: &str) -> Result<Option<Credentials>> {
         .map_err(|e| failed(e.to_string()))?;
     written.map_err(|e| failed(format!("cannot write to it: {e}")))?;
     if !output.status.success() {
-        // On failure the protocol puts its message on stdout; no secret is there.
-        let message = String::from_utf8_lossy(&output.stdout);
+        // On failure the protocol puts its message on stdout; a helper that
+        // printed an answer (its secret) and failed anyway is not quoted.
+        let answered = serde_json::from_slice::<serde_json::Value>(&output.stdout).is_ok();
+        let message = match answered {
+            true => Default::default(),
+            false => String::from_utf8_lossy(&output.stdout),
+        };
         let message = message.trim();
         if message.contains(NOT_FOUND) {
             return Ok(None);

@@ -233,6 +233,11 @@ fn malformed_files_name_the_file_and_hint_at_authfile() {
     let none = |_: &str, _: &str| Ok(None);
     let err = lookup_in("{not json", Path::new("/run/auth.json"), "h", "r", &none).unwrap_err();
     assert!(err.to_string().contains("/run/auth.json"), "{err}");
+    // A value in the wrong place is never quoted: it may be the token.
+    let text = r#"{"auths": {"h": "SUPERSECRET"}}"#;
+    let err = lookup_in(text, Path::new("/a.json"), "h", "r", &none).unwrap_err();
+    assert!(!err.to_string().contains("SUPERSECRET"), "{err}");
+    assert!(err.to_string().contains("line 1"), "{err}");
     // The hint names the options that choose auth files, not the config's.
     assert!(
         err.hint().is_some_and(|h| h.contains("--authfile")),
