@@ -298,6 +298,29 @@ fn multi_platform_images_copy_whole_and_a_second_repository_mounts_the_blobs() {
         }
     }
     assert_eq!(plain_digest(env, &format!("mirror/{repo}:1")), index.digest);
+
+    // Seeding again from a machine with an empty cache: the target has every
+    // blob (none copied), and the indexes are still made (from the target's
+    // blobs) and pushed.
+    let fresh = site(env, "");
+    let again = run(fresh
+        .cmd()
+        .env("REGISTRY_AUTH_FILE", env.auth_file())
+        .args([
+            "seed",
+            "--json",
+            "--to",
+            env.plain(),
+            &format!("ghcr.io/{repo}:1"),
+        ]))
+    .ok();
+    let again: serde_json::Value = serde_json::from_str(&again.stdout()).unwrap();
+    assert_eq!(again["blobs_skipped"], 6, "{again}");
+    assert_eq!(
+        again["lazy_indexes"].as_array().unwrap().len(),
+        2,
+        "{again}"
+    );
 }
 
 #[test]

@@ -41,7 +41,11 @@ impl Seeder<'_> {
             else {
                 continue;
             };
-            let built = match build_indexes(self.store, target, &manifest) {
+            let built = match self.fetch_for_indexing(target, &manifest).await {
+                Ok(()) => build_indexes(self.store, target, &manifest),
+                Err(e) => Err(e),
+            };
+            let built = match built {
                 Ok(built) if built.is_empty() => continue,
                 Ok(built) => built,
                 Err(e) => {
@@ -73,6 +77,34 @@ impl Seeder<'_> {
         Ok(report)
     }
 
+    /// Brings into the local cache what indexing `manifest` reads (its config
+    /// and its gzip and tar layers) that the copy did not: blobs the target
+    /// already held were skipped, not downloaded. Fetched from the target,
+    /// which holds them all now, each verified against its digest.
+    async fn fetch_for_indexing(
+        &self,
+        target: &ImageRef,
+        manifest: &image::ImageManifest,
+    ) -> Result<()> {
+        let indexed = manifest
+            .layers()
+            .iter()
+            .filter(|l| matches!(LayerFormat::of(l), LayerFormat::Gzip | LayerFormat::Tar));
+        for blob in std::iter::once(manifest.config()).chain(indexed) {
+            let what = format!("{} of {target} (to index it)", blob.digest());
+            crate::pull::fetch_blob(
+                self.store,
+                self.target,
+                target,
+                blob,
+                (&what, &what),
+                &crate::pull::Silent,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Pushes one image manifest's index to repository `at` of `client`,
     /// signed if the seeder signs; a failure is a warning.
     async fn push_index(
@@ -86,7 +118,8 @@ impl Seeder<'_> {
             .await
             .inspect_err(|e| {
                 tracing::warn!(
-                    "{}: cannot push the lazyimg index of {} (mounts will fetch its layers whole): {e}",
+                    "{}/{}: cannot push the lazyimg index of {} there: {e}",
+                    at.source.registry(),
                     at.source.repository(),
                     subject.digest()
                 );

@@ -125,7 +125,6 @@ pub struct SeedReport {
     pub lazy_indexes: Vec<String>,
     /// The same pushed to the site's index store (`[index_store]`), as
     /// `HOST/REPOSITORY@DIGEST`.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub stored_indexes: Vec<String>,
     pub seconds: f64,
 }
