@@ -278,8 +278,9 @@ wait_up() {
     if answers "$name"; then
       pid_of "$name" >/dev/null && return 0
     fi
-    # The process died: no point waiting out the timeout.
-    if [[ -s $STATE/$name.pid ]] && ! pid_of "$name" >/dev/null; then
+    # The process died: no point waiting out the timeout. By existence, not by
+    # pid_of: while the child execs, its /proc cmdline can read empty for a moment.
+    if [[ -s $STATE/$name.pid ]] && ! kill -0 "$(<"$STATE/$name.pid")" 2>/dev/null; then
       why="process exited"
       break
     fi

@@ -114,6 +114,9 @@ class Signer:
 class Handler(http.server.BaseHTTPRequestHandler):
     server_version = "lazyimg-token/1"
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: with Nagle on, the body waits for
+    # the client's delayed ACK (40 ms on Linux) on every token.
+    disable_nagle_algorithm = True
 
     def setup(self):
         # TLS handshake here, in the worker thread, so a stuck client
