@@ -435,6 +435,27 @@ impl ContentReader for ImageContent {
         }
     }
 
+    fn prefetch(&self, locations: &[ContentLocation]) -> Result<()> {
+        let Some(fetcher) = &self.fetcher else {
+            return Ok(());
+        };
+        let wanted: Vec<(Arc<LazyBlob>, Range<usize>)> = (locations.iter())
+            .filter_map(|location| {
+                // The stored bytes are what there is to fetch: a sparse
+                // file's holes are never fetched.
+                let location = location.packed();
+                let index = location.layer as usize;
+                let LayerContent::Chunked(blob) = self.layers.get(index)? else {
+                    return None;
+                };
+                let range = location.offset..location.offset + location.size;
+                (self.bad[index].get().is_none() && !range.is_empty())
+                    .then(|| (Arc::clone(blob), Self::chunk_range(blob, &range)))
+            })
+            .collect();
+        fetcher.prefetch(&wanted)
+    }
+
     fn fill(&self, max_rate: Option<u64>) -> Result<u64> {
         let Some(fetcher) = &self.fetcher else {
             return Ok(0);

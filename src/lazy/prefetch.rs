@@ -17,9 +17,6 @@ use crate::error::{Error, Result};
 use crate::rootfs::{ContentReader, RootFs};
 use crate::tree::{ContentLocation, Ino, InodeKind, ROOT_INO, Tree};
 
-/// Bytes read per call while prefetching a file.
-const PREFETCH_READ: usize = 4 << 20;
-
 /// A [`ContentReader`] that appends the path of every file, on its first read,
 /// to a list `--prefetch` can replay.
 pub struct Recorder {
@@ -77,6 +74,11 @@ impl ContentReader for Recorder {
     fn fill(&self, max_rate: Option<u64>) -> Result<u64> {
         self.inner.fill(max_rate)
     }
+
+    /// Not recorded: a prefetch is not a run's read.
+    fn prefetch(&self, locations: &[ContentLocation]) -> Result<()> {
+        self.inner.prefetch(locations)
+    }
 }
 
 /// One path per regular file (the first name found for hardlinked ones);
@@ -110,41 +112,34 @@ fn file_paths(tree: &Tree) -> HashMap<ContentLocation, OsString> {
 pub struct Prefetched {
     pub files: u64,
     pub bytes: u64,
-    /// Listed paths that are not regular files of this image, or failed to read.
+    /// Listed paths that are not regular files of this image.
     pub skipped: u64,
 }
 
-/// Reads every file `list` names (one path per line, as [`Recorder`] writes)
-/// through the image's content reader, so its chunks are fetched and cached.
+/// Fetches every file `list` names (one path per line, as [`Recorder`]
+/// writes) through the image's content reader, all at once
+/// ([`ContentReader::prefetch`]), so its chunks are cached; returns once they
+/// are. A failed fetch is logged: the file's next reader fetches it again.
 pub fn prefetch_files(rootfs: &RootFs, list: &[u8]) -> Prefetched {
     let mut done = Prefetched::default();
+    let mut locations = Vec::new();
     for line in list.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
         let path = std::ffi::OsStr::from_bytes(line);
         let location = rootfs
             .tree
             .resolve_path(path)
             .and_then(|ino| rootfs.tree.attr(ino)?.content().cloned());
-        let Some(location) = location else {
-            done.skipped += 1;
-            continue;
-        };
-        // The stored bytes are what there is to fetch: a sparse file's
-        // holes are never fetched, so reading them would only make zeros.
-        let location = location.packed();
-        let mut offset = 0;
-        while offset < location.size {
-            match rootfs.content.read(&location, offset, PREFETCH_READ) {
-                Ok(bytes) if !bytes.is_empty() => offset += bytes.len() as u64,
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::warn!("prefetching {path:?}: {e}");
-                    done.skipped += 1;
-                    break;
-                }
+        match location {
+            Some(location) => {
+                done.files += 1;
+                done.bytes += location.packed().size;
+                locations.push(location);
             }
+            None => done.skipped += 1,
         }
-        done.files += 1;
-        done.bytes += offset;
+    }
+    if let Err(e) = rootfs.content.prefetch(&locations) {
+        tracing::warn!("prefetching: {e}");
     }
     done
 }

@@ -202,6 +202,7 @@ pub async fn pull_chunk_maps(
         .try_collect()
         .instrument(timeline::phase("tables of contents"))
         .await?;
+    let _phase = timeline::phase("chunk maps stored").entered();
     let mut whole = Vec::new();
     for (digest, layer, map) in maps {
         match map {

@@ -63,6 +63,11 @@ struct FakeSource {
     /// The next ranged fetch panics (after its delay).
     panic_next: AtomicBool,
     whole_fetches: AtomicUsize,
+    /// When not 0: each ranged fetch waits (up to 5 s) until this many are
+    /// under way at once, so a test learns whether they were.
+    rendezvous: AtomicUsize,
+    in_flight: AtomicUsize,
+    most_in_flight: AtomicUsize,
 }
 
 impl FakeSource {
@@ -87,6 +92,17 @@ impl RangeSource for FakeSource {
             });
         }
         self.requests.lock().unwrap().push(range.clone());
+        let together = self.rendezvous.load(Ordering::SeqCst);
+        if together > 0 {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while self.most_in_flight.load(Ordering::SeqCst) < together && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
         if self.refuse_ranges.load(Ordering::SeqCst) {
             return Ok(None);
         }
@@ -675,4 +691,46 @@ fn zeros_chunks_read_without_a_fetch_wherever_they_sit() {
     assert_eq!(s.content.read(&zeros, 0, 4_000).unwrap(), vec![0; 4_000]);
     assert!(s.source.requests.lock().unwrap().is_empty());
     assert_eq!(s.content.read(&s.location, 0, 12_000).unwrap(), content);
+}
+
+#[test]
+fn a_prefetch_fetches_every_listed_file_at_once_and_reads_then_need_no_request() {
+    // Four files far apart in the blob: four requests, which must all be
+    // under way together for any of them to return before 5 s.
+    let s = setup(gzip_blob(&pseudo_random(2_000_000), 10_000), 0);
+    let files: Vec<ContentLocation> = [1_500_000, 0, 1_000_000, 500_000]
+        .into_iter()
+        .map(|offset| ContentLocation::dense(0, offset, 25_000))
+        .collect();
+    s.source.rendezvous.store(files.len(), Ordering::SeqCst);
+    s.content.prefetch(&files).unwrap();
+    assert_eq!(s.source.most_in_flight.load(Ordering::SeqCst), files.len());
+    let requests = s.source.requests.lock().unwrap().len();
+    assert_eq!(requests, files.len());
+    assert_eq!(s.stats.report().chunks_fetched, 4 * 3);
+    for file in &files {
+        let got = s.content.read(file, 0, 25_000).unwrap();
+        let start = file.offset as usize;
+        assert_eq!(&got[..], &s.blob.content[start..start + 25_000]);
+    }
+    assert_eq!(
+        s.source.requests.lock().unwrap().len(),
+        requests,
+        "reads were served from the prefetch"
+    );
+    // Prefetching what is cached asks for nothing.
+    s.content.prefetch(&files).unwrap();
+    assert_eq!(s.source.requests.lock().unwrap().len(), requests);
+}
+
+#[test]
+fn a_failed_prefetch_reports_its_error_and_the_next_read_fetches_again() {
+    let s = setup(gzip_blob(&pseudo_random(200_000), 10_000), 0);
+    let file = ContentLocation::dense(0, 100_000, 30_000);
+    s.source.down.store(true, Ordering::SeqCst);
+    let err = s.content.prefetch(std::slice::from_ref(&file)).unwrap_err();
+    assert!(err.to_string().contains("connection refused"), "{err}");
+    s.source.down.store(false, Ordering::SeqCst);
+    let got = s.content.read(&file, 0, 30_000).unwrap();
+    assert_eq!(&got[..], &s.blob.content[100_000..130_000]);
 }

@@ -50,6 +50,18 @@ pub trait ContentReader: Send + Sync + 'static {
         Ok(0)
     }
 
+    /// Fetches the stored bytes of the files at `locations` (each whole; a
+    /// sparse file's data, never its holes) so later reads find them at
+    /// hand, as many at once as the reader allows; returns once they are
+    /// verified and cached. Nothing to do for local content.
+    ///
+    /// Errors: the first that could not be fetched; the rest are fetched
+    /// all the same.
+    fn prefetch(&self, locations: &[ContentLocation]) -> Result<()> {
+        let _ = locations;
+        Ok(())
+    }
+
     /// What names the bytes of the file at `location` without reading them,
     /// if anything does (see [`ContentIdentity`]).
     fn identity(&self, location: &ContentLocation) -> Option<ContentIdentity> {

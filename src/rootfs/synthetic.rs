@@ -184,6 +184,14 @@ impl ContentReader for WithSynthetic {
         self.base.fill(max_rate)
     }
 
+    fn prefetch(&self, locations: &[ContentLocation]) -> Result<()> {
+        let image: Vec<ContentLocation> = (locations.iter())
+            .filter(|l| l.layer != SYNTHETIC_LAYER)
+            .cloned()
+            .collect();
+        self.base.prefetch(&image)
+    }
+
     fn identity(&self, location: &ContentLocation) -> Option<ContentIdentity> {
         (location.layer != SYNTHETIC_LAYER)
             .then(|| self.base.identity(location))

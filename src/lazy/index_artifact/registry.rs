@@ -329,6 +329,7 @@ pub async fn chunk_maps(
         let bytes = store.require(&list.sha256()?)?;
         store.write_derived(Derived::PrefetchList, manifest_digest, bytes.bytes())?;
     }
+    let _phase = timeline::phase("index check").entered();
     let mut maps = BTreeMap::new();
     for (digest, layer, index) in wanted {
         let checked =
